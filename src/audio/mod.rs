@@ -1,0 +1,180 @@
+//! The audio vocabulary shared by every layer, and the synchronous pipeline stages.
+//!
+//! Everything in `audio` is synchronous and CPU-bound: it runs on a blocking thread, never on a
+//! tokio worker (see `crate::pipeline`). Audio travels between stages as [`PcmBuffer`]s of
+//! interleaved `f32` samples. Nothing here knows about gRPC, engines or configuration.
+//!
+//! The chain for one request is: [`decode`] (bytes from an engine → PCM at the engine's rate)
+//! → [`resample`] → [`remix`] → [`gain`] → [`encode`] (PCM → the client's encoding)
+//! → [`chunk`] (encoded bytes → `chunk_ms`-sized pieces).
+
+pub mod chunk;
+pub mod decode;
+pub mod encode;
+pub mod gain;
+pub mod remix;
+pub mod resample;
+
+/// Lowest output sample rate herald serves, in Hz.
+pub const MIN_SAMPLE_RATE: u32 = 8_000;
+/// Highest output sample rate herald serves, in Hz.
+pub const MAX_SAMPLE_RATE: u32 = 48_000;
+/// Highest channel count herald serves.
+pub const MAX_CHANNELS: u16 = 2;
+
+/// Sample rate and channel count of a PCM stream.
+///
+/// Invariant (checked by [`AudioSpec::new`]): `sample_rate > 0` and `channels > 0`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AudioSpec {
+    /// Frames per second.
+    pub sample_rate: u32,
+    /// Interleaved channels per frame.
+    pub channels: u16,
+}
+
+impl AudioSpec {
+    /// A spec, or `None` when the rate or the channel count is zero.
+    pub fn new(sample_rate: u32, channels: u16) -> Option<Self> {
+        (sample_rate > 0 && channels > 0).then_some(Self {
+            sample_rate,
+            channels,
+        })
+    }
+}
+
+/// Interleaved `f32` PCM in [-1.0, 1.0].
+///
+/// Invariant: `samples.len() % spec.channels == 0` (whole frames only).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PcmBuffer {
+    /// Rate and channel layout of `samples`.
+    pub spec: AudioSpec,
+    /// Interleaved samples, `frames() * channels` of them.
+    pub samples: Vec<f32>,
+}
+
+impl PcmBuffer {
+    /// A buffer over `samples`, which must hold whole frames.
+    pub fn new(spec: AudioSpec, samples: Vec<f32>) -> Self {
+        debug_assert_eq!(samples.len() % usize::from(spec.channels), 0);
+        Self { spec, samples }
+    }
+
+    /// Number of frames (samples per channel).
+    pub fn frames(&self) -> usize {
+        self.samples.len() / usize::from(self.spec.channels)
+    }
+
+    /// True when the buffer holds no frames.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+}
+
+/// What an engine sends: the container/encoding of its byte stream (input side).
+///
+/// Output encodings are [`OutputEncoding`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputEncoding {
+    /// Raw signed 16-bit little-endian PCM with a known spec; no header.
+    Pcm16Le(AudioSpec),
+    /// RIFF/WAVE. Its header is parsed by herald; its size fields are never trusted.
+    Wav,
+    /// MPEG audio (MP3), decoded by symphonia.
+    Mp3,
+}
+
+/// The encodings herald can produce for a client (mirrors `herald.v1.AudioFormat.Encoding`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum OutputEncoding {
+    /// Raw s16le, interleaved.
+    PcmS16Le,
+    /// Raw f32le, interleaved.
+    PcmF32Le,
+    /// RIFF/WAVE, 16-bit PCM, one header with "unknown" (0xFFFFFFFF) sizes.
+    Wav,
+    /// G.711 µ-law, 8 bits per sample.
+    Mulaw,
+    /// G.711 A-law, 8 bits per sample.
+    Alaw,
+}
+
+impl OutputEncoding {
+    /// Bytes per sample of one channel.
+    pub fn bytes_per_sample(self) -> usize {
+        match self {
+            Self::PcmS16Le | Self::Wav => 2,
+            Self::PcmF32Le => 4,
+            Self::Mulaw | Self::Alaw => 1,
+        }
+    }
+}
+
+/// The full output format of one response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutputFormat {
+    /// Encoding of the bytes sent.
+    pub encoding: OutputEncoding,
+    /// Rate and channels of the audio sent.
+    pub spec: AudioSpec,
+}
+
+/// Errors of the audio layer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AudioError {
+    /// The input bytes are not valid audio of the announced encoding.
+    #[error("malformed {format} audio: {reason}")]
+    Malformed {
+        /// "wav", "pcm", "mp3", ...
+        format: &'static str,
+        /// What is wrong, for humans.
+        reason: String,
+    },
+    /// The input is valid but uses a feature herald does not decode.
+    #[error("unsupported {format} audio: {reason}")]
+    Unsupported {
+        /// "wav", "pcm", "mp3", ...
+        format: &'static str,
+        /// What is unsupported.
+        reason: String,
+    },
+    /// symphonia failed.
+    #[error("audio decoder failed")]
+    Symphonia(#[source] symphonia::core::errors::Error),
+    /// rubato could not be built for the rate pair.
+    #[error("resampler construction failed")]
+    ResamplerConstruction(#[source] rubato::ResamplerConstructionError),
+    /// rubato failed while processing.
+    #[error("resampling failed")]
+    Resample(#[source] rubato::ResampleError),
+    /// Reading input bytes failed.
+    #[error("reading audio input failed")]
+    Io(#[source] std::io::Error),
+    /// A stage received audio in a spec other than the one it was built for (a pipeline bug, or
+    /// an input whose rate or channel count changed mid-stream).
+    #[error("{stage} expects {expected:?} audio, got {actual:?}")]
+    SpecMismatch {
+        /// "resampler", "encoder", ...
+        stage: &'static str,
+        /// The spec the stage was built for.
+        expected: AudioSpec,
+        /// The spec of the buffer it received.
+        actual: AudioSpec,
+    },
+    /// A buffer handed to rubato had the wrong size (an internal bug, never caused by input).
+    #[error("resampler buffer has the wrong size")]
+    ResampleBuffer(#[source] rubato::audioadapter_buffers::SizeError),
+}
+
+/// A synchronous PCM transform in the pipeline (resample, remix, gain).
+pub trait Stage: Send {
+    /// Transform `input`, appending zero or more buffers to `out`.
+    fn process(&mut self, input: PcmBuffer, out: &mut Vec<PcmBuffer>) -> Result<(), AudioError>;
+
+    /// Emit anything held back (a resampler keeps a partial chunk). Called once, at the end.
+    fn flush(&mut self, _out: &mut Vec<PcmBuffer>) -> Result<(), AudioError> {
+        Ok(())
+    }
+}

@@ -1,0 +1,76 @@
+//! The client side of herald.v1.Speech, used by `herald say` and `herald voices`.
+//!
+//! Connects over a unix socket (the default, found like the daemon places it) or TCP, and
+//! writes a synthesized stream to a file or stdout as the chunks arrive. It owns no daemon
+//! state; everything goes through the public gRPC interface.
+
+use std::path::{Path, PathBuf};
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::{
+    config::{Env, client_socket_candidates},
+    pb::speech_client::SpeechClient,
+};
+
+/// Where the daemon is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A unix socket path.
+    Unix(PathBuf),
+    /// `HOST:PORT` over plain-text HTTP/2.
+    Tcp(String),
+}
+
+impl Target {
+    /// `--socket`/`--addr` if given, else the first default socket location that exists.
+    pub fn resolve(socket: Option<PathBuf>, addr: Option<String>, env: &Env) -> Result<Self, String> {
+        if let Some(addr) = addr {
+            return Ok(Self::Tcp(addr));
+        }
+        if let Some(path) = socket {
+            return Ok(Self::Unix(path));
+        }
+        let candidates = client_socket_candidates(env);
+        candidates
+            .iter()
+            .find(|p| p.exists())
+            .map(|p| Self::Unix(p.clone()))
+            .ok_or_else(|| {
+                let tried: Vec<String> = candidates.iter().map(|p| p.display().to_string()).collect();
+                format!(
+                    "no herald socket found (tried {}); is `herald serve` running? Use --socket PATH or --addr HOST:PORT",
+                    tried.join(", ")
+                )
+            })
+    }
+
+    fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
+        match self {
+            Self::Unix(path) => Endpoint::from_shared(format!("unix://{}", absolute(path).display())),
+            Self::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}")),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Tcp(a) => write!(f, "{a}"),
+        }
+    }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        return path.to_owned();
+    }
+    std::env::current_dir().map_or_else(|_| path.to_owned(), |d| d.join(path))
+}
+
+/// Connect to the daemon.
+pub async fn connect(target: &Target) -> Result<SpeechClient<Channel>, tonic::transport::Error> {
+    let channel = target.endpoint()?.connect().await?;
+    Ok(SpeechClient::new(channel))
+}

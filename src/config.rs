@@ -1,0 +1,863 @@
+//! Configuration: a TOML file, the environment and command-line flags, merged and validated.
+//!
+//! Precedence is flags > environment > file > defaults. Loading has two phases (ripgrep's
+//! Low/HiArgs, spotifyd's `get_internal_config`): the sources are merged into one TOML table and
+//! deserialized into [`RawConfig`] with unknown keys rejected by name; then [`RawConfig::validate`]
+//! turns it into the typed [`Config`] the daemon runs with. Nothing here reads the process
+//! environment directly: callers pass an [`Env`] snapshot, so tests never mutate global state.
+//! Secrets (the DashScope API key) live in [`SecretString`] and are masked in every output.
+
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// The config file read when `--config` is not given and the file exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/herald/herald.toml";
+/// Environment variable naming the config file (same as `--config`).
+pub const ENV_CONFIG: &str = "HERALD_CONFIG";
+/// DashScope SDK convention: the API key.
+pub const ENV_DASHSCOPE_API_KEY: &str = "DASHSCOPE_API_KEY";
+/// DashScope SDK convention: a file holding the API key.
+pub const ENV_DASHSCOPE_API_KEY_FILE: &str = "DASHSCOPE_API_KEY_FILE_PATH";
+/// DashScope SDK convention: the HTTP base URL.
+pub const ENV_DASHSCOPE_BASE_URL: &str = "DASHSCOPE_HTTP_BASE_URL";
+/// DashScope SDK convention: the workspace id (fills `{WorkspaceId}` in the base URL).
+pub const ENV_DASHSCOPE_WORKSPACE_ID: &str = "DASHSCOPE_WORKSPACE_ID";
+/// systemd: directory of credentials passed with `LoadCredential=`.
+pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// systemd credential name of the DashScope API key.
+pub const CREDENTIAL_DASHSCOPE_API_KEY: &str = "dashscope_api_key";
+/// systemd: the service's runtime directory (`RuntimeDirectory=`).
+pub const ENV_RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
+/// Per-user runtime directory (desktop sessions).
+pub const ENV_XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
+/// Default DashScope base URL (Beijing region).
+pub const DEFAULT_DASHSCOPE_BASE_URL: &str = "https://dashscope.aliyuncs.com/api/v1";
+/// File name of the unix socket inside the runtime directory.
+pub const SOCKET_FILE_NAME: &str = "herald.sock";
+/// The system-wide runtime directory used when systemd gives none.
+pub const SYSTEM_RUNTIME_DIR: &str = "/run/herald";
+
+/// Shown instead of a secret's value.
+const MASK: &str = "<redacted>";
+
+/// The value kind of a key settable from the environment or a flag.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Str,
+    Int,
+    Bool,
+    /// Comma-separated list of strings.
+    List,
+}
+
+/// Environment variables herald reads, the config key each one sets, and its kind.
+const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    ("HERALD_LISTEN", "server.listen", Kind::List),
+    ("HERALD_SOCKET_MODE", "server.socket_mode", Kind::Str),
+    ("HERALD_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms", Kind::Int),
+    ("HERALD_DEFAULT_MODEL", "synthesis.default_model", Kind::Str),
+    ("HERALD_DEFAULT_VOICE", "synthesis.default_voice", Kind::Str),
+    ("HERALD_MAX_TEXT_CHARS", "synthesis.max_text_chars", Kind::Int),
+    ("HERALD_ESPEAK_ENABLED", "espeak.enabled", Kind::Bool),
+    ("HERALD_ESPEAK_BINARY", "espeak.binary", Kind::Str),
+    ("HERALD_ESPEAK_VOICE", "espeak.default_voice", Kind::Str),
+    ("HERALD_ESPEAK_TIMEOUT_MS", "espeak.timeout_ms", Kind::Int),
+    ("HERALD_LOG", "log.level", Kind::Str),
+    (ENV_DASHSCOPE_API_KEY, "dashscope.api_key", Kind::Str),
+    (ENV_DASHSCOPE_API_KEY_FILE, "dashscope.api_key_file", Kind::Str),
+    (ENV_DASHSCOPE_BASE_URL, "dashscope.base_url", Kind::Str),
+    (ENV_DASHSCOPE_WORKSPACE_ID, "dashscope.workspace_id", Kind::Str),
+];
+
+/// A snapshot of environment variables. Build it from the process with [`Env::from_process`],
+/// or from pairs in tests.
+#[derive(Clone, Debug, Default)]
+pub struct Env(BTreeMap<String, String>);
+
+impl Env {
+    /// The current process environment (non-UTF-8 variables are skipped).
+    pub fn from_process() -> Self {
+        Self(std::env::vars().collect())
+    }
+
+    /// An environment holding exactly `pairs`.
+    pub fn from_pairs<K: Into<String>, V: Into<String>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
+    }
+
+    /// The value of `name`, if set and not empty.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+    }
+}
+
+/// Command-line overrides (highest precedence). Empty fields override nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--listen`, repeatable; replaces `server.listen` when not empty.
+    pub listen: Vec<String>,
+    /// `--log-level`.
+    pub log_level: Option<String>,
+    /// `--default-model`.
+    pub default_model: Option<String>,
+}
+
+/// Errors in configuration. Each names the key (or file, or variable) at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The config file is not valid TOML.
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (with line and column).
+        message: String,
+    },
+    /// A key is unknown, or its value has the wrong type.
+    #[error("{origin}: {key}: {message}")]
+    Key {
+        /// Where the merged value came from ("config" for the merged file/env/flags).
+        origin: String,
+        /// The dotted key path.
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value has the right type but is out of range or unusable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key path (or environment variable).
+        key: String,
+        /// What is wrong, with the limit.
+        message: String,
+    },
+}
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.to_owned(),
+        message: message.into(),
+    }
+}
+
+// === raw (serde) configuration ===
+
+/// The configuration as written: every section with its defaults. Unknown keys are rejected.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    /// Listeners and process behaviour.
+    pub server: ServerSection,
+    /// Defaults and limits of synthesis requests.
+    pub synthesis: SynthesisSection,
+    /// The local espeak-ng engine.
+    pub espeak: EspeakSection,
+    /// Alibaba Cloud Model Studio (DashScope).
+    pub dashscope: DashscopeSection,
+    /// Logging.
+    pub log: LogSection,
+}
+
+/// `[server]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerSection {
+    /// Where to listen: `unix:PATH` or `IP:PORT`, any number. Empty = the default unix socket
+    /// (`$RUNTIME_DIRECTORY/herald.sock`, else `/run/herald/herald.sock`, else
+    /// `$XDG_RUNTIME_DIR/herald/herald.sock`).
+    pub listen: Vec<String>,
+    /// Permission bits of unix sockets, octal. Default "0660".
+    pub socket_mode: String,
+    /// How long shutdown waits for in-flight streams to end, in ms. Default 5000.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerSection {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            socket_mode: "0660".to_owned(),
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// `[synthesis]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SynthesisSection {
+    /// Model used when a request names none. Empty = "espeak-ng" unless a cloud engine is
+    /// configured.
+    pub default_model: String,
+    /// Voice used when a request names none and the model is the default model. Empty = the
+    /// engine's default voice.
+    pub default_voice: String,
+    /// Longest accepted text, in Unicode scalar values. Default 20000, range 1..=1000000.
+    pub max_text_chars: u64,
+}
+
+impl Default for SynthesisSection {
+    fn default() -> Self {
+        Self {
+            default_model: String::new(),
+            default_voice: String::new(),
+            max_text_chars: 20_000,
+        }
+    }
+}
+
+/// `[espeak]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EspeakSection {
+    /// Whether the espeak-ng engine is offered. Default true.
+    pub enabled: bool,
+    /// The espeak-ng binary (a path, or a name looked up on PATH). Default "espeak-ng".
+    pub binary: String,
+    /// Default espeak-ng voice. Default "en".
+    pub default_voice: String,
+    /// Upper bound on one espeak-ng run, in ms. Default 60000, range 100..=600000.
+    pub timeout_ms: u64,
+}
+
+impl Default for EspeakSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            binary: "espeak-ng".to_owned(),
+            default_voice: "en".to_owned(),
+            timeout_ms: 60_000,
+        }
+    }
+}
+
+/// `[dashscope]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DashscopeSection {
+    /// The API key. Prefer `api_key_file`, the environment or a systemd credential.
+    pub api_key: Option<String>,
+    /// A file whose content (trimmed) is the API key.
+    pub api_key_file: Option<String>,
+    /// HTTP base URL; `{WorkspaceId}` is replaced by `workspace_id`.
+    pub base_url: String,
+    /// Workspace id (sent as `X-DashScope-WorkSpace`, and filled into `base_url`).
+    pub workspace_id: Option<String>,
+}
+
+impl Default for DashscopeSection {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            api_key_file: None,
+            base_url: DEFAULT_DASHSCOPE_BASE_URL.to_owned(),
+            workspace_id: None,
+        }
+    }
+}
+
+/// `[log]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSection {
+    /// A tracing `EnvFilter` directive: "info", "debug", "herald=debug,tonic=info". Default
+    /// "info". `RUST_LOG` overrides it when set.
+    pub level: String,
+}
+
+impl Default for LogSection {
+    fn default() -> Self {
+        Self {
+            level: "info".to_owned(),
+        }
+    }
+}
+
+// === loading ===
+
+/// Where to read the configuration from.
+#[derive(Clone, Debug, Default)]
+pub struct LoadOptions {
+    /// `--config`: this file must exist. `None`: `$HERALD_CONFIG`, else
+    /// [`DEFAULT_CONFIG_PATH`] when it exists, else defaults only.
+    pub config_path: Option<PathBuf>,
+    /// Command-line overrides.
+    pub overrides: Overrides,
+}
+
+/// Merge file, environment and flags, and deserialize (unknown keys rejected).
+pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigError> {
+    let mut table = match config_file(options, env) {
+        Some(path) => read_table(&path)?,
+        None => toml::Table::new(),
+    };
+    for (var, key, kind) in ENV_KEYS {
+        if let Some(value) = env.get(var) {
+            set_key(&mut table, key, parse_value(var, value, *kind)?);
+        }
+    }
+    let o = &options.overrides;
+    if !o.listen.is_empty() {
+        let list = o.listen.iter().cloned().map(toml::Value::String).collect();
+        set_key(&mut table, "server.listen", toml::Value::Array(list));
+    }
+    if let Some(level) = &o.log_level {
+        set_key(&mut table, "log.level", toml::Value::String(level.clone()));
+    }
+    if let Some(model) = &o.default_model {
+        set_key(
+            &mut table,
+            "synthesis.default_model",
+            toml::Value::String(model.clone()),
+        );
+    }
+    deserialize_table(table, "config")
+}
+
+/// Load and validate: the one call the binary makes.
+pub fn load(options: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
+    load_raw(options, env)?.validate(env)
+}
+
+/// Parse one TOML document (a config file's content) with unknown keys rejected.
+pub fn parse_str(text: &str, origin: &Path) -> Result<RawConfig, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: origin.to_owned(),
+        message: e.to_string(),
+    })?;
+    deserialize_table(table, &origin.display().to_string())
+}
+
+fn config_file(options: &LoadOptions, env: &Env) -> Option<PathBuf> {
+    if let Some(path) = &options.config_path {
+        return Some(path.clone());
+    }
+    if let Some(path) = env.get(ENV_CONFIG) {
+        return Some(PathBuf::from(path));
+    }
+    let default = Path::new(DEFAULT_CONFIG_PATH);
+    default.exists().then(|| default.to_owned())
+}
+
+fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn deserialize_table(table: toml::Table, origin: &str) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        let message = e.into_inner().to_string();
+        ConfigError::Key {
+            origin: origin.to_owned(),
+            key,
+            message: message.trim().to_owned(),
+        }
+    })
+}
+
+fn parse_value(var: &str, value: &str, kind: Kind) -> Result<toml::Value, ConfigError> {
+    Ok(match kind {
+        Kind::Str => toml::Value::String(value.to_owned()),
+        Kind::Int => toml::Value::Integer(
+            value
+                .trim()
+                .parse()
+                .map_err(|_| invalid(var, format!("{value:?} is not an integer")))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(match value.trim() {
+            "1" | "true" | "yes" | "on" => true,
+            "0" | "false" | "no" | "off" => false,
+            other => return Err(invalid(var, format!("{other:?} is not a boolean"))),
+        }),
+        Kind::List => toml::Value::Array(
+            value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
+    })
+}
+
+/// Set `dotted.key` in `table`, creating intermediate tables (a non-table in the way is
+/// replaced; deserialization then reports any type error by key).
+fn set_key(table: &mut toml::Table, dotted: &str, value: toml::Value) {
+    let mut parts = dotted.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_owned(), value);
+            return;
+        }
+        let entry = current
+            .entry(part.to_owned())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
+        current = next;
+    }
+}
+
+// === validated configuration ===
+
+/// A place to listen.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A unix domain socket at this path.
+    Unix(PathBuf),
+    /// A TCP address (`127.0.0.1:0` picks a free port).
+    Tcp(SocketAddr),
+}
+
+impl ListenAddr {
+    /// Parse `unix:PATH` or `IP:PORT` (`[::1]:50051` for IPv6).
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("unix:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            if path.is_empty() {
+                return Err(format!("{text:?}: unix socket path is empty"));
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        text.parse::<SocketAddr>()
+            .map(Self::Tcp)
+            .map_err(|_| format!("{text:?} is neither unix:PATH nor IP:PORT (e.g. 127.0.0.1:50051)"))
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+            Self::Tcp(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+/// DashScope settings, validated.
+#[derive(Clone, Debug)]
+pub struct DashscopeConfig {
+    /// The API key, when one is configured (from the config, the environment, a key file or a
+    /// systemd credential, in that order).
+    pub api_key: Option<SecretString>,
+    /// Where the key came from, for `check-config` (never the key itself).
+    pub api_key_source: Option<String>,
+    /// Base URL with `{WorkspaceId}` filled in.
+    pub base_url: String,
+    /// Workspace id, if any.
+    pub workspace_id: Option<String>,
+}
+
+/// espeak-ng settings, validated.
+#[derive(Clone, Debug)]
+pub struct EspeakSettings {
+    /// The binary.
+    pub binary: PathBuf,
+    /// Default voice.
+    pub default_voice: String,
+    /// Bound on one run.
+    pub timeout: Duration,
+}
+
+/// The validated configuration the daemon runs with.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Listeners, in order; never empty (the default unix socket when none was configured).
+    pub listen: Vec<ListenAddr>,
+    /// Permission bits of unix sockets.
+    pub socket_mode: u32,
+    /// Grace period for shutdown.
+    pub shutdown_grace: Duration,
+    /// Configured default model (`None` = choose from the configured engines).
+    pub default_model: Option<String>,
+    /// Configured default voice for the default model.
+    pub default_voice: Option<String>,
+    /// Longest accepted text, in Unicode scalar values.
+    pub max_text_chars: usize,
+    /// espeak-ng, when enabled.
+    pub espeak: Option<EspeakSettings>,
+    /// DashScope.
+    pub dashscope: DashscopeConfig,
+    /// Log filter directive.
+    pub log_level: String,
+    /// The merged raw configuration (for `check-config`; secrets masked by [`Config::render`]).
+    raw: RawConfig,
+}
+
+impl RawConfig {
+    /// Check ranges and resolve paths, files and secrets into a [`Config`].
+    pub fn validate(self, env: &Env) -> Result<Config, ConfigError> {
+        let s = &self.server;
+        let listen = if s.listen.is_empty() {
+            vec![ListenAddr::Unix(default_socket_path(env).ok_or_else(|| {
+                invalid(
+                    "server.listen",
+                    "empty, and no runtime directory for the default socket: set \
+                     RUNTIME_DIRECTORY or XDG_RUNTIME_DIR, run as root, or list an address",
+                )
+            })?)]
+        } else {
+            s.listen
+                .iter()
+                .map(|l| ListenAddr::parse(l).map_err(|m| invalid("server.listen", m)))
+                .collect::<Result<_, _>>()?
+        };
+        let mode = s.socket_mode.trim_start_matches("0o");
+        let socket_mode = u32::from_str_radix(mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| {
+                invalid(
+                    "server.socket_mode",
+                    format!("{:?} is not an octal mode like \"0660\"", s.socket_mode),
+                )
+            })?;
+        if s.shutdown_grace_ms > 600_000 {
+            return Err(invalid(
+                "server.shutdown_grace_ms",
+                format!("{} is above the limit 600000", s.shutdown_grace_ms),
+            ));
+        }
+
+        let syn = &self.synthesis;
+        if !(1..=1_000_000).contains(&syn.max_text_chars) {
+            return Err(invalid(
+                "synthesis.max_text_chars",
+                format!("{} is outside 1..=1000000", syn.max_text_chars),
+            ));
+        }
+
+        let e = &self.espeak;
+        let espeak = if e.enabled {
+            if e.binary.trim().is_empty() {
+                return Err(invalid("espeak.binary", "must not be empty"));
+            }
+            if e.default_voice.trim().is_empty() {
+                return Err(invalid("espeak.default_voice", "must not be empty"));
+            }
+            if !(100..=600_000).contains(&e.timeout_ms) {
+                return Err(invalid(
+                    "espeak.timeout_ms",
+                    format!("{} is outside 100..=600000", e.timeout_ms),
+                ));
+            }
+            Some(EspeakSettings {
+                binary: PathBuf::from(&e.binary),
+                default_voice: e.default_voice.clone(),
+                timeout: Duration::from_millis(e.timeout_ms),
+            })
+        } else {
+            None
+        };
+
+        let dashscope = validate_dashscope(&self.dashscope, env)?;
+        if dashscope.api_key.is_none() && espeak.is_none() {
+            return Err(invalid(
+                "espeak.enabled",
+                "false, and no DashScope API key is configured: herald would have no engine",
+            ));
+        }
+
+        Ok(Config {
+            listen,
+            socket_mode,
+            shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
+            default_model: non_empty(&syn.default_model),
+            default_voice: non_empty(&syn.default_voice),
+            max_text_chars: usize::try_from(syn.max_text_chars).unwrap_or(usize::MAX),
+            espeak,
+            dashscope,
+            log_level: self.log.level.clone(),
+            raw: self,
+        })
+    }
+}
+
+fn non_empty(s: &str) -> Option<String> {
+    let s = s.trim();
+    (!s.is_empty()).then(|| s.to_owned())
+}
+
+fn validate_dashscope(d: &DashscopeSection, env: &Env) -> Result<DashscopeConfig, ConfigError> {
+    let (api_key, api_key_source) = if let Some(key) = d.api_key.as_deref().and_then(non_empty) {
+        let source = if env.get(ENV_DASHSCOPE_API_KEY).is_some() {
+            ENV_DASHSCOPE_API_KEY.to_owned()
+        } else {
+            "dashscope.api_key".to_owned()
+        };
+        (Some(SecretString::from(key)), Some(source))
+    } else if let Some(file) = d.api_key_file.as_deref().and_then(non_empty) {
+        let key = read_secret_file(Path::new(&file)).map_err(|m| invalid("dashscope.api_key_file", m))?;
+        (Some(key), Some(format!("file {file}")))
+    } else if let Some(dir) = env.get(ENV_CREDENTIALS_DIRECTORY) {
+        let path = Path::new(dir).join(CREDENTIAL_DASHSCOPE_API_KEY);
+        if path.exists() {
+            let key = read_secret_file(&path).map_err(|m| invalid(ENV_CREDENTIALS_DIRECTORY, m))?;
+            (Some(key), Some(format!("systemd credential {CREDENTIAL_DASHSCOPE_API_KEY}")))
+        } else {
+            (None, None)
+        }
+    } else {
+        (None, None)
+    };
+
+    let workspace_id = d.workspace_id.as_deref().and_then(non_empty);
+    let mut base_url = d.base_url.trim().trim_end_matches('/').to_owned();
+    if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
+        return Err(invalid(
+            "dashscope.base_url",
+            format!("{base_url:?} must start with https:// or http://"),
+        ));
+    }
+    if base_url.contains("{WorkspaceId}") {
+        let Some(ws) = &workspace_id else {
+            return Err(invalid(
+                "dashscope.base_url",
+                "contains {WorkspaceId} but dashscope.workspace_id (DASHSCOPE_WORKSPACE_ID) is not set",
+            ));
+        };
+        base_url = base_url.replace("{WorkspaceId}", ws);
+    }
+    Ok(DashscopeConfig {
+        api_key,
+        api_key_source,
+        base_url,
+        workspace_id,
+    })
+}
+
+fn read_secret_file(path: &Path) -> Result<SecretString, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    Ok(SecretString::from(key.to_owned()))
+}
+
+/// The default unix socket: `$RUNTIME_DIRECTORY/herald.sock` (systemd), else
+/// `/run/herald/herald.sock` when that directory exists or can be created, else
+/// `$XDG_RUNTIME_DIR/herald/herald.sock`.
+pub fn default_socket_path(env: &Env) -> Option<PathBuf> {
+    if let Some(dirs) = env.get(ENV_RUNTIME_DIRECTORY) {
+        // systemd passes several directories separated by ':' when several are configured.
+        let first = dirs.split(':').next().unwrap_or(dirs);
+        return Some(Path::new(first).join(SOCKET_FILE_NAME));
+    }
+    let system = Path::new(SYSTEM_RUNTIME_DIR);
+    if system.is_dir() || std::fs::create_dir_all(system).is_ok() {
+        return Some(system.join(SOCKET_FILE_NAME));
+    }
+    env.get(ENV_XDG_RUNTIME_DIR)
+        .map(|dir| Path::new(dir).join("herald").join(SOCKET_FILE_NAME))
+}
+
+/// Where a client looks for the daemon's socket: the first default location holding a socket.
+pub fn client_socket_candidates(env: &Env) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(dirs) = env.get(ENV_RUNTIME_DIRECTORY) {
+        let first = dirs.split(':').next().unwrap_or(dirs);
+        out.push(Path::new(first).join(SOCKET_FILE_NAME));
+    }
+    out.push(Path::new(SYSTEM_RUNTIME_DIR).join(SOCKET_FILE_NAME));
+    if let Some(dir) = env.get(ENV_XDG_RUNTIME_DIR) {
+        out.push(Path::new(dir).join("herald").join(SOCKET_FILE_NAME));
+    }
+    out
+}
+
+impl Config {
+    /// The effective configuration as TOML, with every secret masked.
+    pub fn render(&self) -> String {
+        let mut raw = self.raw.clone();
+        if raw.dashscope.api_key.is_some() {
+            raw.dashscope.api_key = Some(MASK.to_owned());
+        }
+        raw.server.listen = self.listen.iter().map(ToString::to_string).collect();
+        let mut text = toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        text.push_str("\n# resolved\n");
+        text.push_str(&format!(
+            "# dashscope api key: {}\n",
+            match (&self.dashscope.api_key, &self.dashscope.api_key_source) {
+                (Some(key), Some(src)) =>
+                    format!("set ({} characters, from {src})", key.expose_secret().chars().count()),
+                _ => "not set (cloud engines disabled; default model espeak-ng)".to_owned(),
+            }
+        ));
+        text.push_str(&format!("# dashscope base url: {}\n", self.dashscope.base_url));
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        Env::from_pairs(pairs.iter().copied())
+    }
+
+    fn load_with(file: Option<&str>, e: &Env, o: Overrides) -> Result<Config, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = file.map(|text| {
+            let p = dir.path().join("herald.toml");
+            std::fs::write(&p, text).expect("write config");
+            p
+        });
+        load(
+            &LoadOptions {
+                config_path,
+                overrides: o,
+            },
+            e,
+        )
+    }
+
+    #[test]
+    fn precedence_is_flags_then_env_then_file_then_defaults() {
+        let file = "[server]\nlisten = [\"127.0.0.1:1\"]\n[synthesis]\nmax_text_chars = 10\ndefault_voice = \"de\"\n";
+        let e = env(&[("HERALD_LISTEN", "127.0.0.1:2"), ("HERALD_MAX_TEXT_CHARS", "20")]);
+        let c = load_with(Some(file), &e, Overrides::default()).expect("config");
+        assert_eq!(c.listen, vec![ListenAddr::parse("127.0.0.1:2").unwrap()]);
+        assert_eq!(c.max_text_chars, 20);
+        assert_eq!(c.default_voice.as_deref(), Some("de"));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        let o = Overrides {
+            listen: vec!["127.0.0.1:3".into(), "unix:/tmp/x.sock".into()],
+            ..Overrides::default()
+        };
+        let c = load_with(Some(file), &e, o).expect("config");
+        assert_eq!(
+            c.listen,
+            vec![
+                ListenAddr::Tcp("127.0.0.1:3".parse().unwrap()),
+                ListenAddr::Unix("/tmp/x.sock".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_by_name() {
+        let err = load_with(Some("[server]\nlisten = []\nlisen = 1\n"), &env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lisen"), "{err}");
+        let err = load_with(Some("[sever]\n"), &env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sever"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_and_ranges_name_the_key() {
+        let err = load_with(Some("[synthesis]\nmax_text_chars = \"ten\"\n"), &env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("synthesis.max_text_chars"), "{err}");
+        let err = load_with(Some("[espeak]\ntimeout_ms = 5\n"), &env(&[]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("espeak.timeout_ms") && err.contains("100..=600000"), "{err}");
+        let err = load_with(None, &env(&[("HERALD_MAX_TEXT_CHARS", "lots")]), Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("HERALD_MAX_TEXT_CHARS"), "{err}");
+        let o = Overrides {
+            listen: vec!["localhost".into()],
+            ..Overrides::default()
+        };
+        let err = load_with(None, &env(&[]), o).unwrap_err().to_string();
+        assert!(err.contains("server.listen"), "{err}");
+    }
+
+    #[test]
+    fn secrets_come_from_env_file_or_credential_and_are_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "sk-from-file\n").unwrap();
+        let o = || Overrides {
+            listen: vec!["127.0.0.1:0".into()],
+            ..Overrides::default()
+        };
+        let c = load_with(None, &env(&[(ENV_DASHSCOPE_API_KEY, "sk-secret-123")]), o()).unwrap();
+        assert_eq!(c.dashscope.api_key.as_ref().unwrap().expose_secret(), "sk-secret-123");
+        let shown = format!("{} {:?}", c.render(), c);
+        assert!(!shown.contains("sk-secret-123"), "{shown}");
+        assert!(shown.contains(MASK));
+
+        let e = env(&[(ENV_DASHSCOPE_API_KEY_FILE, key_file.to_str().unwrap())]);
+        let c = load_with(None, &e, o()).unwrap();
+        assert_eq!(c.dashscope.api_key.as_ref().unwrap().expose_secret(), "sk-from-file");
+        assert!(!c.render().contains("sk-from-file"));
+
+        let cred = dir.path().join(CREDENTIAL_DASHSCOPE_API_KEY);
+        std::fs::write(&cred, "sk-cred").unwrap();
+        let e = env(&[(ENV_CREDENTIALS_DIRECTORY, dir.path().to_str().unwrap())]);
+        let c = load_with(None, &e, o()).unwrap();
+        assert_eq!(c.dashscope.api_key.as_ref().unwrap().expose_secret(), "sk-cred");
+    }
+
+    #[test]
+    fn workspace_id_fills_the_base_url() {
+        let e = env(&[
+            (ENV_DASHSCOPE_BASE_URL, "https://{WorkspaceId}.example/api/v1/"),
+            (ENV_DASHSCOPE_WORKSPACE_ID, "ws-42"),
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+        ]);
+        let c = load_with(None, &e, Overrides::default()).unwrap();
+        assert_eq!(c.dashscope.base_url, "https://ws-42.example/api/v1");
+        let e = env(&[
+            (ENV_DASHSCOPE_BASE_URL, "https://{WorkspaceId}.example/api/v1"),
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+        ]);
+        let err = load_with(None, &e, Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("dashscope.base_url"), "{err}");
+    }
+
+    #[test]
+    fn default_socket_prefers_the_systemd_runtime_directory() {
+        let e = env(&[(ENV_RUNTIME_DIRECTORY, "/run/herald-x:/run/other")]);
+        assert_eq!(
+            default_socket_path(&e),
+            Some(PathBuf::from("/run/herald-x/herald.sock"))
+        );
+    }
+}

@@ -1,0 +1,218 @@
+//! Engines: the things that turn text into audio bytes.
+//!
+//! An engine implements [`Synthesizer`]: it resolves once its upstream (a subprocess, an HTTP
+//! API) has accepted the request, then yields audio bytes in order as a [`SynthStream`]. Engines
+//! know nothing about the client's output format: the pipeline decodes, resamples and encodes
+//! what they send. Dropping the stream cancels the engine's work at once (the subprocess is
+//! killed, the HTTP request is dropped).
+//!
+//! [`Engines`] is the registry: it maps a model name to the engine serving it (design.md:
+//! `cosyvoice-*`, `qwen3-tts-*`/`qwen-tts*`, `MiniMax/*` → DashScope, `espeak-ng` → local).
+
+pub mod espeak;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+
+use crate::audio::InputEncoding;
+
+/// A stream of audio events from one engine call.
+pub type SynthStream = BoxStream<'static, Result<SynthEvent, EngineError>>;
+
+/// One validated synthesis request, as an engine sees it (defaults already resolved).
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynthesisRequest {
+    /// Text to speak, non-empty.
+    pub text: String,
+    /// Voice name, known to the engine (validated before the call).
+    pub voice: String,
+    /// Model name, served by the engine.
+    pub model: String,
+    /// BCP-47 language hint, if the client gave one.
+    pub language: Option<String>,
+    /// Speaking instructions, if the client gave some.
+    pub instructions: Option<String>,
+    /// Speaking rate multiplier, 0.5..=2.0 (1.0 = normal).
+    pub speed: f32,
+    /// Pitch multiplier, 0.5..=2.0 (1.0 = normal).
+    pub pitch: f32,
+    /// The request id, for logs and upstream correlation.
+    pub request_id: String,
+}
+
+/// What an engine yields.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SynthEvent {
+    /// The next piece of the audio byte stream. `encoding` is the same for every event of one
+    /// stream; `data` may split samples, frames and headers anywhere.
+    Audio {
+        /// Container/encoding of the byte stream.
+        encoding: InputEncoding,
+        /// The bytes.
+        data: Bytes,
+    },
+    /// The engine finished successfully. Always the last event of a successful stream.
+    Finished {
+        /// Characters billed by the upstream, when it says.
+        characters: Option<u32>,
+        /// Upstream request ids (DashScope `request_id`s), when there are any.
+        upstream_request_ids: Vec<String>,
+    },
+}
+
+/// A voice an engine offers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoiceInfo {
+    /// Name to pass as the request's voice.
+    pub name: String,
+    /// Human-readable name.
+    pub display_name: String,
+    /// BCP-47 language tags.
+    pub languages: Vec<String>,
+    /// "female", "male", or empty when unknown.
+    pub gender: String,
+    /// The model the voice belongs to.
+    pub model: String,
+    /// The engine's native rate for this voice, in Hz.
+    pub native_sample_rate: u32,
+}
+
+/// Errors an engine reports. Each knows whether a retry could help ([`EngineError::is_retryable`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The upstream answered with an error status or an in-band error object.
+    #[error("upstream rejected the request ({status}): {message}")]
+    Api {
+        /// HTTP status (200 for in-band errors).
+        status: u16,
+        /// Upstream error code, e.g. `Throttling.RateQuota`.
+        code: Option<String>,
+        /// Upstream message.
+        message: String,
+    },
+    /// The upstream could not be reached, or the connection broke.
+    #[error("could not reach upstream")]
+    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream asked to be retried after a delay.
+    #[error("upstream asked us to retry in {0:?}")]
+    RetryIn(Duration),
+    /// The upstream sent something that does not follow its protocol.
+    #[error("upstream sent a malformed event: {0}")]
+    Protocol(String),
+    /// The upstream stream ended before it said it was complete.
+    #[error("upstream stream ended before completion")]
+    Truncated,
+    /// A local engine cannot run here (binary missing, cannot be started).
+    #[error("{engine} is not available: {reason}")]
+    Unavailable {
+        /// Engine name.
+        engine: &'static str,
+        /// Why, for operators.
+        reason: String,
+    },
+    /// A local engine ran but failed.
+    #[error("{engine} failed: {reason}")]
+    Failed {
+        /// Engine name.
+        engine: &'static str,
+        /// Why, for operators.
+        reason: String,
+    },
+    /// The engine did not finish within its configured time bound.
+    #[error("{engine} did not finish within {limit:?}")]
+    TimedOut {
+        /// Engine name.
+        engine: &'static str,
+        /// The bound.
+        limit: Duration,
+    },
+}
+
+impl EngineError {
+    /// True when the same request may succeed if sent again (transport errors, throttling,
+    /// upstream 5xx, explicit retry hints, truncated streams).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Self::Transport(_) | Self::RetryIn(_) | Self::Truncated => true,
+            Self::Api { status, .. } => *status == 429 || *status >= 500,
+            Self::Protocol(_)
+            | Self::Unavailable { .. }
+            | Self::Failed { .. }
+            | Self::TimedOut { .. } => false,
+        }
+    }
+}
+
+/// A text-to-speech engine.
+#[async_trait::async_trait]
+pub trait Synthesizer: Send + Sync + 'static {
+    /// Stable engine name used in config, logs and `AudioInfo.engine` ("espeak-ng", ...).
+    fn name(&self) -> &'static str;
+
+    /// True when this engine serves `model`.
+    fn serves_model(&self, model: &str) -> bool;
+
+    /// The default voice for `model`.
+    fn default_voice(&self, model: &str) -> String;
+
+    /// The voices this engine offers (all models).
+    fn voices(&self) -> Vec<VoiceInfo>;
+
+    /// The engine's native output rate for `model`/`voice`, in Hz: what `sample_rate_hz = 0`
+    /// resolves to.
+    fn native_sample_rate(&self, model: &str, voice: &str) -> u32;
+
+    /// `Ok` when `voice` can be used with `model`; otherwise a message for the client naming the
+    /// voice (and, where short enough, the alternatives).
+    fn check_voice(&self, model: &str, voice: &str) -> Result<(), String> {
+        if self
+            .voices()
+            .iter()
+            .any(|v| v.model == model && v.name == voice)
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "voice {voice:?} is not a voice of model {model:?} (see ListVoices)"
+            ))
+        }
+    }
+
+    /// Start synthesis. Resolves once the engine has accepted the request, so request errors
+    /// surface before any audio; then yields audio in order and finally `Finished`.
+    async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError>;
+}
+
+/// The configured engines, looked up by model name.
+#[derive(Clone, Default)]
+pub struct Engines {
+    engines: Vec<Arc<dyn Synthesizer>>,
+}
+
+impl std::fmt::Debug for Engines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.engines.iter().map(|e| e.name()))
+            .finish()
+    }
+}
+
+impl Engines {
+    /// A registry over `engines`; the first engine serving a model wins.
+    pub fn new(engines: Vec<Arc<dyn Synthesizer>>) -> Self {
+        Self { engines }
+    }
+
+    /// The engine serving `model`, if any.
+    pub fn for_model(&self, model: &str) -> Option<&Arc<dyn Synthesizer>> {
+        self.engines.iter().find(|e| e.serves_model(model))
+    }
+
+    /// Every configured engine.
+    pub fn all(&self) -> &[Arc<dyn Synthesizer>] {
+        &self.engines
+    }
+}

@@ -1,0 +1,33 @@
+//! herald: a local speech service.
+//!
+//! One daemon per machine (kiosk, robot, server) turns text into audio for any program that
+//! speaks gRPC (`herald.v1.Speech`, see `proto/herald/v1/herald.proto`). The binary
+//! (`src/main.rs`) is a thin shell over this library, so tests drive the real code.
+//!
+//! # Layout
+//!
+//! - [`config`]: TOML file + environment + flags → a validated [`config::Config`].
+//! - [`service`]: the tonic server (herald.v1.Speech, health, reflection) on unix sockets and
+//!   TCP; [`service::speech`] holds the thin RPC handlers, [`service::status`] the one mapping
+//!   from domain errors to gRPC statuses.
+//! - [`pipeline`]: one synthesis job: engine stream → blocking audio thread → chunks.
+//! - [`audio`]: synchronous stages: decode, resample, remix, gain, encode, chunk.
+//! - [`engine`]: the [`engine::Synthesizer`] trait, the model registry, and the engines
+//!   ([`engine::espeak`]).
+//! - [`client`]: the gRPC client side used by `herald say` and `herald voices`.
+//! - [`shutdown`], [`telemetry`]: signals and logging.
+//! - [`pb`]: generated protobuf/gRPC code.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod audio;
+pub mod client;
+pub mod config;
+pub mod engine;
+pub mod pb;
+pub mod pipeline;
+pub mod service;
+pub mod shutdown;
+pub mod telemetry;

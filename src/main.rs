@@ -1,0 +1,396 @@
+//! The `herald` binary: `serve` (the daemon), `check-config`, and the gRPC clients `say` and
+//! `voices`. A thin shell over the library; `anyhow` is used here only.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    io::{IsTerminal, Seek, SeekFrom, Write},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use futures::StreamExt;
+use herald::{
+    client::{self, Target},
+    config::{self, Env, LoadOptions, Overrides},
+    pb::{self, audio_format::Encoding, synthesize_response::Payload},
+    service::{self, Daemon},
+    shutdown, telemetry,
+};
+
+/// sysexits.h EX_USAGE: bad configuration or arguments.
+const EX_USAGE: u8 = 64;
+/// sysexits.h EX_UNAVAILABLE: the daemon cannot be reached.
+const EX_UNAVAILABLE: u8 = 69;
+
+#[derive(Parser, Debug)]
+#[command(name = "herald", version, about = "Local speech service: text in, audio out over gRPC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct ConfigArgs {
+    /// Config file (default: $HERALD_CONFIG, else /etc/herald/herald.toml when it exists).
+    #[arg(long, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Listen address, repeatable: unix:PATH or IP:PORT. Replaces server.listen.
+    #[arg(long, value_name = "ADDR")]
+    listen: Vec<String>,
+    /// Log filter (e.g. info, debug, herald=debug). Replaces log.level.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+    /// Model used when a request names none. Replaces synthesis.default_model.
+    #[arg(long, value_name = "MODEL")]
+    default_model: Option<String>,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+struct TargetArgs {
+    /// The daemon's unix socket (default: where `herald serve` puts it).
+    #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+    socket: Option<PathBuf>,
+    /// The daemon's TCP address, HOST:PORT.
+    #[arg(long, value_name = "HOST:PORT")]
+    addr: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the daemon.
+    Serve(ConfigArgs),
+    /// Validate the configuration and print the effective values (secrets masked).
+    CheckConfig(ConfigArgs),
+    /// Synthesize TEXT through the daemon and write the audio to a file or stdout.
+    Say(SayArgs),
+    /// List the daemon's voices.
+    Voices(VoicesArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Format {
+    Wav,
+    Pcm,
+    F32,
+    Mulaw,
+    Alaw,
+}
+
+impl Format {
+    fn encoding(self) -> Encoding {
+        match self {
+            Self::Wav => Encoding::Wav,
+            Self::Pcm => Encoding::PcmS16le,
+            Self::F32 => Encoding::PcmF32le,
+            Self::Mulaw => Encoding::Mulaw,
+            Self::Alaw => Encoding::Alaw,
+        }
+    }
+}
+
+#[derive(clap::Args, Debug)]
+struct SayArgs {
+    /// The text to speak; "-" reads it from stdin.
+    text: String,
+    /// Output file; "-" = stdout (the default when stdout is not a terminal).
+    #[arg(short = 'o', long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Voice name (see `herald voices`).
+    #[arg(long)]
+    voice: Option<String>,
+    /// Model name (e.g. espeak-ng).
+    #[arg(long)]
+    model: Option<String>,
+    /// Language hint (BCP-47).
+    #[arg(long)]
+    language: Option<String>,
+    /// Speaking instructions (instruction-capable models only).
+    #[arg(long)]
+    instructions: Option<String>,
+    /// Speaking rate multiplier, 0.5..=2.0.
+    #[arg(long)]
+    speed: Option<f32>,
+    /// Pitch multiplier, 0.5..=2.0.
+    #[arg(long)]
+    pitch: Option<f32>,
+    /// Gain multiplier, up to 4.0.
+    #[arg(long)]
+    volume: Option<f32>,
+    /// Output encoding.
+    #[arg(long, value_enum, default_value = "wav")]
+    format: Format,
+    /// Output sample rate in Hz, 8000..=48000 (default: the engine's native rate).
+    #[arg(long, value_name = "HZ")]
+    rate: Option<u32>,
+    /// Output channels, 1 or 2.
+    #[arg(long, value_name = "N")]
+    channels: Option<u32>,
+    /// Chunk duration in ms, 10..=1000.
+    #[arg(long, value_name = "MS")]
+    chunk_ms: Option<u32>,
+    /// Give up after this many seconds (sent as the gRPC deadline).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    timeout: f64,
+    /// Print nothing on success.
+    #[arg(short, long)]
+    quiet: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct VoicesArgs {
+    /// Only voices of this model.
+    #[arg(long)]
+    model: Option<String>,
+    /// Only voices speaking this language (BCP-47 prefix).
+    #[arg(long)]
+    language: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+/// An error with the exit code it maps to.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Self {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+fn fail(code: u8, error: impl Into<anyhow::Error>) -> Failure {
+    Failure {
+        code,
+        error: error.into(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("herald: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => serve(args).await,
+            Command::CheckConfig(args) => check_config(args),
+            Command::Say(args) => say(args).await,
+            Command::Voices(args) => voices(args).await,
+        }
+    });
+    // Do not wait for lingering blocking threads (an audio thread finishing a cancelled job).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { code, error }) => {
+            eprintln!("herald: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+fn load_config(args: ConfigArgs) -> Result<config::Config, Failure> {
+    let options = LoadOptions {
+        config_path: args.config,
+        overrides: Overrides {
+            listen: args.listen,
+            log_level: args.log_level,
+            default_model: args.default_model,
+        },
+    };
+    config::load(&options, &Env::from_process()).map_err(|e| fail(EX_USAGE, e))
+}
+
+fn check_config(args: ConfigArgs) -> Result<(), Failure> {
+    let config = load_config(args)?;
+    print!("{}", config.render());
+    Ok(())
+}
+
+async fn serve(args: ConfigArgs) -> Result<(), Failure> {
+    let config = load_config(args)?;
+    telemetry::init(&config.log_level);
+    let daemon = Daemon::from_config(&config)
+        .await
+        .map_err(|e| fail(EX_USAGE, e))?;
+    let listeners = service::bind(&config.listen, config.socket_mode)
+        .await
+        .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "herald ready");
+    daemon.serve(listeners, shutdown::signal()).await?;
+    Ok(())
+}
+
+async fn connect(target: TargetArgs) -> Result<pb::speech_client::SpeechClient<tonic::transport::Channel>, Failure> {
+    let target = Target::resolve(target.socket, target.addr, &Env::from_process())
+        .map_err(|m| fail(EX_UNAVAILABLE, anyhow::anyhow!(m)))?;
+    client::connect(&target)
+        .await
+        .with_context(|| format!("cannot connect to herald at {target}"))
+        .map_err(|e| fail(EX_UNAVAILABLE, e))
+}
+
+fn rpc_error(status: tonic::Status) -> Failure {
+    fail(1, anyhow::anyhow!("{:?}: {}", status.code(), status.message()))
+}
+
+async fn say(args: SayArgs) -> Result<(), Failure> {
+    let text = if args.text == "-" {
+        std::io::read_to_string(std::io::stdin()).context("reading text from stdin")?
+    } else {
+        args.text.clone()
+    };
+    let to_stdout = match &args.output {
+        Some(p) => p.as_os_str() == "-",
+        None if std::io::stdout().is_terminal() => {
+            return Err(fail(
+                EX_USAGE,
+                anyhow::anyhow!("refusing to write audio to a terminal: use -o FILE, or -o - to force stdout"),
+            ));
+        }
+        None => true,
+    };
+    let mut client = connect(args.target.clone()).await?;
+    let mut request = tonic::Request::new(pb::SynthesizeRequest {
+        text,
+        voice: args.voice.clone().unwrap_or_default(),
+        model: args.model.clone().unwrap_or_default(),
+        language: args.language.clone().unwrap_or_default(),
+        instructions: args.instructions.clone().unwrap_or_default(),
+        speed: args.speed.unwrap_or(0.0),
+        pitch: args.pitch.unwrap_or(0.0),
+        volume: args.volume.unwrap_or(0.0),
+        format: Some(pb::AudioFormat {
+            encoding: args.format.encoding() as i32,
+            sample_rate_hz: args.rate.unwrap_or(0),
+            channels: args.channels.unwrap_or(0),
+        }),
+        chunk_ms: args.chunk_ms.unwrap_or(0),
+        request_id: String::new(),
+    });
+    if args.timeout > 0.0 && args.timeout.is_finite() {
+        request.set_timeout(std::time::Duration::from_secs_f64(args.timeout));
+    }
+    let mut stream = client
+        .synthesize(request)
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+
+    let mut file = if to_stdout {
+        None
+    } else if let Some(path) = &args.output {
+        Some((
+            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            path.clone(),
+        ))
+    } else {
+        None
+    };
+    let mut stdout = std::io::stdout().lock();
+    let mut info = None;
+    let mut summary = None;
+    while let Some(message) = stream.next().await {
+        match message.map_err(rpc_error)?.payload {
+            Some(Payload::Info(i)) => info = Some(i),
+            Some(Payload::Audio(chunk)) => match &mut file {
+                Some((f, path)) => f
+                    .write_all(&chunk.data)
+                    .with_context(|| format!("writing {}", path.display()))?,
+                None => {
+                    stdout.write_all(&chunk.data).context("writing to stdout")?;
+                    stdout.flush().context("writing to stdout")?;
+                }
+            },
+            Some(Payload::Summary(s)) => summary = Some(s),
+            None => {}
+        }
+    }
+    let Some(summary) = summary else {
+        return Err(fail(1, anyhow::anyhow!("the stream ended without a summary")));
+    };
+    if let Some((f, path)) = &mut file {
+        if matches!(args.format, Format::Wav) {
+            // A file can be sought: replace the streaming header's "unknown" sizes.
+            patch_wav_sizes(f, summary.bytes).with_context(|| format!("finishing {}", path.display()))?;
+        }
+        f.flush().with_context(|| format!("writing {}", path.display()))?;
+    }
+    if !args.quiet {
+        let where_to = file
+            .as_ref()
+            .map_or_else(|| "stdout".to_owned(), |(_, p)| p.display().to_string());
+        let (model, voice, fmt) = info.as_ref().map_or_else(Default::default, |i| {
+            let f = i.format.unwrap_or_default();
+            (
+                i.model.clone(),
+                i.voice.clone(),
+                format!(
+                    "{} {} Hz {} ch",
+                    Encoding::try_from(f.encoding).map_or("?", |e| e.as_str_name()),
+                    f.sample_rate_hz,
+                    f.channels
+                ),
+            )
+        });
+        eprintln!(
+            "herald: wrote {where_to}: {:.2} s of {fmt}, {model}/{voice}, first audio after {:.0} ms",
+            summary.duration_ms as f64 / 1000.0,
+            summary.time_to_first_audio_us as f64 / 1000.0,
+        );
+    }
+    Ok(())
+}
+
+/// Write the real RIFF and data sizes into a 44-byte WAV header at the start of `f`.
+fn patch_wav_sizes(f: &mut std::fs::File, total_bytes: u64) -> std::io::Result<()> {
+    let data = u32::try_from(total_bytes.saturating_sub(44)).unwrap_or(u32::MAX);
+    let riff = data.saturating_add(36);
+    f.seek(SeekFrom::Start(4))?;
+    f.write_all(&riff.to_le_bytes())?;
+    f.seek(SeekFrom::Start(40))?;
+    f.write_all(&data.to_le_bytes())?;
+    f.seek(SeekFrom::End(0))?;
+    Ok(())
+}
+
+async fn voices(args: VoicesArgs) -> Result<(), Failure> {
+    let mut client = connect(args.target).await?;
+    let response = client
+        .list_voices(pb::ListVoicesRequest {
+            model: args.model.unwrap_or_default(),
+            language: args.language.unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{:<24} {:<12} {:<8} {:>6}  {:<28} LANGUAGES", "VOICE", "MODEL", "GENDER", "RATE", "NAME")?;
+    for v in response.voices {
+        writeln!(
+            out,
+            "{:<24} {:<12} {:<8} {:>6}  {:<28} {}",
+            v.name,
+            v.model,
+            if v.gender.is_empty() { "-" } else { &v.gender },
+            v.native_sample_rate_hz,
+            v.display_name,
+            v.languages.join(",")
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! One synthesis job: engine stream → audio thread → encoded chunks.
+//!
+//! [`run`] owns the job. Its async half reads the engine's [`SynthStream`] and forwards the
+//! bytes through a bounded channel to a blocking thread, which decodes, resamples, remixes,
+//! applies gain, encodes and chunks, and hands each chunk to the caller's [`ChunkSink`]. Both
+//! channels are bounded, so a slow client slows the engine (back-pressure) instead of growing
+//! memory. Cancellation: the token (daemon shutdown, deadline) stops the async half at once and
+//! drops the engine stream (which kills a subprocess or drops an HTTP request); a sink that
+//! returns `false` (client gone) stops the audio thread, which closes the channel, which stops
+//! the async half. Nothing here knows about gRPC.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    audio::{
+        AudioError, InputEncoding, OutputFormat, PcmBuffer, Stage,
+        chunk::{Chunk, Chunker},
+        decode::{ChannelReader, Decoder, open_decoder},
+        encode::{Encoder, encoder_for},
+        gain::Gain,
+        remix::Remix,
+        resample::Resampler,
+    },
+    engine::{EngineError, SynthEvent, SynthesisRequest, Synthesizer},
+};
+
+/// Engine byte chunks in flight between the async reader and the audio thread.
+const BYTES_IN_FLIGHT: usize = 16;
+
+/// Receives each encoded chunk, on the audio thread. Returns `false` when nobody listens any
+/// more (the client left), which stops the job.
+pub type ChunkSink = Box<dyn FnMut(Chunk) -> bool + Send>;
+
+/// Everything one job needs, validated.
+pub struct Job {
+    /// What to synthesize.
+    pub request: SynthesisRequest,
+    /// The engine serving `request.model`.
+    pub engine: Arc<dyn Synthesizer>,
+    /// The format the client gets.
+    pub output: OutputFormat,
+    /// Linear gain applied to the audio (1.0 = unchanged).
+    pub gain: f32,
+    /// Target chunk duration in ms.
+    pub chunk_ms: u32,
+}
+
+/// How a successful job went.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobReport {
+    /// Frames sent, at the output rate.
+    pub frames: u64,
+    /// Bytes of encoded audio sent.
+    pub bytes: u64,
+    /// Characters the engine billed.
+    pub characters: Option<u32>,
+    /// Upstream request ids.
+    pub upstream_request_ids: Vec<String>,
+    /// When the first chunk was handed to the sink.
+    pub first_chunk_at: Option<Instant>,
+}
+
+/// Why a job failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum JobError {
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The engine's audio could not be decoded or processed.
+    #[error(transparent)]
+    Audio(#[from] AudioError),
+    /// The sink stopped accepting chunks: the client left.
+    #[error("the client went away")]
+    ClientGone,
+    /// The job's token was cancelled (daemon shutdown).
+    #[error("the job was cancelled")]
+    Cancelled,
+    /// The audio thread panicked (a bug); the daemon keeps serving.
+    #[error("audio processing failed unexpectedly")]
+    Panicked,
+}
+
+/// What the audio thread reports.
+#[derive(Debug, Default)]
+struct AudioReport {
+    frames: u64,
+    bytes: u64,
+    first_chunk_at: Option<Instant>,
+}
+
+/// Run `job` to the end, handing chunks to `sink`.
+#[tracing::instrument(skip_all, fields(request_id = %job.request.request_id, model = %job.request.model))]
+pub async fn run(
+    job: Job,
+    cancel: CancellationToken,
+    sink: ChunkSink,
+) -> Result<JobReport, JobError> {
+    let Job {
+        request,
+        engine,
+        output,
+        gain,
+        chunk_ms,
+    } = job;
+    let mut stream = tokio::select! {
+        biased;
+        () = cancel.cancelled() => return Err(JobError::Cancelled),
+        s = engine.synthesize(request) => s?,
+    };
+
+    let mut sink = Some(sink);
+    let mut audio: Option<(mpsc::Sender<Bytes>, InputEncoding, AudioThread)> = None;
+    let mut outcome: Result<(Option<u32>, Vec<String>), EngineError> = Err(EngineError::Truncated);
+    loop {
+        let event = tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Err(JobError::Cancelled),
+            e = stream.next() => e,
+        };
+        match event {
+            None => break,
+            Some(Err(error)) => {
+                outcome = Err(error);
+                break;
+            }
+            Some(Ok(SynthEvent::Finished {
+                characters,
+                upstream_request_ids,
+            })) => {
+                outcome = Ok((characters, upstream_request_ids));
+                break;
+            }
+            Some(Ok(SynthEvent::Audio { encoding, data })) => {
+                let (tx, first_encoding, _) = match &mut audio {
+                    Some(a) => a,
+                    None => {
+                        let (tx, rx) = mpsc::channel(BYTES_IN_FLIGHT);
+                        let Some(sink) = sink.take() else {
+                            return Err(JobError::Panicked);
+                        };
+                        let thread = AudioThread::spawn(encoding, rx, output, gain, chunk_ms, sink);
+                        audio.insert((tx, encoding, thread))
+                    }
+                };
+                if *first_encoding != encoding {
+                    outcome = Err(EngineError::Protocol(format!(
+                        "audio encoding changed mid-stream from {first_encoding:?} to {encoding:?}"
+                    )));
+                    break;
+                }
+                let sent = tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return Err(JobError::Cancelled),
+                    r = tx.send(data) => r.is_ok(),
+                };
+                if !sent {
+                    // The audio thread stopped: the client left, or the audio was malformed.
+                    break;
+                }
+            }
+        }
+    }
+    // Stop the engine now (kills a subprocess, drops an HTTP request) whatever happened.
+    drop(stream);
+
+    let report = match audio {
+        Some((tx, _, thread)) => {
+            drop(tx);
+            thread.join().await?
+        }
+        None => match sink.take() {
+            // No audio at all: still send a valid (empty) stream, e.g. a lone WAV header.
+            Some(sink) if outcome.is_ok() => finish_empty(output, chunk_ms, sink)?,
+            _ => AudioReport::default(),
+        },
+    };
+    let (characters, upstream_request_ids) = outcome?;
+    Ok(JobReport {
+        frames: report.frames,
+        bytes: report.bytes,
+        characters,
+        upstream_request_ids,
+        first_chunk_at: report.first_chunk_at,
+    })
+}
+
+/// The blocking thread that turns engine bytes into chunks.
+struct AudioThread(tokio::task::JoinHandle<Result<AudioReport, JobError>>);
+
+impl AudioThread {
+    fn spawn(
+        encoding: InputEncoding,
+        rx: mpsc::Receiver<Bytes>,
+        output: OutputFormat,
+        gain: f32,
+        chunk_ms: u32,
+        sink: ChunkSink,
+    ) -> Self {
+        Self(tokio::task::spawn_blocking(move || {
+            let decoder = open_decoder(encoding, ChannelReader::new(rx))?;
+            AudioChain::new(output, gain, chunk_ms, sink).run(decoder)
+        }))
+    }
+
+    async fn join(self) -> Result<AudioReport, JobError> {
+        match self.0.await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(%error, "audio thread panicked");
+                Err(JobError::Panicked)
+            }
+        }
+    }
+}
+
+fn finish_empty(
+    output: OutputFormat,
+    chunk_ms: u32,
+    sink: ChunkSink,
+) -> Result<AudioReport, JobError> {
+    let mut chain = AudioChain::new(output, 1.0, chunk_ms, sink);
+    chain.finish()?;
+    Ok(chain.report)
+}
+
+/// decode → resample → remix → gain → encode → chunk, on the audio thread.
+///
+/// The PCM stages are built from the first decoded buffer's actual spec (an engine's WAV header
+/// may announce a rate other than the one expected).
+struct AudioChain {
+    output: OutputFormat,
+    gain: f32,
+    stages: Option<Vec<Box<dyn Stage>>>,
+    input_spec: Option<crate::audio::AudioSpec>,
+    encoder: Box<dyn Encoder>,
+    chunker: Chunker,
+    sink: ChunkSink,
+    report: AudioReport,
+    // Reused buffers.
+    encoded: Vec<u8>,
+    chunks: Vec<Chunk>,
+}
+
+impl AudioChain {
+    fn new(output: OutputFormat, gain: f32, chunk_ms: u32, sink: ChunkSink) -> Self {
+        Self {
+            output,
+            gain,
+            stages: None,
+            input_spec: None,
+            encoder: encoder_for(output),
+            chunker: Chunker::new(output, chunk_ms),
+            sink,
+            report: AudioReport::default(),
+            encoded: Vec::new(),
+            chunks: Vec::new(),
+        }
+    }
+
+    fn run(mut self, mut decoder: Box<dyn Decoder>) -> Result<AudioReport, JobError> {
+        while let Some(buffer) = decoder.next_buffer()? {
+            if buffer.is_empty() {
+                continue;
+            }
+            self.process(buffer)?;
+        }
+        self.finish()?;
+        Ok(self.report)
+    }
+
+    fn build_stages(&mut self, input: crate::audio::AudioSpec) -> Result<(), AudioError> {
+        let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+        if input.sample_rate != self.output.spec.sample_rate {
+            stages.push(Box::new(Resampler::new(input, self.output.spec.sample_rate)?));
+        }
+        if input.channels != self.output.spec.channels {
+            stages.push(Box::new(Remix::new(self.output.spec.channels)));
+        }
+        if (self.gain - 1.0).abs() > f32::EPSILON {
+            stages.push(Box::new(Gain::new(self.gain)));
+        }
+        self.stages = Some(stages);
+        self.input_spec = Some(input);
+        Ok(())
+    }
+
+    fn process(&mut self, buffer: PcmBuffer) -> Result<(), JobError> {
+        match self.input_spec {
+            None => self.build_stages(buffer.spec)?,
+            Some(spec) if spec != buffer.spec => {
+                return Err(AudioError::Unsupported {
+                    format: "decoded",
+                    reason: format!(
+                        "audio format changed mid-stream from {spec:?} to {:?}",
+                        buffer.spec
+                    ),
+                }
+                .into());
+            }
+            Some(_) => {}
+        }
+        let mut buffers = vec![buffer];
+        if let Some(stages) = &mut self.stages {
+            for stage in stages.iter_mut() {
+                let mut next = Vec::with_capacity(buffers.len());
+                for b in buffers {
+                    stage.process(b, &mut next)?;
+                }
+                buffers = next;
+            }
+        }
+        for b in &buffers {
+            self.encode(b)?;
+        }
+        Ok(())
+    }
+
+    fn encode(&mut self, pcm: &PcmBuffer) -> Result<(), JobError> {
+        if pcm.is_empty() {
+            return Ok(());
+        }
+        self.encoded.clear();
+        self.encoder.encode(pcm, &mut self.encoded)?;
+        self.chunker
+            .push(&self.encoded, pcm.frames(), &mut self.chunks);
+        self.deliver()
+    }
+
+    /// Flush every stage in order (each stage's tail goes through the stages after it), then
+    /// the encoder and the chunker.
+    fn finish(&mut self) -> Result<(), JobError> {
+        if let Some(mut stages) = self.stages.take() {
+            let mut carried: Vec<PcmBuffer> = Vec::new();
+            for stage in stages.iter_mut() {
+                let mut next = Vec::new();
+                for b in carried {
+                    stage.process(b, &mut next)?;
+                }
+                stage.flush(&mut next)?;
+                carried = next;
+            }
+            for b in &carried {
+                self.encode(b)?;
+            }
+        }
+        self.encoded.clear();
+        self.encoder.finish(&mut self.encoded)?;
+        if !self.encoded.is_empty() {
+            self.chunker.push(&self.encoded, 0, &mut self.chunks);
+        }
+        self.chunker.finish(&mut self.chunks);
+        self.deliver()
+    }
+
+    fn deliver(&mut self) -> Result<(), JobError> {
+        for chunk in self.chunks.drain(..) {
+            if self.report.first_chunk_at.is_none() {
+                self.report.first_chunk_at = Some(Instant::now());
+            }
+            self.report.frames += u64::from(chunk.frames);
+            self.report.bytes += chunk.data.len() as u64;
+            if !(self.sink)(chunk) {
+                return Err(JobError::ClientGone);
+            }
+        }
+        Ok(())
+    }
+}

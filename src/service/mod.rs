@@ -1,0 +1,282 @@
+//! The gRPC server: herald.v1.Speech, grpc.health.v1 and server reflection, on unix sockets
+//! and/or TCP.
+//!
+//! [`bind`] opens the listeners (so callers, and tests, learn the real addresses before serving);
+//! [`Daemon::serve`] runs them until the shutdown future resolves, then stops accepting, cancels
+//! every in-flight job, and waits for connections to close within the grace period. Engines are
+//! built by [`Daemon::from_config`]. This module owns no audio and no engine logic.
+
+pub mod speech;
+pub mod status;
+
+use std::{
+    future::Future,
+    io,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use tokio::{net::TcpListener, net::UnixListener, task::JoinSet};
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Server, server::TcpIncoming};
+
+use crate::{
+    config::{Config, ListenAddr},
+    engine::{
+        EngineError, Engines, Synthesizer,
+        espeak::{self, Espeak, EspeakConfig},
+    },
+    pb::{self, speech_server::SpeechServer},
+};
+pub use speech::{Settings, SpeechService};
+
+/// HTTP/2 keepalive ping interval towards clients.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a keepalive ping may go unanswered.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Errors starting or running the server.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// A listener could not be opened.
+    #[error("cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// An engine could not be set up.
+    #[error("engine setup failed")]
+    Engine(#[from] EngineError),
+    /// The configuration names something that does not exist (e.g. the default model).
+    #[error("{0}")]
+    Config(String),
+    /// Reflection could not be built from the descriptor set (a build problem).
+    #[error("reflection service setup failed")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// A server task failed.
+    #[error("gRPC server failed")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// An open listener, ready to serve.
+#[derive(Debug)]
+pub struct BoundListener {
+    addr: ListenAddr,
+    kind: ListenerKind,
+}
+
+#[derive(Debug)]
+enum ListenerKind {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl BoundListener {
+    /// The address actually bound (with the real port when port 0 was asked for).
+    pub fn addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+}
+
+/// Open every listener. Unix sockets get `socket_mode`; a stale socket file left by an earlier
+/// run is replaced, but any other kind of file is not touched.
+pub async fn bind(addrs: &[ListenAddr], socket_mode: u32) -> Result<Vec<BoundListener>, ServeError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let err = |source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let bound = match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a).await.map_err(err)?;
+                let real = l.local_addr().map_err(err)?;
+                BoundListener {
+                    addr: ListenAddr::Tcp(real),
+                    kind: ListenerKind::Tcp(l),
+                }
+            }
+            ListenAddr::Unix(path) => {
+                let l = bind_unix(path, socket_mode).map_err(err)?;
+                BoundListener {
+                    addr: addr.clone(),
+                    kind: ListenerKind::Unix(l),
+                }
+            }
+        };
+        out.push(bound);
+    }
+    Ok(out)
+}
+
+fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// The daemon: engines, request settings, and the root cancellation token of all jobs.
+pub struct Daemon {
+    service: SpeechService,
+    jobs: CancellationToken,
+    grace: Duration,
+}
+
+impl Daemon {
+    /// Build the engines the configuration asks for and resolve the default model.
+    pub async fn from_config(config: &Config) -> Result<Self, ServeError> {
+        let mut engines: Vec<Arc<dyn Synthesizer>> = Vec::new();
+        if let Some(e) = &config.espeak {
+            let engine = Espeak::new(EspeakConfig {
+                binary: e.binary.clone(),
+                default_voice: e.default_voice.clone(),
+                timeout: e.timeout,
+            })
+            .await?;
+            engines.push(Arc::new(engine));
+        }
+        let engines = Engines::new(engines);
+        let default_model = match &config.default_model {
+            Some(m) => {
+                if engines.for_model(m).is_none() {
+                    return Err(ServeError::Config(format!(
+                        "synthesis.default_model: {m:?} is not served by any configured engine"
+                    )));
+                }
+                m.clone()
+            }
+            // DashScope engines are not part of this build yet, so espeak-ng is the default
+            // whether or not a key is configured.
+            None if engines.for_model(espeak::MODEL).is_some() => espeak::MODEL.to_owned(),
+            None => {
+                return Err(ServeError::Config(
+                    "no engine is available: enable [espeak]".to_owned(),
+                ));
+            }
+        };
+        if let (Some(voice), Some(engine)) = (&config.default_voice, engines.for_model(&default_model)) {
+            engine
+                .check_voice(&default_model, voice)
+                .map_err(|m| ServeError::Config(format!("synthesis.default_voice: {m}")))?;
+        }
+        let settings = Settings {
+            default_model,
+            default_voice: config.default_voice.clone(),
+            max_text_chars: config.max_text_chars,
+        };
+        Ok(Self::new(engines, settings, config.shutdown_grace))
+    }
+
+    /// A daemon over explicit engines and settings (tests, embedding).
+    pub fn new(engines: Engines, settings: Settings, grace: Duration) -> Self {
+        let jobs = CancellationToken::new();
+        Self {
+            service: SpeechService::new(engines, settings, jobs.clone()),
+            jobs,
+            grace,
+        }
+    }
+
+    /// Serve on `listeners` until `shutdown` resolves (or a listener fails). Then: report
+    /// NOT_SERVING, stop accepting, cancel every job (their clients get UNAVAILABLE), and wait
+    /// up to the grace period for connections to close. Unix socket files are removed.
+    pub async fn serve(
+        self,
+        listeners: Vec<BoundListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter
+            .set_serving::<SpeechServer<SpeechService>>()
+            .await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()?;
+
+        let stop_accepting = CancellationToken::new();
+        let mut servers = JoinSet::new();
+        let mut socket_files: Vec<PathBuf> = Vec::new();
+        for listener in listeners {
+            let router = Server::builder()
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .add_service(health.clone())
+                .add_service(reflection_v1.clone())
+                .add_service(reflection_v1alpha.clone())
+                .add_service(SpeechServer::new(self.service.clone()));
+            let signal = stop_accepting.clone().cancelled_owned();
+            tracing::info!(addr = %listener.addr, "listening");
+            match listener.kind {
+                ListenerKind::Tcp(l) => {
+                    let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                    servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
+                }
+                ListenerKind::Unix(l) => {
+                    if let ListenAddr::Unix(path) = &listener.addr {
+                        socket_files.push(path.clone());
+                    }
+                    let incoming = UnixListenerStream::new(l);
+                    servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
+                }
+            }
+        }
+
+        let mut failure = None;
+        tokio::select! {
+            () = shutdown => tracing::info!("shutting down"),
+            Some(result) = servers.join_next() => {
+                tracing::error!("a listener stopped unexpectedly; shutting down");
+                failure = match result {
+                    Ok(Err(e)) => Some(ServeError::Transport(e)),
+                    Ok(Ok(())) => None,
+                    Err(e) => Some(ServeError::Config(format!("server task failed: {e}"))),
+                };
+            }
+        }
+        reporter
+            .set_not_serving::<SpeechServer<SpeechService>>()
+            .await;
+        stop_accepting.cancel();
+        self.jobs.cancel();
+        let drained = tokio::time::timeout(self.grace, async {
+            while servers.join_next().await.is_some() {}
+        })
+        .await;
+        match drained {
+            Ok(()) => tracing::info!("shutdown complete"),
+            Err(_) => {
+                tracing::warn!(grace = ?self.grace, "connections still open after the grace period; closing them");
+                servers.abort_all();
+            }
+        }
+        for path in socket_files {
+            let _ = std::fs::remove_file(path);
+        }
+        failure.map_or(Ok(()), Err)
+    }
+}

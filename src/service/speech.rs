@@ -1,0 +1,486 @@
+//! The herald.v1.Speech handlers: validate → start the job → return a stream.
+//!
+//! Handlers are thin (console-subscriber, tonic's streaming example): they turn the request into
+//! domain types with precise INVALID_ARGUMENT messages (field name + limit), spawn the job under
+//! a child of the daemon's cancellation token, and return a [`ReceiverStream`] so that a client
+//! that goes away cancels its job. They hold no locks and no mutable shared state.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, metadata::MetadataMap};
+
+use crate::{
+    audio::{self, AudioSpec, OutputEncoding, OutputFormat},
+    engine::{Engines, SynthesisRequest, Synthesizer},
+    pb::{self, audio_format::Encoding, synthesize_response::Payload},
+    pipeline::{self, ChunkSink, Job},
+    service::status,
+};
+
+/// Chunks buffered per stream between the audio thread and the client's HTTP/2 stream.
+const CHUNKS_IN_FLIGHT: usize = 16;
+/// Default `chunk_ms`.
+pub const DEFAULT_CHUNK_MS: u32 = 100;
+/// Accepted `chunk_ms` range.
+pub const CHUNK_MS_RANGE: std::ops::RangeInclusive<u32> = 10..=1000;
+/// Accepted `speed` and `pitch` range (0 = default 1.0).
+pub const PROSODY_RANGE: std::ops::RangeInclusive<f32> = 0.5..=2.0;
+/// Highest accepted `volume` (0 = default 1.0).
+pub const MAX_VOLUME: f32 = 4.0;
+/// Longest accepted `instructions`, in characters.
+pub const MAX_INSTRUCTIONS_CHARS: usize = 1000;
+/// Longest accepted `request_id`, in characters.
+pub const MAX_REQUEST_ID_CHARS: usize = 128;
+/// Longest accepted `language` tag.
+pub const MAX_LANGUAGE_CHARS: usize = 35;
+
+/// Request defaults and limits, from the configuration.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Model used when a request names none.
+    pub default_model: String,
+    /// Voice used with the default model when a request names none (`None` = engine default).
+    pub default_voice: Option<String>,
+    /// Longest accepted text, in Unicode scalar values.
+    pub max_text_chars: usize,
+}
+
+/// The herald.v1.Speech service. Cheap to clone; every clone serves the same daemon.
+#[derive(Clone)]
+pub struct SpeechService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engines: Engines,
+    settings: Settings,
+    /// Cancelled at shutdown; every job runs under a child token.
+    root: CancellationToken,
+}
+
+/// A validated Synthesize request.
+struct Validated {
+    job: Job,
+    info: pb::AudioInfo,
+    characters: u32,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+impl SpeechService {
+    /// A service over `engines`; jobs are cancelled when `root` is.
+    pub fn new(engines: Engines, settings: Settings, root: CancellationToken) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                engines,
+                settings,
+                root,
+            }),
+        }
+    }
+
+    fn validate(&self, req: pb::SynthesizeRequest) -> Result<Validated, Status> {
+        let settings = &self.inner.settings;
+        let text = req.text;
+        if text.trim().is_empty() {
+            return Err(invalid("text: must not be empty"));
+        }
+        let chars = text.chars().count();
+        if chars > settings.max_text_chars {
+            return Err(invalid(format!(
+                "text: {chars} characters exceeds the limit of {} (synthesis.max_text_chars)",
+                settings.max_text_chars
+            )));
+        }
+
+        let model = if req.model.is_empty() {
+            settings.default_model.clone()
+        } else {
+            req.model
+        };
+        let Some(engine) = self.inner.engines.for_model(&model) else {
+            let known: Vec<&str> = self.inner.engines.all().iter().map(|e| e.name()).collect();
+            return Err(invalid(format!(
+                "model: unknown model {:?}; this daemon serves: {}",
+                truncate(&model, 64),
+                known.join(", ")
+            )));
+        };
+        let voice = match (req.voice.is_empty(), &settings.default_voice) {
+            (false, _) => req.voice,
+            (true, Some(v)) if model == settings.default_model => v.clone(),
+            (true, _) => engine.default_voice(&model),
+        };
+        engine
+            .check_voice(&model, &voice)
+            .map_err(|m| invalid(format!("voice: {m}")))?;
+
+        let language = optional(&req.language);
+        if let Some(l) = &language {
+            if l.chars().count() > MAX_LANGUAGE_CHARS
+                || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid(format!(
+                    "language: {:?} is not a BCP-47 tag like \"en\" or \"zh-CN\" (at most {MAX_LANGUAGE_CHARS} characters)",
+                    truncate(l, 40)
+                )));
+            }
+        }
+        let instructions = optional(&req.instructions);
+        if let Some(i) = &instructions {
+            let n = i.chars().count();
+            if n > MAX_INSTRUCTIONS_CHARS {
+                return Err(invalid(format!(
+                    "instructions: {n} characters exceeds the limit of {MAX_INSTRUCTIONS_CHARS}"
+                )));
+            }
+        }
+        let speed = prosody("speed", req.speed)?;
+        let pitch = prosody("pitch", req.pitch)?;
+        let gain = match req.volume {
+            v if v == 0.0 => 1.0,
+            v if v.is_finite() && v > 0.0 && v <= MAX_VOLUME => v,
+            v => {
+                return Err(invalid(format!(
+                    "volume: {v} is outside 0.0 < volume <= {MAX_VOLUME} (0 = default 1.0)"
+                )));
+            }
+        };
+        let chunk_ms = match req.chunk_ms {
+            0 => DEFAULT_CHUNK_MS,
+            c if CHUNK_MS_RANGE.contains(&c) => c,
+            c => {
+                return Err(invalid(format!(
+                    "chunk_ms: {c} is outside {}..={} (0 = default {DEFAULT_CHUNK_MS})",
+                    CHUNK_MS_RANGE.start(),
+                    CHUNK_MS_RANGE.end()
+                )));
+            }
+        };
+        let request_id = if req.request_id.is_empty() {
+            uuid::Uuid::new_v4().to_string()
+        } else if req.request_id.chars().count() > MAX_REQUEST_ID_CHARS
+            || req.request_id.chars().any(char::is_control)
+        {
+            return Err(invalid(format!(
+                "request_id: must be at most {MAX_REQUEST_ID_CHARS} printable characters"
+            )));
+        } else {
+            req.request_id
+        };
+
+        let native_rate = engine.native_sample_rate(&model, &voice);
+        let output = output_format(req.format.unwrap_or_default(), native_rate)?;
+        let info = pb::AudioInfo {
+            format: Some(pb::AudioFormat {
+                encoding: encoding_to_pb(output.encoding) as i32,
+                sample_rate_hz: output.spec.sample_rate,
+                channels: u32::from(output.spec.channels),
+            }),
+            model: model.clone(),
+            voice: voice.clone(),
+            engine: engine.name().to_owned(),
+            request_id: request_id.clone(),
+            native_sample_rate_hz: native_rate,
+        };
+        Ok(Validated {
+            job: Job {
+                request: SynthesisRequest {
+                    text,
+                    voice,
+                    model,
+                    language,
+                    instructions,
+                    speed,
+                    pitch,
+                    request_id,
+                },
+                engine: Arc::clone(engine),
+                output,
+                gain,
+                chunk_ms,
+            },
+            info,
+            characters: u32::try_from(chars).unwrap_or(u32::MAX),
+        })
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Status {
+    Status::invalid_argument(message)
+}
+
+fn optional(s: &str) -> Option<String> {
+    let t = s.trim();
+    (!t.is_empty()).then(|| t.to_owned())
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+fn prosody(field: &str, value: f32) -> Result<f32, Status> {
+    if value == 0.0 {
+        Ok(1.0)
+    } else if value.is_finite() && PROSODY_RANGE.contains(&value) {
+        Ok(value)
+    } else {
+        Err(invalid(format!(
+            "{field}: {value} is outside {}..={} (0 = default 1.0)",
+            PROSODY_RANGE.start(),
+            PROSODY_RANGE.end()
+        )))
+    }
+}
+
+fn output_format(format: pb::AudioFormat, native_rate: u32) -> Result<OutputFormat, Status> {
+    let encoding = match Encoding::try_from(format.encoding) {
+        Ok(Encoding::Unspecified | Encoding::PcmS16le) => OutputEncoding::PcmS16Le,
+        Ok(Encoding::PcmF32le) => OutputEncoding::PcmF32Le,
+        Ok(Encoding::Wav) => OutputEncoding::Wav,
+        Ok(Encoding::Mulaw) => OutputEncoding::Mulaw,
+        Ok(Encoding::Alaw) => OutputEncoding::Alaw,
+        Ok(e @ (Encoding::Mp3 | Encoding::OggOpus | Encoding::Flac)) => {
+            return Err(invalid(format!(
+                "format.encoding: {} is not supported yet; supported: PCM_S16LE, PCM_F32LE, WAV, MULAW, ALAW",
+                e.as_str_name()
+            )));
+        }
+        Err(_) => {
+            return Err(invalid(format!(
+                "format.encoding: unknown value {}",
+                format.encoding
+            )));
+        }
+    };
+    let rate = match format.sample_rate_hz {
+        0 => native_rate,
+        r if (audio::MIN_SAMPLE_RATE..=audio::MAX_SAMPLE_RATE).contains(&r) => r,
+        r => {
+            return Err(invalid(format!(
+                "format.sample_rate_hz: {r} is outside {}..={} (0 = the engine's native rate)",
+                audio::MIN_SAMPLE_RATE,
+                audio::MAX_SAMPLE_RATE
+            )));
+        }
+    };
+    let channels = match format.channels {
+        0 => 1,
+        c if c <= u32::from(audio::MAX_CHANNELS) => c as u16,
+        c => {
+            return Err(invalid(format!(
+                "format.channels: {c} is outside 1..={} (0 = mono)",
+                audio::MAX_CHANNELS
+            )));
+        }
+    };
+    let spec = AudioSpec::new(rate, channels)
+        .ok_or_else(|| Status::internal("engine reported a native sample rate of 0"))?;
+    Ok(OutputFormat { encoding, spec })
+}
+
+fn encoding_to_pb(e: OutputEncoding) -> Encoding {
+    match e {
+        OutputEncoding::PcmS16Le => Encoding::PcmS16le,
+        OutputEncoding::PcmF32Le => Encoding::PcmF32le,
+        OutputEncoding::Wav => Encoding::Wav,
+        OutputEncoding::Mulaw => Encoding::Mulaw,
+        OutputEncoding::Alaw => Encoding::Alaw,
+    }
+}
+
+/// The client's deadline from the `grpc-timeout` header, if any.
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+    let value = metadata.get("grpc-timeout")?.to_str().ok()?;
+    if value.len() < 2 {
+        return None;
+    }
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+fn response(payload: Payload) -> Result<pb::SynthesizeResponse, Status> {
+    Ok(pb::SynthesizeResponse {
+        payload: Some(payload),
+    })
+}
+
+#[tonic::async_trait]
+impl pb::speech_server::Speech for SpeechService {
+    type SynthesizeStream = BoxStream<pb::SynthesizeResponse>;
+    type SpeakStream = BoxStream<pb::SpeakEvent>;
+
+    async fn synthesize(
+        &self,
+        request: Request<pb::SynthesizeRequest>,
+    ) -> Result<Response<Self::SynthesizeStream>, Status> {
+        let received = Instant::now();
+        let deadline = grpc_timeout(request.metadata()).map(|d| received + d);
+        let Validated {
+            job,
+            info,
+            characters,
+        } = self.validate(request.into_inner())?;
+        let rate = job.output.spec.sample_rate;
+        let cancel = self.inner.root.child_token();
+        let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        tracing::debug!(request_id = %info.request_id, model = %info.model, voice = %info.voice, "synthesize");
+
+        tokio::spawn(async move {
+            let request_id = info.request_id.clone();
+            if tx.send(response(Payload::Info(info))).await.is_err() {
+                return;
+            }
+            let sink_tx = tx.clone();
+            let sink: ChunkSink = Box::new(move |chunk| {
+                let msg = response(Payload::Audio(pb::AudioChunk {
+                    data: chunk.data,
+                    first_frame: chunk.first_frame,
+                    frames: chunk.frames,
+                }));
+                sink_tx.blocking_send(msg).is_ok()
+            });
+            let deadline_passed = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let result = tokio::select! {
+                r = pipeline::run(job, cancel.clone(), sink) => r,
+                () = tx.closed() => {
+                    // Client gone: dropping the job future stops the engine at once.
+                    cancel.cancel();
+                    tracing::debug!(%request_id, "client went away; job cancelled");
+                    return;
+                }
+                () = deadline_passed => {
+                    cancel.cancel();
+                    tracing::info!(%request_id, "deadline exceeded; job cancelled");
+                    let _ = tx.send(Err(Status::deadline_exceeded("deadline exceeded before synthesis finished"))).await;
+                    return;
+                }
+            };
+            let msg = match result {
+                Ok(report) => {
+                    let ttfa = report
+                        .first_chunk_at
+                        .map(|t| t.saturating_duration_since(received));
+                    tracing::info!(
+                        %request_id,
+                        frames = report.frames,
+                        ttfa_ms = ttfa.map(|d| d.as_secs_f64() * 1e3),
+                        "synthesis finished"
+                    );
+                    response(Payload::Summary(pb::SynthesisSummary {
+                        samples: report.frames,
+                        duration_ms: (report.frames * 1000 + u64::from(rate) / 2) / u64::from(rate),
+                        characters: report.characters.unwrap_or(characters),
+                        cache_hit: false,
+                        fallback_used: false,
+                        upstream_request_ids: report.upstream_request_ids,
+                        time_to_first_audio_us: ttfa
+                            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                        bytes: report.bytes,
+                    }))
+                }
+                Err(error) => Err(status::job_status(&error)),
+            };
+            let _ = tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_voices(
+        &self,
+        request: Request<pb::ListVoicesRequest>,
+    ) -> Result<Response<pb::ListVoicesResponse>, Status> {
+        let req = request.into_inner();
+        let language = req.language.trim().to_ascii_lowercase();
+        let voices = self
+            .inner
+            .engines
+            .all()
+            .iter()
+            .flat_map(|engine| {
+                let name = engine.name();
+                engine.voices().into_iter().map(move |v| (name, v))
+            })
+            .filter(|(_, v)| req.model.is_empty() || v.model == req.model)
+            .filter(|(_, v)| {
+                language.is_empty()
+                    || v.languages.iter().any(|l| {
+                        let l = l.to_ascii_lowercase();
+                        l == language || l.starts_with(&format!("{language}-"))
+                    })
+            })
+            .map(|(engine, v)| pb::Voice {
+                name: v.name,
+                display_name: v.display_name,
+                languages: v.languages,
+                engine: engine.to_owned(),
+                model: v.model,
+                native_sample_rate_hz: v.native_sample_rate,
+                gender: v.gender,
+                custom: false,
+            })
+            .collect();
+        Ok(Response::new(pb::ListVoicesResponse { voices }))
+    }
+
+    async fn speak(
+        &self,
+        _request: Request<pb::SpeakRequest>,
+    ) -> Result<Response<Self::SpeakStream>, Status> {
+        Err(Status::unimplemented(
+            "Speak: local playback is not available in this version of herald",
+        ))
+    }
+
+    async fn stop_speaking(
+        &self,
+        _request: Request<pb::StopSpeakingRequest>,
+    ) -> Result<Response<pb::StopSpeakingResponse>, Status> {
+        Err(Status::unimplemented(
+            "StopSpeaking: local playback is not available in this version of herald",
+        ))
+    }
+
+    async fn list_output_devices(
+        &self,
+        _request: Request<pb::ListOutputDevicesRequest>,
+    ) -> Result<Response<pb::ListOutputDevicesResponse>, Status> {
+        Err(Status::unimplemented(
+            "ListOutputDevices: local playback is not available in this version of herald",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let mut m = MetadataMap::new();
+        m.insert("grpc-timeout", "1500m".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_millis(1500)));
+        m.insert("grpc-timeout", "2S".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(2)));
+        m.insert("grpc-timeout", "x".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None);
+    }
+}
