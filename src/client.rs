@@ -24,7 +24,11 @@ pub enum Target {
 
 impl Target {
     /// `--socket`/`--addr` if given, else the first default socket location that exists.
-    pub fn resolve(socket: Option<PathBuf>, addr: Option<String>, env: &Env) -> Result<Self, String> {
+    pub fn resolve(
+        socket: Option<PathBuf>,
+        addr: Option<String>,
+        env: &Env,
+    ) -> Result<Self, String> {
         if let Some(addr) = addr {
             return Ok(Self::Tcp(addr));
         }
@@ -47,7 +51,9 @@ impl Target {
 
     fn endpoint(&self) -> Result<Endpoint, tonic::transport::Error> {
         match self {
-            Self::Unix(path) => Endpoint::from_shared(format!("unix://{}", absolute(path).display())),
+            Self::Unix(path) => {
+                Endpoint::from_shared(format!("unix://{}", absolute(path).display()))
+            }
             Self::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}")),
         }
     }

@@ -62,19 +62,35 @@ enum Kind {
 const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_LISTEN", "server.listen", Kind::List),
     ("HERALD_SOCKET_MODE", "server.socket_mode", Kind::Str),
-    ("HERALD_SHUTDOWN_GRACE_MS", "server.shutdown_grace_ms", Kind::Int),
+    (
+        "HERALD_SHUTDOWN_GRACE_MS",
+        "server.shutdown_grace_ms",
+        Kind::Int,
+    ),
     ("HERALD_DEFAULT_MODEL", "synthesis.default_model", Kind::Str),
     ("HERALD_DEFAULT_VOICE", "synthesis.default_voice", Kind::Str),
-    ("HERALD_MAX_TEXT_CHARS", "synthesis.max_text_chars", Kind::Int),
+    (
+        "HERALD_MAX_TEXT_CHARS",
+        "synthesis.max_text_chars",
+        Kind::Int,
+    ),
     ("HERALD_ESPEAK_ENABLED", "espeak.enabled", Kind::Bool),
     ("HERALD_ESPEAK_BINARY", "espeak.binary", Kind::Str),
     ("HERALD_ESPEAK_VOICE", "espeak.default_voice", Kind::Str),
     ("HERALD_ESPEAK_TIMEOUT_MS", "espeak.timeout_ms", Kind::Int),
     ("HERALD_LOG", "log.level", Kind::Str),
     (ENV_DASHSCOPE_API_KEY, "dashscope.api_key", Kind::Str),
-    (ENV_DASHSCOPE_API_KEY_FILE, "dashscope.api_key_file", Kind::Str),
+    (
+        ENV_DASHSCOPE_API_KEY_FILE,
+        "dashscope.api_key_file",
+        Kind::Str,
+    ),
     (ENV_DASHSCOPE_BASE_URL, "dashscope.base_url", Kind::Str),
-    (ENV_DASHSCOPE_WORKSPACE_ID, "dashscope.workspace_id", Kind::Str),
+    (
+        ENV_DASHSCOPE_WORKSPACE_ID,
+        "dashscope.workspace_id",
+        Kind::Str,
+    ),
 ];
 
 /// A snapshot of environment variables. Build it from the process with [`Env::from_process`],
@@ -102,7 +118,10 @@ impl Env {
 
     /// The value of `name`, if set and not empty.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.get(name).map(String::as_str).filter(|v| !v.is_empty())
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
     }
 }
 
@@ -346,10 +365,12 @@ pub fn load(options: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
 
 /// Parse one TOML document (a config file's content) with unknown keys rejected.
 pub fn parse_str(text: &str, origin: &Path) -> Result<RawConfig, ConfigError> {
-    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        path: origin.to_owned(),
-        message: e.to_string(),
-    })?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })?;
     deserialize_table(table, &origin.display().to_string())
 }
 
@@ -369,10 +390,11 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         path: path.to_owned(),
         source,
     })?;
-    text.parse().map_err(|e: toml::de::Error| ConfigError::Syntax {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })
+    text.parse()
+        .map_err(|e: toml::de::Error| ConfigError::Syntax {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
 }
 
 fn deserialize_table(table: toml::Table, origin: &str) -> Result<RawConfig, ConfigError> {
@@ -456,9 +478,9 @@ impl ListenAddr {
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
-        text.parse::<SocketAddr>()
-            .map(Self::Tcp)
-            .map_err(|_| format!("{text:?} is neither unix:PATH nor IP:PORT (e.g. 127.0.0.1:50051)"))
+        text.parse::<SocketAddr>().map(Self::Tcp).map_err(|_| {
+            format!("{text:?} is neither unix:PATH nor IP:PORT (e.g. 127.0.0.1:50051)")
+        })
     }
 }
 
@@ -526,13 +548,15 @@ impl RawConfig {
     pub fn validate(self, env: &Env) -> Result<Config, ConfigError> {
         let s = &self.server;
         let listen = if s.listen.is_empty() {
-            vec![ListenAddr::Unix(default_socket_path(env).ok_or_else(|| {
-                invalid(
-                    "server.listen",
-                    "empty, and no runtime directory for the default socket: set \
+            vec![ListenAddr::Unix(default_socket_path(env).ok_or_else(
+                || {
+                    invalid(
+                        "server.listen",
+                        "empty, and no runtime directory for the default socket: set \
                      RUNTIME_DIRECTORY or XDG_RUNTIME_DIR, run as root, or list an address",
-                )
-            })?)]
+                    )
+                },
+            )?)]
         } else {
             s.listen
                 .iter()
@@ -624,13 +648,17 @@ fn validate_dashscope(d: &DashscopeSection, env: &Env) -> Result<DashscopeConfig
         };
         (Some(SecretString::from(key)), Some(source))
     } else if let Some(file) = d.api_key_file.as_deref().and_then(non_empty) {
-        let key = read_secret_file(Path::new(&file)).map_err(|m| invalid("dashscope.api_key_file", m))?;
+        let key =
+            read_secret_file(Path::new(&file)).map_err(|m| invalid("dashscope.api_key_file", m))?;
         (Some(key), Some(format!("file {file}")))
     } else if let Some(dir) = env.get(ENV_CREDENTIALS_DIRECTORY) {
         let path = Path::new(dir).join(CREDENTIAL_DASHSCOPE_API_KEY);
         if path.exists() {
             let key = read_secret_file(&path).map_err(|m| invalid(ENV_CREDENTIALS_DIRECTORY, m))?;
-            (Some(key), Some(format!("systemd credential {CREDENTIAL_DASHSCOPE_API_KEY}")))
+            (
+                Some(key),
+                Some(format!("systemd credential {CREDENTIAL_DASHSCOPE_API_KEY}")),
+            )
         } else {
             (None, None)
         }
@@ -712,17 +740,23 @@ impl Config {
             raw.dashscope.api_key = Some(MASK.to_owned());
         }
         raw.server.listen = self.listen.iter().map(ToString::to_string).collect();
-        let mut text = toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
+        let mut text =
+            toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         text.push_str("\n# resolved\n");
         text.push_str(&format!(
             "# dashscope api key: {}\n",
             match (&self.dashscope.api_key, &self.dashscope.api_key_source) {
-                (Some(key), Some(src)) =>
-                    format!("set ({} characters, from {src})", key.expose_secret().chars().count()),
+                (Some(key), Some(src)) => format!(
+                    "set ({} characters, from {src})",
+                    key.expose_secret().chars().count()
+                ),
                 _ => "not set (cloud engines disabled; default model espeak-ng)".to_owned(),
             }
         ));
-        text.push_str(&format!("# dashscope base url: {}\n", self.dashscope.base_url));
+        text.push_str(&format!(
+            "# dashscope base url: {}\n",
+            self.dashscope.base_url
+        ));
         text
     }
 }
@@ -754,7 +788,10 @@ mod tests {
     #[test]
     fn precedence_is_flags_then_env_then_file_then_defaults() {
         let file = "[server]\nlisten = [\"127.0.0.1:1\"]\n[synthesis]\nmax_text_chars = 10\ndefault_voice = \"de\"\n";
-        let e = env(&[("HERALD_LISTEN", "127.0.0.1:2"), ("HERALD_MAX_TEXT_CHARS", "20")]);
+        let e = env(&[
+            ("HERALD_LISTEN", "127.0.0.1:2"),
+            ("HERALD_MAX_TEXT_CHARS", "20"),
+        ]);
         let c = load_with(Some(file), &e, Overrides::default()).expect("config");
         assert_eq!(c.listen, vec![ListenAddr::parse("127.0.0.1:2").unwrap()]);
         assert_eq!(c.max_text_chars, 20);
@@ -776,9 +813,13 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_rejected_by_name() {
-        let err = load_with(Some("[server]\nlisten = []\nlisen = 1\n"), &env(&[]), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_with(
+            Some("[server]\nlisten = []\nlisen = 1\n"),
+            &env(&[]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("lisen"), "{err}");
         let err = load_with(Some("[sever]\n"), &env(&[]), Overrides::default())
             .unwrap_err()
@@ -788,17 +829,32 @@ mod tests {
 
     #[test]
     fn wrong_types_and_ranges_name_the_key() {
-        let err = load_with(Some("[synthesis]\nmax_text_chars = \"ten\"\n"), &env(&[]), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_with(
+            Some("[synthesis]\nmax_text_chars = \"ten\"\n"),
+            &env(&[]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("synthesis.max_text_chars"), "{err}");
-        let err = load_with(Some("[espeak]\ntimeout_ms = 5\n"), &env(&[]), Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("espeak.timeout_ms") && err.contains("100..=600000"), "{err}");
-        let err = load_with(None, &env(&[("HERALD_MAX_TEXT_CHARS", "lots")]), Overrides::default())
-            .unwrap_err()
-            .to_string();
+        let err = load_with(
+            Some("[espeak]\ntimeout_ms = 5\n"),
+            &env(&[]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("espeak.timeout_ms") && err.contains("100..=600000"),
+            "{err}"
+        );
+        let err = load_with(
+            None,
+            &env(&[("HERALD_MAX_TEXT_CHARS", "lots")]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("HERALD_MAX_TEXT_CHARS"), "{err}");
         let o = Overrides {
             listen: vec!["localhost".into()],
@@ -818,37 +874,54 @@ mod tests {
             ..Overrides::default()
         };
         let c = load_with(None, &env(&[(ENV_DASHSCOPE_API_KEY, "sk-secret-123")]), o()).unwrap();
-        assert_eq!(c.dashscope.api_key.as_ref().unwrap().expose_secret(), "sk-secret-123");
+        assert_eq!(
+            c.dashscope.api_key.as_ref().unwrap().expose_secret(),
+            "sk-secret-123"
+        );
         let shown = format!("{} {:?}", c.render(), c);
         assert!(!shown.contains("sk-secret-123"), "{shown}");
         assert!(shown.contains(MASK));
 
         let e = env(&[(ENV_DASHSCOPE_API_KEY_FILE, key_file.to_str().unwrap())]);
         let c = load_with(None, &e, o()).unwrap();
-        assert_eq!(c.dashscope.api_key.as_ref().unwrap().expose_secret(), "sk-from-file");
+        assert_eq!(
+            c.dashscope.api_key.as_ref().unwrap().expose_secret(),
+            "sk-from-file"
+        );
         assert!(!c.render().contains("sk-from-file"));
 
         let cred = dir.path().join(CREDENTIAL_DASHSCOPE_API_KEY);
         std::fs::write(&cred, "sk-cred").unwrap();
         let e = env(&[(ENV_CREDENTIALS_DIRECTORY, dir.path().to_str().unwrap())]);
         let c = load_with(None, &e, o()).unwrap();
-        assert_eq!(c.dashscope.api_key.as_ref().unwrap().expose_secret(), "sk-cred");
+        assert_eq!(
+            c.dashscope.api_key.as_ref().unwrap().expose_secret(),
+            "sk-cred"
+        );
     }
 
     #[test]
     fn workspace_id_fills_the_base_url() {
         let e = env(&[
-            (ENV_DASHSCOPE_BASE_URL, "https://{WorkspaceId}.example/api/v1/"),
+            (
+                ENV_DASHSCOPE_BASE_URL,
+                "https://{WorkspaceId}.example/api/v1/",
+            ),
             (ENV_DASHSCOPE_WORKSPACE_ID, "ws-42"),
             ("HERALD_LISTEN", "127.0.0.1:0"),
         ]);
         let c = load_with(None, &e, Overrides::default()).unwrap();
         assert_eq!(c.dashscope.base_url, "https://ws-42.example/api/v1");
         let e = env(&[
-            (ENV_DASHSCOPE_BASE_URL, "https://{WorkspaceId}.example/api/v1"),
+            (
+                ENV_DASHSCOPE_BASE_URL,
+                "https://{WorkspaceId}.example/api/v1",
+            ),
             ("HERALD_LISTEN", "127.0.0.1:0"),
         ]);
-        let err = load_with(None, &e, Overrides::default()).unwrap_err().to_string();
+        let err = load_with(None, &e, Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("dashscope.base_url"), "{err}");
     }
 

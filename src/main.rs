@@ -26,7 +26,11 @@ const EX_USAGE: u8 = 64;
 const EX_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser, Debug)]
-#[command(name = "herald", version, about = "Local speech service: text in, audio out over gRPC")]
+#[command(
+    name = "herald",
+    version,
+    about = "Local speech service: text in, audio out over gRPC"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -177,7 +181,10 @@ fn fail(code: u8, error: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("herald: cannot start the async runtime: {e}");
@@ -222,6 +229,8 @@ fn check_config(args: ConfigArgs) -> Result<(), Failure> {
 }
 
 async fn serve(args: ConfigArgs) -> Result<(), Failure> {
+    // Before anything slow: a SIGTERM during start-up must stop us cleanly too.
+    let stop = shutdown::signal();
     let config = load_config(args)?;
     telemetry::init(&config.log_level);
     let daemon = Daemon::from_config(&config)
@@ -231,11 +240,13 @@ async fn serve(args: ConfigArgs) -> Result<(), Failure> {
         .await
         .map_err(|e| fail(EX_UNAVAILABLE, e))?;
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "herald ready");
-    daemon.serve(listeners, shutdown::signal()).await?;
+    daemon.serve(listeners, stop).await?;
     Ok(())
 }
 
-async fn connect(target: TargetArgs) -> Result<pb::speech_client::SpeechClient<tonic::transport::Channel>, Failure> {
+async fn connect(
+    target: TargetArgs,
+) -> Result<pb::speech_client::SpeechClient<tonic::transport::Channel>, Failure> {
     let target = Target::resolve(target.socket, target.addr, &Env::from_process())
         .map_err(|m| fail(EX_UNAVAILABLE, anyhow::anyhow!(m)))?;
     client::connect(&target)
@@ -245,7 +256,10 @@ async fn connect(target: TargetArgs) -> Result<pb::speech_client::SpeechClient<t
 }
 
 fn rpc_error(status: tonic::Status) -> Failure {
-    fail(1, anyhow::anyhow!("{:?}: {}", status.code(), status.message()))
+    fail(
+        1,
+        anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
+    )
 }
 
 async fn say(args: SayArgs) -> Result<(), Failure> {
@@ -259,7 +273,9 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         None if std::io::stdout().is_terminal() => {
             return Err(fail(
                 EX_USAGE,
-                anyhow::anyhow!("refusing to write audio to a terminal: use -o FILE, or -o - to force stdout"),
+                anyhow::anyhow!(
+                    "refusing to write audio to a terminal: use -o FILE, or -o - to force stdout"
+                ),
             ));
         }
         None => true,
@@ -295,7 +311,8 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         None
     } else if let Some(path) = &args.output {
         Some((
-            std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
+            std::fs::File::create(path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
             path.clone(),
         ))
     } else {
@@ -321,14 +338,19 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         }
     }
     let Some(summary) = summary else {
-        return Err(fail(1, anyhow::anyhow!("the stream ended without a summary")));
+        return Err(fail(
+            1,
+            anyhow::anyhow!("the stream ended without a summary"),
+        ));
     };
     if let Some((f, path)) = &mut file {
         if matches!(args.format, Format::Wav) {
             // A file can be sought: replace the streaming header's "unknown" sizes.
-            patch_wav_sizes(f, summary.bytes).with_context(|| format!("finishing {}", path.display()))?;
+            patch_wav_sizes(f, summary.bytes)
+                .with_context(|| format!("finishing {}", path.display()))?;
         }
-        f.flush().with_context(|| format!("writing {}", path.display()))?;
+        f.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     if !args.quiet {
         let where_to = file
@@ -379,7 +401,11 @@ async fn voices(args: VoicesArgs) -> Result<(), Failure> {
         .map_err(rpc_error)?
         .into_inner();
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{:<24} {:<12} {:<8} {:>6}  {:<28} LANGUAGES", "VOICE", "MODEL", "GENDER", "RATE", "NAME")?;
+    writeln!(
+        out,
+        "{:<24} {:<12} {:<8} {:>6}  {:<28} LANGUAGES",
+        "VOICE", "MODEL", "GENDER", "RATE", "NAME"
+    )?;
     for v in response.voices {
         writeln!(
             out,

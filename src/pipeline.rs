@@ -277,7 +277,10 @@ impl AudioChain {
     fn build_stages(&mut self, input: crate::audio::AudioSpec) -> Result<(), AudioError> {
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
         if input.sample_rate != self.output.spec.sample_rate {
-            stages.push(Box::new(Resampler::new(input, self.output.spec.sample_rate)?));
+            stages.push(Box::new(Resampler::new(
+                input,
+                self.output.spec.sample_rate,
+            )?));
         }
         if input.channels != self.output.spec.channels {
             stages.push(Box::new(Remix::new(self.output.spec.channels)));

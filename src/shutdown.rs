@@ -7,12 +7,22 @@
 
 pub use tokio_util::sync::CancellationToken;
 
-/// Resolves on the first SIGTERM or SIGINT (Ctrl-C). If a handler cannot be installed, logs and
-/// waits on the other one only.
-pub async fn signal() {
+/// Installs SIGTERM and SIGINT handlers *now* (so a signal that arrives before the future is
+/// first polled is not lost to the default action), and returns a future that resolves on the
+/// first of them. If a handler cannot be installed, logs and waits on the other one only.
+///
+/// Must be called inside a tokio runtime.
+pub fn signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let term = signal(SignalKind::terminate());
     let int = signal(SignalKind::interrupt());
+    wait(term, int)
+}
+
+async fn wait(
+    term: std::io::Result<tokio::signal::unix::Signal>,
+    int: std::io::Result<tokio::signal::unix::Signal>,
+) {
     match (term, int) {
         (Ok(mut term), Ok(mut int)) => {
             tokio::select! {

@@ -494,7 +494,9 @@ fn parse_fmt(body: &[u8]) -> Result<(SampleFormat, AudioSpec), AudioError> {
             return Err(wav_malformed("WAVE_FORMAT_EXTENSIBLE fmt chunk too short"));
         }
         if body[26..40] != KSDATAFORMAT_SUFFIX {
-            return Err(wav_unsupported("WAVE_FORMAT_EXTENSIBLE with a non-standard sub-format"));
+            return Err(wav_unsupported(
+                "WAVE_FORMAT_EXTENSIBLE with a non-standard sub-format",
+            ));
         }
         tag = le_u16(body, 24)?;
     }
@@ -514,7 +516,9 @@ fn parse_fmt(body: &[u8]) -> Result<(SampleFormat, AudioSpec), AudioError> {
         _ => return Err(wav_unsupported(format!("format tag {tag:#06x}"))),
     };
     let spec = AudioSpec::new(rate, channels).ok_or_else(|| {
-        wav_malformed(format!("{rate} Hz with {channels} channels in the fmt chunk"))
+        wav_malformed(format!(
+            "{rate} Hz with {channels} channels in the fmt chunk"
+        ))
     })?;
     if usize::from(block_align) != format.bytes() * usize::from(channels) {
         return Err(wav_malformed(format!(
@@ -567,7 +571,8 @@ impl std::fmt::Debug for SymphoniaDecoder {
 impl SymphoniaDecoder {
     /// A decoder of `reader`, probed with the file-extension hint `extension` ("mp3").
     pub fn new<R: Read + Send + Sync + 'static>(reader: R, extension: &'static str) -> Self {
-        let source = MediaSourceStream::new(Box::new(ReadOnlySource::new(reader)), Default::default());
+        let source =
+            MediaSourceStream::new(Box::new(ReadOnlySource::new(reader)), Default::default());
         let mut hint = Hint::new();
         hint.with_extension(extension);
         Self {
@@ -584,7 +589,11 @@ impl SymphoniaDecoder {
     }
 
     /// Probes the container and builds the codec for its default audio track.
-    fn open(&self, source: MediaSourceStream<'static>, hint: &Hint) -> Result<SymphoniaState, AudioError> {
+    fn open(
+        &self,
+        source: MediaSourceStream<'static>,
+        hint: &Hint,
+    ) -> Result<SymphoniaState, AudioError> {
         let probed = symphonia::default::get_probe().probe(
             hint,
             source,
@@ -834,13 +843,17 @@ mod tests {
         let sp = spec(8_000, 1);
         let mut bytes = s16_bytes(&[100, -100, 7]);
         bytes.push(0x12);
-        let (_, samples) = drain(open_decoder(InputEncoding::Pcm16Le(sp), Cursor::new(bytes)).expect("opens"));
+        let (_, samples) =
+            drain(open_decoder(InputEncoding::Pcm16Le(sp), Cursor::new(bytes)).expect("opens"));
         assert_eq!(samples.len(), 3);
     }
 
     #[test]
     fn pcm_empty_input_is_a_clean_end() {
-        let dec = open_decoder(InputEncoding::Pcm16Le(spec(8_000, 1)), Cursor::new(Vec::new()));
+        let dec = open_decoder(
+            InputEncoding::Pcm16Le(spec(8_000, 1)),
+            Cursor::new(Vec::new()),
+        );
         let (buffers, _) = drain(dec.expect("opens"));
         assert!(buffers.is_empty());
     }
@@ -874,7 +887,8 @@ mod tests {
         extra.extend_from_slice(&[1, 2, 3, 0]); // 3 bytes + pad
         let mut bytes = wav_header(1, 1, 22_050, 16, 0xFFFF_FFFF, 0xFFFF_FFFF, &extra);
         bytes.extend_from_slice(&s16_bytes(&signal));
-        let (_, samples) = drain(open_decoder(InputEncoding::Wav, Cursor::new(bytes)).expect("opens"));
+        let (_, samples) =
+            drain(open_decoder(InputEncoding::Wav, Cursor::new(bytes)).expect("opens"));
         assert_eq!(samples.len(), signal.len());
         assert_eq!(samples[0], f32::from(signal[0]) / 32_768.0);
     }
@@ -900,9 +914,24 @@ mod tests {
         let cases: Vec<(u16, u16, Vec<u8>, [f32; 2])> = vec![
             (1, 8, vec![0, 192], [-1.0, 0.5]),
             (1, 24, vec![0x00, 0x00, 0x80, 0x00, 0x00, 0x40], [-1.0, 0.5]),
-            (1, 32, [i32::MIN.to_le_bytes(), (1i32 << 30).to_le_bytes()].concat(), [-1.0, 0.5]),
-            (3, 32, [(-0.25f32).to_le_bytes(), f32::NAN.to_le_bytes()].concat(), [-0.25, 0.0]),
-            (3, 64, [0.75f64.to_le_bytes(), (-1.0f64).to_le_bytes()].concat(), [0.75, -1.0]),
+            (
+                1,
+                32,
+                [i32::MIN.to_le_bytes(), (1i32 << 30).to_le_bytes()].concat(),
+                [-1.0, 0.5],
+            ),
+            (
+                3,
+                32,
+                [(-0.25f32).to_le_bytes(), f32::NAN.to_le_bytes()].concat(),
+                [-0.25, 0.0],
+            ),
+            (
+                3,
+                64,
+                [0.75f64.to_le_bytes(), (-1.0f64).to_le_bytes()].concat(),
+                [0.75, -1.0],
+            ),
         ];
         for (tag, bits, data, want) in cases {
             let mut bytes = wav_header(tag, 1, 8_000, bits, 0, 0, &[]);
@@ -933,7 +962,8 @@ mod tests {
         for v in [0.5f32, -0.5, 0.25, -0.25] {
             h.extend_from_slice(&v.to_le_bytes());
         }
-        let (buffers, samples) = drain(open_decoder(InputEncoding::Wav, Cursor::new(h)).expect("opens"));
+        let (buffers, samples) =
+            drain(open_decoder(InputEncoding::Wav, Cursor::new(h)).expect("opens"));
         assert_eq!(buffers[0].spec, spec(48_000, 2));
         assert_eq!(samples, vec![0.5, -0.5, 0.25, -0.25]);
     }
@@ -946,8 +976,14 @@ mod tests {
                 .next_buffer()
                 .expect_err("must fail")
         };
-        assert!(matches!(decode_err(Vec::new()), AudioError::Malformed { .. }));
-        assert!(matches!(decode_err(b"OggS....WAVE".to_vec()), AudioError::Malformed { .. }));
+        assert!(matches!(
+            decode_err(Vec::new()),
+            AudioError::Malformed { .. }
+        ));
+        assert!(matches!(
+            decode_err(b"OggS....WAVE".to_vec()),
+            AudioError::Malformed { .. }
+        ));
         // Header cut before the data chunk.
         let mut cut = wav_header(1, 1, 8_000, 16, 0, 0, &[]);
         cut.truncate(30);
@@ -975,7 +1011,10 @@ mod tests {
 
     #[test]
     fn wav_with_header_only_is_an_empty_stream() {
-        let dec = open_decoder(InputEncoding::Wav, Cursor::new(wav_header(1, 1, 8_000, 16, 0, 0, &[])));
+        let dec = open_decoder(
+            InputEncoding::Wav,
+            Cursor::new(wav_header(1, 1, 8_000, 16, 0, 0, &[])),
+        );
         let (buffers, _) = drain(dec.expect("opens"));
         assert!(buffers.is_empty());
     }
@@ -1017,14 +1056,23 @@ mod tests {
         assert!(buffers.iter().all(|b| b.spec == spec(24_000, 1)));
         // LAME's delay and padding are trimmed (gapless) when the Info tag is present; allow
         // one MP3 frame (576 samples at 24 kHz) either way.
-        assert!(samples.len().abs_diff(24_000) <= 576, "{} frames", samples.len());
+        assert!(
+            samples.len().abs_diff(24_000) <= 576,
+            "{} frames",
+            samples.len()
+        );
         let hz = zero_crossing_hz(&samples[2_400..21_600], 24_000);
         assert!((hz - 1_000.0).abs() < 5.0, "{hz} Hz");
 
         // Cut mid-frame: a clean end with fewer samples, not an error.
         let cut = mp3[..mp3.len() * 2 / 3].to_vec();
-        let (_, partial) = drain(open_decoder(InputEncoding::Mp3, Cursor::new(cut)).expect("opens"));
-        assert!(partial.len() > 10_000 && partial.len() < samples.len(), "{}", partial.len());
+        let (_, partial) =
+            drain(open_decoder(InputEncoding::Mp3, Cursor::new(cut)).expect("opens"));
+        assert!(
+            partial.len() > 10_000 && partial.len() < samples.len(),
+            "{}",
+            partial.len()
+        );
     }
 
     #[test]

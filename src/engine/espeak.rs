@@ -20,7 +20,7 @@ use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     process::{Child, ChildStdout, Command},
     task::JoinHandle,
-    time::{Instant, timeout, timeout_at},
+    time::{Instant, timeout},
 };
 
 use super::{EngineError, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
@@ -51,6 +51,8 @@ const STDERR_LIMIT: usize = 4 * 1024;
 /// Room reserved for each stdout read; a read returns whatever the pipe holds (usually 4 KiB,
 /// `espeak-ng`'s stdio buffer).
 const READ_CHUNK: usize = 16 * 1024;
+/// How long to wait for the stderr excerpt once the child has exited.
+const STDERR_GRACE: Duration = Duration::from_millis(200);
 
 /// Settings of the local engine.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,7 +62,8 @@ pub struct EspeakConfig {
     /// The voice used when a request names none: a voice name from the list, or a language
     /// `espeak-ng -v` accepts that some voice lists (e.g. `en`).
     pub default_voice: String,
-    /// Upper bound on one synthesis run, from spawn to exit (the child is killed past it).
+    /// Upper bound on the time one run spends waiting on espeak-ng (the child is killed past
+    /// it). Time the consumer takes between reads is not counted.
     pub timeout: Duration,
 }
 
@@ -203,7 +206,7 @@ impl Espeak {
             stdin_task: Some(stdin_task),
             stderr_task: Some(stderr_task),
             buf: BytesMut::new(),
-            deadline: Instant::now() + self.config.timeout,
+            waited: Duration::ZERO,
             limit: self.config.timeout,
             characters: u32::try_from(req.text.chars().count()).unwrap_or(u32::MAX),
         })
@@ -271,7 +274,10 @@ struct Run {
     /// Yields the first [`STDERR_LIMIT`] bytes of stderr, as text, at the child's stderr EOF.
     stderr_task: Option<JoinHandle<String>>,
     buf: BytesMut,
-    deadline: Instant,
+    /// Time spent waiting on espeak-ng so far, bounded by `limit`. Time the consumer takes
+    /// between reads does not count: a client reading at real time (back-pressure through the
+    /// pipe) is never cut off, while a stuck espeak-ng is.
+    waited: Duration,
     limit: Duration,
     characters: u32,
 }
@@ -293,13 +299,12 @@ impl Run {
 
     /// The next audio piece; at stdout EOF, the outcome given by the exit status.
     async fn next_event(&mut self) -> Result<SynthEvent, EngineError> {
-        // Checked before each read too: a ready read never times out, so a consumer that is
-        // slower than espeak-ng would otherwise never see the bound.
-        if Instant::now() >= self.deadline {
-            return Err(self.timed_out());
-        }
+        let budget = self.budget()?;
         self.buf.reserve(READ_CHUNK);
-        match timeout_at(self.deadline, self.stdout.read_buf(&mut self.buf)).await {
+        let started = Instant::now();
+        let read = timeout(budget, self.stdout.read_buf(&mut self.buf)).await;
+        self.waited += started.elapsed();
+        match read {
             Err(_) => Err(self.timed_out()),
             Ok(Err(e)) => Err(self.failed(format!("reading its output failed: {e}"))),
             Ok(Ok(0)) => self.finish().await,
@@ -315,13 +320,14 @@ impl Run {
         let Some(child) = self.child.as_mut() else {
             return Err(self.failed("the child is gone".to_owned()));
         };
-        let status = match timeout_at(self.deadline, child.wait()).await {
+        let budget = self.limit.saturating_sub(self.waited);
+        let status = match timeout(budget, child.wait()).await {
             Err(_) => return Err(self.timed_out()),
             Ok(Err(e)) => return Err(self.failed(format!("waiting for it failed: {e}"))),
             Ok(Ok(status)) => status,
         };
         let stderr = match self.stderr_task.take() {
-            Some(task) => match timeout_at(self.deadline, task).await {
+            Some(task) => match timeout(budget.max(STDERR_GRACE), task).await {
                 Ok(Ok(text)) => text,
                 Ok(Err(_)) | Err(_) => String::new(),
             },
@@ -339,6 +345,16 @@ impl Run {
             Err(self.failed(format!("{status}")))
         } else {
             Err(self.failed(format!("{status}: {stderr}")))
+        }
+    }
+
+    /// What is left of the time bound, or `TimedOut` when nothing is.
+    fn budget(&self) -> Result<Duration, EngineError> {
+        let left = self.limit.saturating_sub(self.waited);
+        if left.is_zero() {
+            Err(self.timed_out())
+        } else {
+            Ok(left)
         }
     }
 

@@ -87,7 +87,10 @@ impl BoundListener {
 
 /// Open every listener. Unix sockets get `socket_mode`; a stale socket file left by an earlier
 /// run is replaced, but any other kind of file is not touched.
-pub async fn bind(addrs: &[ListenAddr], socket_mode: u32) -> Result<Vec<BoundListener>, ServeError> {
+pub async fn bind(
+    addrs: &[ListenAddr],
+    socket_mode: u32,
+) -> Result<Vec<BoundListener>, ServeError> {
     let mut out = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let err = |source| ServeError::Bind {
@@ -174,7 +177,9 @@ impl Daemon {
                 ));
             }
         };
-        if let (Some(voice), Some(engine)) = (&config.default_voice, engines.for_model(&default_model)) {
+        if let (Some(voice), Some(engine)) =
+            (&config.default_voice, engines.for_model(&default_model))
+        {
             engine
                 .check_voice(&default_model, voice)
                 .map_err(|m| ServeError::Config(format!("synthesis.default_voice: {m}")))?;
@@ -206,9 +211,7 @@ impl Daemon {
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<SpeechServer<SpeechService>>()
-            .await;
+        reporter.set_serving::<SpeechServer<SpeechService>>().await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     audio::{self, AudioSpec, OutputEncoding, OutputFormat},
-    engine::{Engines, SynthesisRequest, Synthesizer},
+    engine::{Engines, SynthesisRequest},
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
     pipeline::{self, ChunkSink, Job},
     service::status,
@@ -122,7 +122,9 @@ impl SpeechService {
         let language = optional(&req.language);
         if let Some(l) = &language {
             if l.chars().count() > MAX_LANGUAGE_CHARS
-                || !l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !l
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 return Err(invalid(format!(
                     "language: {:?} is not a BCP-47 tag like \"en\" or \"zh-CN\" (at most {MAX_LANGUAGE_CHARS} characters)",

@@ -3,8 +3,6 @@
 //! The full error chain is logged here, at the point of mapping; the client gets a short
 //! message that never contains secrets or request text.
 
-use std::error::Error as _;
-
 use tonic::{Code, Status};
 
 use crate::{engine::EngineError, pipeline::JobError};
@@ -22,18 +20,24 @@ pub fn engine_status(error: &EngineError) -> Status {
         } => {
             let code_str = code.as_deref().unwrap_or("");
             if code_str == CONTENT_FILTER_CODE {
-                Status::invalid_argument(format!("text: rejected by the upstream content filter: {message}"))
+                Status::invalid_argument(format!(
+                    "text: rejected by the upstream content filter: {message}"
+                ))
             } else if *status == 401 || *status == 403 {
                 Status::failed_precondition(format!(
                     "upstream rejected herald's credentials ({status} {code_str}); check the \
                      dashscope.api_key setting (DASHSCOPE_API_KEY / DASHSCOPE_API_KEY_FILE_PATH)"
                 ))
             } else if *status == 429 {
-                Status::resource_exhausted(format!("upstream is throttling requests ({code_str}): {message}"))
+                Status::resource_exhausted(format!(
+                    "upstream is throttling requests ({code_str}): {message}"
+                ))
             } else if *status >= 500 {
                 Status::unavailable(format!("upstream failed ({status} {code_str}): {message}"))
             } else {
-                Status::invalid_argument(format!("upstream rejected the request ({status} {code_str}): {message}"))
+                Status::invalid_argument(format!(
+                    "upstream rejected the request ({status} {code_str}): {message}"
+                ))
             }
         }
         EngineError::Transport(_) | EngineError::RetryIn(_) | EngineError::Truncated => {
@@ -95,12 +99,21 @@ mod tests {
         let cases: Vec<(JobError, Code)> = vec![
             (api(401, "InvalidApiKey").into(), Code::FailedPrecondition),
             (api(403, "AccessDenied").into(), Code::FailedPrecondition),
-            (api(429, "Throttling.RateQuota").into(), Code::ResourceExhausted),
+            (
+                api(429, "Throttling.RateQuota").into(),
+                Code::ResourceExhausted,
+            ),
             (api(503, "ServiceUnavailable").into(), Code::Unavailable),
-            (api(400, "DataInspectionFailed").into(), Code::InvalidArgument),
+            (
+                api(400, "DataInspectionFailed").into(),
+                Code::InvalidArgument,
+            ),
             (api(400, "InvalidParameter").into(), Code::InvalidArgument),
             (EngineError::Truncated.into(), Code::Unavailable),
-            (EngineError::Protocol("bad base64".into()).into(), Code::Internal),
+            (
+                EngineError::Protocol("bad base64".into()).into(),
+                Code::Internal,
+            ),
             (JobError::Cancelled, Code::Unavailable),
             (JobError::Panicked, Code::Internal),
         ];
@@ -108,7 +121,11 @@ mod tests {
             assert_eq!(job_status(&error).code(), code, "{error:?}");
         }
         let s = job_status(&EngineError::Protocol("bad base64".into()).into());
-        assert!(s.message().starts_with("upstream protocol error"), "{}", s.message());
+        assert!(
+            s.message().starts_with("upstream protocol error"),
+            "{}",
+            s.message()
+        );
         let s = job_status(&api(401, "InvalidApiKey").into());
         assert!(s.message().contains("dashscope.api_key"), "{}", s.message());
     }

@@ -1,0 +1,539 @@
+//! Encoding: [`PcmBuffer`]s → the bytes of the client's [`OutputEncoding`].
+//!
+//! This module owns the [`Encoder`] trait, one encoder per output encoding (s16le, f32le, a
+//! streaming WAV with a single header, G.711 µ-law and A-law), the float → 16-bit conversion
+//! ([`f32_to_i16`], where clipping happens) and the G.711 companding tables. One encoder serves
+//! one response: the WAV header is written once, before the first samples.
+//!
+//! It must not resample, remix or apply gain (the buffers arrive in the output spec, and any
+//! other spec is an error), split output into messages (that is [`super::chunk`]), or keep
+//! audio back: every `encode` call writes all its samples.
+
+use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer};
+
+/// Length of the header [`wav_header`] writes.
+pub const WAV_HEADER_LEN: usize = 44;
+
+/// Turns PCM into the bytes of one output encoding.
+pub trait Encoder: Send {
+    /// Appends the encoding of `pcm` to `out`. `pcm` must be in the output format's spec.
+    fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError>;
+
+    /// Appends whatever the stream still needs at its end (a header for an empty WAV stream).
+    /// Called once, after the last `encode`.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), AudioError>;
+}
+
+/// The encoder for `format`.
+pub fn encoder_for(format: OutputFormat) -> Box<dyn Encoder> {
+    let spec = format.spec;
+    match format.encoding {
+        OutputEncoding::PcmS16Le => Box::new(SampleEncoder::new(spec, Sample::S16)),
+        OutputEncoding::PcmF32Le => Box::new(SampleEncoder::new(spec, Sample::F32)),
+        OutputEncoding::Mulaw => Box::new(SampleEncoder::new(spec, Sample::Mulaw)),
+        OutputEncoding::Alaw => Box::new(SampleEncoder::new(spec, Sample::Alaw)),
+        OutputEncoding::Wav => Box::new(WavEncoder {
+            body: SampleEncoder::new(spec, Sample::S16),
+            header_written: false,
+        }),
+    }
+}
+
+/// Converts a float sample to 16-bit: clips to [-1.0, 1.0], scales by 32768 and rounds half
+/// away from zero; +1.0 saturates to 32767.
+///
+/// The scale is 32768, not 32767, because decoders map s16 `v` to `v / 32768`: s16 input that
+/// no stage touched comes out bit-exact. The price is that +1.0 clips by one LSB (−0.0003 dB).
+/// NaN becomes 0.
+pub fn f32_to_i16(sample: f32) -> i16 {
+    // `as` saturates (32768.0 → 32767) and maps NaN to 0.
+    (sample.clamp(-1.0, 1.0) * 32_768.0).round() as i16
+}
+
+/// The 44-byte header of a 16-bit PCM WAV stream of unknown length (RIFF and `data` sizes
+/// 0xFFFFFFFF, the streaming convention ffmpeg, sox and symphonia accept).
+pub fn wav_header(spec: AudioSpec) -> [u8; WAV_HEADER_LEN] {
+    let channels = spec.channels;
+    let block_align = channels.saturating_mul(2);
+    let byte_rate = spec.sample_rate.saturating_mul(u32::from(block_align));
+    let mut h = [0u8; WAV_HEADER_LEN];
+    h[0..4].copy_from_slice(b"RIFF");
+    h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    h[8..12].copy_from_slice(b"WAVE");
+    h[12..16].copy_from_slice(b"fmt ");
+    h[16..20].copy_from_slice(&16u32.to_le_bytes());
+    h[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
+    h[22..24].copy_from_slice(&channels.to_le_bytes());
+    h[24..28].copy_from_slice(&spec.sample_rate.to_le_bytes());
+    h[28..32].copy_from_slice(&byte_rate.to_le_bytes());
+    h[32..34].copy_from_slice(&block_align.to_le_bytes());
+    h[34..36].copy_from_slice(&16u16.to_le_bytes());
+    h[36..40].copy_from_slice(b"data");
+    h[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+    h
+}
+
+// === G.711 (the CCITT reference algorithm, as in Sun's public-domain g711.c) ===
+
+/// µ-law bias, in the 16-bit domain.
+const ULAW_BIAS: i32 = 0x84;
+/// Largest µ-law magnitude, in the 14-bit domain the encoder works in.
+const ULAW_CLIP: i32 = 8159;
+/// Upper bound of each µ-law segment, 14-bit domain (after the bias).
+const ULAW_SEG_END: [i32; 8] = [0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF];
+/// Upper bound of each A-law segment, 13-bit domain.
+const ALAW_SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
+
+/// Encodes a 16-bit linear sample as G.711 µ-law (the sample's 2 low bits are dropped first, as
+/// the reference does; magnitudes above 32635 clip).
+pub fn linear_to_ulaw(pcm: i16) -> u8 {
+    let mut v = i32::from(pcm) >> 2;
+    let mask: u8 = if v < 0 {
+        v = -v;
+        0x7F
+    } else {
+        0xFF
+    };
+    v = v.min(ULAW_CLIP) + (ULAW_BIAS >> 2);
+    match ULAW_SEG_END.iter().position(|&end| v <= end) {
+        // `seg < 8` and the mantissa is 4 bits: the code fits a byte.
+        Some(seg) => (((seg << 4) as i32 | ((v >> (seg + 1)) & 0x0F)) as u8) ^ mask,
+        None => 0x7F ^ mask,
+    }
+}
+
+/// Decodes a G.711 µ-law byte to a 16-bit linear sample (range ±32124).
+pub fn ulaw_to_linear(code: u8) -> i16 {
+    let u = !code;
+    let t = ((i32::from(u & 0x0F) << 3) + ULAW_BIAS) << ((u & 0x70) >> 4);
+    // |t − bias| ≤ 32124.
+    (if u & 0x80 != 0 {
+        ULAW_BIAS - t
+    } else {
+        t - ULAW_BIAS
+    }) as i16
+}
+
+/// Encodes a 16-bit linear sample as G.711 A-law (the sample's 3 low bits are dropped first, as
+/// the reference does).
+pub fn linear_to_alaw(pcm: i16) -> u8 {
+    let mut v = i32::from(pcm) >> 3;
+    let mask: u8 = if v >= 0 {
+        0xD5
+    } else {
+        v = -v - 1;
+        0x55
+    };
+    match ALAW_SEG_END.iter().position(|&end| v <= end) {
+        Some(seg) => {
+            let mantissa = (if seg < 2 { v >> 1 } else { v >> seg }) & 0x0F;
+            (((seg << 4) as i32 | mantissa) as u8) ^ mask
+        }
+        None => 0x7F ^ mask,
+    }
+}
+
+/// Decodes a G.711 A-law byte to a 16-bit linear sample (range ±32256).
+pub fn alaw_to_linear(code: u8) -> i16 {
+    let a = code ^ 0x55;
+    let mut t = i32::from(a & 0x0F) << 4;
+    match (a & 0x70) >> 4 {
+        0 => t += 8,
+        1 => t += 0x108,
+        seg => t = (t + 0x108) << (seg - 1),
+    }
+    // |t| ≤ 32256.
+    (if a & 0x80 != 0 { t } else { -t }) as i16
+}
+
+// === encoders ===
+
+/// The per-sample encodings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Sample {
+    S16,
+    F32,
+    Mulaw,
+    Alaw,
+}
+
+/// Headerless encodings: each sample becomes a fixed number of bytes.
+#[derive(Debug)]
+struct SampleEncoder {
+    spec: AudioSpec,
+    sample: Sample,
+}
+
+impl SampleEncoder {
+    fn new(spec: AudioSpec, sample: Sample) -> Self {
+        Self { spec, sample }
+    }
+}
+
+impl Encoder for SampleEncoder {
+    fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        if pcm.spec != self.spec {
+            return Err(AudioError::SpecMismatch {
+                stage: "encoder",
+                expected: self.spec,
+                actual: pcm.spec,
+            });
+        }
+        let s = &pcm.samples;
+        match self.sample {
+            Sample::S16 => {
+                out.reserve(s.len() * 2);
+                s.iter()
+                    .for_each(|&x| out.extend_from_slice(&f32_to_i16(x).to_le_bytes()));
+            }
+            Sample::F32 => {
+                out.reserve(s.len() * 4);
+                s.iter()
+                    .for_each(|&x| out.extend_from_slice(&x.to_le_bytes()));
+            }
+            Sample::Mulaw => out.extend(s.iter().map(|&x| linear_to_ulaw(f32_to_i16(x)))),
+            Sample::Alaw => out.extend(s.iter().map(|&x| linear_to_alaw(f32_to_i16(x)))),
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, _out: &mut Vec<u8>) -> Result<(), AudioError> {
+        Ok(())
+    }
+}
+
+/// A 16-bit WAV stream: one [`wav_header`] with unknown sizes, then s16le samples.
+#[derive(Debug)]
+struct WavEncoder {
+    body: SampleEncoder,
+    header_written: bool,
+}
+
+impl WavEncoder {
+    fn write_header(&mut self, out: &mut Vec<u8>) {
+        if !self.header_written {
+            out.extend_from_slice(&wav_header(self.body.spec));
+            self.header_written = true;
+        }
+    }
+}
+
+impl Encoder for WavEncoder {
+    fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        if pcm.spec != self.body.spec {
+            // Checked before the header goes out, so a failed call writes nothing.
+            return self.body.encode(pcm, out);
+        }
+        self.write_header(out);
+        self.body.encode(pcm, out)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        // An empty stream is still a valid (empty) WAV file.
+        self.write_header(out);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::f64::consts::PI;
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::audio::{InputEncoding, decode};
+
+    fn format(encoding: OutputEncoding, rate: u32, channels: u16) -> OutputFormat {
+        OutputFormat {
+            encoding,
+            spec: AudioSpec::new(rate, channels).expect("spec"),
+        }
+    }
+
+    /// A 1 kHz tone at `amp`, interleaved, the right channel at 440 Hz when stereo.
+    fn tone(spec: AudioSpec, frames: usize, amp: f64) -> Vec<f32> {
+        let mut v = Vec::new();
+        for n in 0..frames {
+            let t = n as f64 / f64::from(spec.sample_rate);
+            for c in 0..spec.channels {
+                let f = if c == 0 { 1_000.0 } else { 440.0 };
+                v.push((amp * (2.0 * PI * f * t).sin()) as f32);
+            }
+        }
+        v
+    }
+
+    /// Encodes `samples` in three uneven calls, then finishes.
+    fn encode_all(fmt: OutputFormat, samples: &[f32]) -> Vec<u8> {
+        let ch = usize::from(fmt.spec.channels);
+        let frames = samples.len() / ch;
+        let cuts = [0, frames / 7, frames / 2, frames];
+        let mut enc = encoder_for(fmt);
+        let mut out = Vec::new();
+        for w in cuts.windows(2) {
+            let pcm = PcmBuffer::new(fmt.spec, samples[w[0] * ch..w[1] * ch].to_vec());
+            enc.encode(&pcm, &mut out).expect("encode");
+        }
+        enc.finish(&mut out).expect("finish");
+        out
+    }
+
+    #[test]
+    fn s16_clips_scales_and_rounds() {
+        assert_eq!(f32_to_i16(0.0), 0);
+        assert_eq!(f32_to_i16(1.0), 32_767);
+        assert_eq!(f32_to_i16(1.5), 32_767);
+        assert_eq!(f32_to_i16(-1.0), -32_768);
+        assert_eq!(f32_to_i16(-7.0), -32_768);
+        assert_eq!(f32_to_i16(f32::NAN), 0);
+        assert_eq!(f32_to_i16(f32::INFINITY), 32_767);
+        assert_eq!(f32_to_i16(0.5 / 32_768.0), 1); // half rounds away from zero
+        assert_eq!(f32_to_i16(0.49 / 32_768.0), 0);
+        // Every s16 value survives s16 → f32 (as decoders scale it) → s16.
+        for v in i16::MIN..=i16::MAX {
+            assert_eq!(f32_to_i16(f32::from(v) / 32_768.0), v);
+        }
+    }
+
+    #[test]
+    fn pcm_s16le_round_trip() {
+        let fmt = format(OutputEncoding::PcmS16Le, 24_000, 2);
+        let samples = tone(fmt.spec, 24_000, 0.9);
+        let bytes = encode_all(fmt, &samples);
+        assert_eq!(bytes.len(), samples.len() * 2);
+        let back: Vec<f32> = bytes
+            .chunks_exact(2)
+            .map(|c| f32::from(i16::from_le_bytes([c[0], c[1]])) / 32_768.0)
+            .collect();
+        let worst = back
+            .iter()
+            .zip(&samples)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 0.5 / 32_768.0 + 1e-7, "worst error {worst}");
+    }
+
+    #[test]
+    fn pcm_f32le_round_trip_is_exact() {
+        let fmt = format(OutputEncoding::PcmF32Le, 16_000, 1);
+        let mut samples = tone(fmt.spec, 16_000, 0.9);
+        samples.push(1.25); // floats are not clipped
+        let bytes = encode_all(fmt, &samples);
+        assert_eq!(bytes.len(), samples.len() * 4);
+        let back: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(back, samples);
+    }
+
+    #[test]
+    fn wav_has_one_streaming_header_then_samples() {
+        let fmt = format(OutputEncoding::Wav, 22_050, 2);
+        let samples = tone(fmt.spec, 22_050, 0.5);
+        let bytes = encode_all(fmt, &samples);
+        assert_eq!(bytes.len(), WAV_HEADER_LEN + samples.len() * 2);
+        assert_eq!(&bytes[..WAV_HEADER_LEN], &wav_header(fmt.spec));
+        assert_eq!(&bytes[0..4], b"RIFF");
+        assert_eq!(&bytes[4..8], &[0xFF; 4]);
+        assert_eq!(&bytes[40..44], &[0xFF; 4]);
+        // Exactly one header: no second RIFF tag anywhere.
+        assert_eq!(bytes.windows(4).filter(|w| w == b"RIFF").count(), 1);
+
+        let expected: Vec<i16> = samples.iter().map(|&x| f32_to_i16(x)).collect();
+
+        // hound 3.5 refuses the streaming sizes as written: it checks that the data length is a
+        // multiple of the frame size, and 0xFFFFFFFF is odd. ffmpeg, sox and symphonia accept
+        // them (stack.md §4), and so does herald's own decoder (below).
+        let refused = hound::WavReader::new(Cursor::new(bytes.clone()));
+        assert!(
+            matches!(refused, Err(hound::Error::FormatError(_))),
+            "hound 3.5 was expected to refuse 0xFFFFFFFF sizes"
+        );
+
+        // hound with the sizes patched to the real ones, as a file writer would leave them.
+        let mut patched = bytes.clone();
+        let data_len = (bytes.len() - WAV_HEADER_LEN) as u32;
+        patched[4..8].copy_from_slice(&(data_len + 36).to_le_bytes());
+        patched[40..44].copy_from_slice(&data_len.to_le_bytes());
+        let mut reader = hound::WavReader::new(Cursor::new(patched)).expect("hound parses");
+        assert_eq!(reader.duration(), 22_050);
+        let got: Vec<i16> = reader
+            .samples::<i16>()
+            .map(|s| s.expect("sample"))
+            .collect();
+        assert_eq!(got, expected);
+
+        // herald's own decoder reads the unpatched stream.
+        let mut dec =
+            decode::open_decoder(InputEncoding::Wav, Cursor::new(bytes)).expect("decoder");
+        let mut got = Vec::new();
+        while let Some(b) = dec.next_buffer().expect("decodes") {
+            assert_eq!(b.spec, fmt.spec);
+            got.extend(b.samples.iter().map(|&x| f32_to_i16(x)));
+        }
+        assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn empty_wav_stream_is_just_a_header() {
+        let fmt = format(OutputEncoding::Wav, 16_000, 1);
+        let mut enc = encoder_for(fmt);
+        let mut out = Vec::new();
+        enc.finish(&mut out).expect("finish");
+        assert_eq!(out, wav_header(fmt.spec));
+        // Patched to a real (zero) length, hound reads it as an empty 16 kHz mono file.
+        let mut patched = out.clone();
+        patched[4..8].copy_from_slice(&36u32.to_le_bytes());
+        patched[40..44].copy_from_slice(&0u32.to_le_bytes());
+        let reader = hound::WavReader::new(Cursor::new(patched)).expect("hound parses");
+        assert_eq!(reader.spec().sample_rate, 16_000);
+        assert_eq!(reader.duration(), 0);
+        let mut dec = decode::open_decoder(InputEncoding::Wav, Cursor::new(out)).expect("dec");
+        assert!(dec.next_buffer().expect("decodes").is_none());
+    }
+
+    #[test]
+    fn wrong_spec_writes_nothing() {
+        let mut enc = encoder_for(format(OutputEncoding::Wav, 16_000, 1));
+        let mut out = Vec::new();
+        let pcm = PcmBuffer::new(AudioSpec::new(8_000, 1).expect("spec"), vec![0.0; 4]);
+        let err = enc.encode(&pcm, &mut out).expect_err("must fail");
+        assert!(matches!(err, AudioError::SpecMismatch { .. }));
+        assert!(out.is_empty());
+    }
+
+    /// Quantization step, in the 16-bit domain, of the µ-law segment `code` lies in: segment s
+    /// has a step of 2^(s+1) in the encoder's 14-bit domain, 2^(s+3) in 16 bits.
+    fn ulaw_step(code: u8) -> i32 {
+        1 << (((!code & 0x70) >> 4) + 3)
+    }
+
+    /// Quantization step, in the 16-bit domain, of the A-law segment `code` lies in: segments 0
+    /// and 1 share a step of 2 in the 13-bit domain (16 in 16 bits), then it doubles.
+    fn alaw_step(code: u8) -> i32 {
+        let seg = ((code ^ 0x55) & 0x70) >> 4;
+        16 << seg.max(1).saturating_sub(1)
+    }
+
+    #[test]
+    fn ulaw_quantization_error_is_within_half_a_step() {
+        let mut worst_ratio: f64 = 0.0;
+        let mut worst_rel: f64 = 0.0;
+        for x in i16::MIN..=i16::MAX {
+            let y = ulaw_to_linear(linear_to_ulaw(x));
+            let m = i32::from(x).abs();
+            let err = (i32::from(y) - i32::from(x)).abs();
+            if m > 32_124 + 512 {
+                // Beyond the largest code (32124 + half of the top step), µ-law clips.
+                assert_eq!(i32::from(y).abs(), 32_124, "x = {x}");
+                continue;
+            }
+            // Half a step of the code's segment; negative inputs lose up to 3 more, because
+            // the reference shifts the two low bits out before taking the magnitude (an
+            // arithmetic shift rounds towards −∞).
+            let step = ulaw_step(linear_to_ulaw(x));
+            let bound = if x < 0 { step / 2 + 3 } else { step / 2 };
+            assert!(err <= bound, "x = {x}: y = {y}, step {step}");
+            worst_ratio = worst_ratio.max(f64::from(err) / f64::from(step));
+            if m >= 256 {
+                worst_rel = worst_rel.max(f64::from(err) / f64::from(m));
+            }
+            // The sign survives (0 may decode to 0 from either side).
+            assert!(y == 0 || (y < 0) == (x < 0), "x = {x}: y = {y}");
+        }
+        eprintln!(
+            "µ-law: worst error {worst_ratio:.3} step, worst relative error {worst_rel:.4} (|x| ≥ 256)"
+        );
+        // Four mantissa bits: half a step is 1/32 of a segment's top and, with µ-law's bias,
+        // up to 4/95 of the bottom of segment 2 (|x| = 380), plus the 3 truncated LSBs.
+        assert!(worst_rel <= 1.0 / 16.0, "{worst_rel}");
+        // Known reference vectors.
+        assert_eq!(linear_to_ulaw(0), 0xFF);
+        assert_eq!(linear_to_ulaw(-1), 0x7F);
+        assert_eq!(linear_to_ulaw(i16::MAX), 0x80);
+        assert_eq!(linear_to_ulaw(i16::MIN), 0x00);
+        assert_eq!(ulaw_to_linear(0xFF), 0);
+        assert_eq!(ulaw_to_linear(0x80), 32_124);
+        assert_eq!(ulaw_to_linear(0x00), -32_124);
+        // Every code decodes to a value that encodes back to the same code.
+        for code in 0..=255u8 {
+            let y = ulaw_to_linear(code);
+            if code != 0x7F {
+                // 0x7F is "negative zero": it decodes to 0, which encodes as 0xFF.
+                assert_eq!(linear_to_ulaw(y), code, "code {code:#04x}");
+            }
+        }
+    }
+
+    #[test]
+    fn alaw_quantization_error_is_within_half_a_step() {
+        let mut worst_ratio: f64 = 0.0;
+        let mut worst_rel: f64 = 0.0;
+        for x in i16::MIN..=i16::MAX {
+            let y = alaw_to_linear(linear_to_alaw(x));
+            let m = i32::from(x).abs();
+            let err = (i32::from(y) - i32::from(x)).abs();
+            // Exactly half a step at worst, for both signs (A-law codes magnitudes in one's
+            // complement, so there is no asymmetry).
+            let step = alaw_step(linear_to_alaw(x));
+            assert!(err <= step / 2, "x = {x}: y = {y}, step {step}");
+            worst_ratio = worst_ratio.max(f64::from(err) / f64::from(step));
+            if m >= 256 {
+                worst_rel = worst_rel.max(f64::from(err) / f64::from(m));
+            }
+            assert!((y < 0) == (x < 0), "x = {x}: y = {y}");
+        }
+        eprintln!(
+            "A-law: worst error {worst_ratio:.3} step, worst relative error {worst_rel:.4} (|x| ≥ 256)"
+        );
+        // Four mantissa bits: half a step is at most 1/32 of the magnitude above segment 1.
+        assert!(worst_rel <= 1.0 / 32.0 + 1e-9, "{worst_rel}");
+        assert_eq!(linear_to_alaw(0), 0xD5);
+        assert_eq!(linear_to_alaw(-1), 0x55);
+        assert_eq!(linear_to_alaw(i16::MAX), 0xAA);
+        assert_eq!(linear_to_alaw(i16::MIN), 0x2A);
+        assert_eq!(alaw_to_linear(0xD5), 8);
+        assert_eq!(alaw_to_linear(0x55), -8);
+        assert_eq!(alaw_to_linear(0xAA), 32_256);
+        for code in 0..=255u8 {
+            assert_eq!(
+                linear_to_alaw(alaw_to_linear(code)),
+                code,
+                "code {code:#04x}"
+            );
+        }
+    }
+
+    #[test]
+    fn g711_encoders_round_trip_a_tone() {
+        let spec = AudioSpec::new(8_000, 1).expect("spec");
+        for (encoding, decode) in [
+            (OutputEncoding::Mulaw, ulaw_to_linear as fn(u8) -> i16),
+            (OutputEncoding::Alaw, alaw_to_linear),
+        ] {
+            // 1013 Hz, so the 8 kHz samples visit every phase (1 kHz would hit only 5 values).
+            for (amp, min_snr) in [(0.5, 35.0), (0.1, 35.0), (0.01, 30.0)] {
+                let samples: Vec<f32> = (0..8_000)
+                    .map(|n| (amp * (2.0 * PI * 1_013.0 * f64::from(n) / 8_000.0).sin()) as f32)
+                    .collect();
+                let fmt = OutputFormat { encoding, spec };
+                let bytes = encode_all(fmt, &samples);
+                assert_eq!(bytes.len(), samples.len());
+                let mut noise = 0.0;
+                let mut signal = 0.0;
+                for (&b, &x) in bytes.iter().zip(&samples) {
+                    let y = f64::from(decode(b)) / 32_768.0;
+                    noise += (y - f64::from(x)).powi(2);
+                    signal += f64::from(x).powi(2);
+                }
+                let snr = 10.0 * (signal / noise).log10();
+                let dbfs = 20.0 * amp.log10();
+                eprintln!("{encoding:?}: tone at {dbfs:.0} dBFS, SNR {snr:.1} dB");
+                // G.711 keeps roughly 35-39 dB SNR over a wide range of levels (that is what
+                // companding is for), falling off only near the bottom.
+                assert!(snr > min_snr, "{encoding:?} at {dbfs} dBFS: SNR {snr} dB");
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! The `herald` binary: check-config, serve (signals, socket), say and voices, as a user runs them.
+
+mod support;
+
+use std::process::Command;
+
+use support::*;
+
+fn herald() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.env_remove("DASHSCOPE_API_KEY")
+        .env_remove("HERALD_CONFIG");
+    c
+}
+
+#[test]
+fn the_example_config_passes_check_config() {
+    let out = herald()
+        .args([
+            "check-config",
+            "--config",
+            "systemd/herald.example.toml",
+            "--listen",
+            "127.0.0.1:50051",
+        ])
+        .output()
+        .expect("run");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("listen = [\"127.0.0.1:50051\"]"), "{text}");
+    assert!(text.contains("max_text_chars = 20000"), "{text}");
+}
+
+#[test]
+fn check_config_rejects_unknown_keys_with_exit_64_and_masks_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[espeak]\nvoice = \"en\"\n").unwrap();
+    let out = herald()
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("espeak") && err.contains("voice"), "{err}");
+
+    let out = herald()
+        .args(["check-config", "--listen", "127.0.0.1:0"])
+        .env("DASHSCOPE_API_KEY", "sk-test-secret-value")
+        .output()
+        .expect("run");
+    assert!(out.status.success());
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains("sk-test-secret-value"), "{all}");
+    assert!(all.contains("<redacted>"), "{all}");
+}
+
+#[test]
+fn say_writes_a_playable_wav_and_voices_lists() {
+    let mut server = ServeProcess::start(&[]);
+    let out_file = server.dir.path().join("hello.wav");
+    let out = herald()
+        .args(["say", "--socket"])
+        .arg(&server.socket)
+        .args(["--rate", "24000", "-o"])
+        .arg(&out_file)
+        .arg("Hello from the command line.")
+        .output()
+        .expect("run say");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A real file: sizes patched, hound reads every sample.
+    let mut reader = hound::WavReader::open(&out_file).expect("hound opens the file");
+    assert_eq!(reader.spec().sample_rate, 24_000);
+    let samples: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32768.0)
+        .collect();
+    assert_eq!(samples.len() as u32, reader.duration());
+    assert!(samples.len() > 24_000, "{} samples", samples.len());
+    assert!(rms(&samples) > 0.02);
+
+    // stdout with -o -: raw PCM
+    let out = herald()
+        .args(["say", "--socket"])
+        .arg(&server.socket)
+        .args(["--format", "pcm", "-o", "-", "-q", "Raw."])
+        .output()
+        .expect("run say");
+    assert!(out.status.success());
+    assert!(out.stdout.len() > 10_000 && out.stdout.len() % 2 == 0);
+
+    // errors print the gRPC message and exit non-zero
+    let out = herald()
+        .args(["say", "--socket"])
+        .arg(&server.socket)
+        .args(["--rate", "96000", "-o", "-", "x"])
+        .output()
+        .expect("run say");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidArgument") && err.contains("format.sample_rate_hz"),
+        "{err}"
+    );
+
+    let out = herald()
+        .args(["voices", "--language", "en", "--socket"])
+        .arg(&server.socket)
+        .output()
+        .expect("run voices");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("en-us") && !text.contains(" de "), "{text}");
+
+    // SIGTERM: clean exit, socket removed.
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    assert!(!server.socket.exists(), "socket file removed on shutdown");
+}
+
+#[test]
+fn say_without_a_daemon_explains_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = herald()
+        .args(["say", "-o", "-", "--socket"])
+        .arg(dir.path().join("nothing.sock"))
+        .arg("hi")
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(69));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot connect"), "{err}");
+}
+
+#[test]
+fn the_unix_socket_has_mode_0660() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut server = ServeProcess::start(&[]);
+    let mode = std::fs::metadata(&server.socket)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o660, "{mode:o}");
+    assert!(server.terminate().success());
+}
