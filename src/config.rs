@@ -275,8 +275,8 @@ impl Default for EspeakSection {
     }
 }
 
-/// `[dashscope]`
-#[derive(Clone, Debug, Deserialize, Serialize)]
+/// `[dashscope]`. Its `Debug` masks the key.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DashscopeSection {
     /// The API key. Prefer `api_key_file`, the environment or a systemd credential.
@@ -287,6 +287,17 @@ pub struct DashscopeSection {
     pub base_url: String,
     /// Workspace id (sent as `X-DashScope-WorkSpace`, and filled into `base_url`).
     pub workspace_id: Option<String>,
+}
+
+impl fmt::Debug for DashscopeSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DashscopeSection")
+            .field("api_key", &self.api_key.as_ref().map(|_| MASK))
+            .field("api_key_file", &self.api_key_file)
+            .field("base_url", &self.base_url)
+            .field("workspace_id", &self.workspace_id)
+            .finish()
+    }
 }
 
 impl Default for DashscopeSection {

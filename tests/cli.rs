@@ -100,7 +100,7 @@ fn say_writes_a_playable_wav_and_voices_lists() {
         .output()
         .expect("run say");
     assert!(out.status.success());
-    assert!(out.stdout.len() > 10_000 && out.stdout.len() % 2 == 0);
+    assert!(out.stdout.len() > 10_000 && out.stdout.len().is_multiple_of(2));
 
     // errors print the gRPC message and exit non-zero
     let out = herald()

@@ -43,8 +43,8 @@ pub trait Decoder: Send {
     /// The next buffer of decoded audio, or `Ok(None)` at the clean end of the stream.
     ///
     /// Blocks until enough input has arrived to produce at least one frame. Buffers may differ
-    /// in size, and each carries its own spec. After an error or `Ok(None)` the decoder is
-    /// finished and keeps returning `Ok(None)`.
+    /// in size, and each carries its own spec. After `Ok(None)` the decoder keeps returning
+    /// `Ok(None)`; after an error the caller should stop pulling.
     fn next_buffer(&mut self) -> Result<Option<PcmBuffer>, AudioError>;
 }
 
@@ -1063,6 +1063,12 @@ mod tests {
         );
         let hz = zero_crossing_hz(&samples[2_400..21_600], 24_000);
         assert!((hz - 1_000.0).abs() < 5.0, "{hz} Hz");
+        eprintln!(
+            "mp3: {} bytes in, {} frames out in {} buffers, {hz:.1} Hz",
+            mp3.len(),
+            samples.len(),
+            buffers.len()
+        );
 
         // Cut mid-frame: a clean end with fewer samples, not an error.
         let cut = mp3[..mp3.len() * 2 / 3].to_vec();

@@ -73,33 +73,28 @@ pub fn wav_header(spec: AudioSpec) -> [u8; WAV_HEADER_LEN] {
     h
 }
 
-// === G.711 (the CCITT reference algorithm, as in Sun's public-domain g711.c) ===
+// === G.711, after the CCITT reference code as distributed by Sun (public domain g711.c) ===
+// µ-law works on the full 16-bit magnitude (the variant ffmpeg's pcm_mulaw uses), so positive
+// and negative inputs quantize symmetrically; A-law drops the 3 low bits and codes the
+// magnitude in one's complement, as the reference does.
 
 /// µ-law bias, in the 16-bit domain.
 const ULAW_BIAS: i32 = 0x84;
-/// Largest µ-law magnitude, in the 14-bit domain the encoder works in.
-const ULAW_CLIP: i32 = 8159;
-/// Upper bound of each µ-law segment, 14-bit domain (after the bias).
-const ULAW_SEG_END: [i32; 8] = [0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF, 0x1FFF];
+/// Largest µ-law magnitude before the bias (32635 + 0x84 = 32767).
+const ULAW_CLIP: i32 = 32_635;
 /// Upper bound of each A-law segment, 13-bit domain.
 const ALAW_SEG_END: [i32; 8] = [0x1F, 0x3F, 0x7F, 0xFF, 0x1FF, 0x3FF, 0x7FF, 0xFFF];
 
-/// Encodes a 16-bit linear sample as G.711 µ-law (the sample's 2 low bits are dropped first, as
-/// the reference does; magnitudes above 32635 clip).
+/// Encodes a 16-bit linear sample as G.711 µ-law (magnitudes above 32635 clip).
 pub fn linear_to_ulaw(pcm: i16) -> u8 {
-    let mut v = i32::from(pcm) >> 2;
-    let mask: u8 = if v < 0 {
-        v = -v;
-        0x7F
-    } else {
-        0xFF
-    };
-    v = v.min(ULAW_CLIP) + (ULAW_BIAS >> 2);
-    match ULAW_SEG_END.iter().position(|&end| v <= end) {
-        // `seg < 8` and the mantissa is 4 bits: the code fits a byte.
-        Some(seg) => (((seg << 4) as i32 | ((v >> (seg + 1)) & 0x0F)) as u8) ^ mask,
-        None => 0x7F ^ mask,
-    }
+    let v = i32::from(pcm);
+    let (magnitude, mask) = if v < 0 { (-v, 0x7F) } else { (v, 0xFF) };
+    // 132 ≤ biased ≤ 32767, so its top bit is bit 7..=14: the segment is 0..=7.
+    let biased = magnitude.min(ULAW_CLIP) + ULAW_BIAS;
+    let segment = 31 - biased.leading_zeros() - 7;
+    let mantissa = (biased >> (segment + 3)) & 0x0F;
+    // Segment (3 bits) and mantissa (4 bits) fit a byte.
+    ((segment << 4) as u8 | mantissa as u8) ^ mask
 }
 
 /// Decodes a G.711 µ-law byte to a 16-bit linear sample (range ±32124).
@@ -429,12 +424,10 @@ mod tests {
                 assert_eq!(i32::from(y).abs(), 32_124, "x = {x}");
                 continue;
             }
-            // Half a step of the code's segment; negative inputs lose up to 3 more, because
-            // the reference shifts the two low bits out before taking the magnitude (an
-            // arithmetic shift rounds towards −∞).
+            // The decoder returns the middle of the code's interval: at most half a step off,
+            // for both signs.
             let step = ulaw_step(linear_to_ulaw(x));
-            let bound = if x < 0 { step / 2 + 3 } else { step / 2 };
-            assert!(err <= bound, "x = {x}: y = {y}, step {step}");
+            assert!(err <= step / 2, "x = {x}: y = {y}, step {step}");
             worst_ratio = worst_ratio.max(f64::from(err) / f64::from(step));
             if m >= 256 {
                 worst_rel = worst_rel.max(f64::from(err) / f64::from(m));
@@ -445,9 +438,9 @@ mod tests {
         eprintln!(
             "µ-law: worst error {worst_ratio:.3} step, worst relative error {worst_rel:.4} (|x| ≥ 256)"
         );
-        // Four mantissa bits: half a step is 1/32 of a segment's top and, with µ-law's bias,
-        // up to 4/95 of the bottom of segment 2 (|x| = 380), plus the 3 truncated LSBs.
-        assert!(worst_rel <= 1.0 / 16.0, "{worst_rel}");
+        // Four mantissa bits: half a step is 1/32 of a segment's top but, with µ-law's bias
+        // of 132, up to 2^(s+2) / (2^(s+7) − 132) of its bottom: 16/380 = 0.042 in segment 2.
+        assert!(worst_rel <= 16.0 / 380.0 + 1e-9, "{worst_rel}");
         // Known reference vectors.
         assert_eq!(linear_to_ulaw(0), 0xFF);
         assert_eq!(linear_to_ulaw(-1), 0x7F);

@@ -120,17 +120,16 @@ impl SpeechService {
             .map_err(|m| invalid(format!("voice: {m}")))?;
 
         let language = optional(&req.language);
-        if let Some(l) = &language {
-            if l.chars().count() > MAX_LANGUAGE_CHARS
+        if let Some(l) = &language
+            && (l.chars().count() > MAX_LANGUAGE_CHARS
                 || !l
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                return Err(invalid(format!(
-                    "language: {:?} is not a BCP-47 tag like \"en\" or \"zh-CN\" (at most {MAX_LANGUAGE_CHARS} characters)",
-                    truncate(l, 40)
-                )));
-            }
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            return Err(invalid(format!(
+                "language: {:?} is not a BCP-47 tag like \"en\" or \"zh-CN\" (at most {MAX_LANGUAGE_CHARS} characters)",
+                truncate(l, 40)
+            )));
         }
         let instructions = optional(&req.instructions);
         if let Some(i) = &instructions {
@@ -144,7 +143,7 @@ impl SpeechService {
         let speed = prosody("speed", req.speed)?;
         let pitch = prosody("pitch", req.pitch)?;
         let gain = match req.volume {
-            v if v == 0.0 => 1.0,
+            0.0 => 1.0,
             v if v.is_finite() && v > 0.0 && v <= MAX_VOLUME => v,
             v => {
                 return Err(invalid(format!(
