@@ -1,0 +1,370 @@
+//! The audio pipeline through the public gRPC interface, on generated tones: a tone engine
+//! (a real `Synthesizer`, registered in an in-process daemon) sends WAV, raw PCM or MP3 in
+//! odd-sized pieces; the client asserts on the audio it gets back: frequency (FFT, ±1 Hz),
+//! exact length, every encoding, every rate pair.
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use herald::{
+    audio::{AudioSpec, InputEncoding},
+    config::ListenAddr,
+    engine::{
+        EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo,
+    },
+    pb::{self, audio_format::Encoding, speech_client::SpeechClient},
+    service::{self, Daemon, Settings},
+};
+use rustfft::{FftPlanner, num_complex::Complex};
+use support::*;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+const RATES: [u32; 7] = [8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000];
+/// Odd piece size, so headers, samples and frames split anywhere.
+const PIECE: usize = 997;
+
+/// How the tone engine packages its audio.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Packaging {
+    /// WAV with real sizes.
+    Wav,
+    /// WAV whose header claims this data size (0 or 0x7FFFFFFF: streaming placeholders).
+    WavClaiming(u32),
+    /// Headerless s16le.
+    Pcm,
+}
+
+/// Model names: "tone-wav-24000", "tone-pcm-16000", "tone-wav0-22050", "tone-wavmax-8000",
+/// "tone-mp3" (MP3 bytes given at construction). The text is the tone frequency in Hz; every tone
+/// lasts exactly one second.
+struct ToneEngine {
+    mp3: Option<Bytes>,
+}
+
+fn parse_model(model: &str) -> Option<(Packaging, u32)> {
+    let rest = model.strip_prefix("tone-")?;
+    let (kind, rate) = rest.split_once('-')?;
+    let rate: u32 = rate.parse().ok()?;
+    let packaging = match kind {
+        "wav" => Packaging::Wav,
+        "wav0" => Packaging::WavClaiming(0),
+        "wavmax" => Packaging::WavClaiming(0x7FFF_FFFF),
+        "pcm" => Packaging::Pcm,
+        _ => return None,
+    };
+    Some((packaging, rate))
+}
+
+fn tone_s16(freq: f64, rate: u32) -> Vec<u8> {
+    (0..rate)
+        .flat_map(|i| {
+            let v =
+                0.5 * (2.0 * std::f64::consts::PI * freq * f64::from(i) / f64::from(rate)).sin();
+            ((v * 32767.0).round() as i16).to_le_bytes()
+        })
+        .collect()
+}
+
+fn wav_header(rate: u32, data_len: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(44);
+    h.extend_from_slice(b"RIFF");
+    h.extend_from_slice(&data_len.saturating_add(36).to_le_bytes());
+    h.extend_from_slice(b"WAVEfmt ");
+    h.extend_from_slice(&16u32.to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes());
+    h.extend_from_slice(&1u16.to_le_bytes());
+    h.extend_from_slice(&rate.to_le_bytes());
+    h.extend_from_slice(&(rate * 2).to_le_bytes());
+    h.extend_from_slice(&2u16.to_le_bytes());
+    h.extend_from_slice(&16u16.to_le_bytes());
+    h.extend_from_slice(b"data");
+    h.extend_from_slice(&data_len.to_le_bytes());
+    h
+}
+
+#[async_trait::async_trait]
+impl Synthesizer for ToneEngine {
+    fn name(&self) -> &'static str {
+        "tone"
+    }
+    fn serves_model(&self, model: &str) -> bool {
+        model == "tone-mp3" || parse_model(model).is_some()
+    }
+    fn default_voice(&self, _model: &str) -> String {
+        "sine".into()
+    }
+    fn voices(&self) -> Vec<VoiceInfo> {
+        Vec::new()
+    }
+    fn check_voice(&self, _model: &str, voice: &str) -> Result<(), String> {
+        if voice == "sine" {
+            Ok(())
+        } else {
+            Err(format!("unknown voice {voice:?}"))
+        }
+    }
+    fn native_sample_rate(&self, model: &str, _voice: &str) -> u32 {
+        parse_model(model).map_or(24_000, |(_, r)| r)
+    }
+    async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError> {
+        let (encoding, bytes) = if req.model == "tone-mp3" {
+            (
+                InputEncoding::Mp3,
+                self.mp3.clone().expect("mp3 configured").to_vec(),
+            )
+        } else {
+            let (packaging, rate) = parse_model(&req.model).expect("served model");
+            let freq: f64 = req.text.trim().parse().expect("text is a frequency");
+            let pcm = tone_s16(freq, rate);
+            match packaging {
+                Packaging::Pcm => (
+                    InputEncoding::Pcm16Le(AudioSpec::new(rate, 1).unwrap()),
+                    pcm,
+                ),
+                Packaging::Wav | Packaging::WavClaiming(_) => {
+                    let claimed = match packaging {
+                        Packaging::WavClaiming(c) => c,
+                        _ => pcm.len() as u32,
+                    };
+                    let mut v = wav_header(rate, claimed);
+                    v.extend_from_slice(&pcm);
+                    (InputEncoding::Wav, v)
+                }
+            }
+        };
+        let mut events: Vec<Result<SynthEvent, EngineError>> = bytes
+            .chunks(PIECE)
+            .map(|c| {
+                Ok(SynthEvent::Audio {
+                    encoding,
+                    data: Bytes::copy_from_slice(c),
+                })
+            })
+            .collect();
+        events.push(Ok(SynthEvent::Finished {
+            characters: None,
+            upstream_request_ids: vec!["tone-1".into()],
+        }));
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+}
+
+struct ToneDaemon {
+    client: SpeechClient<Channel>,
+    stop: CancellationToken,
+}
+
+async fn tone_daemon(mp3: Option<Bytes>) -> ToneDaemon {
+    let engines = Engines::new(vec![Arc::new(ToneEngine { mp3 })]);
+    let settings = Settings {
+        default_model: "tone-wav-24000".into(),
+        default_voice: None,
+        max_text_chars: 100,
+    };
+    let daemon = Daemon::new(engines, settings, Duration::from_secs(2));
+    let listeners = service::bind(&[ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())], 0o660)
+        .await
+        .expect("bind");
+    let ListenAddr::Tcp(addr) = listeners[0].addr().clone() else {
+        unreachable!()
+    };
+    let stop = CancellationToken::new();
+    tokio::spawn(daemon.serve(listeners, stop.clone().cancelled_owned()));
+    let client = SpeechClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    ToneDaemon { client, stop }
+}
+
+impl Drop for ToneDaemon {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+fn tone_request(
+    freq: u32,
+    model: &str,
+    encoding: Encoding,
+    rate: u32,
+    channels: u32,
+) -> pb::SynthesizeRequest {
+    pb::SynthesizeRequest {
+        model: model.into(),
+        ..request(&freq.to_string(), encoding, rate, channels)
+    }
+}
+
+/// Frequency of the strongest component, in Hz: Hann window + parabolic interpolation on the
+/// log magnitude. With one second of audio the bins are 1 Hz apart.
+fn peak_frequency(x: &[f32], rate: u32) -> f64 {
+    let n = x.len();
+    let mut buf: Vec<Complex<f64>> = x
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos();
+            Complex::new(f64::from(*s) * w, 0.0)
+        })
+        .collect();
+    FftPlanner::new().plan_fft_forward(n).process(&mut buf);
+    let mags: Vec<f64> = buf[..n / 2]
+        .iter()
+        .map(|c| c.norm().max(1e-30).ln())
+        .collect();
+    let k = (1..mags.len() - 1)
+        .max_by(|a, b| mags[*a].total_cmp(&mags[*b]))
+        .expect("bins");
+    let (a, b, c) = (mags[k - 1], mags[k], mags[k + 1]);
+    let delta = 0.5 * (a - c) / (a - 2.0 * b + c);
+    (k as f64 + delta) * f64::from(rate) / n as f64
+}
+
+fn decode(encoding: Encoding, bytes: &[u8]) -> Vec<f32> {
+    match encoding {
+        Encoding::PcmS16le => s16_to_f32(bytes),
+        Encoding::PcmF32le => f32le_to_f32(bytes),
+        Encoding::Wav => {
+            let mut r =
+                hound::WavReader::new(std::io::Cursor::new(patch_wav_sizes(bytes.to_vec())))
+                    .expect("wav");
+            r.samples::<i16>()
+                .map(|s| f32::from(s.unwrap()) / 32768.0)
+                .collect()
+        }
+        Encoding::Mulaw => bytes
+            .iter()
+            .map(|b| f32::from(herald::audio::encode::ulaw_to_linear(*b)) / 32768.0)
+            .collect(),
+        Encoding::Alaw => bytes
+            .iter()
+            .map(|b| f32::from(herald::audio::encode::alaw_to_linear(*b)) / 32768.0)
+            .collect(),
+        other => panic!("no decoder for {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn every_rate_pair_keeps_the_tone_and_the_exact_length() {
+    let mut d = tone_daemon(None).await;
+    for from in RATES {
+        for to in RATES {
+            let freq = 1_000;
+            let got = synthesize(
+                &mut d.client,
+                tone_request(freq, &format!("tone-wav-{from}"), Encoding::PcmF32le, to, 1),
+            )
+            .await
+            .unwrap_or_else(|s| panic!("{from}->{to}: {s:?}"));
+            let x = f32le_to_f32(&got.bytes());
+            let expected = (f64::from(to) * 1.0).round() as usize; // one second in, one second out
+            assert_eq!(x.len(), expected, "{from}->{to}: length");
+            assert_eq!(got.summary().samples, expected as u64);
+            let f = peak_frequency(&x, to);
+            assert!((f - f64::from(freq)).abs() <= 1.0, "{from}->{to}: {f} Hz");
+            // Level kept: a 0.5 sine has RMS 0.354.
+            let r = rms(&x[to as usize / 10..to as usize * 9 / 10]);
+            assert!((r - 0.3536).abs() < 0.01, "{from}->{to}: rms {r}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_encoding_round_trips_a_tone() {
+    let mut d = tone_daemon(None).await;
+    for encoding in [
+        Encoding::PcmS16le,
+        Encoding::PcmF32le,
+        Encoding::Wav,
+        Encoding::Mulaw,
+        Encoding::Alaw,
+    ] {
+        for channels in [1u32, 2] {
+            let got = synthesize(
+                &mut d.client,
+                tone_request(440, "tone-pcm-24000", encoding, 16_000, channels),
+            )
+            .await
+            .expect("synthesize");
+            assert_eq!(got.format().encoding, encoding as i32);
+            let all = decode(encoding, &got.bytes());
+            assert_eq!(
+                all.len(),
+                16_000 * channels as usize,
+                "{encoding:?} x{channels}"
+            );
+            assert_eq!(got.summary().samples, 16_000);
+            for ch in 0..channels as usize {
+                let x: Vec<f32> = all
+                    .iter()
+                    .skip(ch)
+                    .step_by(channels as usize)
+                    .copied()
+                    .collect();
+                let f = peak_frequency(&x, 16_000);
+                assert!((f - 440.0).abs() <= 1.0, "{encoding:?} ch{ch}: {f} Hz");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_wav_stream_whose_header_lies_about_its_size_still_decodes_fully() {
+    let mut d = tone_daemon(None).await;
+    for model in ["tone-wav0-22050", "tone-wavmax-22050"] {
+        let got = synthesize(
+            &mut d.client,
+            tone_request(700, model, Encoding::PcmS16le, 0, 1),
+        )
+        .await
+        .expect("synthesize");
+        let x = s16_to_f32(&got.bytes());
+        assert_eq!(x.len(), 22_050, "{model}");
+        let f = peak_frequency(&x, 22_050);
+        assert!((f - 700.0).abs() <= 1.0, "{model}: {f}");
+        // The tail is there: the last 50 ms carry the tone.
+        assert!(rms(&x[x.len() - 1_102..]) > 0.3, "{model}: tail");
+    }
+}
+
+#[tokio::test]
+async fn an_mp3_upstream_is_decoded_resampled_and_kept_in_tune() {
+    // A one-second 24 kHz mono 440 Hz MP3, made by ffmpeg (installed by .ci/setup).
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tone.mp3");
+    let status = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=frequency=440:sample_rate=24000:duration=1",
+        ])
+        .args(["-ac", "1", "-c:a", "libmp3lame", "-b:a", "48k"])
+        .arg(&path)
+        .status()
+        .expect("ffmpeg is installed by .ci/setup");
+    assert!(status.success());
+    let mp3 = Bytes::from(std::fs::read(&path).unwrap());
+    let mut d = tone_daemon(Some(mp3)).await;
+    let got = synthesize(
+        &mut d.client,
+        tone_request(0, "tone-mp3", Encoding::PcmF32le, 16_000, 1),
+    )
+    .await
+    .expect("synthesize");
+    let x = f32le_to_f32(&got.bytes());
+    // Within one MP3 frame (576 samples at 24 kHz = 384 at 16 kHz) of one second.
+    assert!((x.len() as i64 - 16_000).abs() <= 384, "{} frames", x.len());
+    let f = peak_frequency(&x, 16_000);
+    assert!((f - 440.0).abs() <= 1.0, "{f} Hz");
+    assert_eq!(
+        got.summary().upstream_request_ids,
+        vec!["tone-1".to_owned()]
+    );
+}
