@@ -42,6 +42,8 @@ enum Packaging {
 /// lasts exactly one second.
 struct ToneEngine {
     mp3: Option<Bytes>,
+    /// For "tone-gated-*": the engine sends the first half, then waits for this gate.
+    gate: Arc<tokio::sync::Notify>,
 }
 
 fn parse_model(model: &str) -> Option<(Packaging, u32)> {
@@ -49,6 +51,7 @@ fn parse_model(model: &str) -> Option<(Packaging, u32)> {
     let (kind, rate) = rest.split_once('-')?;
     let rate: u32 = rate.parse().ok()?;
     let packaging = match kind {
+        "gated" => Packaging::Pcm,
         "wav" => Packaging::Wav,
         "wav0" => Packaging::WavClaiming(0),
         "wavmax" => Packaging::WavClaiming(0x7FFF_FFFF),
@@ -148,6 +151,17 @@ impl Synthesizer for ToneEngine {
             characters: None,
             upstream_request_ids: vec!["tone-1".into()],
         }));
+        if req.model.starts_with("tone-gated-") {
+            use futures::StreamExt;
+            let rest = events.split_off(events.len() / 2);
+            let gate = Arc::clone(&self.gate);
+            let wait = futures::stream::once(async move { gate.notified().await })
+                .filter_map(|()| async { None });
+            return Ok(futures::stream::iter(events)
+                .chain(wait)
+                .chain(futures::stream::iter(rest))
+                .boxed());
+        }
         Ok(Box::pin(futures::stream::iter(events)))
     }
 }
@@ -155,10 +169,15 @@ impl Synthesizer for ToneEngine {
 struct ToneDaemon {
     client: SpeechClient<Channel>,
     stop: CancellationToken,
+    gate: Arc<tokio::sync::Notify>,
 }
 
 async fn tone_daemon(mp3: Option<Bytes>) -> ToneDaemon {
-    let engines = Engines::new(vec![Arc::new(ToneEngine { mp3 })]);
+    let gate = Arc::new(tokio::sync::Notify::new());
+    let engines = Engines::new(vec![Arc::new(ToneEngine {
+        mp3,
+        gate: Arc::clone(&gate),
+    })]);
     let settings = Settings {
         default_model: "tone-wav-24000".into(),
         default_voice: None,
@@ -176,7 +195,7 @@ async fn tone_daemon(mp3: Option<Bytes>) -> ToneDaemon {
     let client = SpeechClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
-    ToneDaemon { client, stop }
+    ToneDaemon { client, stop, gate }
 }
 
 impl Drop for ToneDaemon {
@@ -367,4 +386,47 @@ async fn an_mp3_upstream_is_decoded_resampled_and_kept_in_tune() {
         got.summary().upstream_request_ids,
         vec!["tone-1".to_owned()]
     );
+}
+
+#[tokio::test]
+async fn audio_streams_before_the_engine_has_finished() {
+    // The engine sends half its audio, then waits until the client has received audio. If
+    // herald held audio back until the engine finished, this would never complete.
+    let mut d = tone_daemon(None).await;
+    let mut stream = d
+        .client
+        .synthesize(tone_request(
+            500,
+            "tone-gated-16000",
+            Encoding::PcmS16le,
+            0,
+            1,
+        ))
+        .await
+        .expect("call")
+        .into_inner();
+    let first_audio = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            let msg = stream.message().await.expect("message").expect("not ended");
+            if let Some(pb::synthesize_response::Payload::Audio(a)) = msg.payload {
+                return a;
+            }
+        }
+    })
+    .await
+    .expect("audio arrived while the engine was still waiting");
+    assert_eq!(first_audio.first_frame, 0);
+    assert!(first_audio.frames > 0);
+    d.gate.notify_one();
+    let mut frames = u64::from(first_audio.frames);
+    let mut summary = None;
+    while let Some(msg) = stream.message().await.expect("message") {
+        match msg.payload {
+            Some(pb::synthesize_response::Payload::Audio(a)) => frames += u64::from(a.frames),
+            Some(pb::synthesize_response::Payload::Summary(s)) => summary = Some(s),
+            _ => {}
+        }
+    }
+    assert_eq!(frames, 16_000);
+    assert_eq!(summary.expect("summary").samples, 16_000);
 }

@@ -1019,8 +1019,8 @@ mod tests {
         assert!(buffers.is_empty());
     }
 
-    /// Runs ffmpeg to make a 1 s, 1 kHz MP3 at `rate`; `None` when ffmpeg is missing.
-    fn ffmpeg_mp3(dir: &std::path::Path, rate: u32) -> Option<Vec<u8>> {
+    /// Runs ffmpeg (installed by `.ci/setup`) to make a 1 s, 1 kHz MP3 at `rate`.
+    fn ffmpeg_mp3(dir: &std::path::Path, rate: u32) -> Vec<u8> {
         let path = dir.join("tone.mp3");
         let status = std::process::Command::new("ffmpeg")
             .args(["-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i"])
@@ -1028,10 +1028,11 @@ mod tests {
             .args(["-c:a", "libmp3lame", "-b:a", "64k"])
             .arg(&path)
             .status();
-        match status {
-            Ok(s) if s.success() => Some(std::fs::read(&path).expect("ffmpeg wrote the file")),
-            _ => None,
-        }
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "ffmpeg with libmp3lame is needed (bash .ci/setup installs it)"
+        );
+        std::fs::read(&path).expect("ffmpeg wrote the file")
     }
 
     /// Dominant frequency by zero crossings (good enough for a clean tone).
@@ -1046,10 +1047,7 @@ mod tests {
     #[test]
     fn mp3_from_ffmpeg_decodes_streamed_and_truncated() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let Some(mp3) = ffmpeg_mp3(dir.path(), 24_000) else {
-            eprintln!("ffmpeg with libmp3lame not found; skipping the MP3 test");
-            return;
-        };
+        let mp3 = ffmpeg_mp3(dir.path(), 24_000);
         let chunks = split_at_sizes(&mp3, &[1_000, 37, 4_096]);
         let (buffers, samples) =
             drain(open_decoder(InputEncoding::Mp3, channel_of(chunks)).expect("opens"));
