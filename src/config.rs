@@ -74,6 +74,11 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "synthesis.max_text_chars",
         Kind::Int,
     ),
+    (
+        "HERALD_MAX_CONCURRENT",
+        "synthesis.max_concurrent",
+        Kind::Int,
+    ),
     ("HERALD_ESPEAK_ENABLED", "espeak.enabled", Kind::Bool),
     ("HERALD_ESPEAK_BINARY", "espeak.binary", Kind::Str),
     ("HERALD_ESPEAK_VOICE", "espeak.default_voice", Kind::Str),
@@ -238,6 +243,9 @@ pub struct SynthesisSection {
     pub default_voice: String,
     /// Longest accepted text, in Unicode scalar values. Default 20000, range 1..=1000000.
     pub max_text_chars: u64,
+    /// Most `Synthesize` streams running at once; more answer RESOURCE_EXHAUSTED. Default 64,
+    /// range 1..=4096.
+    pub max_concurrent: u64,
 }
 
 impl Default for SynthesisSection {
@@ -246,6 +254,7 @@ impl Default for SynthesisSection {
             default_model: String::new(),
             default_voice: String::new(),
             max_text_chars: 20_000,
+            max_concurrent: 64,
         }
     }
 }
@@ -346,6 +355,13 @@ pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigErr
         Some(path) => read_table(&path)?,
         None => toml::Table::new(),
     };
+    // The environment's key (or key file) replaces every key source of the file: env > file.
+    if (env.get(ENV_DASHSCOPE_API_KEY).is_some() || env.get(ENV_DASHSCOPE_API_KEY_FILE).is_some())
+        && let Some(toml::Value::Table(d)) = table.get_mut("dashscope")
+    {
+        d.remove("api_key");
+        d.remove("api_key_file");
+    }
     for (var, key, kind) in ENV_KEYS {
         if let Some(value) = env.get(var) {
             set_key(&mut table, key, parse_value(var, value, *kind)?);
@@ -378,10 +394,7 @@ pub fn load(options: &LoadOptions, env: &Env) -> Result<Config, ConfigError> {
 pub fn parse_str(text: &str, origin: &Path) -> Result<RawConfig, ConfigError> {
     let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: origin.to_owned(),
-            message: e.to_string(),
-        })?;
+        .map_err(|e: toml::de::Error| syntax_error(origin, text, &e))?;
     deserialize_table(table, &origin.display().to_string())
 }
 
@@ -402,10 +415,22 @@ fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
         source,
     })?;
     text.parse()
-        .map_err(|e: toml::de::Error| ConfigError::Syntax {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
+        .map_err(|e: toml::de::Error| syntax_error(path, &text, &e))
+}
+
+/// A syntax error with its line and column but never the offending source line, which could
+/// hold a secret (`api_key = "sk-...` with a missing quote).
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> ConfigError {
+    let position = e.span().map_or_else(String::new, |span| {
+        let before = text.get(..span.start).unwrap_or(text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        format!(" at line {line}, column {column}")
+    });
+    ConfigError::Syntax {
+        path: path.to_owned(),
+        message: format!("{}{position}", e.message().trim()),
+    }
 }
 
 fn deserialize_table(table: toml::Table, origin: &str) -> Result<RawConfig, ConfigError> {
@@ -544,6 +569,8 @@ pub struct Config {
     pub default_voice: Option<String>,
     /// Longest accepted text, in Unicode scalar values.
     pub max_text_chars: usize,
+    /// Most concurrent syntheses.
+    pub max_concurrent: usize,
     /// espeak-ng, when enabled.
     pub espeak: Option<EspeakSettings>,
     /// DashScope.
@@ -599,6 +626,13 @@ impl RawConfig {
             ));
         }
 
+        if !(1..=4096).contains(&syn.max_concurrent) {
+            return Err(invalid(
+                "synthesis.max_concurrent",
+                format!("{} is outside 1..=4096", syn.max_concurrent),
+            ));
+        }
+
         let e = &self.espeak;
         let espeak = if e.enabled {
             if e.binary.trim().is_empty() {
@@ -622,6 +656,15 @@ impl RawConfig {
             None
         };
 
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!(
+                    "{:?} is not a tracing filter like \"info\" or \"herald=debug\"",
+                    self.log.level
+                ),
+            ));
+        }
         let dashscope = validate_dashscope(&self.dashscope, env)?;
         if dashscope.api_key.is_none() && espeak.is_none() {
             return Err(invalid(
@@ -637,6 +680,7 @@ impl RawConfig {
             default_model: non_empty(&syn.default_model),
             default_voice: non_empty(&syn.default_voice),
             max_text_chars: usize::try_from(syn.max_text_chars).unwrap_or(usize::MAX),
+            max_concurrent: usize::try_from(syn.max_concurrent).unwrap_or(4096),
             espeak,
             dashscope,
             log_level: self.log.level.clone(),
@@ -909,6 +953,51 @@ mod tests {
             c.dashscope.api_key.as_ref().unwrap().expose_secret(),
             "sk-cred"
         );
+    }
+
+    #[test]
+    fn syntax_errors_give_the_position_but_never_the_line() {
+        let err = load_with(
+            Some("[dashscope]\napi_key = \"sk-SECRET-123\n"),
+            &env(&[]),
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(!err.contains("sk-SECRET"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn the_environment_key_beats_the_file_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "sk-env-file").unwrap();
+        let e = env(&[
+            (ENV_DASHSCOPE_API_KEY_FILE, key_file.to_str().unwrap()),
+            ("HERALD_LISTEN", "127.0.0.1:0"),
+        ]);
+        let c = load_with(
+            Some("[dashscope]\napi_key = \"sk-file\"\n"),
+            &e,
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.dashscope.api_key.as_ref().unwrap().expose_secret(),
+            "sk-env-file"
+        );
+    }
+
+    #[test]
+    fn a_bad_log_filter_names_the_key() {
+        let o = Overrides {
+            log_level: Some("herald=loud[".into()),
+            listen: vec!["127.0.0.1:0".into()],
+            ..Overrides::default()
+        };
+        let err = load_with(None, &env(&[]), o).unwrap_err().to_string();
+        assert!(err.starts_with("log.level"), "{err}");
     }
 
     #[test]

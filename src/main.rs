@@ -298,8 +298,17 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         chunk_ms: args.chunk_ms.unwrap_or(0),
         request_id: String::new(),
     });
-    if args.timeout > 0.0 && args.timeout.is_finite() {
-        request.set_timeout(std::time::Duration::from_secs_f64(args.timeout));
+    if args.timeout > 0.0 {
+        let timeout = std::time::Duration::try_from_secs_f64(args.timeout).map_err(|_| {
+            fail(
+                EX_USAGE,
+                anyhow::anyhow!(
+                    "--timeout {} is not a usable number of seconds",
+                    args.timeout
+                ),
+            )
+        })?;
+        request.set_timeout(timeout);
     }
     let mut stream = client
         .synthesize(request)

@@ -175,8 +175,15 @@ pub async fn run(
             thread.join().await?
         }
         None => match sink.take() {
-            // No audio at all: still send a valid (empty) stream, e.g. a lone WAV header.
-            Some(sink) if outcome.is_ok() => finish_empty(output, chunk_ms, sink)?,
+            // No audio at all: still send a valid (empty) stream, e.g. a lone WAV header. The
+            // sink blocks, so this runs on a blocking thread too.
+            Some(sink) if outcome.is_ok() => {
+                AudioThread(tokio::task::spawn_blocking(move || {
+                    finish_empty(output, chunk_ms, sink)
+                }))
+                .join()
+                .await?
+            }
             _ => AudioReport::default(),
         },
     };
@@ -275,6 +282,7 @@ impl AudioChain {
     }
 
     fn build_stages(&mut self, input: crate::audio::AudioSpec) -> Result<(), AudioError> {
+        let input = input.check_input("decoded")?;
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
         if input.sample_rate != self.output.spec.sample_rate {
             stages.push(Box::new(Resampler::new(

@@ -605,3 +605,49 @@ async fn shutdown_ends_in_flight_streams_with_unavailable() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn the_concurrency_cap_answers_resource_exhausted_and_frees_on_disconnect() {
+    let daemon = spawn_daemon_with(&[("HERALD_MAX_CONCURRENT", "1")]).await;
+    let mut client = daemon.client().await;
+    let text = "A long one that holds the only slot while its client does not read. ".repeat(100);
+    let mut holder = client
+        .synthesize(request(&text, Encoding::PcmS16le, 0, 0))
+        .await
+        .expect("first call")
+        .into_inner();
+    holder.message().await.expect("info").expect("some");
+
+    let status = synthesize(&mut client, request("Second.", Encoding::PcmS16le, 0, 0))
+        .await
+        .expect_err("over the cap");
+    assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+    assert!(
+        status.message().starts_with("synthesis.max_concurrent"),
+        "{}",
+        status.message()
+    );
+
+    // The slot comes back once the first client leaves.
+    drop(holder);
+    let mut served = None;
+    for _ in 0..100 {
+        match synthesize(&mut client, request("Third.", Encoding::PcmS16le, 0, 0)).await {
+            Ok(got) => {
+                served = Some(got);
+                break;
+            }
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(s) => panic!("{s:?}"),
+        }
+    }
+    assert!(
+        served
+            .expect("served after the holder left")
+            .summary()
+            .samples
+            > 0
+    );
+}

@@ -515,11 +515,13 @@ fn parse_fmt(body: &[u8]) -> Result<(SampleFormat, AudioSpec), AudioError> {
         }
         _ => return Err(wav_unsupported(format!("format tag {tag:#06x}"))),
     };
-    let spec = AudioSpec::new(rate, channels).ok_or_else(|| {
-        wav_malformed(format!(
-            "{rate} Hz with {channels} channels in the fmt chunk"
-        ))
-    })?;
+    let spec = AudioSpec::new(rate, channels)
+        .ok_or_else(|| {
+            wav_malformed(format!(
+                "{rate} Hz with {channels} channels in the fmt chunk"
+            ))
+        })?
+        .check_input("wav")?;
     if usize::from(block_align) != format.bytes() * usize::from(channels) {
         return Err(wav_malformed(format!(
             "block align {block_align} does not match {channels} channels of {bits}-bit samples"

@@ -183,8 +183,9 @@ impl Encoder for SampleEncoder {
             }
             Sample::F32 => {
                 out.reserve(s.len() * 4);
+                // Clipped to full scale like the integer encodings (gain may exceed it).
                 s.iter()
-                    .for_each(|&x| out.extend_from_slice(&x.to_le_bytes()));
+                    .for_each(|&x| out.extend_from_slice(&x.clamp(-1.0, 1.0).to_le_bytes()));
             }
             Sample::Mulaw => out.extend(s.iter().map(|&x| linear_to_ulaw(f32_to_i16(x)))),
             Sample::Alaw => out.extend(s.iter().map(|&x| linear_to_alaw(f32_to_i16(x)))),
@@ -309,17 +310,19 @@ mod tests {
     }
 
     #[test]
-    fn pcm_f32le_round_trip_is_exact() {
+    fn pcm_f32le_round_trip_is_exact_within_full_scale_and_clips_beyond() {
         let fmt = format(OutputEncoding::PcmF32Le, 16_000, 1);
         let mut samples = tone(fmt.spec, 16_000, 0.9);
-        samples.push(1.25); // floats are not clipped
+        samples.extend([1.25, -3.0]); // beyond full scale: clipped, as the proto promises
         let bytes = encode_all(fmt, &samples);
         assert_eq!(bytes.len(), samples.len() * 4);
         let back: Vec<f32> = bytes
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        assert_eq!(back, samples);
+        let n = samples.len();
+        assert_eq!(back[..n - 2], samples[..n - 2]);
+        assert_eq!(back[n - 2..], [1.0, -1.0]);
     }
 
     #[test]

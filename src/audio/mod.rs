@@ -21,6 +21,11 @@ pub const MIN_SAMPLE_RATE: u32 = 8_000;
 pub const MAX_SAMPLE_RATE: u32 = 48_000;
 /// Highest channel count herald serves.
 pub const MAX_CHANNELS: u16 = 2;
+/// Input (engine) sample rates herald accepts, in Hz. Outside this, a stream is malformed: an
+/// absurd rate would make the resampler allocate without bound.
+pub const INPUT_SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
+/// Most input channels herald accepts.
+pub const MAX_INPUT_CHANNELS: u16 = 8;
 
 /// Sample rate and channel count of a PCM stream.
 ///
@@ -34,6 +39,27 @@ pub struct AudioSpec {
 }
 
 impl AudioSpec {
+    /// `Ok` when an engine's stream may have this spec ([`INPUT_SAMPLE_RATES`],
+    /// [`MAX_INPUT_CHANNELS`]); otherwise a `Malformed` error for `format`.
+    pub fn check_input(self, format: &'static str) -> Result<Self, AudioError> {
+        if INPUT_SAMPLE_RATES.contains(&self.sample_rate)
+            && (1..=MAX_INPUT_CHANNELS).contains(&self.channels)
+        {
+            Ok(self)
+        } else {
+            Err(AudioError::Malformed {
+                format,
+                reason: format!(
+                    "{} Hz with {} channels is outside {}..={} Hz and 1..={MAX_INPUT_CHANNELS} channels",
+                    self.sample_rate,
+                    self.channels,
+                    INPUT_SAMPLE_RATES.start(),
+                    INPUT_SAMPLE_RATES.end()
+                ),
+            })
+        }
+    }
+
     /// A spec, or `None` when the rate or the channel count is zero.
     pub fn new(sample_rate: u32, channels: u16) -> Option<Self> {
         (sample_rate > 0 && channels > 0).then_some(Self {

@@ -124,7 +124,16 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
         std::fs::create_dir_all(dir)?;
     }
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A socket someone still answers on belongs to a running daemon: never steal it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another running process", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
         Ok(_) => {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
@@ -133,8 +142,16 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    // Bind under a temporary name, set the mode, then rename: the socket never appears at its
+    // real path with the wrong permissions.
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    std::fs::rename(&tmp, path)?;
     Ok(listener)
 }
 
@@ -188,6 +205,7 @@ impl Daemon {
             default_model,
             default_voice: config.default_voice.clone(),
             max_text_chars: config.max_text_chars,
+            max_concurrent: config.max_concurrent,
         };
         Ok(Self::new(engines, settings, config.shutdown_grace))
     }

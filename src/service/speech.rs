@@ -47,6 +47,8 @@ pub struct Settings {
     pub default_voice: Option<String>,
     /// Longest accepted text, in Unicode scalar values.
     pub max_text_chars: usize,
+    /// Most `Synthesize` streams at once.
+    pub max_concurrent: usize,
 }
 
 /// The herald.v1.Speech service. Cheap to clone; every clone serves the same daemon.
@@ -58,6 +60,8 @@ pub struct SpeechService {
 struct Inner {
     engines: Engines,
     settings: Settings,
+    /// One permit per running Synthesize stream.
+    running: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown; every job runs under a child token.
     root: CancellationToken,
 }
@@ -76,6 +80,7 @@ impl SpeechService {
     pub fn new(engines: Engines, settings: Settings, root: CancellationToken) -> Self {
         Self {
             inner: Arc::new(Inner {
+                running: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
                 engines,
                 settings,
                 root,
@@ -301,6 +306,10 @@ fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
         return None;
     }
     let (digits, unit) = value.split_at(value.len() - 1);
+    // The gRPC spec allows at most 8 digits; anything else is ignored, as tonic does.
+    if digits.len() > 8 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let n: u64 = digits.parse().ok()?;
     Some(match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
@@ -329,18 +338,28 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::SynthesizeRequest>,
     ) -> Result<Response<Self::SynthesizeStream>, Status> {
         let received = Instant::now();
-        let deadline = grpc_timeout(request.metadata()).map(|d| received + d);
+        let deadline = grpc_timeout(request.metadata()).and_then(|d| received.checked_add(d));
         let Validated {
             job,
             info,
             characters,
         } = self.validate(request.into_inner())?;
+        let permit = Arc::clone(&self.inner.running)
+            .try_acquire_owned()
+            .map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "synthesis.max_concurrent: {} syntheses are already running; retry later",
+                    self.inner.settings.max_concurrent
+                ))
+            })?;
         let rate = job.output.spec.sample_rate;
         let cancel = self.inner.root.child_token();
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         tracing::debug!(request_id = %info.request_id, model = %info.model, voice = %info.voice, "synthesize");
 
         tokio::spawn(async move {
+            // Held until this stream's job ends, whatever way it ends.
+            let _permit = permit;
             let request_id = info.request_id.clone();
             if tx.send(response(Payload::Info(info))).await.is_err() {
                 return;
@@ -483,5 +502,9 @@ mod tests {
         assert_eq!(grpc_timeout(&m), Some(Duration::from_secs(2)));
         m.insert("grpc-timeout", "x".parse().unwrap());
         assert_eq!(grpc_timeout(&m), None);
+        m.insert("grpc-timeout", "18446744073709551615S".parse().unwrap());
+        assert_eq!(grpc_timeout(&m), None, "more than 8 digits");
+        m.insert("grpc-timeout", "99999999H".parse().unwrap());
+        assert!(grpc_timeout(&m).is_some());
     }
 }

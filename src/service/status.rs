@@ -49,7 +49,10 @@ pub fn engine_status(error: &EngineError) -> Status {
         EngineError::Unavailable { .. } | EngineError::TimedOut { .. } => {
             Status::unavailable(error.to_string())
         }
-        EngineError::Failed { .. } => Status::internal(error.to_string()),
+        // The reason (exit status, stderr) is for the operator's log, not for clients.
+        EngineError::Failed { engine, .. } => {
+            Status::internal(format!("{engine} failed; the daemon's log has the details"))
+        }
     }
 }
 
