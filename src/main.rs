@@ -81,6 +81,12 @@ enum Format {
     F32,
     Mulaw,
     Alaw,
+    /// MP3 (CBR; `--bitrate`).
+    Mp3,
+    /// Opus in Ogg (`--bitrate`).
+    Opus,
+    /// FLAC (`--bits 16|24`).
+    Flac,
 }
 
 impl Format {
@@ -91,6 +97,9 @@ impl Format {
             Self::F32 => Encoding::PcmF32le,
             Self::Mulaw => Encoding::Mulaw,
             Self::Alaw => Encoding::Alaw,
+            Self::Mp3 => Encoding::Mp3,
+            Self::Opus => Encoding::OggOpus,
+            Self::Flac => Encoding::Flac,
         }
     }
 }
@@ -132,6 +141,13 @@ struct SayArgs {
     /// Output channels, 1 or 2.
     #[arg(long, value_name = "N")]
     channels: Option<u32>,
+    /// Bitrate in bits per second for mp3 and opus (default: 64000 mono / 128000 stereo for
+    /// mp3, 32000 / 64000 for opus).
+    #[arg(long, value_name = "BPS")]
+    bitrate: Option<u32>,
+    /// Bits per sample for flac: 16 (default) or 24.
+    #[arg(long, value_name = "N")]
+    bits: Option<u32>,
     /// Chunk duration in ms, 10..=1000.
     #[arg(long, value_name = "MS")]
     chunk_ms: Option<u32>,
@@ -297,6 +313,8 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         }),
         chunk_ms: args.chunk_ms.unwrap_or(0),
         request_id: String::new(),
+        bitrate_bps: args.bitrate.unwrap_or(0),
+        bits_per_sample: args.bits.unwrap_or(0),
     });
     if args.timeout > 0.0 {
         let timeout = std::time::Duration::try_from_secs_f64(args.timeout).map_err(|_| {

@@ -211,7 +211,7 @@ impl AudioThread {
     ) -> Self {
         Self(tokio::task::spawn_blocking(move || {
             let decoder = open_decoder(encoding, ChannelReader::new(rx))?;
-            AudioChain::new(output, gain, chunk_ms, sink).run(decoder)
+            AudioChain::new(output, gain, chunk_ms, sink)?.run(decoder)
         }))
     }
 
@@ -231,7 +231,7 @@ fn finish_empty(
     chunk_ms: u32,
     sink: ChunkSink,
 ) -> Result<AudioReport, JobError> {
-    let mut chain = AudioChain::new(output, 1.0, chunk_ms, sink);
+    let mut chain = AudioChain::new(output, 1.0, chunk_ms, sink)?;
     chain.finish()?;
     Ok(chain.report)
 }
@@ -255,19 +255,24 @@ struct AudioChain {
 }
 
 impl AudioChain {
-    fn new(output: OutputFormat, gain: f32, chunk_ms: u32, sink: ChunkSink) -> Self {
-        Self {
+    fn new(
+        output: OutputFormat,
+        gain: f32,
+        chunk_ms: u32,
+        sink: ChunkSink,
+    ) -> Result<Self, AudioError> {
+        Ok(Self {
             output,
             gain,
             stages: None,
             input_spec: None,
-            encoder: encoder_for(output),
+            encoder: encoder_for(output)?,
             chunker: Chunker::new(output, chunk_ms),
             sink,
             report: AudioReport::default(),
             encoded: Vec::new(),
             chunks: Vec::new(),
-        }
+        })
     }
 
     fn run(mut self, mut decoder: Box<dyn Decoder>) -> Result<AudioReport, JobError> {

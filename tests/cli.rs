@@ -102,6 +102,39 @@ fn say_writes_a_playable_wav_and_voices_lists() {
     assert!(out.status.success());
     assert!(out.stdout.len() > 10_000 && out.stdout.len().is_multiple_of(2));
 
+    // compressed formats: files ffprobe reads without complaint, not WAV-patched
+    for (format, ext, extra) in [
+        ("mp3", "mp3", ["--bitrate", "96000"]),
+        ("opus", "opus", ["--bitrate", "24000"]),
+        ("flac", "flac", ["--bits", "24"]),
+    ] {
+        let path = server.dir.path().join(format!("say.{ext}"));
+        let out = herald()
+            .args(["say", "--socket"])
+            .arg(&server.socket)
+            .args(["--format", format, "-q", "-o"])
+            .arg(&path)
+            .args(extra)
+            .arg("Compressed.")
+            .output()
+            .expect("run say");
+        assert!(out.status.success(), "{format}: {out:?}");
+        let probe = Command::new("ffprobe")
+            .args(["-v", "warning", "-count_packets", "-show_entries"])
+            .args(["stream=codec_name", "-of", "csv=p=0"])
+            .arg(&path)
+            .output()
+            .expect("ffprobe");
+        let codec = String::from_utf8_lossy(&probe.stdout);
+        assert_eq!(codec.trim(), ext, "{format}");
+        let warnings: Vec<String> = String::from_utf8_lossy(&probe.stderr)
+            .lines()
+            .filter(|l| !l.contains("Estimating duration from bitrate"))
+            .map(str::to_owned)
+            .collect();
+        assert!(warnings.is_empty(), "{format}: {warnings:?}");
+    }
+
     // errors print the gRPC message and exit non-zero
     let out = herald()
         .args(["say", "--socket"])

@@ -273,19 +273,49 @@ async fn every_validation_rule_names_the_field_and_the_daemon_keeps_serving() {
             "1..=2",
         ),
         (
-            fmt(Encoding::Mp3, 16_000, 1),
-            "format.encoding",
-            "not supported yet",
+            fmt(Encoding::Mp3, 44_000, 1),
+            "format.sample_rate_hz",
+            "8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000",
         ),
         (
-            fmt(Encoding::OggOpus, 16_000, 1),
-            "format.encoding",
-            "not supported yet",
+            pb::SynthesizeRequest {
+                bitrate_bps: 128_000,
+                ..fmt(Encoding::Mp3, 8_000, 1)
+            },
+            "bitrate_bps",
+            "8000, 16000, 24000, 32000, 40000, 48000, 64000",
         ),
         (
-            fmt(Encoding::Flac, 16_000, 1),
-            "format.encoding",
-            "not supported yet",
+            pb::SynthesizeRequest {
+                bitrate_bps: 1_000_000,
+                ..fmt(Encoding::OggOpus, 16_000, 1)
+            },
+            "bitrate_bps",
+            "6000..=510000",
+        ),
+        (
+            pb::SynthesizeRequest {
+                bitrate_bps: 64_000,
+                ..fmt(Encoding::Wav, 16_000, 1)
+            },
+            "bitrate_bps",
+            "WAV",
+        ),
+        (
+            pb::SynthesizeRequest {
+                bits_per_sample: 20,
+                ..fmt(Encoding::Flac, 16_000, 1)
+            },
+            "bits_per_sample",
+            "16, 24",
+        ),
+        (
+            pb::SynthesizeRequest {
+                bits_per_sample: 24,
+                ..fmt(Encoding::Mp3, 16_000, 1)
+            },
+            "bits_per_sample",
+            "MP3",
         ),
         (
             pb::SynthesizeRequest {

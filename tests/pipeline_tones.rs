@@ -431,3 +431,299 @@ async fn audio_streams_before_the_engine_has_finished() {
     assert_eq!(frames, 16_000);
     assert_eq!(summary.expect("summary").samples, 16_000);
 }
+
+// === compressed encodings: MP3, Ogg Opus, FLAC ===
+
+/// Decodes MP3 or FLAC bytes with symphonia: (rate, channels, interleaved samples).
+fn symphonia_decode(bytes: Vec<u8>, ext: &str) -> (u32, usize, Vec<f32>) {
+    use symphonia::core::{
+        codecs::audio::AudioDecoderOptions,
+        formats::{FormatOptions, TrackType, probe::Hint},
+        io::MediaSourceStream,
+        meta::MetadataOptions,
+    };
+    let mss = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
+    let mut hint = Hint::new();
+    hint.with_extension(ext);
+    let mut format = symphonia::default::get_probe()
+        .probe(
+            &hint,
+            mss,
+            FormatOptions::default(),
+            MetadataOptions::default(),
+        )
+        .expect("probe");
+    let track = format.default_track(TrackType::Audio).expect("track");
+    let track_id = track.id;
+    let params = track
+        .codec_params
+        .as_ref()
+        .and_then(|p| p.audio())
+        .expect("audio params")
+        .clone();
+    let mut decoder = symphonia::default::get_codecs()
+        .make_audio_decoder(&params, &AudioDecoderOptions::default())
+        .expect("decoder");
+    let (mut rate, mut channels, mut out) = (0, 0, Vec::new());
+    while let Ok(Some(packet)) = format.next_packet() {
+        if packet.track_id != track_id {
+            continue;
+        }
+        let decoded = decoder.decode(&packet).expect("decode");
+        rate = decoded.spec().rate();
+        channels = decoded.spec().channels().count();
+        let mut v = Vec::new();
+        decoded.copy_to_vec_interleaved::<f32>(&mut v);
+        out.extend(v);
+    }
+    (rate, channels, out)
+}
+
+/// Decodes Ogg Opus with libopus at 48 kHz, honouring pre-skip and the final granule position:
+/// (input rate from OpusHead, channels, interleaved samples at 48 kHz).
+fn opus_decode(bytes: Vec<u8>) -> (u32, usize, Vec<f32>) {
+    let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
+    let head = reader.read_packet_expected().expect("OpusHead");
+    assert_eq!(&head.data[..8], b"OpusHead");
+    assert_eq!(head.data.len(), 19);
+    let channels = usize::from(head.data[9]);
+    let pre_skip = usize::from(u16::from_le_bytes([head.data[10], head.data[11]]));
+    let input_rate = u32::from_le_bytes(head.data[12..16].try_into().unwrap());
+    let tags = reader.read_packet_expected().expect("OpusTags");
+    assert_eq!(&tags.data[..8], b"OpusTags");
+    let ch = if channels == 2 {
+        opus::Channels::Stereo
+    } else {
+        opus::Channels::Mono
+    };
+    let mut dec = opus::Decoder::new(48_000, ch).expect("decoder");
+    let mut out = Vec::new();
+    let mut buf = vec![0f32; 5_760 * channels];
+    let mut last_granule = 0;
+    let mut saw_eos = false;
+    while let Some(p) = reader.read_packet().expect("ogg") {
+        assert!(!saw_eos, "packets after end of stream");
+        let n = dec.decode_float(&p.data, &mut buf, false).expect("opus");
+        assert_eq!(n, 960, "20 ms packets");
+        out.extend_from_slice(&buf[..n * channels]);
+        last_granule = p.absgp_page();
+        saw_eos = p.last_in_stream();
+    }
+    assert!(saw_eos, "end-of-stream page");
+    let total = usize::try_from(last_granule).unwrap();
+    assert!(
+        total * channels <= out.len(),
+        "granule within the decoded audio"
+    );
+    assert!(
+        out.len() - total * channels < 960 * channels,
+        "end trim under one packet"
+    );
+    out.truncate(total * channels);
+    out.drain(..pre_skip * channels);
+    (input_rate, channels, out)
+}
+
+/// Writes `bytes` to a temp file and has ffprobe read every packet; returns ffprobe's stderr
+/// (empty when it found nothing to complain about) and the duration it reports.
+fn ffprobe(bytes: &[u8], ext: &str) -> (String, f64) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(format!("out.{ext}"));
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "warning",
+            "-count_packets",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&path)
+        .output()
+        .expect("ffprobe is installed by .ci/setup");
+    assert!(out.status.success(), "ffprobe failed");
+    // A plain MP3 stream has no Xing/LAME header (it would need a seek back), so ffmpeg derives
+    // the duration from the bitrate and says so; that is advice, not a problem in the stream.
+    let stderr: String = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| !l.contains("Estimating duration from bitrate, this may be inaccurate"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let duration = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(f64::NAN);
+    (stderr, duration)
+}
+
+/// LAME's delay before the first input sample in its decoded output (encoder delay 576 plus
+/// the decoder's 529), which no decoder can trim without a LAME tag.
+const LAME_DELAY: usize = 1_105;
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    encoding: Encoding,
+    rate: u32,
+    channels: u32,
+    bitrate_bps: u32,
+    bits: u32,
+}
+
+#[tokio::test]
+async fn compressed_encodings_decode_back_to_the_tone_to_the_last_sample() {
+    let mut d = tone_daemon(None).await;
+    let case = |encoding, rate, channels, bitrate_bps, bits| Case {
+        encoding,
+        rate,
+        channels,
+        bitrate_bps,
+        bits,
+    };
+    let cases = [
+        case(Encoding::Flac, 16_000, 1, 0, 0),
+        case(Encoding::Flac, 44_100, 2, 0, 24),
+        case(Encoding::Flac, 8_000, 1, 0, 16),
+        case(Encoding::Mp3, 24_000, 1, 0, 0),
+        case(Encoding::Mp3, 44_100, 2, 0, 0),
+        case(Encoding::Mp3, 8_000, 1, 32_000, 0),
+        case(Encoding::Mp3, 48_000, 1, 192_000, 0),
+        case(Encoding::OggOpus, 48_000, 1, 0, 0),
+        case(Encoding::OggOpus, 16_000, 2, 48_000, 0),
+        case(Encoding::OggOpus, 22_050, 1, 0, 0),
+        case(Encoding::OggOpus, 44_100, 1, 96_000, 0),
+    ];
+    for c in cases {
+        let freq = 440;
+        let req = pb::SynthesizeRequest {
+            bitrate_bps: c.bitrate_bps,
+            bits_per_sample: c.bits,
+            ..tone_request(freq, "tone-pcm-24000", c.encoding, c.rate, c.channels)
+        };
+        let started = tokio::time::Instant::now();
+        let got = synthesize(&mut d.client, req)
+            .await
+            .unwrap_or_else(|s| panic!("{c:?}: {s:?}"));
+        let elapsed = started.elapsed();
+        assert_eq!(got.format().encoding, c.encoding as i32);
+        assert_eq!(got.format().sample_rate_hz, c.rate);
+        assert_eq!(got.summary().samples, u64::from(c.rate), "{c:?}: frames");
+        let frames: u64 = got.chunks.iter().map(|ch| u64::from(ch.frames)).sum();
+        assert_eq!(frames, u64::from(c.rate), "{c:?}: chunk frames add up");
+        assert!(
+            got.chunks.iter().all(|ch| !ch.data.is_empty()),
+            "{c:?}: empty chunk"
+        );
+        let bytes = got.bytes();
+        let (ext, codec_frame) = match c.encoding {
+            Encoding::Flac => ("flac", 0),
+            Encoding::Mp3 => ("mp3", if c.rate >= 32_000 { 1_152 } else { 576 }),
+            _ => ("opus", 960),
+        };
+        let (rate, channels, all, start) = match c.encoding {
+            Encoding::OggOpus => {
+                let (input_rate, ch, x) = opus_decode(bytes.clone());
+                assert_eq!(input_rate, c.rate, "{c:?}: OpusHead input rate");
+                (48_000, ch, x, 0)
+            }
+            _ => {
+                let (r, ch, x) = symphonia_decode(bytes.clone(), ext);
+                let start = if c.encoding == Encoding::Mp3 {
+                    LAME_DELAY
+                } else {
+                    0
+                };
+                (r, ch, x, start)
+            }
+        };
+        assert_eq!(channels, c.channels as usize, "{c:?}: channels");
+        let decoded = all.len() / channels - start;
+        let expected = rate as usize; // one second
+        let diff = decoded as i64 - expected as i64;
+        match c.encoding {
+            Encoding::Flac | Encoding::OggOpus => {
+                assert_eq!(decoded, expected, "{c:?}: exact length")
+            }
+            _ => assert!(
+                (0..codec_frame as i64).contains(&diff),
+                "{c:?}: {decoded} frames after the encoder delay, want {expected} + < {codec_frame}"
+            ),
+        }
+        for ch in 0..channels {
+            let x: Vec<f32> = all
+                .iter()
+                .skip(ch)
+                .step_by(channels)
+                .skip(start)
+                .take(expected)
+                .copied()
+                .collect();
+            let f = peak_frequency(&x, rate);
+            let tail = rms(&x[x.len() - rate as usize / 20..]);
+            let body = rms(&x[x.len() / 10..x.len() * 9 / 10]);
+            eprintln!(
+                "{:?} {} Hz x{} {} bps {} bits: {} bytes in {} chunks, {elapsed:?}; decoded {decoded} (+{diff}) frames at {rate} Hz, ch{ch}: {f:.3} Hz, rms {body:.4}, last 50 ms rms {tail:.4}",
+                c.encoding,
+                c.rate,
+                c.channels,
+                c.bitrate_bps,
+                c.bits,
+                bytes.len(),
+                got.chunks.len()
+            );
+            assert!((f - f64::from(freq)).abs() <= 1.0, "{c:?} ch{ch}: {f} Hz");
+            assert!((body - 0.3536).abs() < 0.02, "{c:?} ch{ch}: rms {body}");
+            assert!(
+                (tail - body).abs() < 0.1 * body,
+                "{c:?} ch{ch}: the last 50 ms have rms {tail}, the tone {body}"
+            );
+        }
+        let (stderr, duration) = ffprobe(&bytes, ext);
+        assert!(stderr.is_empty(), "{c:?}: ffprobe says: {stderr}");
+        eprintln!("{c:?}: ffprobe duration {duration} s");
+    }
+}
+
+#[tokio::test]
+async fn compressed_audio_streams_before_the_engine_has_finished() {
+    for encoding in [Encoding::Flac, Encoding::Mp3, Encoding::OggOpus] {
+        let mut d = tone_daemon(None).await;
+        let mut stream = d
+            .client
+            .synthesize(tone_request(500, "tone-gated-16000", encoding, 0, 1))
+            .await
+            .expect("call")
+            .into_inner();
+        let first_audio = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                let msg = stream.message().await.expect("message").expect("not ended");
+                if let Some(pb::synthesize_response::Payload::Audio(a)) = msg.payload {
+                    return a;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{encoding:?}: audio arrived while the engine was waiting"));
+        assert_eq!(first_audio.first_frame, 0);
+        assert!(first_audio.frames > 0);
+        assert!(!first_audio.data.is_empty());
+        d.gate.notify_one();
+        let mut bytes = first_audio.data.to_vec();
+        let mut frames = u64::from(first_audio.frames);
+        while let Some(msg) = stream.message().await.expect("message") {
+            if let Some(pb::synthesize_response::Payload::Audio(a)) = msg.payload {
+                frames += u64::from(a.frames);
+                bytes.extend_from_slice(&a.data);
+            }
+        }
+        assert_eq!(frames, 16_000, "{encoding:?}");
+        let ext = match encoding {
+            Encoding::Flac => "flac",
+            Encoding::Mp3 => "mp3",
+            _ => "opus",
+        };
+        let (stderr, _) = ffprobe(&bytes, ext);
+        assert!(stderr.is_empty(), "{encoding:?}: ffprobe says: {stderr}");
+    }
+}

@@ -4,15 +4,21 @@
 //! pushed (time to first audio), every later one carries exactly `chunk_frames` frames, and
 //! [`Chunker::finish`] emits the remainder. For the fixed-size encodings herald has today the
 //! bytes are split at exact frame boundaries; bytes that precede the first frame (a WAV header)
-//! travel in the first chunk. An encoding without a fixed frame size (a future MP3 or Opus)
-//! passes `None` as bytes per frame and gets chunks of whole pushes, each holding at least
-//! `chunk_frames` frames (except the first and the last).
+//! travel in the first chunk. The compressed encodings (MP3, Ogg Opus, FLAC) have no fixed frame
+//! size: they pass `None` as bytes per frame and get chunks of whole pushes, each holding at least
+//! `chunk_frames` frames (except the first and the last). There `frames` counts the PCM frames
+//! handed to the encoder, so the sum over all chunks is the stream's length; a chunk's bytes may
+//! lag its frames by the encoder's buffering (a codec frame, a FLAC block), and pushes whose
+//! bytes are still empty (the encoder is buffering) wait for the next bytes instead of going out
+//! as empty chunks.
 //!
 //! It must not encode, decode or look inside the bytes, and it never drops or reorders them.
 
 use bytes::{Bytes, BytesMut};
 
-use super::{OutputEncoding, OutputFormat};
+#[cfg(test)]
+use super::OutputEncoding;
+use super::OutputFormat;
 
 /// One piece of encoded audio for the client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,14 +57,8 @@ pub fn chunk_frames(sample_rate: u32, chunk_ms: u32) -> usize {
 
 /// Bytes per frame of `format`, or `None` for an encoding without a fixed frame size.
 pub fn fixed_frame_bytes(format: OutputFormat) -> Option<usize> {
-    let per_sample = match format.encoding {
-        OutputEncoding::PcmS16Le
-        | OutputEncoding::PcmF32Le
-        | OutputEncoding::Wav
-        | OutputEncoding::Mulaw
-        | OutputEncoding::Alaw => format.encoding.bytes_per_sample(),
-    };
-    Some(per_sample * usize::from(format.spec.channels))
+    let per_sample: Option<usize> = format.encoding.bytes_per_sample();
+    per_sample.map(|b| b * usize::from(format.spec.channels))
 }
 
 impl Chunker {
@@ -97,13 +97,19 @@ impl Chunker {
     pub fn push(&mut self, bytes: &[u8], frames: usize, out: &mut Vec<Chunk>) {
         self.pending.extend_from_slice(bytes);
         self.pending_frames += frames;
-        if !self.started && self.pending_frames > 0 {
+        // Compressed encodings: frames whose bytes the encoder still holds wait for bytes.
+        let ready = self.bytes_per_frame.is_some() || !self.pending.is_empty();
+        if !self.started && ready && self.pending_frames > 0 {
             // The first chunk leaves now, whatever its size (up to a full chunk).
             self.started = true;
             let n = self.pending_frames.min(self.chunk_frames);
             self.emit(n, out);
         }
-        while self.started && self.pending_frames >= self.chunk_frames {
+        while self.started
+            && ready
+            && !self.pending.is_empty()
+            && self.pending_frames >= self.chunk_frames
+        {
             self.emit(self.chunk_frames, out);
         }
     }
@@ -290,6 +296,23 @@ mod tests {
         assert!(rest[1..].iter().all(|ch| ch.frames >= 2_400));
         assert!(last.frames > 0);
         check_consistent(&chunks, &all, 20 * 1_152);
+    }
+
+    #[test]
+    fn compressed_pushes_without_bytes_wait_for_bytes() {
+        let mut c = Chunker::with_frame_bytes(100, None);
+        let mut out = Vec::new();
+        c.push(&[], 40, &mut out);
+        assert!(out.is_empty(), "no bytes yet: nothing to send");
+        c.push(&[1, 2, 3], 40, &mut out);
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].frames, out[0].data.len()), (80, 3));
+        c.push(&[], 100, &mut out);
+        assert_eq!(out.len(), 1);
+        c.push(&[], 0, &mut out);
+        c.finish(&mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[1].first_frame, out[1].frames), (80, 100));
     }
 
     #[test]

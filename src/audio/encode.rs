@@ -1,13 +1,21 @@
 //! Encoding: [`PcmBuffer`]s → the bytes of the client's [`OutputEncoding`].
 //!
-//! This module owns the [`Encoder`] trait, one encoder per output encoding (s16le, f32le, a
+//! This module owns the [`Encoder`] trait, the uncompressed encoders (s16le, f32le, a
 //! streaming WAV with a single header, G.711 µ-law and A-law), the float → 16-bit conversion
-//! ([`f32_to_i16`], where clipping happens) and the G.711 companding tables. One encoder serves
-//! one response: the WAV header is written once, before the first samples.
+//! ([`f32_to_i16`], where clipping happens) and the G.711 companding tables. The compressed
+//! encoders live in their own modules: [`mp3`] (LAME), [`opus`] (libopus in Ogg) and [`flac`]
+//! (flacenc). One encoder serves one response: headers are written once, before the first
+//! samples, and every encoder streams (bytes come out as PCM goes in).
 //!
 //! It must not resample, remix or apply gain (the buffers arrive in the output spec, and any
-//! other spec is an error), split output into messages (that is [`super::chunk`]), or keep
-//! audio back: every `encode` call writes all its samples.
+//! other spec is an error; only Opus resamples internally, to an Opus rate), or split output
+//! into messages (that is [`super::chunk`]). The uncompressed encoders write all their samples
+//! at every `encode` call; the compressed ones keep back at most a codec frame or a FLAC block
+//! until [`Encoder::finish`].
+
+pub mod flac;
+pub mod mp3;
+pub mod opus;
 
 use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer};
 
@@ -24,10 +32,18 @@ pub trait Encoder: Send {
     fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), AudioError>;
 }
 
-/// The encoder for `format`.
-pub fn encoder_for(format: OutputFormat) -> Box<dyn Encoder> {
+/// The encoder for `format`. Fails only when a codec library refuses the format (which the
+/// service's validation rules out).
+pub fn encoder_for(format: OutputFormat) -> Result<Box<dyn Encoder>, AudioError> {
     let spec = format.spec;
-    match format.encoding {
+    Ok(match format.encoding {
+        OutputEncoding::Mp3 { bitrate_bps } => Box::new(mp3::Mp3Encoder::new(spec, bitrate_bps)?),
+        OutputEncoding::OggOpus { bitrate_bps } => {
+            Box::new(opus::OpusEncoder::new(spec, bitrate_bps)?)
+        }
+        OutputEncoding::Flac { bits_per_sample } => {
+            Box::new(flac::FlacEncoder::new(spec, bits_per_sample)?)
+        }
         OutputEncoding::PcmS16Le => Box::new(SampleEncoder::new(spec, Sample::S16)),
         OutputEncoding::PcmF32Le => Box::new(SampleEncoder::new(spec, Sample::F32)),
         OutputEncoding::Mulaw => Box::new(SampleEncoder::new(spec, Sample::Mulaw)),
@@ -36,6 +52,19 @@ pub fn encoder_for(format: OutputFormat) -> Box<dyn Encoder> {
             body: SampleEncoder::new(spec, Sample::S16),
             header_written: false,
         }),
+    })
+}
+
+/// `Ok` when `pcm` is in `expected`, the encoder's spec.
+fn check_spec(expected: AudioSpec, pcm: &PcmBuffer) -> Result<(), AudioError> {
+    if pcm.spec == expected {
+        Ok(())
+    } else {
+        Err(AudioError::SpecMismatch {
+            stage: "encoder",
+            expected,
+            actual: pcm.spec,
+        })
     }
 }
 
@@ -264,7 +293,7 @@ mod tests {
         let ch = usize::from(fmt.spec.channels);
         let frames = samples.len() / ch;
         let cuts = [0, frames / 7, frames / 2, frames];
-        let mut enc = encoder_for(fmt);
+        let mut enc = encoder_for(fmt).expect("encoder");
         let mut out = Vec::new();
         for w in cuts.windows(2) {
             let pcm = PcmBuffer::new(fmt.spec, samples[w[0] * ch..w[1] * ch].to_vec());
@@ -376,7 +405,7 @@ mod tests {
     #[test]
     fn empty_wav_stream_is_just_a_header() {
         let fmt = format(OutputEncoding::Wav, 16_000, 1);
-        let mut enc = encoder_for(fmt);
+        let mut enc = encoder_for(fmt).expect("encoder");
         let mut out = Vec::new();
         enc.finish(&mut out).expect("finish");
         assert_eq!(out, wav_header(fmt.spec));
@@ -393,7 +422,7 @@ mod tests {
 
     #[test]
     fn wrong_spec_writes_nothing() {
-        let mut enc = encoder_for(format(OutputEncoding::Wav, 16_000, 1));
+        let mut enc = encoder_for(format(OutputEncoding::Wav, 16_000, 1)).expect("encoder");
         let mut out = Vec::new();
         let pcm = PcmBuffer::new(AudioSpec::new(8_000, 1).expect("spec"), vec![0.0; 4]);
         let err = enc.encode(&pcm, &mut out).expect_err("must fail");

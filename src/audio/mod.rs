@@ -124,15 +124,32 @@ pub enum OutputEncoding {
     Mulaw,
     /// G.711 A-law, 8 bits per sample.
     Alaw,
+    /// MPEG audio layer III, constant bitrate (LAME), no Xing/LAME tag.
+    Mp3 {
+        /// Bitrate in bits per second (one of [`encode::mp3::bitrates`] for the rate).
+        bitrate_bps: u32,
+    },
+    /// Opus in Ogg (libopus), 20 ms packets.
+    OggOpus {
+        /// Target bitrate in bits per second (within [`encode::opus::BITRATE_RANGE`]).
+        bitrate_bps: u32,
+    },
+    /// FLAC with STREAMINFO up front and "unknown" total samples.
+    Flac {
+        /// Bits per sample: 16 or 24.
+        bits_per_sample: u8,
+    },
 }
 
 impl OutputEncoding {
-    /// Bytes per sample of one channel.
-    pub fn bytes_per_sample(self) -> usize {
+    /// Bytes per sample of one channel, or `None` for the compressed encodings (MP3, Opus,
+    /// FLAC), whose bytes per frame vary.
+    pub fn bytes_per_sample(self) -> Option<usize> {
         match self {
-            Self::PcmS16Le | Self::Wav => 2,
-            Self::PcmF32Le => 4,
-            Self::Mulaw | Self::Alaw => 1,
+            Self::PcmS16Le | Self::Wav => Some(2),
+            Self::PcmF32Le => Some(4),
+            Self::Mulaw | Self::Alaw => Some(1),
+            Self::Mp3 { .. } | Self::OggOpus { .. } | Self::Flac { .. } => None,
         }
     }
 }
@@ -188,6 +205,14 @@ pub enum AudioError {
         expected: AudioSpec,
         /// The spec of the buffer it received.
         actual: AudioSpec,
+    },
+    /// An output encoder (LAME, libopus, flacenc) refused its settings or failed.
+    #[error("{format} encoder failed: {reason}")]
+    Encoder {
+        /// "mp3", "opus", "flac".
+        format: &'static str,
+        /// What went wrong, for humans.
+        reason: String,
     },
     /// A buffer handed to rubato had the wrong size (an internal bug, never caused by input).
     #[error("resampler buffer has the wrong size")]

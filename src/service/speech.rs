@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
-    audio::{self, AudioSpec, OutputEncoding, OutputFormat},
+    audio::{self, AudioSpec, OutputEncoding, OutputFormat, encode},
     engine::{Engines, SynthesisRequest},
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
     pipeline::{self, ChunkSink, Job},
@@ -180,7 +180,12 @@ impl SpeechService {
         };
 
         let native_rate = engine.native_sample_rate(&model, &voice);
-        let output = output_format(req.format.unwrap_or_default(), native_rate)?;
+        let output = output_format(
+            req.format.unwrap_or_default(),
+            native_rate,
+            req.bitrate_bps,
+            req.bits_per_sample,
+        )?;
         let info = pb::AudioInfo {
             format: Some(pb::AudioFormat {
                 encoding: encoding_to_pb(output.encoding) as i32,
@@ -243,19 +248,15 @@ fn prosody(field: &str, value: f32) -> Result<f32, Status> {
     }
 }
 
-fn output_format(format: pb::AudioFormat, native_rate: u32) -> Result<OutputFormat, Status> {
+fn output_format(
+    format: pb::AudioFormat,
+    native_rate: u32,
+    bitrate_bps: u32,
+    bits_per_sample: u32,
+) -> Result<OutputFormat, Status> {
     let encoding = match Encoding::try_from(format.encoding) {
-        Ok(Encoding::Unspecified | Encoding::PcmS16le) => OutputEncoding::PcmS16Le,
-        Ok(Encoding::PcmF32le) => OutputEncoding::PcmF32Le,
-        Ok(Encoding::Wav) => OutputEncoding::Wav,
-        Ok(Encoding::Mulaw) => OutputEncoding::Mulaw,
-        Ok(Encoding::Alaw) => OutputEncoding::Alaw,
-        Ok(e @ (Encoding::Mp3 | Encoding::OggOpus | Encoding::Flac)) => {
-            return Err(invalid(format!(
-                "format.encoding: {} is not supported yet; supported: PCM_S16LE, PCM_F32LE, WAV, MULAW, ALAW",
-                e.as_str_name()
-            )));
-        }
+        Ok(Encoding::Unspecified | Encoding::PcmS16le) => Encoding::PcmS16le,
+        Ok(e) => e,
         Err(_) => {
             return Err(invalid(format!(
                 "format.encoding: unknown value {}",
@@ -264,6 +265,7 @@ fn output_format(format: pb::AudioFormat, native_rate: u32) -> Result<OutputForm
         }
     };
     let rate = match format.sample_rate_hz {
+        0 if encoding == Encoding::Mp3 => nearest_mp3_rate(native_rate),
         0 => native_rate,
         r if (audio::MIN_SAMPLE_RATE..=audio::MAX_SAMPLE_RATE).contains(&r) => r,
         r => {
@@ -286,7 +288,90 @@ fn output_format(format: pb::AudioFormat, native_rate: u32) -> Result<OutputForm
     };
     let spec = AudioSpec::new(rate, channels)
         .ok_or_else(|| Status::internal("engine reported a native sample rate of 0"))?;
+    let name = encoding.as_str_name();
+    if bitrate_bps != 0 && !matches!(encoding, Encoding::Mp3 | Encoding::OggOpus) {
+        return Err(invalid(format!(
+            "bitrate_bps: {name} has no bitrate; set it only for MP3 and OGG_OPUS (0 = default)"
+        )));
+    }
+    if bits_per_sample != 0 && encoding != Encoding::Flac {
+        return Err(invalid(format!(
+            "bits_per_sample: {name} has a fixed sample format; set it only for FLAC (0 = 16)"
+        )));
+    }
+    let encoding = match encoding {
+        Encoding::Unspecified | Encoding::PcmS16le => OutputEncoding::PcmS16Le,
+        Encoding::PcmF32le => OutputEncoding::PcmF32Le,
+        Encoding::Wav => OutputEncoding::Wav,
+        Encoding::Mulaw => OutputEncoding::Mulaw,
+        Encoding::Alaw => OutputEncoding::Alaw,
+        Encoding::Mp3 => {
+            if !encode::mp3::SAMPLE_RATES.contains(&rate) {
+                return Err(invalid(format!(
+                    "format.sample_rate_hz: MP3 cannot carry {rate} Hz; valid MP3 rates: {}",
+                    list(&encode::mp3::SAMPLE_RATES)
+                )));
+            }
+            let allowed = encode::mp3::bitrates(rate);
+            let bitrate_bps = match bitrate_bps {
+                0 => encode::mp3::default_bitrate(spec),
+                b if allowed.contains(&b) => b,
+                b => {
+                    return Err(invalid(format!(
+                        "bitrate_bps: {b} is not an MP3 bitrate at {rate} Hz; valid: {} (0 = default)",
+                        list(&allowed)
+                    )));
+                }
+            };
+            OutputEncoding::Mp3 { bitrate_bps }
+        }
+        Encoding::OggOpus => {
+            let range = encode::opus::BITRATE_RANGE;
+            let bitrate_bps = match bitrate_bps {
+                0 => encode::opus::default_bitrate(spec),
+                b if range.contains(&b) => b,
+                b => {
+                    return Err(invalid(format!(
+                        "bitrate_bps: {b} is outside {}..={} for OGG_OPUS (0 = default)",
+                        range.start(),
+                        range.end()
+                    )));
+                }
+            };
+            OutputEncoding::OggOpus { bitrate_bps }
+        }
+        Encoding::Flac => {
+            let bits_per_sample = match bits_per_sample {
+                0 | 16 => 16,
+                24 => 24,
+                b => {
+                    return Err(invalid(format!(
+                        "bits_per_sample: {b} is not supported for FLAC; valid: 16, 24 (0 = 16)"
+                    )));
+                }
+            };
+            OutputEncoding::Flac { bits_per_sample }
+        }
+    };
     Ok(OutputFormat { encoding, spec })
+}
+
+/// The MP3 rate used when a client asks for MP3 at the engine's native rate: the native rate
+/// itself when MP3 can carry it, else the nearest MP3 rate above it (or 48 kHz).
+fn nearest_mp3_rate(native: u32) -> u32 {
+    encode::mp3::SAMPLE_RATES
+        .iter()
+        .copied()
+        .find(|&r| r >= native)
+        .unwrap_or(audio::MAX_SAMPLE_RATE)
+}
+
+fn list(values: &[u32]) -> String {
+    values
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn encoding_to_pb(e: OutputEncoding) -> Encoding {
@@ -296,6 +381,9 @@ fn encoding_to_pb(e: OutputEncoding) -> Encoding {
         OutputEncoding::Wav => Encoding::Wav,
         OutputEncoding::Mulaw => Encoding::Mulaw,
         OutputEncoding::Alaw => Encoding::Alaw,
+        OutputEncoding::Mp3 { .. } => Encoding::Mp3,
+        OutputEncoding::OggOpus { .. } => Encoding::OggOpus,
+        OutputEncoding::Flac { .. } => Encoding::Flac,
     }
 }
 

@@ -1,0 +1,160 @@
+//! FLAC output: a streamable FLAC (`fLaC`, one STREAMINFO block with total samples 0 =
+//! "unknown" and no MD5, then fixed-size frames), encoded block by block with flacenc as PCM
+//! arrives.
+//!
+//! It owns the FLAC header, the float → 16/24-bit conversion and the block buffering: samples
+//! wait until a block is full (at most [`block_size`] frames, about 100 ms), and
+//! [`Encoder::finish`] encodes the last, shorter block. It must not resample or remix.
+
+use flacenc::{
+    component::{BitRepr, StreamInfo},
+    config,
+    error::{Verified, Verify},
+    source::{Fill, FrameBuf},
+};
+
+use super::{AudioError, AudioSpec, Encoder, PcmBuffer, check_spec};
+
+/// Bit depths herald writes.
+pub const BITS_PER_SAMPLE: [u8; 2] = [16, 24];
+
+/// Frames per FLAC block at `sample_rate`: about 100 ms (1024 below 16 kHz, 2048 below 32 kHz,
+/// 4096 above), which keeps blocks in the FLAC streamable subset.
+pub fn block_size(sample_rate: u32) -> usize {
+    match sample_rate {
+        0..16_000 => 1_024,
+        16_000..32_000 => 2_048,
+        _ => 4_096,
+    }
+}
+
+/// A streaming FLAC encoder for one response.
+pub struct FlacEncoder {
+    spec: AudioSpec,
+    bits: u8,
+    config: Verified<config::Encoder>,
+    info: StreamInfo,
+    block: usize,
+    /// Interleaved integer samples not yet encoded (less than one block after each call).
+    pending: Vec<i32>,
+    framebuf: FrameBuf,
+    frame_number: usize,
+    header_written: bool,
+}
+
+fn error(reason: impl std::fmt::Display) -> AudioError {
+    AudioError::Encoder {
+        format: "flac",
+        reason: reason.to_string(),
+    }
+}
+
+impl FlacEncoder {
+    /// An encoder for `spec` at `bits_per_sample` (16 or 24).
+    pub fn new(spec: AudioSpec, bits_per_sample: u8) -> Result<Self, AudioError> {
+        if !BITS_PER_SAMPLE.contains(&bits_per_sample) {
+            return Err(error(format!(
+                "{bits_per_sample} bits per sample (16 or 24 only)"
+            )));
+        }
+        let channels = usize::from(spec.channels);
+        let rate = usize::try_from(spec.sample_rate).map_err(error)?;
+        let block = block_size(spec.sample_rate);
+        let mut cfg = config::Encoder::default();
+        cfg.block_size = block;
+        let config = cfg.into_verified().map_err(|(_, e)| error(e))?;
+        let info = StreamInfo::new(rate, channels, usize::from(bits_per_sample)).map_err(error)?;
+        let framebuf = FrameBuf::with_size(channels, block).map_err(error)?;
+        Ok(Self {
+            spec,
+            bits: bits_per_sample,
+            config,
+            info,
+            block,
+            pending: Vec::with_capacity(block * channels),
+            framebuf,
+            frame_number: 0,
+            header_written: false,
+        })
+    }
+
+    /// `fLaC` and the STREAMINFO block (the only, so last, metadata block): fixed block size,
+    /// frame sizes, total samples and MD5 all 0 = unknown.
+    fn header(&self) -> Vec<u8> {
+        let mut h = Vec::with_capacity(42);
+        h.extend_from_slice(b"fLaC");
+        h.push(0x80); // last metadata block, type 0 = STREAMINFO
+        h.extend_from_slice(&[0, 0, 34]);
+        let block = u16::try_from(self.block).unwrap_or(u16::MAX).to_be_bytes();
+        h.extend_from_slice(&block); // min block size
+        h.extend_from_slice(&block); // max block size
+        h.extend_from_slice(&[0; 6]); // min and max frame size: unknown
+        // 20 bits rate, 3 bits channels - 1, 5 bits bits per sample - 1, 36 bits total samples.
+        let packed: u64 = (u64::from(self.spec.sample_rate) << 44)
+            | (u64::from(self.spec.channels - 1) << 41)
+            | (u64::from(self.bits - 1) << 36);
+        h.extend_from_slice(&packed.to_be_bytes());
+        h.extend_from_slice(&[0; 16]); // MD5: unknown
+        h
+    }
+
+    fn write_header(&mut self, out: &mut Vec<u8>) {
+        if !self.header_written {
+            out.extend_from_slice(&self.header());
+            self.header_written = true;
+        }
+    }
+
+    /// Encodes the first `frames` pending frames as one FLAC frame.
+    fn encode_block(&mut self, frames: usize, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        let channels = usize::from(self.spec.channels);
+        let n = frames * channels;
+        if self.framebuf.size() != frames {
+            self.framebuf.resize(frames);
+        }
+        self.framebuf
+            .fill_interleaved(&self.pending[..n])
+            .map_err(error)?;
+        let frame = flacenc::encode_fixed_size_frame(
+            &self.config,
+            &self.framebuf,
+            self.frame_number,
+            &self.info,
+        )
+        .map_err(error)?;
+        let mut sink = flacenc::bitsink::ByteSink::with_capacity(frame.count_bits());
+        frame.write(&mut sink).map_err(error)?;
+        out.extend_from_slice(sink.as_slice());
+        self.pending.drain(..n);
+        self.frame_number += 1;
+        Ok(())
+    }
+}
+
+impl Encoder for FlacEncoder {
+    fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        check_spec(self.spec, pcm)?;
+        self.write_header(out);
+        let scale = f32::from(1u16 << (self.bits - 9)) * 256.0; // 2^(bits-1)
+        let max = scale - 1.0;
+        self.pending.extend(
+            pcm.samples
+                .iter()
+                .map(|&x| (x.clamp(-1.0, 1.0) * scale).round().min(max) as i32),
+        );
+        let channels = usize::from(self.spec.channels);
+        while self.pending.len() >= self.block * channels {
+            self.encode_block(self.block, out)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        self.write_header(out);
+        let frames = self.pending.len() / usize::from(self.spec.channels);
+        if frames > 0 {
+            self.encode_block(frames, out)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Ogg Opus output (RFC 7845): libopus (bundled build) in 20 ms packets, framed in Ogg pages by
+//! the `ogg` crate, one page per packet so every packet leaves as soon as it is encoded.
+//!
+//! It owns the Opus rate choice (any requested rate is served: the audio is resampled to the
+//! smallest Opus rate at or above it, see [`opus_rate`], and the requested rate is declared as
+//! the input rate in `OpusHead`), the `OpusHead`/`OpusTags` headers, the pre-skip (the encoder's
+//! lookahead, in 48 kHz samples), granule positions, and the end of the stream: the last packet
+//! is padded with silence past the lookahead and the final granule position tells decoders
+//! exactly where the audio ends. It must not remix or apply gain.
+
+use ogg::writing::{PacketWriteEndInfo, PacketWriter};
+
+use super::{AudioError, AudioSpec, Encoder, PcmBuffer, check_spec};
+use crate::audio::{Stage, resample::Resampler};
+
+/// The rates libopus encodes at, in Hz.
+pub const OPUS_RATES: [u32; 5] = [8_000, 12_000, 16_000, 24_000, 48_000];
+/// Accepted `bitrate_bps` range.
+pub const BITRATE_RANGE: std::ops::RangeInclusive<u32> = 6_000..=510_000;
+/// Packet duration, in ms.
+pub const FRAME_MS: u32 = 20;
+/// Largest packet libopus writes (its recommended output buffer).
+const MAX_PACKET: usize = 4_000;
+/// Granule positions count samples at 48 kHz.
+const GRANULE_RATE: u32 = 48_000;
+
+/// The default bitrate: 32 kbps mono, 64 kbps stereo.
+pub fn default_bitrate(spec: AudioSpec) -> u32 {
+    if spec.channels > 1 { 64_000 } else { 32_000 }
+}
+
+/// The rate the encoder runs at for a requested `sample_rate`: the smallest Opus rate at or
+/// above it (48 kHz for anything above 24 kHz).
+pub fn opus_rate(sample_rate: u32) -> u32 {
+    OPUS_RATES
+        .iter()
+        .copied()
+        .find(|&r| r >= sample_rate)
+        .unwrap_or(GRANULE_RATE)
+}
+
+fn error(reason: impl std::fmt::Display) -> AudioError {
+    AudioError::Encoder {
+        format: "opus",
+        reason: reason.to_string(),
+    }
+}
+
+/// A streaming Ogg Opus encoder for one response.
+pub struct OpusEncoder {
+    /// The spec of the PCM handed in (rate = the declared input rate).
+    spec: AudioSpec,
+    /// Input rate → Opus rate, when they differ.
+    resampler: Option<Resampler>,
+    opus: opus::Encoder,
+    channels: usize,
+    /// Samples per channel per packet, at the Opus rate.
+    frame: usize,
+    /// 48 kHz samples per Opus-rate sample.
+    scale: u64,
+    /// Encoder lookahead, at the Opus rate.
+    lookahead: u64,
+    /// Interleaved samples at the Opus rate, not yet encoded (less than a packet between calls).
+    pending: Vec<f32>,
+    /// Real (not padding) frames at the Opus rate received so far.
+    fed: u64,
+    /// Packets written.
+    packets: u64,
+    writer: PacketWriter<'static, Vec<u8>>,
+    serial: u32,
+    header_written: bool,
+    packet: Vec<u8>,
+    resampled: Vec<PcmBuffer>,
+}
+
+impl OpusEncoder {
+    /// An encoder for PCM in `spec` (any rate; 1 or 2 channels) at `bitrate_bps` (within
+    /// [`BITRATE_RANGE`]).
+    pub fn new(spec: AudioSpec, bitrate_bps: u32) -> Result<Self, AudioError> {
+        if !BITRATE_RANGE.contains(&bitrate_bps) {
+            return Err(error(format!("bitrate {bitrate_bps} bps out of range")));
+        }
+        let channels = match spec.channels {
+            1 => opus::Channels::Mono,
+            2 => opus::Channels::Stereo,
+            c => return Err(error(format!("{c} channels (1 or 2 only)"))),
+        };
+        let rate = opus_rate(spec.sample_rate);
+        let resampler = if rate == spec.sample_rate {
+            None
+        } else {
+            Some(Resampler::new(spec, rate)?)
+        };
+        let mut opus =
+            opus::Encoder::new(rate, channels, opus::Application::Audio).map_err(error)?;
+        let bits = i32::try_from(bitrate_bps).map_err(error)?;
+        opus.set_bitrate(opus::Bitrate::Bits(bits)).map_err(error)?;
+        let lookahead = u64::try_from(opus.get_lookahead().map_err(error)?).map_err(error)?;
+        let frame = usize::try_from(rate / 1_000 * FRAME_MS).map_err(error)?;
+        let serial = uuid::Uuid::new_v4().as_u128() as u32;
+        Ok(Self {
+            spec,
+            resampler,
+            opus,
+            channels: usize::from(spec.channels),
+            frame,
+            scale: u64::from(GRANULE_RATE / rate),
+            lookahead,
+            pending: Vec::new(),
+            fed: 0,
+            packets: 0,
+            writer: PacketWriter::new(Vec::new()),
+            serial,
+            header_written: false,
+            packet: vec![0; MAX_PACKET],
+            resampled: Vec::new(),
+        })
+    }
+
+    /// Pre-skip, in 48 kHz samples: the encoder's lookahead.
+    pub fn pre_skip(&self) -> u64 {
+        self.lookahead * self.scale
+    }
+
+    fn write_headers(&mut self, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        if self.header_written {
+            return Ok(());
+        }
+        self.header_written = true;
+        let mut head = Vec::with_capacity(19);
+        head.extend_from_slice(b"OpusHead");
+        head.push(1); // version
+        head.push(u8::try_from(self.channels).map_err(error)?);
+        head.extend_from_slice(&u16::try_from(self.pre_skip()).map_err(error)?.to_le_bytes());
+        head.extend_from_slice(&self.spec.sample_rate.to_le_bytes()); // input rate
+        head.extend_from_slice(&0i16.to_le_bytes()); // output gain
+        head.push(0); // channel mapping family 0: mono or stereo
+        let mut tags = Vec::new();
+        let vendor = concat!("herald ", env!("CARGO_PKG_VERSION"));
+        tags.extend_from_slice(b"OpusTags");
+        tags.extend_from_slice(&u32::try_from(vendor.len()).map_err(error)?.to_le_bytes());
+        tags.extend_from_slice(vendor.as_bytes());
+        tags.extend_from_slice(&0u32.to_le_bytes()); // no user comments
+        // Each header packet on a page of its own, granule 0 (RFC 7845 §3).
+        self.write(head, PacketWriteEndInfo::EndPage, 0, out)?;
+        self.write(tags, PacketWriteEndInfo::EndPage, 0, out)
+    }
+
+    fn write(
+        &mut self,
+        packet: Vec<u8>,
+        end: PacketWriteEndInfo,
+        granule: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), AudioError> {
+        self.writer
+            .write_packet(packet, self.serial, end, granule)
+            .map_err(error)?;
+        out.append(self.writer.inner_mut());
+        Ok(())
+    }
+
+    /// Encodes every whole packet pending; the last one ends the stream when `last_granule` is
+    /// set and nothing is left after it.
+    fn encode_pending(
+        &mut self,
+        out: &mut Vec<u8>,
+        last_granule: Option<u64>,
+    ) -> Result<(), AudioError> {
+        let n = self.frame * self.channels;
+        let mut start = 0;
+        while self.pending.len() - start >= n {
+            let len = self
+                .opus
+                .encode_float(&self.pending[start..start + n], &mut self.packet)
+                .map_err(error)?;
+            start += n;
+            self.packets += 1;
+            let data = self.packet[..len].to_vec();
+            let frame = self.frame as u64;
+            match last_granule {
+                Some(g) if self.pending.len() - start < n => {
+                    self.write(data, PacketWriteEndInfo::EndStream, g, out)?;
+                }
+                _ => {
+                    let granule = self.packets * frame * self.scale;
+                    self.write(data, PacketWriteEndInfo::EndPage, granule, out)?;
+                }
+            }
+        }
+        self.pending.drain(..start);
+        Ok(())
+    }
+
+    fn take_resampled(&mut self) {
+        for b in self.resampled.drain(..) {
+            self.fed += b.frames() as u64;
+            self.pending.extend_from_slice(&b.samples);
+        }
+    }
+}
+
+impl Encoder for OpusEncoder {
+    fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        check_spec(self.spec, pcm)?;
+        self.write_headers(out)?;
+        match &mut self.resampler {
+            Some(r) => {
+                r.process(pcm.clone(), &mut self.resampled)?;
+                self.take_resampled();
+            }
+            None => {
+                self.fed += pcm.frames() as u64;
+                self.pending.extend_from_slice(&pcm.samples);
+            }
+        }
+        self.encode_pending(out, None)
+    }
+
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), AudioError> {
+        self.write_headers(out)?;
+        if let Some(r) = &mut self.resampler {
+            r.flush(&mut self.resampled)?;
+            self.take_resampled();
+        }
+        // Feed silence until the lookahead has been pushed through and the packet is whole;
+        // the final granule position (pre-skip + real samples) trims the padding off.
+        let frame = self.frame as u64;
+        let needed = (self.fed + self.lookahead).div_ceil(frame) * frame;
+        let have = self.packets * frame + (self.pending.len() / self.channels) as u64;
+        let pad = usize::try_from(needed.saturating_sub(have)).map_err(error)?;
+        self.pending
+            .resize(self.pending.len() + pad * self.channels, 0.0);
+        let last = (self.fed + self.lookahead) * self.scale;
+        self.encode_pending(out, Some(last))
+    }
+}
