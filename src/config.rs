@@ -91,6 +91,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         Kind::Str,
     ),
     (ENV_DASHSCOPE_BASE_URL, "dashscope.base_url", Kind::Str),
+    ("HERALD_DASHSCOPE_REGION", "dashscope.region", Kind::Str),
     (
         ENV_DASHSCOPE_WORKSPACE_ID,
         "dashscope.workspace_id",
@@ -296,6 +297,27 @@ pub struct DashscopeSection {
     pub base_url: String,
     /// Workspace id (sent as `X-DashScope-WorkSpace`, and filled into `base_url`).
     pub workspace_id: Option<String>,
+    /// Region shorthand for `base_url`: "beijing" or "singapore" (the workspace host when
+    /// `workspace_id` is set, else the classic host). Empty = use `base_url`.
+    pub region: String,
+    /// TCP + TLS connect timeout, ms.
+    pub connect_timeout_ms: u64,
+    /// From sending a request to its first event, ms.
+    pub first_event_timeout_ms: u64,
+    /// Longest silence inside a stream, ms.
+    pub idle_timeout_ms: u64,
+    /// Tries per request piece before audio has been sent (1 = no retries).
+    pub max_attempts: u32,
+    /// First retry backoff, ms (doubles per retry, jittered, at most 4 s).
+    pub retry_base_ms: u64,
+    /// Pieces of a long text synthesized at once (the playing one plus look-ahead).
+    pub lookahead: u32,
+    /// Longest piece sent to CosyVoice / Qwen-Audio-TTS, in billed units (CJK = 2).
+    pub cosyvoice_piece_units: u32,
+    /// Longest piece sent to Qwen-TTS, in billed units.
+    pub qwen_piece_units: u32,
+    /// Longest piece sent to MiniMax, in billed units.
+    pub minimax_piece_units: u32,
 }
 
 impl fmt::Debug for DashscopeSection {
@@ -305,6 +327,16 @@ impl fmt::Debug for DashscopeSection {
             .field("api_key_file", &self.api_key_file)
             .field("base_url", &self.base_url)
             .field("workspace_id", &self.workspace_id)
+            .field("region", &self.region)
+            .field("connect_timeout_ms", &self.connect_timeout_ms)
+            .field("first_event_timeout_ms", &self.first_event_timeout_ms)
+            .field("idle_timeout_ms", &self.idle_timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base_ms", &self.retry_base_ms)
+            .field("lookahead", &self.lookahead)
+            .field("cosyvoice_piece_units", &self.cosyvoice_piece_units)
+            .field("qwen_piece_units", &self.qwen_piece_units)
+            .field("minimax_piece_units", &self.minimax_piece_units)
             .finish()
     }
 }
@@ -316,6 +348,16 @@ impl Default for DashscopeSection {
             api_key_file: None,
             base_url: DEFAULT_DASHSCOPE_BASE_URL.to_owned(),
             workspace_id: None,
+            region: String::new(),
+            connect_timeout_ms: 5_000,
+            first_event_timeout_ms: 15_000,
+            idle_timeout_ms: 10_000,
+            max_attempts: 3,
+            retry_base_ms: 250,
+            lookahead: 2,
+            cosyvoice_piece_units: 120,
+            qwen_piece_units: 600,
+            minimax_piece_units: 3000,
         }
     }
 }
@@ -541,6 +583,8 @@ pub struct DashscopeConfig {
     pub base_url: String,
     /// Workspace id, if any.
     pub workspace_id: Option<String>,
+    /// Timeouts, retries, splitting.
+    pub tuning: crate::engine::dashscope::Tuning,
 }
 
 /// espeak-ng settings, validated.
@@ -723,6 +767,30 @@ fn validate_dashscope(d: &DashscopeSection, env: &Env) -> Result<DashscopeConfig
 
     let workspace_id = d.workspace_id.as_deref().and_then(non_empty);
     let mut base_url = d.base_url.trim().trim_end_matches('/').to_owned();
+    match d.region.trim() {
+        "" => {}
+        region @ ("beijing" | "singapore") => {
+            if base_url != DEFAULT_DASHSCOPE_BASE_URL {
+                return Err(invalid(
+                    "dashscope.region",
+                    "set either dashscope.region or dashscope.base_url, not both",
+                ));
+            }
+            base_url = match (region, workspace_id.is_some()) {
+                ("beijing", true) => "https://{WorkspaceId}.cn-beijing.maas.aliyuncs.com/api/v1",
+                ("beijing", false) => DEFAULT_DASHSCOPE_BASE_URL,
+                (_, true) => "https://{WorkspaceId}.ap-southeast-1.maas.aliyuncs.com/api/v1",
+                (_, false) => "https://dashscope-intl.aliyuncs.com/api/v1",
+            }
+            .to_owned();
+        }
+        other => {
+            return Err(invalid(
+                "dashscope.region",
+                format!("{other:?} is not \"beijing\" or \"singapore\""),
+            ));
+        }
+    }
     if !(base_url.starts_with("https://") || base_url.starts_with("http://")) {
         return Err(invalid(
             "dashscope.base_url",
@@ -738,11 +806,71 @@ fn validate_dashscope(d: &DashscopeSection, env: &Env) -> Result<DashscopeConfig
         };
         base_url = base_url.replace("{WorkspaceId}", ws);
     }
+    let ms = |key: &str, v: u64, range: std::ops::RangeInclusive<u64>| {
+        if range.contains(&v) {
+            Ok(Duration::from_millis(v))
+        } else {
+            Err(invalid(
+                key,
+                format!("{v} is outside {}..={}", range.start(), range.end()),
+            ))
+        }
+    };
+    let count = |key: &str, v: u32, range: std::ops::RangeInclusive<u32>, why: &str| {
+        if range.contains(&v) {
+            Ok(v as usize)
+        } else {
+            Err(invalid(
+                key,
+                format!("{v} is outside {}..={}{why}", range.start(), range.end()),
+            ))
+        }
+    };
+    let tuning = crate::engine::dashscope::Tuning {
+        connect_timeout: ms(
+            "dashscope.connect_timeout_ms",
+            d.connect_timeout_ms,
+            100..=60_000,
+        )?,
+        first_event_timeout: ms(
+            "dashscope.first_event_timeout_ms",
+            d.first_event_timeout_ms,
+            100..=300_000,
+        )?,
+        idle_timeout: ms(
+            "dashscope.idle_timeout_ms",
+            d.idle_timeout_ms,
+            100..=300_000,
+        )?,
+        max_attempts: count("dashscope.max_attempts", d.max_attempts, 1..=10, "")? as u32,
+        retry_base: ms("dashscope.retry_base_ms", d.retry_base_ms, 1..=10_000)?,
+        lookahead: count("dashscope.lookahead", d.lookahead, 1..=8, "")?,
+        cosyvoice_piece_units: count(
+            "dashscope.cosyvoice_piece_units",
+            d.cosyvoice_piece_units,
+            20..=150,
+            " (CosyVoice silently truncates audio past about 150 units)",
+        )?,
+        qwen_piece_units: count(
+            "dashscope.qwen_piece_units",
+            d.qwen_piece_units,
+            20..=5000,
+            "",
+        )?,
+        minimax_piece_units: count(
+            "dashscope.minimax_piece_units",
+            d.minimax_piece_units,
+            20..=9999,
+            " (MiniMax takes fewer than 10000 characters)",
+        )?,
+        ..crate::engine::dashscope::Tuning::default()
+    };
     Ok(DashscopeConfig {
         api_key,
         api_key_source,
         base_url,
         workspace_id,
+        tuning,
     })
 }
 

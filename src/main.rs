@@ -69,7 +69,7 @@ enum Command {
     /// Validate the configuration and print the effective values (secrets masked).
     CheckConfig(ConfigArgs),
     /// Synthesize TEXT through the daemon and write the audio to a file or stdout.
-    Say(SayArgs),
+    Say(Box<SayArgs>),
     /// List the daemon's voices.
     Voices(VoicesArgs),
 }
@@ -123,6 +123,21 @@ struct SayArgs {
     /// Speaking instructions (instruction-capable models only).
     #[arg(long)]
     instructions: Option<String>,
+    /// Let the upstream rewrite the instructions (qwen3-tts-instruct-flash).
+    #[arg(long)]
+    optimize_instructions: bool,
+    /// Emotion (MiniMax models): happy, sad, angry, fearful, disgusted, surprised, calm, whisper.
+    #[arg(long)]
+    emotion: Option<String>,
+    /// Sampling seed, 0..=65535 (CosyVoice models).
+    #[arg(long)]
+    seed: Option<u32>,
+    /// WORD=PRONUNCIATION, repeatable (CosyVoice v3: pinyin "tian1 qi4"; MiniMax).
+    #[arg(long = "pronounce", value_name = "WORD=PRONUNCIATION", value_parser = parse_pair)]
+    pronunciations: Vec<(String, String)>,
+    /// WORD=REPLACEMENT, repeatable (CosyVoice v3).
+    #[arg(long = "replace", value_name = "WORD=REPLACEMENT", value_parser = parse_pair)]
+    replacements: Vec<(String, String)>,
     /// Speaking rate multiplier, 0.5..=2.0.
     #[arg(long)]
     speed: Option<f32>,
@@ -211,7 +226,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await,
             Command::CheckConfig(args) => check_config(args),
-            Command::Say(args) => say(args).await,
+            Command::Say(args) => say(*args).await,
             Command::Voices(args) => voices(args).await,
         }
     });
@@ -315,6 +330,11 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         request_id: String::new(),
         bitrate_bps: args.bitrate.unwrap_or(0),
         bits_per_sample: args.bits.unwrap_or(0),
+        emotion: args.emotion.clone().unwrap_or_default(),
+        seed: args.seed.unwrap_or(0),
+        pronunciations: args.pronunciations.iter().cloned().collect(),
+        replacements: args.replacements.iter().cloned().collect(),
+        optimize_instructions: args.optimize_instructions,
     });
     if args.timeout > 0.0 {
         let timeout = std::time::Duration::try_from_secs_f64(args.timeout).map_err(|_| {
@@ -446,4 +466,12 @@ async fn voices(args: VoicesArgs) -> Result<(), Failure> {
         )?;
     }
     Ok(())
+}
+
+/// `WORD=VALUE` for `--pronounce` / `--replace`.
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not WORD=VALUE")),
+    }
 }

@@ -409,6 +409,37 @@ fn le_u32(b: &[u8], at: usize) -> Result<u32, AudioError> {
         .ok_or_else(|| wav_malformed("fmt chunk too short"))
 }
 
+/// Parses a 16-bit PCM WAV header at the start of `bytes` (a stream's first bytes, as they
+/// arrive): `Ok(Some((spec, offset)))` with the offset of the PCM body, `Ok(None)` when `bytes`
+/// ends before the `data` chunk header, `Err` when the header is malformed or not 16-bit PCM.
+/// Size fields are ignored, as everywhere in herald.
+pub fn wav_s16_header(bytes: &[u8]) -> Result<Option<(AudioSpec, usize)>, AudioError> {
+    struct Prefix<'a> {
+        rest: &'a [u8],
+        exhausted: bool,
+    }
+    impl Read for Prefix<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.rest.read(buf)?;
+            self.exhausted |= n == 0 && !buf.is_empty();
+            Ok(n)
+        }
+    }
+    let mut reader = Prefix {
+        rest: bytes,
+        exhausted: false,
+    };
+    match parse_wav_header(&mut reader) {
+        Ok((SampleFormat::S16, spec, leftover)) => Ok(Some((
+            spec,
+            bytes.len() - reader.rest.len() - leftover.len(),
+        ))),
+        Ok(_) => Err(wav_unsupported("not 16-bit integer PCM")),
+        Err(_) if reader.exhausted => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Reads the RIFF header and the chunks up to and including the `data` chunk header.
 ///
 /// Returns the sample format, the spec, and the bytes already read past the `data` header.

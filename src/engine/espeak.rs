@@ -250,6 +250,29 @@ impl Synthesizer for Espeak {
         }
     }
 
+    /// espeak-ng has no emotions, seeds, dictionaries or instruction rewriting: asking for them
+    /// is an error rather than a silent loss. (`language` and `instructions` are hints it
+    /// ignores, as the proto says.)
+    fn check_request(&self, req: &SynthesisRequest) -> Result<(), String> {
+        let refuse = |field: &str| Err(format!("{field}: model {MODEL:?} does not take it"));
+        if req.emotion.is_some() {
+            return refuse("emotion");
+        }
+        if req.seed.is_some() {
+            return refuse("seed");
+        }
+        if !req.pronunciations.is_empty() {
+            return refuse("pronunciations");
+        }
+        if !req.replacements.is_empty() {
+            return refuse("replacements");
+        }
+        if req.optimize_instructions {
+            return refuse("optimize_instructions");
+        }
+        Ok(())
+    }
+
     async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError> {
         // Voices are validated before the call; this guards the `-v` argument regardless.
         let Some(voice_arg) = self.voice_args.get(&req.voice) else {
@@ -535,6 +558,7 @@ mod tests {
             speed,
             pitch: 1.0,
             request_id: "test".to_owned(),
+            ..SynthesisRequest::default()
         }
     }
 

@@ -9,6 +9,7 @@
 //! [`Engines`] is the registry: it maps a model name to the engine serving it (design.md:
 //! `cosyvoice-*`, `qwen3-tts-*`/`qwen-tts*`, `MiniMax/*` → DashScope, `espeak-ng` → local).
 
+pub mod dashscope;
 pub mod espeak;
 
 use std::{sync::Arc, time::Duration};
@@ -22,7 +23,7 @@ use crate::audio::InputEncoding;
 pub type SynthStream = BoxStream<'static, Result<SynthEvent, EngineError>>;
 
 /// One validated synthesis request, as an engine sees it (defaults already resolved).
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SynthesisRequest {
     /// Text to speak, non-empty.
     pub text: String,
@@ -40,6 +41,21 @@ pub struct SynthesisRequest {
     pub pitch: f32,
     /// The request id, for logs and upstream correlation.
     pub request_id: String,
+    /// Emotion (MiniMax `voice_setting.emotion`), if the client asked for one.
+    pub emotion: Option<String>,
+    /// Sampling seed (CosyVoice `seed`), if the client gave one.
+    pub seed: Option<u32>,
+    /// Word → pronunciation (CosyVoice `hot_fix.pronunciation`, MiniMax `pronunciation_dict`).
+    pub pronunciations: Vec<(String, String)>,
+    /// Word → replacement text (CosyVoice `hot_fix.replace`).
+    pub replacements: Vec<(String, String)>,
+    /// Let the upstream rewrite `instructions` (Qwen-TTS instruct models).
+    pub optimize_instructions: bool,
+    /// The rate the pipeline will output, in Hz: engines that can produce several rates pick
+    /// the one that makes the pipeline's work cheapest and exact (ideally this one).
+    pub output_sample_rate: u32,
+    /// When the client stops waiting, if it set a deadline: engines never retry past it.
+    pub deadline: Option<tokio::time::Instant>,
 }
 
 /// What an engine yields.
@@ -86,12 +102,15 @@ pub enum EngineError {
     /// The upstream answered with an error status or an in-band error object.
     #[error("upstream rejected the request ({status}): {message}")]
     Api {
-        /// HTTP status (200 for in-band errors).
+        /// HTTP status (for in-band errors: the status the event carries, else one implied by
+        /// the code).
         status: u16,
         /// Upstream error code, e.g. `Throttling.RateQuota`.
         code: Option<String>,
         /// Upstream message.
         message: String,
+        /// Upstream request id, for support tickets.
+        request_id: Option<String>,
     },
     /// The upstream could not be reached, or the connection broke.
     #[error("could not reach upstream")]
@@ -105,6 +124,10 @@ pub enum EngineError {
     /// The upstream stream ended before it said it was complete.
     #[error("upstream stream ended before completion")]
     Truncated,
+    /// The upstream failed after some of the audio had already gone to the client: the stream
+    /// cannot be retried without duplicating audio, so it ends (UNAVAILABLE).
+    #[error("upstream failed after audio had been sent: {0}")]
+    Interrupted(Box<EngineError>),
     /// A local engine cannot run here (binary missing, cannot be started).
     #[error("{engine} is not available: {reason}")]
     Unavailable {
@@ -133,12 +156,19 @@ pub enum EngineError {
 
 impl EngineError {
     /// True when the same request may succeed if sent again (transport errors, throttling,
-    /// upstream 5xx, explicit retry hints, truncated streams).
+    /// upstream 5xx, explicit retry hints, truncated streams). Billing states that come as 429
+    /// (`PrepaidBillOverdue`, ...) are not retryable.
     pub fn is_retryable(&self) -> bool {
         match self {
             Self::Transport(_) | Self::RetryIn(_) | Self::Truncated => true,
-            Self::Api { status, .. } => *status == 429 || *status >= 500,
+            Self::Api { status, code, .. } => {
+                let billing = code
+                    .as_deref()
+                    .is_some_and(|c| c.ends_with("BillOverdue") || c == "CommodityNotPurchased");
+                (*status == 429 && !billing) || *status >= 500 || *status == 408
+            }
             Self::Protocol(_)
+            | Self::Interrupted(_)
             | Self::Unavailable { .. }
             | Self::Failed { .. }
             | Self::TimedOut { .. } => false,
@@ -164,6 +194,14 @@ pub trait Synthesizer: Send + Sync + 'static {
     /// The engine's native output rate for `model`/`voice`, in Hz: what `sample_rate_hz = 0`
     /// resolves to.
     fn native_sample_rate(&self, model: &str, voice: &str) -> u32;
+
+    /// `Ok` when the engine can honour every option of `req` with `req.model` (emotion, seed,
+    /// instructions, language, ...); otherwise a message for the client that starts with the
+    /// field's name and states the limit. Called after [`Synthesizer::check_voice`].
+    fn check_request(&self, req: &SynthesisRequest) -> Result<(), String> {
+        let _ = req;
+        Ok(())
+    }
 
     /// `Ok` when `voice` can be used with `model`; otherwise a message for the client naming the
     /// voice (and, where short enough, the alternatives).

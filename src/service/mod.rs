@@ -26,7 +26,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use crate::{
     config::{Config, ListenAddr},
     engine::{
-        EngineError, Engines, Synthesizer,
+        EngineError, Engines, Synthesizer, dashscope,
         espeak::{self, Espeak, EspeakConfig},
     },
     pb::{self, speech_server::SpeechServer},
@@ -155,6 +155,9 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
     Ok(listener)
 }
 
+/// The default model when a DashScope key is configured and `synthesis.default_model` is not.
+pub const DASHSCOPE_DEFAULT_MODEL: &str = "cosyvoice-v3-flash";
+
 /// The daemon: engines, request settings, and the root cancellation token of all jobs.
 pub struct Daemon {
     service: SpeechService,
@@ -175,6 +178,15 @@ impl Daemon {
             .await?;
             engines.push(Arc::new(engine));
         }
+        if let Some(key) = &config.dashscope.api_key {
+            let client = dashscope::Client::new(dashscope::Settings {
+                api_key: key.clone(),
+                base_url: config.dashscope.base_url.clone(),
+                workspace_id: config.dashscope.workspace_id.clone(),
+                tuning: config.dashscope.tuning.clone(),
+            })?;
+            engines.extend(client.engines());
+        }
         let engines = Engines::new(engines);
         let default_model = match &config.default_model {
             Some(m) => {
@@ -185,12 +197,16 @@ impl Daemon {
                 }
                 m.clone()
             }
-            // DashScope engines are not part of this build yet, so espeak-ng is the default
-            // whether or not a key is configured.
+            // A configured key means the cloud is wanted: its fast CosyVoice model is the
+            // default. Without one, the offline engine.
+            None if engines.for_model(DASHSCOPE_DEFAULT_MODEL).is_some() => {
+                DASHSCOPE_DEFAULT_MODEL.to_owned()
+            }
             None if engines.for_model(espeak::MODEL).is_some() => espeak::MODEL.to_owned(),
             None => {
                 return Err(ServeError::Config(
-                    "no engine is available: enable [espeak]".to_owned(),
+                    "no engine is available: enable [espeak] or configure a DashScope key"
+                        .to_owned(),
                 ));
             }
         };

@@ -37,6 +37,14 @@ pub const MAX_INSTRUCTIONS_CHARS: usize = 1000;
 pub const MAX_REQUEST_ID_CHARS: usize = 128;
 /// Longest accepted `language` tag.
 pub const MAX_LANGUAGE_CHARS: usize = 35;
+/// Longest accepted `emotion`.
+pub const MAX_EMOTION_CHARS: usize = 32;
+/// Most entries of `pronunciations` / `replacements`.
+pub const MAX_DICT_ENTRIES: usize = 100;
+/// Longest key of `pronunciations` / `replacements`.
+pub const MAX_DICT_KEY_CHARS: usize = 32;
+/// Longest value of `pronunciations` / `replacements`.
+pub const MAX_DICT_VALUE_CHARS: usize = 64;
 
 /// Request defaults and limits, from the configuration.
 #[derive(Clone, Debug)]
@@ -179,6 +187,17 @@ impl SpeechService {
             req.request_id
         };
 
+        let emotion = optional(&req.emotion);
+        if let Some(e) = &emotion
+            && e.chars().count() > MAX_EMOTION_CHARS
+        {
+            return Err(invalid(format!(
+                "emotion: at most {MAX_EMOTION_CHARS} characters"
+            )));
+        }
+        let pronunciations = dictionary("pronunciations", req.pronunciations)?;
+        let replacements = dictionary("replacements", req.replacements)?;
+
         let native_rate = engine.native_sample_rate(&model, &voice);
         let output = output_format(
             req.format.unwrap_or_default(),
@@ -186,30 +205,39 @@ impl SpeechService {
             req.bitrate_bps,
             req.bits_per_sample,
         )?;
+        let request = SynthesisRequest {
+            text,
+            voice,
+            model,
+            language,
+            instructions,
+            speed,
+            pitch,
+            request_id,
+            emotion,
+            seed: (req.seed != 0).then_some(req.seed),
+            pronunciations,
+            replacements,
+            optimize_instructions: req.optimize_instructions,
+            output_sample_rate: output.spec.sample_rate,
+            deadline: None,
+        };
+        engine.check_request(&request).map_err(invalid)?;
         let info = pb::AudioInfo {
             format: Some(pb::AudioFormat {
                 encoding: encoding_to_pb(output.encoding) as i32,
                 sample_rate_hz: output.spec.sample_rate,
                 channels: u32::from(output.spec.channels),
             }),
-            model: model.clone(),
-            voice: voice.clone(),
+            model: request.model.clone(),
+            voice: request.voice.clone(),
             engine: engine.name().to_owned(),
-            request_id: request_id.clone(),
+            request_id: request.request_id.clone(),
             native_sample_rate_hz: native_rate,
         };
         Ok(Validated {
             job: Job {
-                request: SynthesisRequest {
-                    text,
-                    voice,
-                    model,
-                    language,
-                    instructions,
-                    speed,
-                    pitch,
-                    request_id,
-                },
+                request,
                 engine: Arc::clone(engine),
                 output,
                 gain,
@@ -232,6 +260,39 @@ fn optional(s: &str) -> Option<String> {
 
 fn truncate(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
+}
+
+/// A word → text dictionary, bounded ([`MAX_DICT_ENTRIES`], [`MAX_DICT_KEY_CHARS`],
+/// [`MAX_DICT_VALUE_CHARS`]) and sorted (protobuf maps have no order; sorting makes the
+/// upstream request deterministic).
+fn dictionary(
+    field: &str,
+    map: std::collections::HashMap<String, String>,
+) -> Result<Vec<(String, String)>, Status> {
+    if map.len() > MAX_DICT_ENTRIES {
+        return Err(invalid(format!(
+            "{field}: {} entries exceeds the limit of {MAX_DICT_ENTRIES}",
+            map.len()
+        )));
+    }
+    let mut entries: Vec<(String, String)> = map.into_iter().collect();
+    entries.sort();
+    for (k, v) in &entries {
+        let (kn, vn) = (k.chars().count(), v.chars().count());
+        if k.trim().is_empty() || kn > MAX_DICT_KEY_CHARS {
+            return Err(invalid(format!(
+                "{field}: key {:?} must be 1..={MAX_DICT_KEY_CHARS} characters",
+                truncate(k, 40)
+            )));
+        }
+        if v.trim().is_empty() || vn > MAX_DICT_VALUE_CHARS {
+            return Err(invalid(format!(
+                "{field}: the value for {:?} must be 1..={MAX_DICT_VALUE_CHARS} characters",
+                truncate(k, 40)
+            )));
+        }
+    }
+    Ok(entries)
 }
 
 fn prosody(field: &str, value: f32) -> Result<f32, Status> {
@@ -428,10 +489,11 @@ impl pb::speech_server::Speech for SpeechService {
         let received = Instant::now();
         let deadline = grpc_timeout(request.metadata()).and_then(|d| received.checked_add(d));
         let Validated {
-            job,
+            mut job,
             info,
             characters,
         } = self.validate(request.into_inner())?;
+        job.request.deadline = deadline;
         let permit = Arc::clone(&self.inner.running)
             .try_acquire_owned()
             .map_err(|_| {

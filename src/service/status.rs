@@ -17,31 +17,51 @@ pub fn engine_status(error: &EngineError) -> Status {
             status,
             code,
             message,
+            request_id,
         } => {
-            let code_str = code.as_deref().unwrap_or("");
-            if code_str == CONTENT_FILTER_CODE {
+            let code_str = code.as_deref().unwrap_or("no code");
+            let id = request_id
+                .as_deref()
+                .map(|r| format!(", request_id {r}"))
+                .unwrap_or_default();
+            let cause = format!("HTTP {status}, code {code_str}{id}");
+            if code.as_deref() == Some(CONTENT_FILTER_CODE) {
                 Status::invalid_argument(format!(
-                    "text: rejected by the upstream content filter: {message}"
+                    "text: rejected by the upstream content filter ({cause}): {message}"
                 ))
             } else if *status == 401 || *status == 403 {
                 Status::failed_precondition(format!(
-                    "upstream rejected herald's credentials ({status} {code_str}); check the \
-                     dashscope.api_key setting (DASHSCOPE_API_KEY / DASHSCOPE_API_KEY_FILE_PATH)"
+                    "upstream rejected herald's credentials ({cause}): {message}; check the \
+                     dashscope.api_key setting (DASHSCOPE_API_KEY / DASHSCOPE_API_KEY_FILE_PATH) \
+                     and that the key's workspace may use this model"
+                ))
+            } else if code.as_deref() == Some("Arrearage") {
+                Status::failed_precondition(format!(
+                    "upstream refused herald's account ({cause}): {message}"
                 ))
             } else if *status == 429 {
                 Status::resource_exhausted(format!(
-                    "upstream is throttling requests ({code_str}): {message}"
+                    "upstream is throttling requests ({cause}): {message}"
                 ))
-            } else if *status >= 500 {
-                Status::unavailable(format!("upstream failed ({status} {code_str}): {message}"))
+            } else if *status >= 500 || *status == 408 {
+                Status::unavailable(format!("upstream failed ({cause}): {message}"))
             } else {
                 Status::invalid_argument(format!(
-                    "upstream rejected the request ({status} {code_str}): {message}"
+                    "upstream rejected the request ({cause}): {message}"
                 ))
             }
         }
         EngineError::Transport(_) | EngineError::RetryIn(_) | EngineError::Truncated => {
-            Status::unavailable(format!("upstream unavailable: {error}"))
+            Status::unavailable(format!("upstream unavailable: {}", chain(error)))
+        }
+        EngineError::Interrupted(inner) => {
+            let detail = match &**inner {
+                EngineError::Api { .. } => engine_status(inner).message().to_owned(),
+                other => chain(other),
+            };
+            Status::unavailable(format!(
+                "upstream failed after audio had been sent, so the stream ends here: {detail}"
+            ))
         }
         EngineError::Protocol(detail) => {
             Status::internal(format!("upstream protocol error: {detail}"))
@@ -94,6 +114,7 @@ mod tests {
             status,
             code: Some(code.to_owned()),
             message: "m".to_owned(),
+            request_id: Some("rid-1".to_owned()),
         }
     }
 
@@ -131,5 +152,10 @@ mod tests {
         );
         let s = job_status(&api(401, "InvalidApiKey").into());
         assert!(s.message().contains("dashscope.api_key"), "{}", s.message());
+        assert!(s.message().contains("rid-1"), "{}", s.message());
+        let s =
+            job_status(&EngineError::Interrupted(Box::new(api(400, "InvalidParameter"))).into());
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(s.message().contains("InvalidParameter"), "{}", s.message());
     }
 }
