@@ -17,7 +17,6 @@ use herald::{
     pb::{self, audio_format::Encoding, speech_client::SpeechClient},
     service::{self, Daemon, Settings},
 };
-use rustfft::{FftPlanner, num_complex::Complex};
 use support::*;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -216,31 +215,6 @@ fn tone_request(
         model: model.into(),
         ..request(&freq.to_string(), encoding, rate, channels)
     }
-}
-
-/// Frequency of the strongest component, in Hz: Hann window + parabolic interpolation on the
-/// log magnitude. With one second of audio the bins are 1 Hz apart.
-fn peak_frequency(x: &[f32], rate: u32) -> f64 {
-    let n = x.len();
-    let mut buf: Vec<Complex<f64>> = x
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos();
-            Complex::new(f64::from(*s) * w, 0.0)
-        })
-        .collect();
-    FftPlanner::new().plan_fft_forward(n).process(&mut buf);
-    let mags: Vec<f64> = buf[..n / 2]
-        .iter()
-        .map(|c| c.norm().max(1e-30).ln())
-        .collect();
-    let k = (1..mags.len() - 1)
-        .max_by(|a, b| mags[*a].total_cmp(&mags[*b]))
-        .expect("bins");
-    let (a, b, c) = (mags[k - 1], mags[k], mags[k + 1]);
-    let delta = 0.5 * (a - c) / (a - 2.0 * b + c);
-    (k as f64 + delta) * f64::from(rate) / n as f64
 }
 
 fn decode(encoding: Encoding, bytes: &[u8]) -> Vec<f32> {

@@ -10,6 +10,7 @@ use herald::{
     pb::{self, speech_client::SpeechClient, synthesize_response::Payload},
     service::{self, Daemon, ServeError},
 };
+use rustfft::{FftPlanner, num_complex::Complex};
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::{Channel, Endpoint};
 
@@ -24,10 +25,19 @@ pub struct TestDaemon {
 
 /// Start a daemon with the default configuration plus `env` (HERALD_* variables).
 pub async fn spawn_daemon_with(env: &[(&str, &str)]) -> TestDaemon {
+    spawn_daemon_config("", env).await
+}
+
+/// Start a daemon with the configuration file `toml` plus `env`.
+pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon {
     let dir = tempfile::tempdir().expect("tempdir");
     let sock = dir.path().join("herald.sock");
+    let config_file = dir.path().join("herald.toml");
+    if !toml.is_empty() {
+        std::fs::write(&config_file, toml).expect("write config");
+    }
     let options = LoadOptions {
-        config_path: Some(dir.path().join("none.toml")).filter(|p| p.exists()),
+        config_path: Some(config_file).filter(|p| p.exists()),
         overrides: Overrides {
             listen: vec!["127.0.0.1:0".to_owned(), format!("unix:{}", sock.display())],
             ..Overrides::default()
@@ -317,4 +327,29 @@ impl Drop for ServeProcess {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Frequency of the strongest component, in Hz: Hann window + parabolic interpolation on the
+/// log magnitude. With one second of audio the bins are 1 Hz apart.
+pub fn peak_frequency(x: &[f32], rate: u32) -> f64 {
+    let n = x.len();
+    let mut buf: Vec<Complex<f64>> = x
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * i as f64 / n as f64).cos();
+            Complex::new(f64::from(*s) * w, 0.0)
+        })
+        .collect();
+    FftPlanner::new().plan_fft_forward(n).process(&mut buf);
+    let mags: Vec<f64> = buf[..n / 2]
+        .iter()
+        .map(|c| c.norm().max(1e-30).ln())
+        .collect();
+    let k = (1..mags.len() - 1)
+        .max_by(|a, b| mags[*a].total_cmp(&mags[*b]))
+        .expect("bins");
+    let (a, b, c) = (mags[k - 1], mags[k], mags[k + 1]);
+    let delta = 0.5 * (a - c) / (a - 2.0 * b + c);
+    (k as f64 + delta) * f64::from(rate) / n as f64
 }

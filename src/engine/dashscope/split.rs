@@ -9,29 +9,34 @@
 //! calls. Every character of the input ends up in exactly one piece, in order; pieces are
 //! trimmed of surrounding whitespace and never empty.
 
-/// Billed units of `text` as DashScope counts them: a CJK character counts 2, anything else 1.
+/// Billed units of `text` as DashScope counts them (dashscope-api.md §8.7): a CJK ideograph
+/// counts 2, anything else (letters, digits, kana, hangul, punctuation, spaces) 1.
 pub fn units(text: &str) -> usize {
     text.chars().map(char_units).sum()
 }
 
 /// Billed units of one character.
 pub fn char_units(c: char) -> usize {
-    if is_cjk(c) { 2 } else { 1 }
+    if is_ideograph(c) { 2 } else { 1 }
 }
 
-/// CJK ideographs, kana, hangul and fullwidth forms: the characters DashScope bills twice.
-fn is_cjk(c: char) -> bool {
+/// CJK ideographs: Unified, Extension A, compatibility ideographs, Extensions B and beyond.
+fn is_ideograph(c: char) -> bool {
     matches!(c as u32,
-        0x1100..=0x11FF       // Hangul Jamo
-        | 0x2E80..=0x303F     // CJK radicals, punctuation
-        | 0x3040..=0x30FF     // Hiragana, Katakana
-        | 0x3100..=0x31FF     // Bopomofo, Hangul compat, Kanbun
-        | 0x3400..=0x4DBF     // CJK Ext A
-        | 0x4E00..=0x9FFF     // CJK Unified
-        | 0xAC00..=0xD7AF     // Hangul syllables
-        | 0xF900..=0xFAFF     // CJK compat
-        | 0xFF00..=0xFFEF     // Fullwidth forms
-        | 0x20000..=0x3FFFF) // CJK Ext B..
+        0x3400..=0x4DBF
+        | 0x4E00..=0x9FFF
+        | 0xF900..=0xFAFF
+        | 0x20000..=0x3FFFF)
+}
+
+/// Scripts written without spaces between words (ideographs, kana, hangul syllables, CJK and
+/// fullwidth punctuation): pieces of them are re-joined without a space.
+fn is_cjk(c: char) -> bool {
+    is_ideograph(c)
+        || matches!(c as u32,
+            0x3000..=0x30FF      // CJK punctuation, hiragana, katakana
+            | 0xAC00..=0xD7AF    // Hangul syllables
+            | 0xFF00..=0xFFEF) // Fullwidth forms
 }
 
 /// Ends a sentence wherever it appears.
@@ -242,8 +247,9 @@ mod tests {
         assert_eq!(units("abc"), 3);
         assert_eq!(units("你好"), 4);
         assert_eq!(units("你好, world"), 11);
-        assert_eq!(units("こんにちは"), 10);
-        assert_eq!(units("안녕"), 4);
+        assert_eq!(units("你好。"), 5, "punctuation counts 1");
+        assert_eq!(units("こんにちは"), 5, "kana count 1");
+        assert_eq!(units("안녕"), 2);
     }
 
     #[test]
