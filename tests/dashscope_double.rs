@@ -1735,6 +1735,10 @@ async fn official_python_sdk_speaks_to_the_double() {
     );
     assert_eq!(c["err_sse_midstream_qwen3"]["code"], "InternalError");
     assert_eq!(c["err_sse_midstream_cosy"]["chunks_before_error"], 2);
+    assert_eq!(
+        c["qwen3_stream_aio"]["error_statuses"],
+        json!([200, 200, 400])
+    );
     // HTTP 200 + `code` is invisible to HttpSpeechSynthesizer and crashes MultiModalConversation.
     let ok = &c["err_ok_with_code"];
     assert_eq!(ok["cosy_stream_results"], 0);

@@ -15,6 +15,7 @@ Prints one JSON object: {"sdk_version", "checks": {name: observations}, "failure
 exits 1 when a failure was recorded.
 """
 
+import asyncio
 import base64
 import io
 import json
@@ -25,7 +26,7 @@ import urllib.request
 import wave
 
 import dashscope
-from dashscope import MultiModalConversation
+from dashscope import AioMultiModalConversation, MultiModalConversation
 from dashscope.audio.http_tts import HttpSpeechSynthesizer
 
 MS_PER_UNIT = int(os.environ.get("HERALD_DS_MS_PER_UNIT", "40"))
@@ -314,6 +315,31 @@ def qwen3_instruct():
     )
     expect(r.status_code == 200, f"status {r.status_code} {r.code} {r.message}")
     return {"status": r.status_code}
+
+
+@check
+def qwen3_stream_aio():
+    # The asyncio client has its own SSE parser (aiohttp, `line.startswith("event:error")`).
+    async def run(model):
+        out = []
+        async for r in await AioMultiModalConversation.call(
+            model=model, text=TEXT, voice="Cherry", stream=True
+        ):
+            out.append(r)
+        return out
+
+    responses = asyncio.run(run(QWEN))
+    pcm = b"".join(
+        base64.b64decode(r.output.audio.data)
+        for r in responses
+        if r.status_code == 200 and r.output.audio and r.output.audio.data
+    )[44:]
+    expect(len(pcm) == expected_pcm_bytes(TEXT, 24000), f"{len(pcm)} bytes")
+    expect(responses[-1].output.finish_reason == "stop", "no stop")
+    errored = asyncio.run(run(QWEN + "-midstream"))
+    statuses = [r.status_code for r in errored]
+    expect(errored[-1].code == "InternalError", f"code {errored[-1].code}")
+    return {"pcm_bytes": len(pcm), "error_statuses": statuses}
 
 
 # --- MiniMax over MultiModalConversation --------------------------------------------------

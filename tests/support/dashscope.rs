@@ -1,6 +1,7 @@
 //! A fake DashScope (Alibaba Cloud Model Studio) server: a test double of the speech-synthesis
-//! HTTP APIs that herald's DashScope engines call, following the wire format of
-//! `/work/shared/dashscope-api.md` (§1–§5, §8).
+//! HTTP APIs that herald's DashScope engines call, following the project's DashScope wire-format
+//! spec (`dashscope-api.md`, §1–§5 and §8 "What a faithful test double must do"), and checked
+//! against the official Python SDK by tests/dashscope_double.rs.
 //!
 //! # What it serves
 //!
@@ -1555,6 +1556,20 @@ fn minimax_extra(req: &SynthRequest, audio: &Audio) -> Value {
     })
 }
 
+/// What the response builders share for one request.
+struct Ctx<'a> {
+    req: &'a SynthRequest,
+    options: &'a Options,
+    audio: Audio,
+    rid: &'a str,
+    now: u64,
+    audio_id: String,
+    /// Where `/oss/` serves the audio.
+    url: String,
+    /// MiniMax's trace id.
+    trace_id: String,
+}
+
 fn respond(
     inner: &Inner,
     req: &SynthRequest,
@@ -1565,7 +1580,6 @@ fn respond(
 ) -> Reply {
     let audio = render_audio(req, options, matches!(fault, Some(FaultKind::CorruptAudio)));
     let now = now_secs();
-    let audio_id = format!("audio_{rid}");
     let file_name = format!("{rid}.{}", req.fmt.ext());
     let url = format!(
         "http://{}/oss/{file_name}?Expires={}&OSSAccessKeyId=LTAI5tFakeDashScope&Signature=ZmFrZQ%3D%3D",
@@ -1576,84 +1590,104 @@ fn respond(
         file_name,
         (req.fmt.content_type(), Bytes::from(audio.file.clone())),
     );
-    let trace_id = rid.replace('-', "");
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-
+    let ctx = Ctx {
+        req,
+        options,
+        audio,
+        rid,
+        now,
+        audio_id: format!("audio_{rid}"),
+        url,
+        trace_id: rid.replace('-', ""),
+    };
     if !sse {
-        let body = match req.family {
-            Family::Cosy => format!(
-                "{{\"request_id\":{},\"output\":{},\"usage\":{}}}",
-                Value::from(rid),
-                json!({"finish_reason": "stop", "audio": {"data": "", "url": url, "id": audio_id, "expires_at": now + 86_400}}),
-                json!({"characters": req.units}),
-            ),
-            Family::Qwen => format!(
-                "{{\"output\":{},\"usage\":{},\"request_id\":{}}}",
-                json!({"audio": {"data": "", "expires_at": now + 86_400, "id": audio_id, "url": url}, "finish_reason": "stop"}),
-                usage_members(req, req.units, audio.ms),
-                Value::from(rid),
-            ),
-            Family::MiniMax => {
-                let data = if matches!(fault, Some(FaultKind::BadBase64After { .. })) {
-                    "zz-this-is-not-hex".to_owned()
-                } else if req.minimax_url {
-                    url.clone()
-                } else {
-                    hex::encode(&audio.file)
-                };
-                format!(
-                    "{{\"output\":{},\"usage\":{},\"request_id\":{}}}",
-                    minimax_output(&data, 2, Some(minimax_extra(req, &audio)), &trace_id),
-                    json!({"characters": req.units}),
-                    Value::from(rid),
-                )
-            }
-        };
-        return match fault {
-            Some(FaultKind::OkWithCode { code, message }) => {
-                Reply::json(200, &error_body(code, message, rid))
-            }
-            Some(FaultKind::MiniMaxStatus {
-                status_code,
-                status_msg,
-            }) => Reply::json(200, &minimax_error(*status_code, status_msg, rid)),
-            Some(FaultKind::SseErrorAfter {
-                http_status_comment,
-                code,
-                message,
-                ..
-            }) => json_error(*http_status_comment, code, message, rid),
-            Some(FaultKind::DropAfter { .. }) => Reply {
-                status: 200,
-                sse_body: false,
-                finished: true,
-                steps: vec![
-                    Step::Raw(Bytes::from(body[..body.len() / 2].to_owned())),
-                    Step::Abort,
-                ],
-            },
-            Some(FaultKind::StallAfter { .. }) => Reply {
-                status: 200,
-                sse_body: false,
-                finished: true,
-                steps: vec![Step::Stall],
-            },
-            Some(FaultKind::BadJsonAfter { .. }) => Reply {
-                status: 200,
-                sse_body: false,
-                finished: true,
-                steps: vec![Step::Raw(Bytes::from(body[..body.len() / 2].to_owned()))],
-            },
-            _ => Reply {
-                status: 200,
-                sse_body: false,
-                finished: true,
-                steps: vec![Step::Raw(Bytes::from(body))],
-            },
-        };
+        return non_stream_reply(&ctx, fault);
     }
+    let mut evs = stream_events(&ctx);
+    let split = apply_stream_fault(&ctx, &mut evs, fault);
+    sse_reply(evs, split)
+}
 
-    // Streaming: the events of a clean stream, then the fault applied to them.
+/// The JSON answer of a non-streaming request, with `fault` applied.
+fn non_stream_reply(c: &Ctx<'_>, fault: Option<&FaultKind>) -> Reply {
+    let (req, audio, rid, now) = (c.req, &c.audio, c.rid, c.now);
+    let (audio_id, url, trace_id) = (&c.audio_id, &c.url, &c.trace_id);
+    let body = match req.family {
+        Family::Cosy => format!(
+            "{{\"request_id\":{},\"output\":{},\"usage\":{}}}",
+            Value::from(rid),
+            json!({"finish_reason": "stop", "audio": {"data": "", "url": url, "id": audio_id, "expires_at": now + 86_400}}),
+            json!({"characters": req.units}),
+        ),
+        Family::Qwen => format!(
+            "{{\"output\":{},\"usage\":{},\"request_id\":{}}}",
+            json!({"audio": {"data": "", "expires_at": now + 86_400, "id": audio_id, "url": url}, "finish_reason": "stop"}),
+            usage_members(req, req.units, audio.ms),
+            Value::from(rid),
+        ),
+        Family::MiniMax => {
+            let data = if matches!(fault, Some(FaultKind::BadBase64After { .. })) {
+                "zz-this-is-not-hex".to_owned()
+            } else if req.minimax_url {
+                url.clone()
+            } else {
+                hex::encode(&audio.file)
+            };
+            format!(
+                "{{\"output\":{},\"usage\":{},\"request_id\":{}}}",
+                minimax_output(&data, 2, Some(minimax_extra(req, audio)), trace_id),
+                json!({"characters": req.units}),
+                Value::from(rid),
+            )
+        }
+    };
+    let half = body.len() / 2;
+    match fault {
+        Some(FaultKind::OkWithCode { code, message }) => {
+            Reply::json(200, &error_body(code, message, rid))
+        }
+        Some(FaultKind::MiniMaxStatus {
+            status_code,
+            status_msg,
+        }) => Reply::json(200, &minimax_error(*status_code, status_msg, rid)),
+        Some(FaultKind::SseErrorAfter {
+            http_status_comment,
+            code,
+            message,
+            ..
+        }) => json_error(*http_status_comment, code, message, rid),
+        Some(FaultKind::DropAfter { .. }) => Reply {
+            status: 200,
+            sse_body: false,
+            finished: true,
+            steps: vec![Step::Raw(Bytes::from(body).slice(..half)), Step::Abort],
+        },
+        Some(FaultKind::StallAfter { .. }) => Reply {
+            status: 200,
+            sse_body: false,
+            finished: true,
+            steps: vec![Step::Stall],
+        },
+        Some(FaultKind::BadJsonAfter { .. }) => Reply {
+            status: 200,
+            sse_body: false,
+            finished: true,
+            steps: vec![Step::Raw(Bytes::from(body).slice(..half))],
+        },
+        _ => Reply {
+            status: 200,
+            sse_body: false,
+            finished: true,
+            steps: vec![Step::Raw(Bytes::from(body))],
+        },
+    }
+}
+
+/// The events of a clean stream.
+fn stream_events(c: &Ctx<'_>) -> Vec<Ev> {
+    let (req, options, audio, rid, now) = (c.req, c.options, &c.audio, c.rid, c.now);
+    let (audio_id, url, trace_id) = (&c.audio_id, &c.url, &c.trace_id);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     let mut evs: Vec<Ev> = Vec::new();
     match req.family {
         Family::Cosy => {
@@ -1679,7 +1713,7 @@ fn respond(
                     at_ms,
                 };
                 evs.push(framing("sentence-begin", t0.min(audio.ms)));
-                for (at, bytes) in pieces(&audio, t0, t1, options.chunk_ms) {
+                for (at, bytes) in pieces(audio, t0, t1, options.chunk_ms) {
                     let data = b64(&bytes);
                     evs.push(Ev::Result {
                         members: vec![
@@ -1712,7 +1746,7 @@ fn respond(
             });
         }
         Family::Qwen => {
-            for (at, bytes) in pieces(&audio, 0.0, audio.ms, options.chunk_ms) {
+            for (at, bytes) in pieces(audio, 0.0, audio.ms, options.chunk_ms) {
                 let data = b64(&bytes);
                 let end_ms = at + f64::from(options.chunk_ms);
                 evs.push(Ev::Result {
@@ -1743,11 +1777,11 @@ fn respond(
         }
         Family::MiniMax => {
             let usage = json!({"characters": req.units});
-            for (at, bytes) in pieces(&audio, 0.0, audio.ms, options.chunk_ms) {
+            for (at, bytes) in pieces(audio, 0.0, audio.ms, options.chunk_ms) {
                 let data = hex::encode(&bytes);
                 evs.push(Ev::Result {
                     members: vec![
-                        ("output", minimax_output(&data, 1, None, &trace_id)),
+                        ("output", minimax_output(&data, 1, None, trace_id)),
                         ("usage", usage.clone()),
                         ("request_id", Value::from(rid)),
                     ],
@@ -1764,7 +1798,7 @@ fn respond(
                 members: vec![
                     (
                         "output",
-                        minimax_output(&aggregated, 2, Some(minimax_extra(req, &audio)), &trace_id),
+                        minimax_output(&aggregated, 2, Some(minimax_extra(req, audio)), trace_id),
                     ),
                     ("usage", usage),
                     ("request_id", Value::from(rid)),
@@ -1776,6 +1810,12 @@ fn respond(
         }
     }
 
+    evs
+}
+
+/// Apply `fault` to the events of a stream; returns how to write `data:` lines.
+fn apply_stream_fault(c: &Ctx<'_>, evs: &mut Vec<Ev>, fault: Option<&FaultKind>) -> Split {
+    let (req, rid) = (c.req, c.rid);
     // Where an `…After { frames }` fault goes: audio event number `frames`, else the final event.
     let audio_positions: Vec<usize> = evs
         .iter()
@@ -1800,7 +1840,7 @@ fn respond(
             });
         }
         Some(FaultKind::OkWithCode { code, message }) => {
-            evs = vec![Ev::Result {
+            *evs = vec![Ev::Result {
                 members: vec![
                     ("code", Value::from(code.as_str())),
                     ("message", Value::from(message.as_str())),
@@ -1815,7 +1855,7 @@ fn respond(
             status_msg,
         }) => {
             let body = minimax_error(*status_code, status_msg, rid);
-            evs = vec![Ev::Result {
+            *evs = vec![Ev::Result {
                 members: vec![
                     ("output", body["output"].clone()),
                     ("request_id", Value::from(rid)),
@@ -1861,6 +1901,11 @@ fn respond(
         _ => {}
     }
 
+    split
+}
+
+/// The SSE reply writing `evs`, numbered from 1.
+fn sse_reply(evs: Vec<Ev>, split: Split) -> Reply {
     let mut steps = Vec::new();
     for (i, ev) in evs.into_iter().enumerate() {
         let id = i + 1;
