@@ -14,6 +14,8 @@
 //! - [`audio`]: synchronous stages: decode, resample, remix, gain, encode, chunk.
 //! - [`engine`]: the [`engine::Synthesizer`] trait, the model registry, and the engines
 //!   ([`engine::espeak`]).
+//! - [`playback`]: local playback: one announcement queue per output device, sinks (cpal,
+//!   wav, null).
 //! - [`client`]: the gRPC client side used by `herald say` and `herald voices`.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 //! - [`pb`]: generated protobuf/gRPC code.
@@ -28,6 +30,7 @@ pub mod config;
 pub mod engine;
 pub mod pb;
 pub mod pipeline;
+pub mod playback;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;
