@@ -272,10 +272,55 @@ enum Command {
     },
 }
 
+/// Produces an announcement's audio at a device's spec: the synthesis pipeline in production,
+/// something simpler in queue tests.
+pub trait AudioSource: Send + Sync + 'static {
+    /// Start producing `ann`'s audio as interleaved `f32` at `spec` into a channel.
+    fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis;
+}
+
+/// The production [`AudioSource`]: herald's pipeline, straight to `f32` at the device's rate,
+/// with the announcement's volume as gain.
+#[derive(Debug, Default)]
+pub struct PipelineSource;
+
+impl AudioSource for PipelineSource {
+    fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis {
+        let mut request = ann.request.clone();
+        request.output_sample_rate = spec.sample_rate;
+        let job = Job {
+            request,
+            engine: Arc::clone(&ann.engine),
+            output: OutputFormat {
+                encoding: OutputEncoding::PcmF32Le,
+                spec,
+            },
+            gain: ann.volume,
+            chunk_ms: BLOCK_MS,
+        };
+        let (tx, rx) = mpsc::channel(SYNTHESIS_CHUNKS);
+        let cancel = CancellationToken::new();
+        let job_cancel = cancel.clone();
+        tokio::spawn(async move {
+            let chunk_tx = tx.clone();
+            let sink: pipeline::ChunkSink =
+                Box::new(move |chunk| chunk_tx.blocking_send(Ok(f32_samples(&chunk.data))).is_ok());
+            if let Err(e) = pipeline::run(job, job_cancel, sink).await {
+                let _ = tx.send(Err(status::job_status(&e))).await;
+            }
+        });
+        Synthesis { rx, cancel }
+    }
+}
+
+/// Chunks an announcement's synthesis may run ahead of playback (about 80 s in 20 ms chunks).
+pub const SYNTHESIS_CHUNKS: usize = 4096;
+
 /// The playback handle: devices by name, each with its queue task.
 pub struct Playback {
     settings: PlaybackSettings,
     factory: Arc<dyn SinkFactory>,
+    source: Arc<dyn AudioSource>,
     devices: Mutex<HashMap<String, mpsc::UnboundedSender<Command>>>,
     shutdown: CancellationToken,
 }
@@ -293,11 +338,13 @@ impl Playback {
     pub fn new(
         settings: PlaybackSettings,
         factory: Arc<dyn SinkFactory>,
+        source: Arc<dyn AudioSource>,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             settings,
             factory,
+            source,
             devices: Mutex::new(HashMap::new()),
             shutdown,
         }
@@ -369,6 +416,7 @@ impl Playback {
             name: name.to_owned(),
             sink,
             factory: Arc::clone(&self.factory),
+            source: Arc::clone(&self.source),
             chime: Arc::new(chime),
             pause: self.settings.pause,
             queue: VecDeque::new(),
@@ -388,10 +436,13 @@ struct Item {
     audio: Option<Synthesis>,
 }
 
-/// An announcement's synthesis, running ahead of playback.
-struct Synthesis {
-    rx: mpsc::Receiver<Result<Vec<f32>, tonic::Status>>,
-    cancel: CancellationToken,
+/// An announcement's synthesis, running ahead of playback. Dropping it cancels the work.
+#[derive(Debug)]
+pub struct Synthesis {
+    /// Interleaved samples at the device's spec, in order; an error ends the announcement.
+    pub rx: mpsc::Receiver<Result<Vec<f32>, tonic::Status>>,
+    /// Cancelled on drop.
+    pub cancel: CancellationToken,
 }
 
 impl Drop for Synthesis {
@@ -416,6 +467,7 @@ struct DeviceTask {
     name: String,
     sink: Box<dyn Sink>,
     factory: Arc<dyn SinkFactory>,
+    source: Arc<dyn AudioSource>,
     chime: Arc<Vec<f32>>,
     pause: Duration,
     queue: VecDeque<Item>,
@@ -454,7 +506,9 @@ impl DeviceTask {
             }
             self.expire();
             if let Some(by) = self.current.as_ref().and_then(|p| p.interrupted_by.clone()) {
-                self.interrupt(by);
+                if let Err(e) = self.interrupt(by).await {
+                    self.device_failed(e).await;
+                }
                 continue;
             }
             if self.current.is_none() {
@@ -621,32 +675,7 @@ impl DeviceTask {
     }
 
     fn synthesize(&self, ann: &Announcement) -> Synthesis {
-        let spec = self.sink.spec();
-        let mut request = ann.request.clone();
-        request.output_sample_rate = spec.sample_rate;
-        let job = Job {
-            request,
-            engine: Arc::clone(&ann.engine),
-            output: OutputFormat {
-                encoding: OutputEncoding::PcmF32Le,
-                spec,
-            },
-            gain: ann.volume,
-            chunk_ms: BLOCK_MS,
-        };
-        // Enough for a long announcement synthesized ahead (about 80 s in 20 ms chunks).
-        let (tx, rx) = mpsc::channel(4096);
-        let cancel = CancellationToken::new();
-        let job_cancel = cancel.clone();
-        tokio::spawn(async move {
-            let chunk_tx = tx.clone();
-            let sink: pipeline::ChunkSink =
-                Box::new(move |chunk| chunk_tx.blocking_send(Ok(f32_samples(&chunk.data))).is_ok());
-            if let Err(e) = pipeline::run(job, job_cancel, sink).await {
-                let _ = tx.send(Err(status::job_status(&e))).await;
-            }
-        });
-        Synthesis { rx, cancel }
+        self.source.start(ann, self.sink.spec())
     }
 
     /// Play one block of the current announcement (or finish it).
@@ -744,7 +773,9 @@ impl DeviceTask {
         Ok(())
     }
 
-    fn interrupt(&mut self, by: String) {
+    /// Stop the current announcement where it is; the configured pause follows if something
+    /// else is queued, so a cut is never glued to the next announcement.
+    async fn interrupt(&mut self, by: String) -> Result<(), SinkError> {
         let dropped = self.sink.discard() as u64;
         if let Some(p) = self.current.take() {
             let rate = u64::from(self.sink.spec().sample_rate);
@@ -757,6 +788,14 @@ impl DeviceTask {
                 },
             );
         }
+        if !self.queue.is_empty() && !self.pause.is_zero() {
+            let spec = self.sink.spec();
+            let frames = (self.pause.as_secs_f64() * f64::from(spec.sample_rate)) as usize;
+            self.sink
+                .write(&vec![0.0f32; frames * usize::from(spec.channels)])
+                .await?;
+        }
+        Ok(())
     }
 
     /// The device failed mid-play: the announcement fails, the device is reopened, the queue
@@ -788,3 +827,6 @@ fn f32_samples(data: &Bytes) -> Vec<f32> {
         .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         .collect()
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,430 @@
+//! Queue semantics against a capture sink on paused tokio time: what played, in what order,
+//! cut where, with which events. The audio source here writes tones straight into the
+//! announcement's channel ("<hz>:<ms>" as the text), so the timing is exact and instant.
+
+use std::sync::{Arc, Mutex};
+
+use super::*;
+use crate::engine::{EngineError, SynthStream, VoiceInfo};
+
+const RATE: u32 = 8000;
+const SPEC: AudioSpec = AudioSpec {
+    sample_rate: RATE,
+    channels: 1,
+};
+
+/// "hz:ms" → a tone.
+struct ToneSource;
+
+impl AudioSource for ToneSource {
+    fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis {
+        let (hz, ms) = ann.request.text.split_once(':').expect("hz:ms");
+        let (hz, ms): (f32, u32) = (hz.parse().unwrap(), ms.parse().unwrap());
+        let n = (spec.sample_rate * ms / 1000) as usize;
+        let samples: Vec<f32> = (0..n)
+            .map(|i| {
+                ann.volume
+                    * 0.5
+                    * (2.0 * std::f32::consts::PI * hz * i as f32 / spec.sample_rate as f32).sin()
+            })
+            .collect();
+        let (tx, rx) = mpsc::channel(SYNTHESIS_CHUNKS);
+        for chunk in samples.chunks((spec.sample_rate / 50) as usize) {
+            tx.try_send(Ok(chunk.to_vec())).unwrap();
+        }
+        Synthesis {
+            rx,
+            cancel: CancellationToken::new(),
+        }
+    }
+}
+
+struct Capture(Arc<Mutex<Option<Arc<Mutex<sink::Captured>>>>>);
+
+impl SinkFactory for Capture {
+    fn list(&self) -> Vec<DeviceInfo> {
+        vec![DeviceInfo {
+            name: "capture".into(),
+            description: "test".into(),
+            sample_rates: vec![RATE],
+            channels: vec![1],
+        }]
+    }
+    fn open(&self, _name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        let (sink, captured) = sink::ClockedSink::capture(SPEC);
+        *self.0.lock().unwrap() = Some(captured);
+        Ok(Box::new(sink))
+    }
+}
+
+struct NoEngine;
+
+#[async_trait::async_trait]
+impl Synthesizer for NoEngine {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn serves_model(&self, _: &str) -> bool {
+        true
+    }
+    fn default_voice(&self, _: &str) -> String {
+        String::new()
+    }
+    fn voices(&self) -> Vec<VoiceInfo> {
+        Vec::new()
+    }
+    fn native_sample_rate(&self, _: &str, _: &str) -> u32 {
+        RATE
+    }
+    async fn synthesize(&self, _: SynthesisRequest) -> Result<SynthStream, EngineError> {
+        Err(EngineError::Truncated)
+    }
+}
+
+struct Harness {
+    playback: Playback,
+    captured: Arc<Mutex<Option<Arc<Mutex<sink::Captured>>>>>,
+}
+
+impl Harness {
+    fn new(settings: PlaybackSettings) -> Self {
+        let captured = Arc::new(Mutex::new(None));
+        let playback = Playback::new(
+            PlaybackSettings {
+                default_device: "capture".into(),
+                ..settings
+            },
+            Arc::new(Capture(Arc::clone(&captured))),
+            Arc::new(ToneSource),
+            CancellationToken::new(),
+        );
+        Self { playback, captured }
+    }
+
+    fn say(&self, id: &str, priority: Priority, text: &str) -> mpsc::UnboundedReceiver<Report> {
+        self.say_with(id, priority, text, |_| {})
+    }
+
+    fn say_with(
+        &self,
+        id: &str,
+        priority: Priority,
+        text: &str,
+        edit: impl FnOnce(&mut Announcement),
+    ) -> mpsc::UnboundedReceiver<Report> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut ann = Announcement {
+            id: id.into(),
+            priority,
+            request: SynthesisRequest {
+                text: text.into(),
+                ..Default::default()
+            },
+            engine: Arc::new(NoEngine),
+            volume: 1.0,
+            chime: false,
+            leading_silence: Duration::ZERO,
+            expires_at: None,
+            events: tx,
+        };
+        edit(&mut ann);
+        self.playback.enqueue("capture", ann).unwrap();
+        rx
+    }
+
+    fn played(&self) -> Vec<f32> {
+        let c = self.captured.lock().unwrap();
+        c.as_ref().unwrap().lock().unwrap().samples.clone()
+    }
+}
+
+/// Every event until the final one.
+async fn events(rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Event> {
+    let mut out = Vec::new();
+    while let Some(r) = rx.recv().await {
+        let last = r.event.is_final();
+        out.push(r.event);
+        if last {
+            break;
+        }
+    }
+    out
+}
+
+async fn started(rx: &mut mpsc::UnboundedReceiver<Report>) {
+    loop {
+        match rx.recv().await.expect("events").event {
+            Event::Started => return,
+            Event::Queued { .. } => continue,
+            other => panic!("not started: {other:?}"),
+        }
+    }
+}
+
+/// Frequency from zero crossings.
+fn freq(x: &[f32]) -> f32 {
+    let crossings = x
+        .windows(2)
+        .filter(|w| (w[0] <= 0.0) != (w[1] <= 0.0))
+        .count();
+    crossings as f32 / 2.0 / (x.len() as f32 / RATE as f32)
+}
+
+/// Runs of non-silent audio as (start, len) in frames; silences shorter than `gap` join runs.
+fn segments(x: &[f32]) -> Vec<(usize, usize)> {
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < x.len() {
+        if x[i] == 0.0 && x.get(i + 1).is_none_or(|s| *s == 0.0) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut zeros = 0;
+        while i < x.len() && zeros < 8 {
+            zeros = if x[i] == 0.0 { zeros + 1 } else { 0 };
+            i += 1;
+        }
+        out.push((start, i - zeros - start));
+    }
+    out
+}
+
+fn ms(frames: usize) -> u64 {
+    frames as u64 * 1000 / u64::from(RATE)
+}
+
+fn settings() -> PlaybackSettings {
+    PlaybackSettings {
+        pause: Duration::from_millis(100),
+        ..PlaybackSettings::default()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn queued_items_play_by_priority_then_fifo_with_the_configured_pause() {
+    let h = Harness::new(settings());
+    let mut first = h.say("i1", Priority::Important, "300:400");
+    started(&mut first).await;
+    let mut m1 = h.say("m1", Priority::Message, "500:200");
+    let mut m2 = h.say("m2", Priority::Message, "700:200");
+    let mut i2 = h.say("i2", Priority::Important, "900:200");
+    assert!(matches!(
+        events(&mut first).await.last(),
+        Some(Event::Finished { played_ms: 400 })
+    ));
+    let ev = events(&mut i2).await;
+    assert!(matches!(ev[0], Event::Queued { position: 0, .. }), "{ev:?}");
+    assert!(matches!(
+        events(&mut m1).await[0],
+        Event::Queued { position: 0, .. }
+    ));
+    assert!(matches!(
+        events(&mut m2).await[0],
+        Event::Queued { position: 1, .. }
+    ));
+    let x = h.played();
+    let seg = segments(&x);
+    assert_eq!(seg.len(), 4, "{seg:?}");
+    for ((start, len), (hz, dur)) in
+        seg.iter()
+            .zip([(300.0, 400), (900.0, 200), (500.0, 200), (700.0, 200)])
+    {
+        assert_eq!(ms(*len), dur);
+        let f = freq(&x[*start..start + len]);
+        assert!((f - hz).abs() < hz * 0.02, "{f} Hz, want {hz}");
+    }
+    // Back to back, separated by exactly the configured pause.
+    for w in seg.windows(2) {
+        assert_eq!(ms(w[1].0 - (w[0].0 + w[0].1)), 100);
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn important_cuts_a_message_at_the_moment_it_arrives() {
+    let h = Harness::new(settings());
+    let mut m = h.say("m", Priority::Message, "440:3000");
+    started(&mut m).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let mut i = h.say("i", Priority::Important, "880:300");
+    let ev = events(&mut m).await;
+    let Some(Event::Interrupted { by_id, played_ms }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(by_id, "i");
+    assert!((960..=1060).contains(played_ms), "played {played_ms} ms");
+    assert!(matches!(
+        events(&mut i).await.last(),
+        Some(Event::Finished { .. })
+    ));
+    let x = h.played();
+    let seg = segments(&x);
+    assert_eq!(seg.len(), 2, "{seg:?}");
+    // The message played for as long as the clock says (within one block and the lead),
+    // then the IMPORTANT one, whole.
+    assert!((960..=1060).contains(&ms(seg[0].1)), "{}", ms(seg[0].1));
+    assert_eq!(ms(seg[1].1), 300);
+    assert!((freq(&x[seg[1].0..seg[1].0 + seg[1].1]) - 880.0).abs() < 10.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn notifications_are_dropped_when_busy_and_progress_keeps_the_latest() {
+    let h = Harness::new(settings());
+    let mut idle = h.say("n0", Priority::Notification, "600:100");
+    assert!(matches!(
+        events(&mut idle).await.last(),
+        Some(Event::Finished { .. })
+    ));
+    let mut m = h.say("m", Priority::Message, "440:500");
+    started(&mut m).await;
+    let mut n = h.say("n", Priority::Notification, "600:100");
+    assert!(matches!(
+        events(&mut n).await.as_slice(),
+        [Event::Dropped { .. }]
+    ));
+    let mut p1 = h.say("p1", Priority::Progress, "500:100");
+    let mut p2 = h.say("p2", Priority::Progress, "550:100");
+    let mut p3 = h.say("p3", Priority::Progress, "650:100");
+    assert!(
+        matches!(events(&mut p1).await.last(), Some(Event::Dropped { by_id }) if by_id == "p2")
+    );
+    assert!(
+        matches!(events(&mut p2).await.last(), Some(Event::Dropped { by_id }) if by_id == "p3")
+    );
+    assert!(matches!(
+        events(&mut p3).await.last(),
+        Some(Event::Finished { .. })
+    ));
+    assert!(
+        matches!(events(&mut m).await.last(), Some(Event::Finished { .. })),
+        "PROGRESS does not cut a MESSAGE"
+    );
+    // n0 and m play back to back (m arrived when the device was idle), then the pause, then
+    // only the latest PROGRESS.
+    let x = h.played();
+    let seg = segments(&x);
+    assert_eq!(seg.len(), 2, "{seg:?}");
+    assert_eq!(ms(seg[0].1), 600);
+    assert_eq!(ms(seg[1].1), 100);
+    assert!((freq(&x[seg[1].0..seg[1].0 + seg[1].1]) - 650.0).abs() < 15.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn text_gives_way_to_anything_newer() {
+    let h = Harness::new(settings());
+    let mut t1 = h.say("t1", Priority::Text, "440:2000");
+    started(&mut t1).await;
+    let mut t2 = h.say("t2", Priority::Text, "500:1000");
+    assert!(
+        matches!(events(&mut t1).await.last(), Some(Event::Interrupted { by_id, .. }) if by_id == "t2")
+    );
+    started(&mut t2).await;
+    let mut t3 = h.say("t3", Priority::Text, "600:200");
+    let mut m = h.say("m", Priority::Message, "700:200");
+    assert!(
+        matches!(events(&mut t2).await.last(), Some(Event::Interrupted { by_id, .. }) if by_id == "t3")
+    );
+    // t3 was queued (t2 was still playing) and is dropped by the newer message.
+    let ev = events(&mut t3).await;
+    assert!(
+        matches!(ev.last(), Some(Event::Dropped { by_id }) if by_id == "m")
+            || matches!(ev.last(), Some(Event::Interrupted { by_id, .. }) if by_id == "m"),
+        "{ev:?}"
+    );
+    assert!(matches!(
+        events(&mut m).await.last(),
+        Some(Event::Finished { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn expired_announcements_never_play() {
+    let h = Harness::new(settings());
+    let mut m = h.say("m", Priority::Message, "440:1000");
+    started(&mut m).await;
+    let mut e = h.say_with("e", Priority::Message, "880:200", |a| {
+        a.expires_at = Some(Instant::now() + Duration::from_millis(300));
+    });
+    let mut ok = h.say_with("ok", Priority::Message, "660:200", |a| {
+        a.expires_at = Some(Instant::now() + Duration::from_secs(5));
+    });
+    assert!(matches!(events(&mut e).await.last(), Some(Event::Expired)));
+    assert!(matches!(
+        events(&mut ok).await.last(),
+        Some(Event::Finished { .. })
+    ));
+    assert_eq!(segments(&h.played()).len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn leading_silence_then_chime_then_speech_and_the_tail_is_played() {
+    let h = Harness::new(settings());
+    let mut a = h.say_with("a", Priority::Message, "440:500", |a| {
+        a.leading_silence = Duration::from_millis(250);
+        a.chime = true;
+    });
+    let ev = events(&mut a).await;
+    let chime = chime::builtin(SPEC).len();
+    let total = RATE as usize / 4 + chime + RATE as usize / 2;
+    assert!(
+        matches!(ev.last(), Some(Event::Finished { played_ms }) if *played_ms == ms(total)),
+        "{ev:?}"
+    );
+    let x = h.played();
+    assert_eq!(x.len(), total, "everything played, the last 50 ms included");
+    assert!(
+        x[..RATE as usize / 4].iter().all(|s| *s == 0.0),
+        "250 ms of leading silence"
+    );
+    let first_sound = x.iter().position(|s| *s != 0.0).unwrap();
+    assert!(ms(first_sound) >= 250 && ms(first_sound) <= 251);
+    // The chime's first note (880 Hz), then the speech (440 Hz) to the very end.
+    let note = (RATE * 160 / 1000) as usize;
+    assert!((freq(&x[first_sound..first_sound + note]) - 880.0).abs() < 20.0);
+    let tail = &x[x.len() - (RATE as usize / 20)..];
+    assert!(
+        (freq(tail) - 440.0).abs() < 25.0,
+        "the last 50 ms are the speech"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn stop_speaking_scopes() {
+    let h = Harness::new(settings());
+    let mut a = h.say("a", Priority::Message, "440:2000");
+    started(&mut a).await;
+    let mut b = h.say("b", Priority::Message, "500:2000");
+    let mut c = h.say("c", Priority::Message, "600:2000");
+    assert_eq!(
+        h.playback.stop("capture", StopScope::Id("b".into())).await,
+        vec!["b"]
+    );
+    assert!(
+        matches!(events(&mut b).await.last(), Some(Event::Dropped { by_id }) if by_id.is_empty())
+    );
+    assert_eq!(
+        h.playback.stop("capture", StopScope::Current).await,
+        vec!["a"]
+    );
+    assert!(matches!(
+        events(&mut a).await.last(),
+        Some(Event::Interrupted { .. })
+    ));
+    started(&mut c).await;
+    let mut d = h.say("d", Priority::Message, "700:2000");
+    let mut stopped = h.playback.stop("capture", StopScope::All).await;
+    stopped.sort();
+    assert_eq!(stopped, vec!["c", "d"]);
+    assert!(matches!(
+        events(&mut c).await.last(),
+        Some(Event::Interrupted { .. })
+    ));
+    assert!(matches!(
+        events(&mut d).await.last(),
+        Some(Event::Dropped { .. })
+    ));
+    assert_eq!(
+        h.playback.stop("capture", StopScope::Current).await,
+        Vec::<String>::new()
+    );
+}
