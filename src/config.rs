@@ -83,6 +83,8 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_ESPEAK_BINARY", "espeak.binary", Kind::Str),
     ("HERALD_ESPEAK_VOICE", "espeak.default_voice", Kind::Str),
     ("HERALD_ESPEAK_TIMEOUT_MS", "espeak.timeout_ms", Kind::Int),
+    ("HERALD_PLAYBACK_DEVICE", "playback.device", Kind::Str),
+    ("HERALD_PLAYBACK_WAV_PATH", "playback.wav_path", Kind::Str),
     ("HERALD_LOG", "log.level", Kind::Str),
     (ENV_DASHSCOPE_API_KEY, "dashscope.api_key", Kind::Str),
     (
@@ -204,8 +206,48 @@ pub struct RawConfig {
     pub espeak: EspeakSection,
     /// Alibaba Cloud Model Studio (DashScope).
     pub dashscope: DashscopeSection,
+    /// Local playback (`Speak`).
+    pub playback: PlaybackSection,
     /// Logging.
     pub log: LogSection,
+}
+
+/// `[playback]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PlaybackSection {
+    /// Device used when a request names none: "default" (the system's default output), a
+    /// name from `herald devices` ("alsa:hw:0,0", ...), "wav" or "null".
+    pub device: String,
+    /// File the `wav` device writes (16-bit PCM). Empty = no `wav` device.
+    pub wav_path: String,
+    /// Rate of the `wav` and `null` devices, Hz (8000..=192000).
+    pub wav_sample_rate: u32,
+    /// Channels of the `wav` and `null` devices (1..=2).
+    pub wav_channels: u16,
+    /// Chime WAV file. Empty = herald's built-in two-tone.
+    pub chime: String,
+    /// Play the chime when a request does not say (CHIME_DEFAULT).
+    pub chime_by_default: bool,
+    /// Silence before every announcement, ms (0..=5000), for amplifiers that wake slowly.
+    pub leading_silence_ms: u64,
+    /// Silence between announcements that follow each other, ms (0..=5000).
+    pub pause_ms: u64,
+}
+
+impl Default for PlaybackSection {
+    fn default() -> Self {
+        Self {
+            device: "default".to_owned(),
+            wav_path: String::new(),
+            wav_sample_rate: 48_000,
+            wav_channels: 1,
+            chime: String::new(),
+            chime_by_default: false,
+            leading_silence_ms: 0,
+            pause_ms: 250,
+        }
+    }
 }
 
 /// `[server]`
@@ -619,6 +661,8 @@ pub struct Config {
     pub espeak: Option<EspeakSettings>,
     /// DashScope.
     pub dashscope: DashscopeConfig,
+    /// Local playback.
+    pub playback: crate::playback::PlaybackSettings,
     /// Log filter directive.
     pub log_level: String,
     /// The merged raw configuration (for `check-config`; secrets masked by [`Config::render`]).
@@ -710,6 +754,7 @@ impl RawConfig {
             ));
         }
         let dashscope = validate_dashscope(&self.dashscope, env)?;
+        let playback = validate_playback(&self.playback)?;
         if dashscope.api_key.is_none() && espeak.is_none() {
             return Err(invalid(
                 "espeak.enabled",
@@ -727,10 +772,71 @@ impl RawConfig {
             max_concurrent: usize::try_from(syn.max_concurrent).unwrap_or(4096),
             espeak,
             dashscope,
+            playback,
             log_level: self.log.level.clone(),
             raw: self,
         })
     }
+}
+
+fn validate_playback(
+    p: &PlaybackSection,
+) -> Result<crate::playback::PlaybackSettings, ConfigError> {
+    let device = p.device.trim();
+    if device.is_empty() {
+        return Err(invalid(
+            "playback.device",
+            "must not be empty (use \"default\")",
+        ));
+    }
+    let wav_path = non_empty(&p.wav_path).map(PathBuf::from);
+    if device == "wav" && wav_path.is_none() {
+        return Err(invalid(
+            "playback.device",
+            "is \"wav\" but playback.wav_path is not set",
+        ));
+    }
+    if !(8_000..=192_000).contains(&p.wav_sample_rate) {
+        return Err(invalid(
+            "playback.wav_sample_rate",
+            format!("{} is outside 8000..=192000", p.wav_sample_rate),
+        ));
+    }
+    if !(1..=2).contains(&p.wav_channels) {
+        return Err(invalid(
+            "playback.wav_channels",
+            format!("{} is outside 1..=2", p.wav_channels),
+        ));
+    }
+    let chime_file = non_empty(&p.chime).map(PathBuf::from);
+    if let Some(c) = &chime_file
+        && !c.is_file()
+    {
+        return Err(invalid(
+            "playback.chime",
+            format!("{} is not a readable file", c.display()),
+        ));
+    }
+    for (key, v) in [
+        ("playback.leading_silence_ms", p.leading_silence_ms),
+        ("playback.pause_ms", p.pause_ms),
+    ] {
+        if v > 5_000 {
+            return Err(invalid(key, format!("{v} is outside 0..=5000")));
+        }
+    }
+    Ok(crate::playback::PlaybackSettings {
+        default_device: device.to_owned(),
+        wav_path,
+        virtual_spec: crate::audio::AudioSpec {
+            sample_rate: p.wav_sample_rate,
+            channels: p.wav_channels,
+        },
+        chime_file,
+        chime_by_default: p.chime_by_default,
+        leading_silence: Duration::from_millis(p.leading_silence_ms),
+        pause: Duration::from_millis(p.pause_ms),
+    })
 }
 
 fn non_empty(s: &str) -> Option<String> {

@@ -72,6 +72,40 @@ enum Command {
     Say(Box<SayArgs>),
     /// List the daemon's voices.
     Voices(VoicesArgs),
+    /// List the output devices the daemon can play on.
+    Devices(TargetOnly),
+    /// Stop announcements playing or queued on a device.
+    Stop(StopArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum PriorityArg {
+    Important,
+    Message,
+    Text,
+    Notification,
+    Progress,
+}
+
+#[derive(clap::Args, Debug)]
+struct TargetOnly {
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct StopArgs {
+    /// Stop everything: the announcement playing and every queued one.
+    #[arg(long, conflicts_with = "id")]
+    all: bool,
+    /// Stop one announcement, playing or queued.
+    #[arg(long)]
+    id: Option<String>,
+    /// The device (default: the daemon's default device).
+    #[arg(long)]
+    device: Option<String>,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -172,6 +206,25 @@ struct SayArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
+    /// Play it on the daemon's output device (through its announcement queue) instead of
+    /// writing audio; waits until it has played and prints its events.
+    #[arg(long)]
+    play: bool,
+    /// With --play: priority class.
+    #[arg(long, value_enum, requires = "play")]
+    priority: Option<PriorityArg>,
+    /// With --play: output device (see `herald devices`).
+    #[arg(long, requires = "play")]
+    device: Option<String>,
+    /// With --play: play the chime first.
+    #[arg(long, requires = "play")]
+    chime: bool,
+    /// With --play: silence before the announcement, in ms.
+    #[arg(long, value_name = "MS", requires = "play")]
+    leading_silence: Option<u32>,
+    /// With --play: give up if it has not started after this many ms.
+    #[arg(long, value_name = "MS", requires = "play")]
+    expires_after: Option<u32>,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -228,6 +281,8 @@ fn main() -> ExitCode {
             Command::CheckConfig(args) => check_config(args),
             Command::Say(args) => say(*args).await,
             Command::Voices(args) => voices(args).await,
+            Command::Devices(args) => devices(args).await,
+            Command::Stop(args) => stop(args).await,
         }
     });
     // Do not wait for lingering blocking threads (an audio thread finishing a cancelled job).
@@ -299,6 +354,9 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
     } else {
         args.text.clone()
     };
+    if args.play {
+        return play(args, text).await;
+    }
     let to_stdout = match &args.output {
         Some(p) => p.as_os_str() == "-",
         None if std::io::stdout().is_terminal() => {
@@ -434,6 +492,154 @@ fn patch_wav_sizes(f: &mut std::fs::File, total_bytes: u64) -> std::io::Result<(
     f.seek(SeekFrom::Start(40))?;
     f.write_all(&data.to_le_bytes())?;
     f.seek(SeekFrom::End(0))?;
+    Ok(())
+}
+
+/// `herald say --play`: Speak, printing events to stderr; exit 0 once FINISHED, 1 otherwise.
+async fn play(args: SayArgs, text: String) -> Result<(), Failure> {
+    use pb::speak_event::Event as E;
+    let mut client = connect(args.target.clone()).await?;
+    let priority = match args.priority {
+        None => pb::Priority::Unspecified,
+        Some(PriorityArg::Important) => pb::Priority::Important,
+        Some(PriorityArg::Message) => pb::Priority::Message,
+        Some(PriorityArg::Text) => pb::Priority::Text,
+        Some(PriorityArg::Notification) => pb::Priority::Notification,
+        Some(PriorityArg::Progress) => pb::Priority::Progress,
+    };
+    let mut stream = client
+        .speak(pb::SpeakRequest {
+            text,
+            voice: args.voice.clone().unwrap_or_default(),
+            model: args.model.clone().unwrap_or_default(),
+            language: args.language.clone().unwrap_or_default(),
+            instructions: args.instructions.clone().unwrap_or_default(),
+            speed: args.speed.unwrap_or(0.0),
+            pitch: args.pitch.unwrap_or(0.0),
+            volume: args.volume.unwrap_or(0.0),
+            priority: priority as i32,
+            device: args.device.clone().unwrap_or_default(),
+            chime: if args.chime {
+                pb::Chime::Play
+            } else {
+                pb::Chime::Default
+            } as i32,
+            leading_silence_ms: args.leading_silence.unwrap_or(0),
+            expires_after_ms: args.expires_after.unwrap_or(0),
+            // The CLI waits for the announcement: Ctrl-C stops it.
+            cancel_on_disconnect: true,
+            id: String::new(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut err = std::io::stderr().lock();
+    while let Some(event) = stream.message().await.map_err(rpc_error)? {
+        let (text, done, ok) = match event.event {
+            Some(E::Queued(q)) => (
+                format!("queued on {} at position {}", q.device, q.position),
+                false,
+                true,
+            ),
+            Some(E::Started(_)) => ("started".to_owned(), false, true),
+            Some(E::Finished(f)) => (format!("finished after {} ms", f.played_ms), true, true),
+            Some(E::Interrupted(i)) => (
+                format!(
+                    "interrupted after {} ms{}",
+                    i.played_ms,
+                    if i.by_id.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" by {}", i.by_id)
+                    }
+                ),
+                true,
+                false,
+            ),
+            Some(E::Dropped(_)) => (
+                "dropped by the queue's priority rules".to_owned(),
+                true,
+                false,
+            ),
+            Some(E::Expired(_)) => ("expired before it could start".to_owned(), true, false),
+            Some(E::Failed(f)) => (format!("failed: {}", f.message), true, false),
+            None => continue,
+        };
+        if !args.quiet || !ok {
+            writeln!(err, "herald: {}: {text}", event.id)?;
+        }
+        if done {
+            return if ok {
+                Ok(())
+            } else {
+                Err(fail(
+                    1,
+                    anyhow::anyhow!("the announcement did not play to the end"),
+                ))
+            };
+        }
+    }
+    Err(fail(
+        1,
+        anyhow::anyhow!("the daemon ended the stream early"),
+    ))
+}
+
+async fn devices(args: TargetOnly) -> Result<(), Failure> {
+    let mut client = connect(args.target).await?;
+    let response = client
+        .list_output_devices(pb::ListOutputDevicesRequest {})
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "  {:<36} {:<24} {:<10} DESCRIPTION",
+        "DEVICE", "RATES", "CHANNELS"
+    )?;
+    for d in response.devices {
+        let list = |v: &[u32]| {
+            if v.is_empty() {
+                "-".to_owned()
+            } else {
+                v.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+            }
+        };
+        writeln!(
+            out,
+            "{} {:<36} {:<24} {:<10} {}",
+            if d.is_default { "*" } else { " " },
+            d.name,
+            list(&d.sample_rates_hz),
+            list(&d.channels),
+            d.description
+        )?;
+    }
+    Ok(())
+}
+
+async fn stop(args: StopArgs) -> Result<(), Failure> {
+    use pb::stop_speaking_request::Scope;
+    let mut client = connect(args.target).await?;
+    let scope = match (&args.id, args.all) {
+        (Some(_), _) => Scope::Id,
+        (None, true) => Scope::All,
+        (None, false) => Scope::Current,
+    };
+    let response = client
+        .stop_speaking(pb::StopSpeakingRequest {
+            scope: scope as i32,
+            id: args.id.unwrap_or_default(),
+            device: args.device.unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc_error)?
+        .into_inner();
+    let mut out = std::io::stdout().lock();
+    for id in response.stopped_ids {
+        writeln!(out, "{id}")?;
+    }
     Ok(())
 }
 

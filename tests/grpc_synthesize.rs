@@ -524,27 +524,73 @@ async fn speed_changes_duration_through_the_api() {
 }
 
 #[tokio::test]
-async fn playback_rpcs_answer_unimplemented_until_playback_lands() {
+async fn playback_rpcs_serve_the_null_device_with_espeak() {
+    use pb::speak_event::Event as E;
     let daemon = spawn_daemon().await;
     let mut client = daemon.client().await;
-    let s = client
+    let devices = client
         .list_output_devices(pb::ListOutputDevicesRequest {})
         .await
-        .expect_err("unimplemented");
-    assert_eq!(s.code(), Code::Unimplemented);
-    let s = client
-        .stop_speaking(pb::StopSpeakingRequest::default())
-        .await
-        .expect_err("unimplemented");
-    assert_eq!(s.code(), Code::Unimplemented);
-    let s = client
-        .speak(pb::SpeakRequest {
-            text: "hi".into(),
+        .expect("devices")
+        .into_inner()
+        .devices;
+    assert!(
+        devices.iter().any(|d| d.name == "default" && d.is_default),
+        "{devices:?}"
+    );
+    assert!(devices.iter().any(|d| d.name == "null"), "{devices:?}");
+    let stopped = client
+        .stop_speaking(pb::StopSpeakingRequest {
+            device: "null".into(),
             ..Default::default()
         })
         .await
-        .expect_err("unimplemented");
-    assert_eq!(s.code(), Code::Unimplemented);
+        .expect("stop")
+        .into_inner();
+    assert!(stopped.stopped_ids.is_empty());
+    let mut stream = client
+        .speak(pb::SpeakRequest {
+            text: "Hello.".into(),
+            device: "null".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("speak")
+        .into_inner();
+    let mut kinds = Vec::new();
+    while let Some(ev) = stream.message().await.expect("event") {
+        let e = ev.event.expect("event");
+        let done = matches!(e, E::Finished(_) | E::Failed(_));
+        kinds.push(e);
+        if done {
+            break;
+        }
+    }
+    assert!(matches!(kinds[0], E::Queued(_)), "{kinds:?}");
+    assert!(matches!(kinds[1], E::Started(_)), "{kinds:?}");
+    let Some(E::Finished(f)) = kinds.last() else {
+        panic!("{kinds:?}")
+    };
+    assert!(
+        f.played_ms > 300,
+        "espeak-ng said something: {} ms",
+        f.played_ms
+    );
+    let bad = client
+        .speak(pb::SpeakRequest {
+            text: "Hello.".into(),
+            device: "null".into(),
+            leading_silence_ms: 6000,
+            ..Default::default()
+        })
+        .await
+        .expect_err("bad leading silence");
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(
+        bad.message().starts_with("leading_silence_ms"),
+        "{}",
+        bad.message()
+    );
 }
 
 #[tokio::test]

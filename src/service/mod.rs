@@ -6,6 +6,7 @@
 //! every in-flight job, and waits for connections to close within the grace period. Engines are
 //! built by [`Daemon::from_config`]. This module owns no audio and no engine logic.
 
+mod speak;
 pub mod speech;
 pub mod status;
 
@@ -30,6 +31,7 @@ use crate::{
         espeak::{self, Espeak, EspeakConfig},
     },
     pb::{self, speech_server::SpeechServer},
+    playback::{PipelineSource, Playback, PlaybackSettings, Registry},
 };
 pub use speech::{Settings, SpeechService};
 
@@ -223,14 +225,36 @@ impl Daemon {
             max_text_chars: config.max_text_chars,
             max_concurrent: config.max_concurrent,
         };
-        Ok(Self::new(engines, settings, config.shutdown_grace))
+        Ok(Self::with_playback(
+            engines,
+            settings,
+            config.playback.clone(),
+            config.shutdown_grace,
+        ))
     }
 
-    /// A daemon over explicit engines and settings (tests, embedding).
+    /// A daemon over explicit engines and settings, with default playback settings (tests,
+    /// embedding).
     pub fn new(engines: Engines, settings: Settings, grace: Duration) -> Self {
+        Self::with_playback(engines, settings, PlaybackSettings::default(), grace)
+    }
+
+    /// A daemon over explicit engines, settings and playback settings.
+    pub fn with_playback(
+        engines: Engines,
+        settings: Settings,
+        playback: PlaybackSettings,
+        grace: Duration,
+    ) -> Self {
         let jobs = CancellationToken::new();
+        let playback = Arc::new(Playback::new(
+            playback.clone(),
+            Arc::new(Registry::new(playback)),
+            Arc::new(PipelineSource),
+            jobs.clone(),
+        ));
         Self {
-            service: SpeechService::new(engines, settings, jobs.clone()),
+            service: SpeechService::new(engines, settings, playback, jobs.clone()),
             jobs,
             grace,
         }

@@ -18,6 +18,7 @@ use crate::{
     engine::{Engines, SynthesisRequest},
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
     pipeline::{self, ChunkSink, Job},
+    playback::{Announcement, Playback},
     service::status,
 };
 
@@ -68,6 +69,8 @@ pub struct SpeechService {
 struct Inner {
     engines: Engines,
     settings: Settings,
+    /// Local playback: the announcement queues.
+    playback: Arc<Playback>,
     /// One permit per running Synthesize stream.
     running: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown; every job runs under a child token.
@@ -84,13 +87,19 @@ struct Validated {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl SpeechService {
-    /// A service over `engines`; jobs are cancelled when `root` is.
-    pub fn new(engines: Engines, settings: Settings, root: CancellationToken) -> Self {
+    /// A service over `engines` and `playback`; jobs are cancelled when `root` is.
+    pub fn new(
+        engines: Engines,
+        settings: Settings,
+        playback: Arc<Playback>,
+        root: CancellationToken,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 running: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
                 engines,
                 settings,
+                playback,
                 root,
             }),
         }
@@ -613,29 +622,118 @@ impl pb::speech_server::Speech for SpeechService {
 
     async fn speak(
         &self,
-        _request: Request<pb::SpeakRequest>,
+        request: Request<pb::SpeakRequest>,
     ) -> Result<Response<Self::SpeakStream>, Status> {
-        Err(Status::unimplemented(
-            "Speak: local playback is not available in this version of herald",
-        ))
+        let req = request.into_inner();
+        let playback = Arc::clone(&self.inner.playback);
+        let device = playback
+            .resolve(&req.device)
+            .map_err(|m| invalid(format!("device: {m}")))?;
+        let speak = super::speak::validate(&req, playback.settings())?;
+        let Validated { job, .. } = self.validate(pb::SynthesizeRequest {
+            text: req.text,
+            voice: req.voice,
+            model: req.model,
+            language: req.language,
+            instructions: req.instructions,
+            speed: req.speed,
+            pitch: req.pitch,
+            ..Default::default()
+        })?;
+        let (events_tx, mut events) = mpsc::unbounded_channel();
+        let id = speak.id.clone();
+        playback
+            .enqueue(
+                &device,
+                Announcement {
+                    id: speak.id,
+                    priority: speak.priority,
+                    request: job.request,
+                    engine: job.engine,
+                    volume: speak.volume,
+                    chime: speak.chime,
+                    leading_silence: speak.leading_silence,
+                    expires_at: speak.expires_at,
+                    events: events_tx,
+                },
+            )
+            .map_err(|e| {
+                Status::failed_precondition(format!("device: no usable output device: {e}"))
+            })?;
+        tracing::debug!(%id, %device, "speak queued");
+        let (tx, rx) = mpsc::channel(8);
+        let cancel_on_disconnect = req.cancel_on_disconnect;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    report = events.recv() => {
+                        let Some(report) = report else { return };
+                        let last = report.event.is_final();
+                        if tx.send(Ok(super::speak::event_to_pb(report))).await.is_err() && !last {
+                            if cancel_on_disconnect {
+                                playback.stop(&device, crate::playback::StopScope::Id(id.clone())).await;
+                            }
+                            return;
+                        }
+                        if last {
+                            return;
+                        }
+                    }
+                    () = tx.closed() => {
+                        if cancel_on_disconnect {
+                            tracing::debug!(%id, "speak client left; cancelling its announcement");
+                            playback.stop(&device, crate::playback::StopScope::Id(id.clone())).await;
+                        }
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn stop_speaking(
         &self,
-        _request: Request<pb::StopSpeakingRequest>,
+        request: Request<pb::StopSpeakingRequest>,
     ) -> Result<Response<pb::StopSpeakingResponse>, Status> {
-        Err(Status::unimplemented(
-            "StopSpeaking: local playback is not available in this version of herald",
-        ))
+        let req = request.into_inner();
+        let playback = &self.inner.playback;
+        let device = playback
+            .resolve(&req.device)
+            .map_err(|m| invalid(format!("device: {m}")))?;
+        let scope = super::speak::stop_scope(&req)?;
+        let stopped_ids = playback.stop(&device, scope).await;
+        Ok(Response::new(pb::StopSpeakingResponse { stopped_ids }))
     }
 
     async fn list_output_devices(
         &self,
         _request: Request<pb::ListOutputDevicesRequest>,
     ) -> Result<Response<pb::ListOutputDevicesResponse>, Status> {
-        Err(Status::unimplemented(
-            "ListOutputDevices: local playback is not available in this version of herald",
-        ))
+        let (list, default) = self.inner.playback.devices();
+        let mut devices: Vec<pb::OutputDevice> = list
+            .into_iter()
+            .map(|d| pb::OutputDevice {
+                is_default: d.name == default,
+                name: d.name,
+                description: d.description,
+                sample_rates_hz: d.sample_rates,
+                channels: d.channels,
+            })
+            .collect();
+        if !devices.iter().any(|d| d.name == "default") {
+            devices.insert(
+                0,
+                pb::OutputDevice {
+                    name: "default".to_owned(),
+                    description: "The system's default output device".to_owned(),
+                    is_default: default == "default",
+                    sample_rates_hz: Vec::new(),
+                    channels: Vec::new(),
+                },
+            );
+        }
+        Ok(Response::new(pb::ListOutputDevicesResponse { devices }))
     }
 }
 

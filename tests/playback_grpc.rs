@@ -1,0 +1,312 @@
+//! Speak / StopSpeaking / ListOutputDevices through gRPC, with the real pipeline and the `wav`
+//! device (which plays at real time and writes exactly what a speaker would have sounded).
+//! Audio comes from the fake DashScope server: a tone whose frequency the text picks
+//! (`@880Hz ...`), 40 ms per character.
+
+#[path = "support/dashscope.rs"]
+mod dashscope;
+mod support;
+
+use std::{path::PathBuf, time::Duration};
+
+use dashscope::FakeDashScope;
+use herald::pb::{self, speak_event::Event as E};
+use support::*;
+use tonic::{Code, Streaming};
+
+const KEY: &str = "sk-playback-test-0123456789";
+const RATE: u32 = 16000;
+
+struct Setup {
+    _double: FakeDashScope,
+    daemon: TestDaemon,
+    wav: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup(extra: &str) -> Setup {
+    let double = FakeDashScope::start(KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("played.wav");
+    let toml = format!(
+        "[playback]\ndevice = \"wav\"\nwav_path = \"{}\"\nwav_sample_rate = {RATE}\npause_ms = 100\n{extra}",
+        wav.display()
+    );
+    let daemon = spawn_daemon_config(
+        &toml,
+        &[
+            ("DASHSCOPE_API_KEY", KEY),
+            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
+        ],
+    )
+    .await;
+    Setup {
+        _double: double,
+        daemon,
+        wav,
+        _dir: dir,
+    }
+}
+
+fn speak(id: &str, text: &str, priority: pb::Priority) -> pb::SpeakRequest {
+    pb::SpeakRequest {
+        text: text.to_owned(),
+        model: "qwen3-tts-flash".to_owned(),
+        voice: "Cherry".to_owned(),
+        priority: priority as i32,
+        id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Events until the final one.
+async fn events(stream: &mut Streaming<pb::SpeakEvent>) -> Vec<E> {
+    let mut out = Vec::new();
+    while let Some(ev) = stream.message().await.expect("event") {
+        let e = ev.event.expect("event set");
+        let last = !matches!(e, E::Queued(_) | E::Started(_));
+        out.push(e);
+        if last {
+            break;
+        }
+    }
+    out
+}
+
+async fn until_started(stream: &mut Streaming<pb::SpeakEvent>) {
+    loop {
+        match stream.message().await.unwrap().unwrap().event.unwrap() {
+            E::Started(_) => return,
+            E::Queued(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// The samples the wav device has written so far (mono s16 at RATE), sizes in the header
+/// ignored.
+fn played(wav: &PathBuf) -> Vec<f32> {
+    let bytes = std::fs::read(wav).unwrap();
+    s16_to_f32(&bytes[44..])
+}
+
+/// Non-silent runs (start, len) in frames; silences shorter than 5 ms join runs.
+fn segments(x: &[f32]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let min_gap = (RATE / 200) as usize;
+    while i < x.len() {
+        if x[i].abs() < 1e-4 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut quiet = 0;
+        while i < x.len() && quiet < min_gap {
+            quiet = if x[i].abs() < 1e-4 { quiet + 1 } else { 0 };
+            i += 1;
+        }
+        out.push((start, i - quiet - start));
+    }
+    out
+}
+
+fn ms(frames: usize) -> f64 {
+    frames as f64 * 1000.0 / f64::from(RATE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_plays_whole_with_leading_silence_and_chime() {
+    let s = setup("").await;
+    let mut client = s.daemon.client().await;
+    // 20 characters: 800 ms of 440 Hz.
+    let mut req = speak("a1", "@440Hz one two three", pb::Priority::Message);
+    req.leading_silence_ms = 300;
+    req.chime = pb::Chime::Play as i32;
+    let mut stream = client.speak(req).await.unwrap().into_inner();
+    let ev = events(&mut stream).await;
+    assert!(
+        matches!(ev[0], E::Queued(ref q) if q.position == 0 && q.device == "wav"),
+        "{ev:?}"
+    );
+    assert!(matches!(ev[1], E::Started(_)));
+    let E::Finished(f) = &ev[2] else {
+        panic!("{ev:?}")
+    };
+    // leading silence + chime (160 + 240 + 120 ms) + speech
+    assert_eq!(f.played_ms, 300 + 520 + 800);
+    let x = played(&s.wav);
+    assert_eq!(
+        x.len(),
+        (RATE as u64 * f.played_ms / 1000) as usize,
+        "all of it reached the device"
+    );
+    let first = x.iter().position(|v| v.abs() > 1e-4).unwrap();
+    assert!(
+        (ms(first) - 300.0).abs() <= 1.0,
+        "leading silence {} ms",
+        ms(first)
+    );
+    let chime = &x[first..first + (RATE as usize * 150 / 1000)];
+    assert!(
+        (peak_frequency(chime, RATE) - 880.0).abs() < 8.0,
+        "the chime comes first"
+    );
+    let speech = &x[x.len() - RATE as usize * 800 / 1000..];
+    assert!((peak_frequency(speech, RATE) - 440.0).abs() <= 1.5);
+    let tail = &x[x.len() - RATE as usize / 20..];
+    assert!(rms(tail) > 0.2, "the last 50 ms are there");
+    s.daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn important_interrupts_a_message_and_the_queue_goes_on() {
+    let s = setup("").await;
+    let mut client = s.daemon.client().await;
+    // 2.4 s of 440 Hz.
+    let mut m = client
+        .speak(speak(
+            "m",
+            "@440Hz a message that is long enough to be cut.",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until_started(&mut m).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut i = client
+        .speak(speak("i", "@880Hz urgent", pb::Priority::Important))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut n = client
+        .speak(speak("n", "@660Hz fyi", pb::Priority::Notification))
+        .await
+        .unwrap()
+        .into_inner();
+    let ev = events(&mut m).await;
+    let Some(E::Interrupted(cut)) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(cut.by_id, "i");
+    assert!(
+        (500..=900).contains(&cut.played_ms),
+        "cut after {} ms",
+        cut.played_ms
+    );
+    assert!(
+        matches!(events(&mut n).await.last(), Some(E::Dropped(_))),
+        "NOTIFICATION dropped while busy"
+    );
+    assert!(matches!(events(&mut i).await.last(), Some(E::Finished(_))));
+    let x = played(&s.wav);
+    let seg = segments(&x);
+    assert_eq!(seg.len(), 2, "{seg:?}");
+    let (a, b) = (seg[0], seg[1]);
+    assert!(
+        (ms(a.1) - cut.played_ms as f64).abs() <= 60.0,
+        "{} vs {}",
+        ms(a.1),
+        cut.played_ms
+    );
+    assert!((peak_frequency(&x[a.0..a.0 + a.1], RATE) - 440.0).abs() < 3.0);
+    assert!(
+        (ms(b.1) - 13.0 * 40.0).abs() <= 1.0,
+        "the IMPORTANT one whole: {} ms",
+        ms(b.1)
+    );
+    assert!((peak_frequency(&x[b.0..b.0 + b.1], RATE) - 880.0).abs() < 3.0);
+    s.daemon.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_stop_and_disconnects() {
+    let s = setup("").await;
+    let mut client = s.daemon.client().await;
+    let devices = client
+        .list_output_devices(pb::ListOutputDevicesRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .devices;
+    let wav = devices
+        .iter()
+        .find(|d| d.name == "wav")
+        .expect("wav listed");
+    assert!(wav.is_default);
+    assert_eq!(wav.sample_rates_hz, vec![RATE]);
+    assert!(devices.iter().any(|d| d.name == "null"));
+    // Unknown device: INVALID_ARGUMENT listing the known ones.
+    let mut bad = speak("x", "@440Hz hi", pb::Priority::Message);
+    bad.device = "alsa:nope".into();
+    let status = client.speak(bad).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert!(
+        status.message().starts_with("device:") && status.message().contains("wav"),
+        "{}",
+        status.message()
+    );
+
+    // A client that hangs up does not cancel its announcement by default...
+    let mut keep = client
+        .speak(speak(
+            "keep",
+            "@440Hz plays on after the hangup",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until_started(&mut keep).await;
+    drop(keep);
+    // ...unless it asked to.
+    let mut req = speak(
+        "gone",
+        "@550Hz cancelled with its client",
+        pb::Priority::Message,
+    );
+    req.cancel_on_disconnect = true;
+    let mut gone = client.speak(req).await.unwrap().into_inner();
+    assert!(matches!(
+        gone.message().await.unwrap().unwrap().event,
+        Some(E::Queued(_))
+    ));
+    drop(gone);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut queued = client
+        .speak(speak("q", "@660Hz queued", pb::Priority::Message))
+        .await
+        .unwrap()
+        .into_inner();
+    // StopSpeaking ALL: "keep" (still playing, 1.3 s) and "q"; "gone" was already removed.
+    let mut stopped = client
+        .stop_speaking(pb::StopSpeakingRequest {
+            scope: pb::stop_speaking_request::Scope::All as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .stopped_ids;
+    stopped.sort();
+    assert_eq!(stopped, vec!["keep", "q"]);
+    assert!(matches!(
+        events(&mut queued).await.last(),
+        Some(E::Dropped(_))
+    ));
+    let status = client
+        .stop_speaking(pb::StopSpeakingRequest {
+            scope: pb::stop_speaking_request::Scope::Id as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(status.message().starts_with("id:"), "{}", status.message());
+    // Only "keep" ever sounded.
+    let x = played(&s.wav);
+    let seg = segments(&x);
+    assert_eq!(seg.len(), 1, "{seg:?}");
+    assert!((peak_frequency(&x[seg[0].0..seg[0].0 + seg[0].1], RATE) - 440.0).abs() < 3.0);
+    s.daemon.stop().await.unwrap();
+}
