@@ -190,3 +190,46 @@ fn the_unix_socket_has_mode_0660() {
     assert_eq!(mode, 0o660, "{mode:o}");
     assert!(server.terminate().success());
 }
+
+#[test]
+fn say_play_devices_and_stop() {
+    let mut server = ServeProcess::start(&[]);
+    let out = herald()
+        .args(["devices", "--socket"])
+        .arg(&server.socket)
+        .output()
+        .expect("run devices");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let listing = String::from_utf8_lossy(&out.stdout);
+    assert!(listing.contains("null"), "{listing}");
+    assert!(listing.contains("* default"), "the default is marked: {listing}");
+
+    let out = herald()
+        .args(["say", "--play", "--device", "null", "--priority", "important", "--socket"])
+        .arg(&server.socket)
+        .arg("Played on the null device.")
+        .output()
+        .expect("run say --play");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("queued on null"), "{stderr}");
+    assert!(stderr.contains("finished after"), "{stderr}");
+
+    let out = herald()
+        .args(["say", "--play", "--device", "nowhere", "--socket"])
+        .arg(&server.socket)
+        .arg("Hi.")
+        .output()
+        .expect("run say --play");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown device"), "{stderr}");
+
+    let out = herald()
+        .args(["stop", "--all", "--device", "null", "--socket"])
+        .arg(&server.socket)
+        .output()
+        .expect("run stop");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(server.terminate().success());
+}
