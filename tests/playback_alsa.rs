@@ -9,7 +9,7 @@ mod alsa;
 use std::{f32::consts::TAU, time::Duration};
 
 use herald::playback::{
-    Sink,
+    PlaybackSettings, Registry, Sink, SinkFactory,
     cpal_sink::{self, COMMON_RATES, CpalSink},
 };
 use rustfft::{FftPlanner, num_complex::Complex};
@@ -80,6 +80,11 @@ fn a_discard_drops_what_has_not_played() {
 #[test]
 fn a_device_without_f32_gets_i16() {
     alsa::run("sandboxed::a_device_without_f32_gets_i16");
+}
+
+#[test]
+fn a_device_failing_mid_play_fails_the_write_and_reopens() {
+    alsa::run("sandboxed::a_device_failing_mid_play_fails_the_write_and_reopens");
 }
 
 #[test]
@@ -199,6 +204,17 @@ mod sandboxed {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), devices.len(), "names are unique");
+
+        // Through herald's registry, next to its own devices.
+        let registry = Registry::new(PlaybackSettings::default());
+        let listed = registry.list();
+        assert!(listed.iter().any(|d| d.name == "alsa:tofile"));
+        assert!(listed.iter().any(|d| d.name == "null"));
+        let sink = registry
+            .open("alsa:tofile")
+            .expect("open through the registry");
+        assert_eq!((sink.spec().sample_rate, sink.spec().channels), (RATE, 2));
+        assert_eq!(sink.name(), "alsa:tofile");
     }
 
     #[tokio::test]
@@ -372,6 +388,42 @@ mod sandboxed {
         assert!(played == strip_silence(&expected), "the i16 audio differs");
         let left: Vec<f32> = played.iter().step_by(2).map(|&s| f32::from(s)).collect();
         assert_eq!(dominant_frequency(&left), 440);
+    }
+
+    #[tokio::test]
+    #[ignore = "runs in a child process inside an ALSA sandbox"]
+    async fn a_device_failing_mid_play_fails_the_write_and_reopens() {
+        let Some(_sandbox) = sandbox() else { return };
+        let mut sink = cpal_sink::open("alsa:tofull").expect("open alsa:tofull");
+        let audio = tone(440.0, RATE as usize);
+        let mut failure = None;
+        for block in audio.chunks(BLOCK * 2).cycle().take(250) {
+            if let Err(e) = sink.write(block).await {
+                failure = Some(e);
+                break;
+            }
+        }
+        let e = failure.expect("a write fails once the device has failed");
+        println!("{e}; {:?}", sink.stats());
+        assert_eq!(e.device, "alsa:tofull");
+        assert!(e.reason.starts_with("the device failed: "), "{e}");
+        // The failed stream was released; the next write opens the device again (and this
+        // one fails again, later).
+        assert_eq!(sink.stats().streams, 1);
+        sink.write(&audio[..BLOCK * 2])
+            .await
+            .expect("write after reopening");
+        assert_eq!(sink.stats().streams, 2);
+        drop(sink);
+        // Or, what herald does: open it anew.
+        let sink = cpal_sink::open("alsa:tofull").expect("reopen alsa:tofull");
+        assert_eq!(
+            sink.spec(),
+            herald::audio::AudioSpec {
+                sample_rate: RATE,
+                channels: 2
+            }
+        );
     }
 
     #[tokio::test]

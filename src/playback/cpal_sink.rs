@@ -15,8 +15,8 @@
 //! - underruns (callbacks that had to pad with silence while audio was expected) are counted;
 //! - an interruption ([`Sink::discard`]) stores the producer's write position, and the callback
 //!   throws away everything before it the next time it runs;
-//! - a stream error is stored as a code, and the next `write` or `drain` fails with it, so
-//!   herald fails the announcement and reopens the device.
+//! - a stream error is stored as a code, and the next `write` or `drain` fails with it (and
+//!   closes the broken stream), so herald fails the announcement and reopens the device.
 //!
 //! Since the callback cannot wake the producer without a lock, a full ring is waited out with
 //! `tokio::time::sleep` sized to the time the device needs to make the missing room.
@@ -141,7 +141,7 @@ pub fn open(name: &str) -> Result<CpalSink, SinkError> {
     let device = find_device(name)?;
     let ranges: Vec<_> = device
         .supported_output_configs()
-        .map_err(|e| SinkError::new(name, format!("cannot query the device: {e}")))?
+        .map_err(|e| SinkError::new(name, format!("cannot open the device: {e}")))?
         .collect();
     let default_rate = device.default_output_config().ok().map(|c| c.sample_rate());
     let (config, format) = choose_config(&ranges, default_rate).ok_or_else(|| {
@@ -461,7 +461,8 @@ pub struct CpalSink {
     format: SampleFormat,
     spec: AudioSpec,
     counters: Arc<Counters>,
-    /// `None` once released by a pause on a device that cannot pause.
+    /// `None` once released (by a pause on a device that cannot pause, or after the stream
+    /// failed) until the next write opens the device again.
     live: Option<Live>,
     /// `play` was called since the last pause.
     started: bool,
@@ -586,25 +587,35 @@ impl CpalSink {
         )
     }
 
-    /// The open stream, reopened if a pause released it; fails if the stream reported an error.
+    /// The open stream, reopened if it was released.
     fn live(&mut self) -> Result<&mut Live, SinkError> {
-        if self.live.is_none() {
-            self.live = Some(self.build()?);
-        }
-        self.check_error()?;
-        self.live
-            .as_mut()
-            .ok_or_else(|| SinkError::new(&self.name, "no stream"))
+        let live = match self.live.take() {
+            Some(live) => live,
+            None => self.build()?,
+        };
+        Ok(self.live.insert(live))
     }
 
-    fn check_error(&self) -> Result<(), SinkError> {
-        match self
+    /// Fail if the stream reported an error. The failed stream is released, so a broken device
+    /// does not keep its thread busy; the next write opens the device again.
+    async fn check_failed(&mut self) -> Result<(), SinkError> {
+        let code = self
             .live
             .as_ref()
-            .map(|l| l.shared.error.load(Ordering::Acquire))
-        {
-            None | Some(0) => Ok(()),
-            Some(code) => Err(self.err(format!("the device failed: {}", error_kind(code)))),
+            .map_or(0, |l| l.shared.error.load(Ordering::Acquire));
+        if code == 0 {
+            return Ok(());
+        }
+        self.release().await;
+        Err(self.err(format!("the device failed: {}", error_kind(code))))
+    }
+
+    /// Close the stream (the device is free until the next write).
+    async fn release(&mut self) {
+        self.started = false;
+        if let Some(live) = self.live.take() {
+            // Dropping a stream joins its thread: not on the runtime's workers.
+            let _ = tokio::task::spawn_blocking(move || drop(live)).await;
         }
     }
 
@@ -641,6 +652,7 @@ impl Sink for CpalSink {
         let stall = RING + STALL_GRACE;
         let mut progress = (0, Instant::now());
         loop {
+            self.check_failed().await?;
             let started = self.started;
             let live = self.live()?;
             let free = live.ring.slots();
@@ -678,7 +690,7 @@ impl Sink for CpalSink {
     }
 
     async fn drain(&mut self) -> Result<(), SinkError> {
-        self.check_error()?;
+        self.check_failed().await?;
         let Some(live) = self.live.as_ref() else {
             return Ok(());
         };
@@ -702,7 +714,7 @@ impl Sink for CpalSink {
             if occupied == 0 {
                 break;
             }
-            self.check_error()?;
+            self.check_failed().await?;
             if Instant::now() >= deadline {
                 return Err(self.err(format!(
                     "the device stopped playing ({:.0} ms of audio still queued)",
@@ -717,7 +729,7 @@ impl Sink for CpalSink {
             let latency = Duration::from_nanos(live.shared.latency_ns.load(Ordering::Relaxed));
             tokio::time::sleep(live.period + latency.min(MAX_LATENCY)).await;
         }
-        self.check_error()
+        self.check_failed().await
     }
 
     fn discard(&mut self) -> usize {
@@ -751,10 +763,8 @@ impl Sink for CpalSink {
         live.shared.playing.store(false, Ordering::Relaxed);
         if live.ever_played && live.stream.pause().is_err() {
             // The device cannot pause (ALSA's null and file plugins): release it, so an
-            // unpaced device does not spin while idle; the next write reopens it. Dropping a
-            // stream joins its thread, so off the runtime's workers.
-            let live = self.live.take();
-            let _ = tokio::task::spawn_blocking(move || drop(live)).await;
+            // unpaced device does not spin while idle; the next write reopens it.
+            self.release().await;
         }
         Ok(())
     }
@@ -785,7 +795,7 @@ mod tests {
     #[test]
     fn the_callback_plays_the_ring_then_silence_and_counts_underruns_while_playing() {
         let (mut tx, mut feeder) = feeder(16, 2);
-        tx.push_partial_slice(&[0.1, 0.2, 0.3, 0.4]);
+        tx.push_entire_slice(&[0.1, 0.2, 0.3, 0.4]).unwrap();
         let mut out = [9.0f32; 6];
         feeder.fill(&mut out);
         assert_eq!(out, [0.1, 0.2, 0.3, 0.4, 0.0, 0.0]);
@@ -803,7 +813,7 @@ mod tests {
     #[test]
     fn the_callback_takes_whole_frames_only() {
         let (mut tx, mut feeder) = feeder(16, 2);
-        tx.push_partial_slice(&[0.1, 0.2, 0.3]);
+        tx.push_entire_slice(&[0.1, 0.2, 0.3]).unwrap();
         let mut out = [9.0f32; 4];
         feeder.fill(&mut out);
         assert_eq!(out, [0.1, 0.2, 0.0, 0.0]);
@@ -812,13 +822,13 @@ mod tests {
     #[test]
     fn a_discard_drops_only_what_was_queued_before_it() {
         let (mut tx, mut feeder) = feeder(16, 1);
-        tx.push_partial_slice(&[0.1, 0.2, 0.3]);
+        tx.push_entire_slice(&[0.1, 0.2, 0.3]).unwrap();
         let mut out = [9.0f32; 1];
         feeder.fill(&mut out);
         assert_eq!(out, [0.1]);
         // Discard at write position 3; 0.4 and 0.5 come after it.
         feeder.shared.discard_until.store(3, Ordering::Release);
-        tx.push_partial_slice(&[0.4, 0.5]);
+        tx.push_entire_slice(&[0.4, 0.5]).unwrap();
         let mut out = [9.0f32; 3];
         feeder.fill(&mut out);
         assert_eq!(out, [0.4, 0.5, 0.0]);
@@ -828,7 +838,8 @@ mod tests {
     #[test]
     fn integer_formats_are_scaled_and_clamped() {
         let (mut tx, mut feeder) = feeder(16, 1);
-        tx.push_partial_slice(&[0.0, 0.5, -1.0, 2.0, f32::NAN]);
+        tx.push_entire_slice(&[0.0, 0.5, -1.0, 2.0, f32::NAN])
+            .unwrap();
         let mut out = [7i16; 6];
         feeder.fill(&mut out);
         assert_eq!(out, [0, 16384, -32767, 32767, 0, 0]);

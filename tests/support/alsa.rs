@@ -6,7 +6,9 @@
 //! - `default` (the default PCM) → `default.raw`;
 //! - `tofile` (hinted, so cpal lists it as `alsa:tofile`) → `tofile.raw`;
 //! - `tofile16` (hinted; behind a `linear` plugin so it offers integer formats only, and
-//!   herald falls back to `i16`) → `tofile16.raw`.
+//!   herald falls back to `i16`) → `tofile16.raw`;
+//! - `tofull` (hinted) → `/dev/full`: its writes fail (`EIO` from alsa-lib), a device that
+//!   breaks mid-play.
 //!
 //! The files are not truncated (`truncate false`): a PCM opened again (herald reopens a device
 //! that cannot pause at its next write) writes to `<file>.0001`, `<file>.0002`, …, which
@@ -82,9 +84,17 @@ pcm.tofile {{
     truncate false
     hint {{ show on description "herald test sink" }}
 }}
+pcm.tofull {{
+    type file
+    slave.pcm "null"
+    file "/dev/full"
+    format "raw"
+    hint {{ show on description "herald test sink that fails (writes to /dev/full)" }}
+}}
 pcm.herald_int_only {{
     type linear
     slave {{ pcm "null" format S16_LE }}
+    hint {{ show off }}
 }}
 pcm.tofile16 {{
     type file
@@ -135,8 +145,14 @@ pub fn run(name: &str) {
         .expect("run the test binary");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    // Shown with --nocapture (the numbers the child measured), and on failure.
-    println!("--- {name} in the ALSA sandbox: stdout ---\n{stdout}--- stderr ---\n{stderr}");
+    // Shown with --nocapture (the numbers the child measured), and on failure; alsa-lib's
+    // complaints on stderr can be long, so only their end.
+    let tail = stderr
+        .char_indices()
+        .rev()
+        .nth(4000)
+        .map_or(&*stderr, |(i, _)| &stderr[i..]);
+    println!("--- {name} in the ALSA sandbox: stdout ---\n{stdout}--- stderr (end) ---\n{tail}");
     assert!(output.status.success(), "{name} failed in the ALSA sandbox");
     assert!(
         stdout.contains("1 passed"),
