@@ -199,13 +199,28 @@ fn say_play_devices_and_stop() {
         .arg(&server.socket)
         .output()
         .expect("run devices");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let listing = String::from_utf8_lossy(&out.stdout);
     assert!(listing.contains("null"), "{listing}");
-    assert!(listing.contains("* default"), "the default is marked: {listing}");
+    assert!(
+        listing.contains("* default"),
+        "the default is marked: {listing}"
+    );
 
     let out = herald()
-        .args(["say", "--play", "--device", "null", "--priority", "important", "--socket"])
+        .args([
+            "say",
+            "--play",
+            "--device",
+            "null",
+            "--priority",
+            "important",
+            "--socket",
+        ])
         .arg(&server.socket)
         .arg("Played on the null device.")
         .output()
@@ -230,6 +245,10 @@ fn say_play_devices_and_stop() {
         .arg(&server.socket)
         .output()
         .expect("run stop");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(server.terminate().success());
 }
