@@ -541,7 +541,16 @@ impl CpalSink {
         }
         .map_err(|e| self.err(format!("cannot open an output stream: {e}")))?;
         self.counters.streams.fetch_add(1, Ordering::Relaxed);
-        let period = stream.buffer_size().map_or(MAX_WAIT, |frames| {
+        let buffer_frames = stream.buffer_size().ok();
+        tracing::debug!(
+            device = %self.device_id,
+            rate = self.spec.sample_rate,
+            channels = self.spec.channels,
+            format = self.sample_format(),
+            ?buffer_frames,
+            "output stream opened"
+        );
+        let period = buffer_frames.map_or(MAX_WAIT, |frames| {
             Duration::from_secs_f64(f64::from(frames) / f64::from(self.spec.sample_rate))
         });
         Ok(Live {
@@ -682,9 +691,15 @@ impl Sink for CpalSink {
                     stall.as_secs_f32()
                 )));
             }
-            let want = rest.len().min(live.capacity() / 2);
-            let missing = want.saturating_sub(live.ring.slots());
-            let wait = self.samples_to_duration(missing).clamp(MIN_WAIT, MAX_WAIT);
+            let wait = if live.shared.discard_until.load(Ordering::Acquire) > popped {
+                // A discard is pending: the callback frees the ring the next time it runs,
+                // within one device period, not at the pace of playback.
+                live.period.clamp(MIN_WAIT, MAX_WAIT)
+            } else {
+                let want = rest.len().min(live.capacity() / 2);
+                let missing = want.saturating_sub(live.ring.slots());
+                self.samples_to_duration(missing).clamp(MIN_WAIT, MAX_WAIT)
+            };
             tokio::time::sleep(wait).await;
         }
     }

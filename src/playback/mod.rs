@@ -777,6 +777,10 @@ impl DeviceTask {
     /// else is queued, so a cut is never glued to the next announcement.
     async fn interrupt(&mut self, by: String) -> Result<(), SinkError> {
         let dropped = self.sink.discard() as u64;
+        // What comes next (usually the interrupting announcement, which has just arrived)
+        // synthesizes during the pause, so the gap is the pause, not the pause plus upstream's
+        // time to first audio.
+        self.prepare_next();
         if let Some(p) = self.current.take() {
             let rate = u64::from(self.sink.spec().sample_rate);
             let played_ms = p.frames.saturating_sub(dropped) * 1000 / rate;

@@ -428,3 +428,123 @@ async fn stop_speaking_scopes() {
         Vec::<String>::new()
     );
 }
+
+/// Opens capture sinks; the first one breaks once `fail_after` frames have been written to it.
+struct Breaking {
+    fail_after: usize,
+    opened: Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>,
+}
+
+struct BreakingSink {
+    inner: Box<dyn Sink>,
+    left: Option<usize>,
+}
+
+#[async_trait::async_trait]
+impl Sink for BreakingSink {
+    fn name(&self) -> &str {
+        "capture"
+    }
+    fn spec(&self) -> AudioSpec {
+        self.inner.spec()
+    }
+    async fn write(&mut self, samples: &[f32]) -> Result<(), SinkError> {
+        if let Some(left) = &mut self.left {
+            if *left < samples.len() {
+                return Err(SinkError::new("capture", "the device went away"));
+            }
+            *left -= samples.len();
+        }
+        self.inner.write(samples).await
+    }
+    async fn drain(&mut self) -> Result<(), SinkError> {
+        self.inner.drain().await
+    }
+}
+
+impl SinkFactory for Breaking {
+    fn list(&self) -> Vec<DeviceInfo> {
+        Capture(Arc::default()).list()
+    }
+    fn open(&self, _name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        let (sink, captured) = sink::ClockedSink::capture(SPEC);
+        let mut opened = self.opened.lock().unwrap();
+        let left = opened.is_empty().then_some(self.fail_after);
+        opened.push(captured);
+        Ok(Box::new(BreakingSink {
+            inner: Box::new(sink),
+            left,
+        }))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_failing_mid_play_fails_the_item_and_the_queue_goes_on() {
+    let opened = Arc::new(Mutex::new(Vec::new()));
+    let playback = Playback::new(
+        PlaybackSettings {
+            default_device: "capture".into(),
+            ..settings()
+        },
+        Arc::new(Breaking {
+            // 300 ms into the first announcement
+            fail_after: RATE as usize * 3 / 10,
+            opened: Arc::clone(&opened),
+        }),
+        Arc::new(ToneSource),
+        CancellationToken::new(),
+    );
+    let say = |id: &str, text: &str| {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ann = Announcement {
+            id: id.into(),
+            priority: Priority::Message,
+            request: SynthesisRequest {
+                text: text.into(),
+                ..Default::default()
+            },
+            engine: Arc::new(NoEngine),
+            volume: 1.0,
+            chime: false,
+            leading_silence: Duration::ZERO,
+            expires_at: None,
+            events: tx,
+        };
+        playback.enqueue("capture", ann).unwrap();
+        rx
+    };
+    let mut broken = say("broken", "440:1000");
+    let mut next = say("next", "660:400");
+    let ev = events(&mut broken).await;
+    let Some(Event::Failed { status }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert!(
+        status.message().contains("output device failed")
+            && status.message().contains("the device went away"),
+        "{}",
+        status.message()
+    );
+    assert!(matches!(
+        events(&mut next).await.last(),
+        Some(Event::Finished { played_ms: 400 })
+    ));
+    let opened = opened.lock().unwrap();
+    assert_eq!(opened.len(), 2, "the device was reopened");
+    let first = opened[0].lock().unwrap().samples.clone();
+    let second = opened[1].lock().unwrap().samples.clone();
+    // What played before the failure (less what was accepted ahead of the clock and never
+    // sounded), then the next announcement whole on the reopened device.
+    let lead = sink::CLOCK_LEAD.as_millis() as u64;
+    assert!(
+        (300 - lead..=300).contains(&ms(first.len())),
+        "{} ms",
+        ms(first.len())
+    );
+    assert!((freq(&first) - 440.0).abs() < 10.0);
+    let seg = segments(&second);
+    assert_eq!(seg.len(), 1, "{seg:?}");
+    assert_eq!(ms(seg[0].1), 400);
+    assert!((freq(&second[seg[0].0..seg[0].0 + seg[0].1]) - 660.0).abs() < 15.0);
+}

@@ -159,3 +159,145 @@ pub fn run(name: &str) {
         "{name} did not run in the ALSA sandbox (wrong name?)"
     );
 }
+
+/// A sound card stand-in that keeps time: ALSA's `file` plugin over `null`, writing into a FIFO
+/// that a reader thread drains at the stream's byte rate, so the stream is paced at real time
+/// the way a hardware device paces it (its writes block while the FIFO is full). What the reader
+/// drains is kept: exactly what a speaker would have played, pauses and underruns included, and
+/// nothing while the device is closed.
+///
+/// Unlike [`Sandbox`], this one is for a *child* process that plays (e.g. `herald serve`): point
+/// its `HOME` at [`PacedDevice::home`] and play on the device [`PacedDevice::DEVICE`].
+pub struct PacedDevice {
+    dir: tempfile::TempDir,
+    captured: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl PacedDevice {
+    /// The device's name as herald (cpal) lists it.
+    pub const DEVICE: &'static str = "alsa:paced";
+    /// The FIFO's capacity: 4 KiB, about 10 ms of 48 kHz stereo f32, the latency of the
+    /// stand-in's "hardware" buffer.
+    const FIFO_BYTES: i32 = 4096;
+
+    /// Start the reader, consuming `bytes_per_second` (the stream's rate × channels × sample
+    /// size).
+    pub fn start(bytes_per_second: u32) -> Self {
+        use std::{
+            io::Read,
+            os::unix::{ffi::OsStrExt, fs::OpenOptionsExt, io::AsRawFd},
+            sync::{Arc, Mutex, atomic::AtomicBool, atomic::Ordering},
+            time::Duration,
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("herald-alsa-paced-")
+            .tempdir()
+            .expect("a temp dir for the paced ALSA device");
+        let fifo = dir.path().join("paced.fifo");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).expect("fifo path");
+        // SAFETY: a valid NUL-terminated path; mkfifo only reads it.
+        let rc = unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) };
+        assert_eq!(rc, 0, "mkfifo: {}", std::io::Error::last_os_error());
+        // Read and write, non-blocking: opening never waits for a writer, and a writer (the
+        // file plugin, opened and closed with each stream) never sees the FIFO without a reader.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&fifo)
+            .expect("open the fifo");
+        // SAFETY: a valid open descriptor; F_SETPIPE_SZ takes an int.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETPIPE_SZ, Self::FIFO_BYTES) };
+        assert!(rc > 0, "F_SETPIPE_SZ: {}", std::io::Error::last_os_error());
+        let asoundrc = format!(
+            r#"# herald test: a file plugin over null into a FIFO drained at real time
+pcm.paced {{
+    type file
+    slave.pcm "null"
+    file "{}"
+    format "raw"
+    hint {{ show on description "herald test sink paced at real time" }}
+}}
+"#,
+            fifo.display()
+        );
+        std::fs::write(dir.path().join(".asoundrc"), asoundrc).expect("write .asoundrc");
+
+        let captured = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let reader = {
+            let (captured, stop) = (captured.clone(), stop.clone());
+            std::thread::spawn(move || {
+                // A token bucket: bytes accrue at the stream's rate, capped at the FIFO's size
+                // so that time with nothing to read is not made up later in a burst.
+                let rate = f64::from(bytes_per_second);
+                let cap = f64::from(Self::FIFO_BYTES);
+                let mut tokens = 0.0_f64;
+                let mut last = tokio::time::Instant::now();
+                let mut buf = vec![0_u8; Self::FIFO_BYTES as usize];
+                let mut draining = false;
+                loop {
+                    if !draining && stop.load(Ordering::Acquire) {
+                        draining = true;
+                    }
+                    let now = tokio::time::Instant::now();
+                    tokens = (tokens + now.duration_since(last).as_secs_f64() * rate).min(cap);
+                    last = now;
+                    let want = if draining { buf.len() } else { tokens as usize };
+                    if want > 0 {
+                        match file.read(&mut buf[..want]) {
+                            Ok(n) => {
+                                tokens -= n as f64;
+                                captured.lock().unwrap().extend_from_slice(&buf[..n]);
+                                continue;
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                if draining {
+                                    return;
+                                }
+                            }
+                            Err(e) => panic!("read the fifo: {e}"),
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        Self {
+            dir,
+            captured,
+            stop,
+            reader: Some(reader),
+        }
+    }
+
+    /// The `HOME` (holding the `.asoundrc`) for the process that plays.
+    pub fn home(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// What has played so far.
+    pub fn captured(&self) -> Vec<u8> {
+        self.captured.lock().unwrap().clone()
+    }
+
+    /// Stop the reader (after taking what is left in the FIFO) and return everything played.
+    pub fn finish(mut self) -> Vec<u8> {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(reader) = self.reader.take() {
+            reader.join().expect("the fifo reader");
+        }
+        self.captured()
+    }
+}
+
+impl Drop for PacedDevice {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
+    }
+}

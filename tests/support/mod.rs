@@ -269,12 +269,19 @@ pub struct ServeProcess {
 }
 
 impl ServeProcess {
-    /// Start the binary and wait (up to 10 s) for its socket.
+    /// Start the binary with the default configuration and no API key, and wait (up to 10 s)
+    /// for its socket.
     pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_with("# empty: defaults\n", extra_args, &[])
+    }
+
+    /// Start the binary with the configuration file `toml`, `extra_args` after `serve` and
+    /// `env` added to (or, for `DASHSCOPE_API_KEY`, replacing) the environment.
+    pub fn start_with(toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("herald.sock");
         let config = dir.path().join("herald.toml");
-        std::fs::write(&config, "# empty: defaults\n").expect("write config");
+        std::fs::write(&config, toml).expect("write config");
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
             .arg("serve")
             .arg("--listen")
@@ -282,6 +289,7 @@ impl ServeProcess {
             .args(extra_args)
             .env("HERALD_CONFIG", &config)
             .env_remove("DASHSCOPE_API_KEY")
+            .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
             .spawn()
             .expect("spawn herald serve");
@@ -298,6 +306,16 @@ impl ServeProcess {
             std::thread::sleep(Duration::from_millis(20));
         }
         me
+    }
+
+    /// A client over its unix socket.
+    pub async fn client(&self) -> SpeechClient<Channel> {
+        let ch = Endpoint::from_shared(format!("unix://{}", self.socket.display()))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect unix");
+        SpeechClient::new(ch)
     }
 
     /// Send SIGTERM and wait for the exit status (bounded).
