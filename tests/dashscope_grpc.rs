@@ -325,6 +325,10 @@ async fn long_text_comes_back_whole_in_order_and_without_clicks() {
             .windows(2)
             .map(|w| (w[1] - w[0]).abs())
             .fold(0.0f32, f32::max);
+        println!(
+            "{model}: {} pieces, {ms} ms of audio (want {want}), largest sample step {max_step:.4}",
+            sent.len()
+        );
         assert!(max_step < 0.07, "{model}: a step of {max_step} (a click)");
     }
     // Order, by ear: each sentence its own piece and its own frequency.
