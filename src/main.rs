@@ -166,6 +166,9 @@ struct SayArgs {
     /// Sampling seed, 0..=65535 (CosyVoice models).
     #[arg(long)]
     seed: Option<u32>,
+    /// Print each word's timing to stderr ("<begin ms>\t<end ms>\t<word>"; CosyVoice models).
+    #[arg(long)]
+    word_timestamps: bool,
     /// WORD=PRONUNCIATION, repeatable (CosyVoice v3: pinyin "tian1 qi4"; MiniMax).
     #[arg(long = "pronounce", value_name = "WORD=PRONUNCIATION", value_parser = parse_pair)]
     pronunciations: Vec<(String, String)>,
@@ -390,6 +393,7 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         bits_per_sample: args.bits.unwrap_or(0),
         emotion: args.emotion.clone().unwrap_or_default(),
         seed: args.seed.unwrap_or(0),
+        word_timestamps: args.word_timestamps,
         pronunciations: args.pronunciations.iter().cloned().collect(),
         replacements: args.replacements.iter().cloned().collect(),
         optimize_instructions: args.optimize_instructions,
@@ -438,6 +442,11 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
                     stdout.flush().context("writing to stdout")?;
                 }
             },
+            Some(Payload::Words(w)) => {
+                for word in w.words {
+                    eprintln!("{}\t{}\t{}", word.begin_ms, word.end_ms, word.text);
+                }
+            }
             Some(Payload::Summary(s)) => summary = Some(s),
             None => {}
         }

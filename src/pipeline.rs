@@ -9,7 +9,7 @@
 //! returns `false` (client gone) stops the audio thread, which closes the channel, which stops
 //! the async half. Nothing here knows about gRPC.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -26,15 +26,29 @@ use crate::{
         remix::Remix,
         resample::Resampler,
     },
-    engine::{EngineError, SynthEvent, SynthesisRequest, Synthesizer},
+    engine::{EngineError, SynthEvent, SynthesisRequest, Synthesizer, WordTiming},
 };
 
 /// Engine byte chunks in flight between the async reader and the audio thread.
 const BYTES_IN_FLIGHT: usize = 16;
 
-/// Receives each encoded chunk, on the audio thread. Returns `false` when nobody listens any
-/// more (the client left), which stops the job.
-pub type ChunkSink = Box<dyn FnMut(Chunk) -> bool + Send>;
+/// What a job hands its caller.
+#[derive(Debug)]
+pub enum Output {
+    /// The next chunk of encoded audio.
+    Audio(Chunk),
+    /// Word timings the engine reported (only when the request asked for them), delivered
+    /// before the audio that follows their arrival.
+    Words(Vec<WordTiming>),
+}
+
+/// Receives each output, in order, on the audio thread. Returns `false` when nobody listens
+/// any more (the client left), which stops the job.
+pub type ChunkSink = Box<dyn FnMut(Output) -> bool + Send>;
+
+/// Word timings on their way from the async half to the audio thread, which delivers them
+/// with the next chunks (or at the end).
+type PendingWords = Arc<Mutex<Vec<WordTiming>>>;
 
 /// Everything one job needs, validated.
 pub struct Job {
@@ -115,6 +129,7 @@ pub async fn run(
     };
 
     let mut sink = Some(sink);
+    let words = PendingWords::default();
     let mut audio: Option<(mpsc::Sender<Bytes>, InputEncoding, AudioThread)> = None;
     let mut outcome: Result<(Option<u32>, Vec<String>), EngineError> = Err(EngineError::Truncated);
     loop {
@@ -128,6 +143,9 @@ pub async fn run(
             Some(Err(error)) => {
                 outcome = Err(error);
                 break;
+            }
+            Some(Ok(SynthEvent::Words(w))) => {
+                words.lock().unwrap_or_else(|e| e.into_inner()).extend(w);
             }
             Some(Ok(SynthEvent::Finished {
                 characters,
@@ -144,7 +162,15 @@ pub async fn run(
                         let Some(sink) = sink.take() else {
                             return Err(JobError::Panicked);
                         };
-                        let thread = AudioThread::spawn(encoding, rx, output, gain, chunk_ms, sink);
+                        let thread = AudioThread::spawn(
+                            encoding,
+                            rx,
+                            output,
+                            gain,
+                            chunk_ms,
+                            sink,
+                            Arc::clone(&words),
+                        );
                         audio.insert((tx, encoding, thread))
                     }
                 };
@@ -179,7 +205,7 @@ pub async fn run(
             // sink blocks, so this runs on a blocking thread too.
             Some(sink) if outcome.is_ok() => {
                 AudioThread(tokio::task::spawn_blocking(move || {
-                    finish_empty(output, chunk_ms, sink)
+                    finish_empty(output, chunk_ms, sink, words)
                 }))
                 .join()
                 .await?
@@ -208,10 +234,11 @@ impl AudioThread {
         gain: f32,
         chunk_ms: u32,
         sink: ChunkSink,
+        words: PendingWords,
     ) -> Self {
         Self(tokio::task::spawn_blocking(move || {
             let decoder = open_decoder(encoding, ChannelReader::new(rx))?;
-            AudioChain::new(output, gain, chunk_ms, sink)?.run(decoder)
+            AudioChain::new(output, gain, chunk_ms, sink, words)?.run(decoder)
         }))
     }
 
@@ -230,8 +257,9 @@ fn finish_empty(
     output: OutputFormat,
     chunk_ms: u32,
     sink: ChunkSink,
+    words: PendingWords,
 ) -> Result<AudioReport, JobError> {
-    let mut chain = AudioChain::new(output, 1.0, chunk_ms, sink)?;
+    let mut chain = AudioChain::new(output, 1.0, chunk_ms, sink, words)?;
     chain.finish()?;
     Ok(chain.report)
 }
@@ -248,6 +276,7 @@ struct AudioChain {
     encoder: Box<dyn Encoder>,
     chunker: Chunker,
     sink: ChunkSink,
+    words: PendingWords,
     report: AudioReport,
     // Reused buffers.
     encoded: Vec<u8>,
@@ -260,6 +289,7 @@ impl AudioChain {
         gain: f32,
         chunk_ms: u32,
         sink: ChunkSink,
+        words: PendingWords,
     ) -> Result<Self, AudioError> {
         Ok(Self {
             output,
@@ -269,6 +299,7 @@ impl AudioChain {
             encoder: encoder_for(output)?,
             chunker: Chunker::new(output, chunk_ms),
             sink,
+            words,
             report: AudioReport::default(),
             encoded: Vec::new(),
             chunks: Vec::new(),
@@ -375,13 +406,17 @@ impl AudioChain {
     }
 
     fn deliver(&mut self) -> Result<(), JobError> {
+        let words = std::mem::take(&mut *self.words.lock().unwrap_or_else(|e| e.into_inner()));
+        if !words.is_empty() && !(self.sink)(Output::Words(words)) {
+            return Err(JobError::ClientGone);
+        }
         for chunk in self.chunks.drain(..) {
             if self.report.first_chunk_at.is_none() {
                 self.report.first_chunk_at = Some(Instant::now());
             }
             self.report.frames += u64::from(chunk.frames);
             self.report.bytes += chunk.data.len() as u64;
-            if !(self.sink)(chunk) {
+            if !(self.sink)(Output::Audio(chunk)) {
                 return Err(JobError::ClientGone);
             }
         }

@@ -1026,3 +1026,108 @@ async fn retries_stop_at_the_clients_deadline() {
     daemon.stop().await.unwrap();
     double.stop().await;
 }
+
+/// Word timings through gRPC: every word of a text long enough for several pieces, in order,
+/// each where its own audio is (each sentence is its own piece with its own tone), the last one
+/// ending with the audio; refused by models that give none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_timestamps_point_into_the_audio_across_pieces() {
+    let (double, daemon) = setup().await;
+    let mut client = daemon.client().await;
+    // Three sentences of 90-odd units: too long to share a 120-unit piece.
+    let sentences = [
+        "@440Hz the first sentence has words that sound at four hundred and forty hertz for a while.",
+        "@660Hz the second one is pitched higher at six hundred and sixty hertz to tell it apart.",
+        "@880Hz and the third sentence ends the text at eight hundred and eighty hertz right here.",
+    ];
+    let text = sentences.join(" ");
+    let mut r = req(
+        "cosyvoice-v3-flash",
+        "longanyang",
+        &text,
+        Encoding::PcmS16le,
+        16000,
+        1,
+    );
+    r.word_timestamps = true;
+    let c = synthesize(&mut client, r.clone())
+        .await
+        .expect("synthesize");
+    let requests = double.requests();
+    assert_eq!(requests.len(), 3, "one piece per sentence");
+    assert!(
+        requests
+            .iter()
+            .all(|q| q.body["input"]["word_timestamp_enabled"] == true),
+        "asked upstream for word timings"
+    );
+    let x = mono(&c);
+    let total_ms = duration_ms(x.len(), 16000);
+    let want_words: Vec<&str> = sentences
+        .iter()
+        .flat_map(|s| s.split_whitespace())
+        .collect();
+    let got: Vec<&str> = c.words.iter().map(|w| w.text.as_str()).collect();
+    assert_eq!(got, want_words, "every word once, in order");
+    assert!(c.order.starts_with('i') && c.order.ends_with('s') && c.order.contains('w'));
+    for pair in c.words.windows(2) {
+        assert!(pair[0].begin_ms <= pair[0].end_ms && pair[0].end_ms <= pair[1].begin_ms + 1);
+    }
+    let last = c.words.last().unwrap();
+    assert!(
+        (f64::from(last.end_ms) - total_ms).abs() <= 2.0,
+        "the last word ends with the audio: {} ms of {total_ms}",
+        last.end_ms
+    );
+    // Each word (at least 2 characters: 80 ms) sounds at its sentence's frequency.
+    let mut checked = 0;
+    for (w, hz) in sentences
+        .iter()
+        .zip([440.0, 660.0, 880.0])
+        .flat_map(|(s, hz)| s.split_whitespace().map(move |w| (w, hz)))
+        .zip(&c.words)
+        .map(|((_, hz), w)| (w, hz))
+    {
+        if w.end_ms - w.begin_ms < 80 {
+            continue;
+        }
+        let span = &x[(w.begin_ms as usize * 16)..(w.end_ms as usize * 16).min(x.len())];
+        let f = peak_frequency(span, 16000);
+        // 80 ms of audio: bins 12.5 Hz apart, interpolated.
+        assert!((f - hz).abs() < 8.0, "{:?} at {f:.1} Hz, want {hz}", w.text);
+        checked += 1;
+    }
+    assert!(checked > 30, "{checked} words checked");
+    println!(
+        "{} words over {total_ms} ms in 3 pieces; last ends at {} ms; {checked} checked by ear",
+        c.words.len(),
+        last.end_ms
+    );
+
+    // Without the flag: no words, and upstream is not asked.
+    r.word_timestamps = false;
+    let plain = synthesize(&mut client, r).await.unwrap();
+    assert!(plain.words.is_empty() && !plain.order.contains('w'));
+    assert!(
+        double.requests()[3..]
+            .iter()
+            .all(|q| q.body["input"].get("word_timestamp_enabled").is_none())
+    );
+
+    // Models that give none say so.
+    for (model, voice) in [
+        ("qwen3-tts-flash", "Cherry"),
+        ("MiniMax/speech-2.8-hd", "male-qn-qingse"),
+        ("espeak-ng", ""),
+    ] {
+        let mut r = req(model, voice, "Hello.", Encoding::PcmS16le, 16000, 1);
+        r.word_timestamps = true;
+        let status = synthesize(&mut client, r).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{model}");
+        assert!(
+            status.message().starts_with("word_timestamps:"),
+            "{model}: {}",
+            status.message()
+        );
+    }
+}

@@ -250,7 +250,7 @@ impl Synthesizer for Espeak {
         }
     }
 
-    /// espeak-ng has no emotions, seeds, dictionaries or instruction rewriting: asking for them
+    /// espeak-ng has no emotions, seeds, dictionaries, instruction rewriting or word timings: asking for them
     /// is an error rather than a silent loss. (`language` and `instructions` are hints it
     /// ignores, as the proto says.)
     fn check_request(&self, req: &SynthesisRequest) -> Result<(), String> {
@@ -269,6 +269,9 @@ impl Synthesizer for Espeak {
         }
         if req.optimize_instructions {
             return refuse("optimize_instructions");
+        }
+        if req.word_timestamps {
+            return refuse("word_timestamps");
         }
         Ok(())
     }

@@ -51,6 +51,8 @@ pub struct SynthesisRequest {
     pub replacements: Vec<(String, String)>,
     /// Let the upstream rewrite `instructions` (Qwen-TTS instruct models).
     pub optimize_instructions: bool,
+    /// Report word timings ([`SynthEvent::Words`]; CosyVoice `word_timestamp_enabled`).
+    pub word_timestamps: bool,
     /// The rate the pipeline will output, in Hz: engines that can produce several rates pick
     /// the one that makes the pipeline's work cheapest and exact (ideally this one).
     pub output_sample_rate: u32,
@@ -69,6 +71,9 @@ pub enum SynthEvent {
         /// The bytes.
         data: Bytes,
     },
+    /// Words of the audio, with their times from the start of the stream (only when the
+    /// request asked for them).
+    Words(Vec<WordTiming>),
     /// The engine finished successfully. Always the last event of a successful stream.
     Finished {
         /// Characters billed by the upstream, when it says.
@@ -76,6 +81,17 @@ pub enum SynthEvent {
         /// Upstream request ids (DashScope `request_id`s), when there are any.
         upstream_request_ids: Vec<String>,
     },
+}
+
+/// One word and where it is in the audio.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WordTiming {
+    /// The word's text.
+    pub text: String,
+    /// Start, in ms from the start of the stream's audio.
+    pub begin_ms: u32,
+    /// End, in ms from the start of the stream's audio.
+    pub end_ms: u32,
 }
 
 /// A voice an engine offers.

@@ -303,8 +303,13 @@ impl AudioSource for PipelineSource {
         let job_cancel = cancel.clone();
         tokio::spawn(async move {
             let chunk_tx = tx.clone();
-            let sink: pipeline::ChunkSink =
-                Box::new(move |chunk| chunk_tx.blocking_send(Ok(f32_samples(&chunk.data))).is_ok());
+            let sink: pipeline::ChunkSink = Box::new(move |out| match out {
+                pipeline::Output::Audio(chunk) => {
+                    chunk_tx.blocking_send(Ok(f32_samples(&chunk.data))).is_ok()
+                }
+                // Playback asks for none.
+                pipeline::Output::Words(_) => true,
+            });
             if let Err(e) = pipeline::run(job, job_cancel, sink).await {
                 let _ = tx.send(Err(status::job_status(&e))).await;
             }

@@ -17,7 +17,7 @@ use crate::{
     audio::{self, AudioSpec, OutputEncoding, OutputFormat, encode},
     engine::{Engines, SynthesisRequest},
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
-    pipeline::{self, ChunkSink, Job},
+    pipeline::{self, ChunkSink, Job, Output},
     playback::{Announcement, Playback},
     service::status,
 };
@@ -228,6 +228,7 @@ impl SpeechService {
             pronunciations,
             replacements,
             optimize_instructions: req.optimize_instructions,
+            word_timestamps: req.word_timestamps,
             output_sample_rate: output.spec.sample_rate,
             deadline: None,
         };
@@ -524,12 +525,24 @@ impl pb::speech_server::Speech for SpeechService {
                 return;
             }
             let sink_tx = tx.clone();
-            let sink: ChunkSink = Box::new(move |chunk| {
-                let msg = response(Payload::Audio(pb::AudioChunk {
-                    data: chunk.data,
-                    first_frame: chunk.first_frame,
-                    frames: chunk.frames,
-                }));
+            let sink: ChunkSink = Box::new(move |out| {
+                let msg = match out {
+                    Output::Audio(chunk) => response(Payload::Audio(pb::AudioChunk {
+                        data: chunk.data,
+                        first_frame: chunk.first_frame,
+                        frames: chunk.frames,
+                    })),
+                    Output::Words(words) => response(Payload::Words(pb::WordTimings {
+                        words: words
+                            .into_iter()
+                            .map(|w| pb::WordTiming {
+                                text: w.text,
+                                begin_ms: w.begin_ms,
+                                end_ms: w.end_ms,
+                            })
+                            .collect(),
+                    })),
+                };
                 sink_tx.blocking_send(msg).is_ok()
             });
             let deadline_passed = async {

@@ -895,6 +895,8 @@ struct SynthRequest {
     exclude_aggregated: bool,
     /// MiniMax non-streaming `output_format: "url"`.
     minimax_url: bool,
+    /// CosyVoice `word_timestamp_enabled`: `sentence-end` events carry the words.
+    words: bool,
 }
 
 // Known system voices. Any voice starting with one of `CUSTOM_PREFIXES` is taken for a cloned or
@@ -1092,6 +1094,7 @@ fn parse_request(family: Family, model: &str, body: &Value) -> Result<SynthReque
         bitrate: 64_000,
         exclude_aggregated: false,
         minimax_url: false,
+        words: false,
     };
     match family {
         Family::Cosy => {
@@ -1113,6 +1116,10 @@ fn parse_request(family: Family, model: &str, body: &Value) -> Result<SynthReque
             if ![8000, 16000, 22050, 24000, 44100, 48000].contains(&req.rate) {
                 return Err(invalid(format!("Unsupported sample_rate: {}", req.rate)));
             }
+            req.words = input
+                .get("word_timestamp_enabled")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
         }
         Family::Qwen => {
             let voice = str_param(input.get("voice"), "voice")?.unwrap_or("");
@@ -1698,12 +1705,29 @@ fn stream_events(c: &Ctx<'_>) -> Vec<Ev> {
                 cum += text_units(sentence);
                 let t1 = cum as f64 * f64::from(options.ms_per_unit);
                 let usage = json!({"characters": cum});
+                // Words (whitespace-separated), timed from the request's start like the audio:
+                // `ms_per_unit` per text unit from where the word starts in its sentence.
+                let words: Vec<Value> = if req.words {
+                    sentence
+                        .split_whitespace()
+                        .map(|w| {
+                            let at = w.as_ptr() as usize - sentence.as_ptr() as usize;
+                            let begin = t0 + text_units(&sentence[..at]) as f64 * f64::from(options.ms_per_unit);
+                            let end = begin + text_units(w) as f64 * f64::from(options.ms_per_unit);
+                            let units_before = text_units(&sentence[..at]);
+                            json!({"text": w, "begin_index": units_before, "end_index": units_before + w.chars().count(),
+                                "begin_time": begin.round() as u64, "end_time": end.round() as u64})
+                        })
+                        .collect()
+                } else {
+                    Vec::new()
+                };
                 let framing = |kind: &str, at_ms: f64| Ev::Result {
                     members: vec![
                         (
                             "output",
                             json!({"finish_reason": "null", "type": kind, "original_text": sentence,
-                                "sentence": {"index": index, "words": []},
+                                "sentence": {"index": index, "words": if kind == "sentence-end" { words.clone() } else { Vec::new() }},
                                 "audio": {"data": "", "id": audio_id, "expires_at": now}}),
                         ),
                         ("usage", usage.clone()),

@@ -125,7 +125,9 @@ pub struct Collected {
     pub info: Option<pb::AudioInfo>,
     pub chunks: Vec<pb::AudioChunk>,
     pub summary: Option<pb::SynthesisSummary>,
-    /// Order of the payload kinds: 'i', 'a', 's'.
+    /// Word timings, over all `words` messages.
+    pub words: Vec<pb::WordTiming>,
+    /// Order of the payload kinds: 'i', 'a', 'w', 's'.
     pub order: String,
 }
 
@@ -163,6 +165,10 @@ pub async fn synthesize(
             Payload::Audio(a) => {
                 out.order.push('a');
                 out.chunks.push(a);
+            }
+            Payload::Words(w) => {
+                out.order.push('w');
+                out.words.extend(w.words);
             }
             Payload::Summary(s) => {
                 out.order.push('s');

@@ -8,7 +8,7 @@ use serde_json::{Map, Value, json};
 use super::split;
 use crate::{
     audio::{AudioSpec, decode::wav_s16_header},
-    engine::{EngineError, SynthesisRequest},
+    engine::{EngineError, SynthesisRequest, WordTiming},
 };
 
 /// Rates CosyVoice / Qwen-Audio-TTS produce (`input.sample_rate`).
@@ -148,6 +148,12 @@ impl Family {
                 }
             }
         }
+        if req.word_timestamps && self != Self::CosyVoice {
+            return Err(format!(
+                "word_timestamps: model {model:?} gives no word timings \
+                 (CosyVoice and Qwen-Audio-TTS models do)"
+            ));
+        }
         if req.optimize_instructions {
             if !(self == Self::Qwen && is_qwen_instruct(model)) {
                 return Err(format!(
@@ -280,6 +286,9 @@ impl Family {
                 input.insert("pitch".into(), json!(req.pitch));
                 if let Some(seed) = req.seed {
                     input.insert("seed".into(), json!(seed));
+                }
+                if req.word_timestamps {
+                    input.insert("word_timestamp_enabled".into(), json!(true));
                 }
                 if let Some(l) = language {
                     input.insert("language_hints".into(), l);
@@ -540,7 +549,15 @@ pub struct Decoder {
     pub request_id: Option<String>,
     /// Saw the final event.
     pub finished: bool,
+    /// Word timings read and not yet taken, in ms from the start of this piece's audio.
+    pub words: Vec<WordTiming>,
+    /// Where the current sentence's audio began (CosyVoice `sentence-begin`), in ms.
+    sentence_start_ms: Option<u32>,
 }
+
+/// How far before its sentence's start a word may begin and still count as timed from the
+/// request's start (the audio of a sentence-begin event may lag a little).
+const SENTENCE_SLACK_MS: u32 = 50;
 
 impl Decoder {
     /// A decoder for a piece asked at `rate`.
@@ -556,7 +573,61 @@ impl Decoder {
             characters: None,
             request_id: None,
             finished: false,
+            words: Vec::new(),
+            sentence_start_ms: None,
         }
+    }
+
+    /// ms of audio read so far.
+    fn audio_ms(&self) -> u32 {
+        let per_ms = u64::from(self.spec.sample_rate) * 2 * u64::from(self.spec.channels) / 1000;
+        u32::try_from(self.audio_bytes / per_ms.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// CosyVoice `sentence-end` events carry the sentence's words (with
+    /// `word_timestamp_enabled`). Open point: the docs show times from 0 for the first sentence
+    /// only, so whether later sentences count from the request's start or their own is not
+    /// written down; times that fall before the sentence's own audio began are taken as
+    /// sentence-relative and moved by the audio before it.
+    fn read_words(&mut self, output: &Value) {
+        if output.get("type").and_then(Value::as_str) != Some("sentence-end") {
+            return;
+        }
+        let Some(words) = output
+            .get("sentence")
+            .and_then(|s| s.get("words"))
+            .and_then(Value::as_array)
+        else {
+            return;
+        };
+        let ms = |w: &Value, key: &str| {
+            w.get(key)
+                .and_then(Value::as_u64)
+                .map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX))
+        };
+        let mut read: Vec<WordTiming> = words
+            .iter()
+            .filter_map(|w| {
+                let text = w.get("text").and_then(Value::as_str)?;
+                let begin_ms = ms(w, "begin_time");
+                Some(WordTiming {
+                    text: text.to_owned(),
+                    begin_ms,
+                    end_ms: ms(w, "end_time").max(begin_ms),
+                })
+            })
+            .collect();
+        let start = self.sentence_start_ms.unwrap_or(0);
+        if read
+            .first()
+            .is_some_and(|w| w.begin_ms + SENTENCE_SLACK_MS < start)
+        {
+            for w in &mut read {
+                w.begin_ms = w.begin_ms.saturating_add(start);
+                w.end_ms = w.end_ms.saturating_add(start);
+            }
+        }
+        self.words.extend(read);
     }
 
     /// Read one event's JSON. `http_status` and `error_event` are the event's framing.
@@ -582,6 +653,14 @@ impl Decoder {
         let output = v.get("output");
         match self.family {
             Family::CosyVoice | Family::Qwen => {
+                if self.family == Family::CosyVoice
+                    && let Some(o) = output
+                {
+                    if o.get("type").and_then(Value::as_str) == Some("sentence-begin") {
+                        self.sentence_start_ms = Some(self.audio_ms());
+                    }
+                    self.read_words(o);
+                }
                 let audio = output
                     .and_then(|o| o.get("audio"))
                     .and_then(|a| a.get("data"))
@@ -960,5 +1039,88 @@ mod tests {
             d.event(&stop, 200, false),
             Err(EngineError::Protocol(_))
         ));
+    }
+
+    #[test]
+    fn word_times_of_later_sentences_count_from_the_request_either_way() {
+        let b64 = |ms: usize| base64::engine::general_purpose::STANDARD.encode(vec![1u8; ms * 32]);
+        let ev = |kind: &str, audio: String, words: Value| {
+            json!({"output": {"type": kind, "sentence": {"index": 0, "words": words},
+                "audio": {"data": audio}}})
+        };
+        let word = |t: &str, b: u64, e: u64| json!({"text": t, "begin_time": b, "end_time": e});
+        for relative in [false, true] {
+            let mut d = Decoder::new(Family::CosyVoice, 16000);
+            let base = if relative { 0 } else { 1000 };
+            let events = [
+                ev("sentence-begin", String::new(), json!([])),
+                ev("sentence-synthesis", b64(1000), json!([])),
+                ev(
+                    "sentence-end",
+                    String::new(),
+                    json!([word("one", 0, 600), word("two", 600, 1000)]),
+                ),
+                ev("sentence-begin", String::new(), json!([])),
+                ev("sentence-synthesis", b64(500), json!([])),
+                ev(
+                    "sentence-end",
+                    String::new(),
+                    json!([word("three", base, base + 500)]),
+                ),
+            ];
+            for e in &events {
+                d.event(e, 200, false).unwrap();
+            }
+            let got: Vec<_> = d
+                .words
+                .iter()
+                .map(|w| (w.text.as_str(), w.begin_ms, w.end_ms))
+                .collect();
+            assert_eq!(
+                got,
+                [("one", 0, 600), ("two", 600, 1000), ("three", 1000, 1500)],
+                "relative: {relative}"
+            );
+        }
+        // Words only from sentence-end events, and an end never before its begin.
+        let mut d = Decoder::new(Family::CosyVoice, 16000);
+        d.event(
+            &ev("sentence-synthesis", b64(10), json!([word("x", 0, 5)])),
+            200,
+            false,
+        )
+        .unwrap();
+        assert!(d.words.is_empty());
+        d.event(
+            &ev("sentence-end", String::new(), json!([word("y", 9, 3)])),
+            200,
+            false,
+        )
+        .unwrap();
+        assert_eq!((d.words[0].begin_ms, d.words[0].end_ms), (9, 9));
+    }
+
+    #[test]
+    fn word_timestamps_are_cosyvoice_only_and_reach_the_body() {
+        let mut r = SynthesisRequest {
+            model: "cosyvoice-v3-flash".into(),
+            voice: "longanyang".into(),
+            speed: 1.0,
+            pitch: 1.0,
+            word_timestamps: true,
+            ..Default::default()
+        };
+        Family::CosyVoice.check(&r).unwrap();
+        assert_eq!(
+            Family::CosyVoice.body(&r, "hi", 16000)["input"]["word_timestamp_enabled"],
+            true
+        );
+        r.model = "qwen3-tts-flash".into();
+        assert!(
+            Family::Qwen
+                .check(&r)
+                .unwrap_err()
+                .starts_with("word_timestamps:")
+        );
     }
 }

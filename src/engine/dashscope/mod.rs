@@ -32,7 +32,9 @@ use self::{
     family::{Decoder, Step},
     sse::{Limits, Parser},
 };
-use super::{EngineError, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
+use super::{
+    EngineError, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo, WordTiming,
+};
 use crate::audio::{AudioSpec, InputEncoding};
 
 /// Timeouts, retries, splitting and look-ahead of the DashScope engines.
@@ -222,6 +224,8 @@ enum PieceMsg {
         spec: AudioSpec,
         data: Bytes,
     },
+    /// Word timings, in ms from the start of the piece's audio.
+    Words(Vec<WordTiming>),
     Done {
         characters: Option<u32>,
         request_id: Option<String>,
@@ -257,6 +261,10 @@ struct Driver {
     index: usize,
     pieces: usize,
     joins: Joiner,
+    /// Audio bytes forwarded so far.
+    bytes_out: u64,
+    /// Where the current piece's audio starts in the stream, in ms.
+    piece_start_ms: u32,
 }
 
 impl Driver {
@@ -272,6 +280,8 @@ impl Driver {
             request_ids: Vec::new(),
             index: 0,
             joins: Joiner::new(fade),
+            bytes_out: 0,
+            piece_start_ms: 0,
         }
     }
 
@@ -327,6 +337,18 @@ impl Driver {
                 )),
                 Some(Err(e)) => Err(e),
                 Some(Ok(PieceMsg::Audio { spec, data })) => self.audio(spec, data),
+                Some(Ok(PieceMsg::Words(mut words))) => {
+                    // The pieces before this one are all out: their audio is the offset.
+                    let offset = self.piece_start_ms;
+                    for w in &mut words {
+                        w.begin_ms = w.begin_ms.saturating_add(offset);
+                        w.end_ms = w.end_ms.saturating_add(offset);
+                    }
+                    if tx.send(Ok(SynthEvent::Words(words))).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
                 Some(Ok(PieceMsg::Done {
                     characters,
                     request_id,
@@ -339,6 +361,7 @@ impl Driver {
                     self.index += 1;
                     let last = self.index == self.pieces;
                     let tail = self.joins.piece_end(!last);
+                    self.piece_start_ms = self.audio_ms(self.bytes_out + tail.len() as u64);
                     if !last {
                         self.start_pieces();
                     }
@@ -358,6 +381,7 @@ impl Driver {
                 }
             };
             if !data.is_empty() {
+                self.bytes_out += data.len() as u64;
                 let encoding = InputEncoding::Pcm16Le(self.spec.unwrap_or(AudioSpec {
                     sample_rate: self.job.rate,
                     channels: 1,
@@ -380,6 +404,16 @@ impl Driver {
                 return;
             }
         }
+    }
+
+    /// ms of s16 audio in `bytes` at the stream's spec.
+    fn audio_ms(&self, bytes: u64) -> u32 {
+        let spec = self.spec.unwrap_or(AudioSpec {
+            sample_rate: self.job.rate,
+            channels: 1,
+        });
+        let per_s = u64::from(spec.sample_rate) * 2 * u64::from(spec.channels);
+        u32::try_from(bytes * 1000 / per_s.max(1)).unwrap_or(u32::MAX)
     }
 
     fn audio(&mut self, spec: AudioSpec, data: Bytes) -> Result<Bytes, EngineError> {
@@ -687,6 +721,9 @@ async fn forward(
     tx: &mpsc::Sender<Result<PieceMsg, EngineError>>,
     sent: &mut bool,
 ) -> Result<bool, EngineError> {
+    if !decoder.words.is_empty() {
+        send(tx, PieceMsg::Words(std::mem::take(&mut decoder.words))).await?;
+    }
     let step = match step {
         Step::Audio { .. } if decoder.finished => {
             send(tx, step_msg(step, decoder)).await?;
