@@ -9,7 +9,9 @@
 //! An announcement is synthesized by the same pipeline as `Synthesize`, straight to `f32` at
 //! the device's rate and channel count, with its volume as the pipeline's gain. The head of the
 //! queue is synthesized while the current announcement plays (look-ahead of one), so queued
-//! announcements follow each other with no gap beyond `pause`.
+//! announcements follow each other with no gap beyond `pause`. An announcement starts only
+//! once [`PREBUFFER`] of its speech is synthesized (or all of it, if shorter), so an upstream
+//! that delivers its first chunks slowly does not break up the first syllable.
 //!
 //! Priorities follow speech-dispatcher:
 //! - IMPORTANT interrupts anything but IMPORTANT, is never dropped, and queues FIFO ahead of
@@ -465,6 +467,8 @@ struct Playing {
     /// Frames accepted by the sink.
     frames: u64,
     started: bool,
+    /// [`PREBUFFER`] of speech was ready (or the synthesis had ended) before it started.
+    primed: bool,
     interrupted_by: Option<String>,
 }
 
@@ -483,6 +487,11 @@ struct DeviceTask {
 
 /// Frames per block the task writes between looking at its commands.
 const BLOCK_MS: u32 = 20;
+
+/// Speech synthesized ahead before an announcement starts to sound: the jitter of the
+/// upstream's first chunks it absorbs, at the cost of as much synthesis time (usually a few
+/// tens of ms, as upstreams synthesize faster than real time).
+pub const PREBUFFER: Duration = Duration::from_millis(200);
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -663,6 +672,7 @@ impl DeviceTask {
             item,
             frames: 0,
             started: false,
+            primed: false,
             interrupted_by: None,
         });
     }
@@ -691,6 +701,25 @@ impl DeviceTask {
         let Some(p) = self.current.as_mut() else {
             return Ok(());
         };
+        // Nothing sounds before the speech has a head start (commands are served meanwhile).
+        if !p.primed {
+            let ready = p.item.audio.as_ref().is_none_or(|a| {
+                a.rx.is_closed()
+                    || a.rx.len() as u64 * u64::from(BLOCK_MS) >= PREBUFFER.as_millis() as u64
+            });
+            if !ready {
+                tokio::select! {
+                    biased;
+                    cmd = self.commands.recv() => {
+                        if let Some(cmd) = cmd { self.command(cmd); }
+                    }
+                    () = self.shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+                return Ok(());
+            }
+            p.primed = true;
+        }
         // Leading silence, then the chime.
         if p.silence_left > 0 {
             let n = p.silence_left.min(block / ch);

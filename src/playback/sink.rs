@@ -7,8 +7,9 @@
 //! remixes to it) and pace the caller: `write` returns once the frames are accepted, which is
 //! when the device has room. The clocked sinks (`wav`, `null`, capture) play at real time on
 //! tokio's clock, holding at most [`CLOCK_LEAD`] of audio ahead of "now": what an
-//! interruption discards was never played, so a `wav` file holds exactly what a speaker would
-//! have sounded, and tests on paused tokio time run instantly yet keep the timing.
+//! interruption discards was never played, and when herald is late with audio while playing
+//! (an underrun) they play silence, so a `wav` file holds exactly what a speaker would have
+//! sounded, and tests on paused tokio time run instantly yet keep the timing.
 
 use std::{
     fs::File,
@@ -227,9 +228,12 @@ impl Sink for ClockedSink {
         self.advance(now)?;
         if self.pending.is_empty() && self.next_at < now {
             if self.started {
-                // The device ran dry while playing: what a real device would do is play
-                // silence. Count it; the clock restarts now.
+                // The device ran dry while playing: a real device plays silence meanwhile, and
+                // so does this one (the wav file and the capture hold it). Counted.
                 self.underruns += 1;
+                let gap = (now - self.next_at).as_secs_f64() * f64::from(self.spec.sample_rate);
+                let silence = vec![0.0; gap as usize * usize::from(self.spec.channels)];
+                self.emit(&silence)?;
             }
             self.next_at = now;
         }

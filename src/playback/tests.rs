@@ -13,13 +13,19 @@ const SPEC: AudioSpec = AudioSpec {
     channels: 1,
 };
 
-/// "hz:ms" → a tone.
+/// "hz:ms" → a tone; "hz:ms:stall" → a tone whose synthesis delivers 60 ms, then stalls for
+/// `stall` ms before the rest (an upstream slow to get going).
 struct ToneSource;
 
 impl AudioSource for ToneSource {
     fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis {
-        let (hz, ms) = ann.request.text.split_once(':').expect("hz:ms");
-        let (hz, ms): (f32, u32) = (hz.parse().unwrap(), ms.parse().unwrap());
+        let mut parts = ann.request.text.split(':');
+        let mut num = || {
+            parts
+                .next()
+                .map(|p| p.parse::<u32>().expect("hz:ms[:stall]"))
+        };
+        let (hz, ms, stall) = (num().expect("hz") as f32, num().expect("ms"), num());
         let n = (spec.sample_rate * ms / 1000) as usize;
         let samples: Vec<f32> = (0..n)
             .map(|i| {
@@ -29,8 +35,26 @@ impl AudioSource for ToneSource {
             })
             .collect();
         let (tx, rx) = mpsc::channel(SYNTHESIS_CHUNKS);
-        for chunk in samples.chunks((spec.sample_rate / 50) as usize) {
-            tx.try_send(Ok(chunk.to_vec())).unwrap();
+        let chunks: Vec<Vec<f32>> = samples
+            .chunks((spec.sample_rate / 50) as usize)
+            .map(<[f32]>::to_vec)
+            .collect();
+        match stall {
+            None => {
+                for chunk in chunks {
+                    tx.try_send(Ok(chunk)).unwrap();
+                }
+            }
+            Some(stall) => {
+                tokio::spawn(async move {
+                    for (i, chunk) in chunks.into_iter().enumerate() {
+                        if i == 3 {
+                            tokio::time::sleep(Duration::from_millis(stall.into())).await;
+                        }
+                        let _ = tx.send(Ok(chunk)).await;
+                    }
+                });
+            }
         }
         Synthesis {
             rx,
@@ -547,4 +571,20 @@ async fn a_device_failing_mid_play_fails_the_item_and_the_queue_goes_on() {
     assert_eq!(seg.len(), 1, "{seg:?}");
     assert_eq!(ms(seg[0].1), 400);
     assert!((freq(&second[seg[0].0..seg[0].0 + seg[0].1]) - 660.0).abs() < 15.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_start_upstream_does_not_break_up_the_first_syllable() {
+    let h = Harness::new(settings());
+    // 60 ms, a 150 ms stall, then the rest: without the prebuffer the device would play the
+    // first 60 ms and then 150 ms of silence.
+    let mut a = h.say("a", Priority::Message, "440:600:150");
+    assert!(matches!(
+        events(&mut a).await.last(),
+        Some(Event::Finished { played_ms: 600 })
+    ));
+    let x = h.played();
+    let seg = segments(&x);
+    assert_eq!(seg.len(), 1, "one unbroken tone: {seg:?}");
+    assert_eq!(ms(seg[0].1), 600);
 }
