@@ -19,7 +19,6 @@ use alsa::PacedDevice;
 use dashscope::FakeDashScope;
 use herald::pb::{self, speak_event::Event as E};
 use support::*;
-use tonic::Streaming;
 
 const KEY: &str = "sk-alsa-queue-test-0123456789";
 /// What herald opens the file-over-null device at: 48 kHz stereo f32.
@@ -72,63 +71,6 @@ impl Setup {
     }
 }
 
-fn speak(id: &str, text: &str, priority: pb::Priority) -> pb::SpeakRequest {
-    pb::SpeakRequest {
-        text: text.to_owned(),
-        model: "qwen3-tts-flash".to_owned(),
-        voice: "Cherry".to_owned(),
-        priority: priority as i32,
-        id: id.to_owned(),
-        ..Default::default()
-    }
-}
-
-/// Events until the final one.
-async fn events(stream: &mut Streaming<pb::SpeakEvent>) -> Vec<E> {
-    let mut out = Vec::new();
-    while let Some(ev) = stream.message().await.expect("event") {
-        let e = ev.event.expect("event set");
-        let last = !matches!(e, E::Queued(_) | E::Started(_));
-        out.push(e);
-        if last {
-            break;
-        }
-    }
-    out
-}
-
-async fn until_started(stream: &mut Streaming<pb::SpeakEvent>) {
-    loop {
-        match stream.message().await.unwrap().unwrap().event.unwrap() {
-            E::Started(_) => return,
-            E::Queued(_) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
-/// Non-silent runs (start, len) in frames; silences shorter than 20 ms join runs (so an
-/// underrun inside an announcement shows as a longer run, not as a new one).
-fn segments(x: &[f32]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    let min_gap = (RATE / 50) as usize;
-    while i < x.len() {
-        if x[i].abs() < 1e-4 {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        let mut quiet = 0;
-        while i < x.len() && quiet < min_gap {
-            quiet = if x[i].abs() < 1e-4 { quiet + 1 } else { 0 };
-            i += 1;
-        }
-        out.push((start, i - quiet - start));
-    }
-    out
-}
-
 fn ms(frames: usize) -> f64 {
     frames as f64 * 1000.0 / f64::from(RATE)
 }
@@ -139,7 +81,7 @@ async fn the_queue_plays_by_priority_on_a_real_time_alsa_device() {
     let mut client = s.server.client().await;
     // 2.16 s of 440 Hz.
     let mut m1 = client
-        .speak(speak(
+        .speak(speak_request(
             "m1",
             "@440Hz the first message, long enough to be cut short.",
             pb::Priority::Message,
@@ -151,37 +93,53 @@ async fn the_queue_plays_by_priority_on_a_real_time_alsa_device() {
     // While it plays: a MESSAGE (waits its turn), a MESSAGE that expires before its turn, a
     // NOTIFICATION (dropped: something is playing), two PROGRESS reports (the latest wins).
     let mut m2 = client
-        .speak(speak("m2", "@550Hz second message", pb::Priority::Message))
+        .speak(speak_request(
+            "m2",
+            "@550Hz second message",
+            pb::Priority::Message,
+        ))
         .await
         .unwrap()
         .into_inner();
-    let mut req = speak("x", "@990Hz stale news", pb::Priority::Message);
+    let mut req = speak_request("x", "@990Hz stale news", pb::Priority::Message);
     req.expires_after_ms = 300;
     let mut x = client.speak(req).await.unwrap().into_inner();
     let mut n = client
-        .speak(speak("n", "@660Hz fyi", pb::Priority::Notification))
+        .speak(speak_request("n", "@660Hz fyi", pb::Priority::Notification))
         .await
         .unwrap()
         .into_inner();
     let mut p1 = client
-        .speak(speak("p1", "@700Hz ten percent", pb::Priority::Progress))
+        .speak(speak_request(
+            "p1",
+            "@700Hz ten percent",
+            pb::Priority::Progress,
+        ))
         .await
         .unwrap()
         .into_inner();
     let mut p2 = client
-        .speak(speak("p2", "@770Hz fifty percent", pb::Priority::Progress))
+        .speak(speak_request(
+            "p2",
+            "@770Hz fifty percent",
+            pb::Priority::Progress,
+        ))
         .await
         .unwrap()
         .into_inner();
     // Then an IMPORTANT one cuts the first message and goes ahead of the queue.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut i = client
-        .speak(speak("i", "@880Hz urgent news", pb::Priority::Important))
+        .speak(speak_request(
+            "i",
+            "@880Hz urgent news",
+            pb::Priority::Important,
+        ))
         .await
         .unwrap()
         .into_inner();
 
-    let ev = events(&mut m1).await;
+    let ev = speak_events(&mut m1).await;
     let Some(E::Interrupted(cut)) = ev.last() else {
         panic!("{ev:?}")
     };
@@ -192,21 +150,26 @@ async fn the_queue_plays_by_priority_on_a_real_time_alsa_device() {
         cut.played_ms
     );
     assert!(
-        matches!(events(&mut n).await.as_slice(), [E::Dropped(_)]),
+        matches!(speak_events(&mut n).await.as_slice(), [E::Dropped(_)]),
         "NOTIFICATION dropped while busy"
     );
     assert!(
-        matches!(events(&mut p1).await.last(), Some(E::Dropped(d)) if d.by_id == "p2"),
+        matches!(speak_events(&mut p1).await.last(), Some(E::Dropped(d)) if d.by_id == "p2"),
         "the older PROGRESS gives way"
     );
-    assert!(matches!(events(&mut x).await.last(), Some(E::Expired(_))));
+    assert!(matches!(
+        speak_events(&mut x).await.last(),
+        Some(E::Expired(_))
+    ));
     for (id, stream) in [("i", &mut i), ("m2", &mut m2), ("p2", &mut p2)] {
-        let ev = events(stream).await;
+        let ev = speak_events(stream).await;
         assert!(matches!(ev.last(), Some(E::Finished(_))), "{id}: {ev:?}");
     }
 
     let played = s.finish();
-    let seg = segments(&played);
+    // Silences under 20 ms join runs: an underrun inside an announcement shows as a longer
+    // run (caught by the exact lengths below), not as a new one.
+    let seg = segments(&played, RATE, 20);
     println!(
         "{} ms played; segments (start ms, length ms): {:?}; m1 cut at {} ms",
         ms(played.len()),
@@ -260,11 +223,11 @@ async fn leading_silence_chime_and_speech_on_a_real_time_alsa_device() {
     let s = setup().await;
     let mut client = s.server.client().await;
     // 20 characters: 800 ms of 440 Hz.
-    let mut req = speak("a", "@440Hz one two three", pb::Priority::Message);
+    let mut req = speak_request("a", "@440Hz one two three", pb::Priority::Message);
     req.leading_silence_ms = 300;
     req.chime = pb::Chime::Play as i32;
     let mut stream = client.speak(req).await.unwrap().into_inner();
-    let ev = events(&mut stream).await;
+    let ev = speak_events(&mut stream).await;
     assert!(
         matches!(ev[0], E::Queued(ref q) if q.device == PacedDevice::DEVICE),
         "{ev:?}"

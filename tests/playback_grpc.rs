@@ -12,7 +12,7 @@ use std::{path::PathBuf, time::Duration};
 use dashscope::FakeDashScope;
 use herald::pb::{self, speak_event::Event as E};
 use support::*;
-use tonic::{Code, Streaming};
+use tonic::Code;
 
 const KEY: &str = "sk-playback-test-0123456789";
 const RATE: u32 = 16000;
@@ -48,67 +48,11 @@ async fn setup(extra: &str) -> Setup {
     }
 }
 
-fn speak(id: &str, text: &str, priority: pb::Priority) -> pb::SpeakRequest {
-    pb::SpeakRequest {
-        text: text.to_owned(),
-        model: "qwen3-tts-flash".to_owned(),
-        voice: "Cherry".to_owned(),
-        priority: priority as i32,
-        id: id.to_owned(),
-        ..Default::default()
-    }
-}
-
-/// Events until the final one.
-async fn events(stream: &mut Streaming<pb::SpeakEvent>) -> Vec<E> {
-    let mut out = Vec::new();
-    while let Some(ev) = stream.message().await.expect("event") {
-        let e = ev.event.expect("event set");
-        let last = !matches!(e, E::Queued(_) | E::Started(_));
-        out.push(e);
-        if last {
-            break;
-        }
-    }
-    out
-}
-
-async fn until_started(stream: &mut Streaming<pb::SpeakEvent>) {
-    loop {
-        match stream.message().await.unwrap().unwrap().event.unwrap() {
-            E::Started(_) => return,
-            E::Queued(_) => continue,
-            other => panic!("{other:?}"),
-        }
-    }
-}
-
 /// The samples the wav device has written so far (mono s16 at RATE), sizes in the header
 /// ignored.
 fn played(wav: &PathBuf) -> Vec<f32> {
     let bytes = std::fs::read(wav).unwrap();
     s16_to_f32(&bytes[44..])
-}
-
-/// Non-silent runs (start, len) in frames; silences shorter than 5 ms join runs.
-fn segments(x: &[f32]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
-    let mut i = 0;
-    let min_gap = (RATE / 200) as usize;
-    while i < x.len() {
-        if x[i].abs() < 1e-4 {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        let mut quiet = 0;
-        while i < x.len() && quiet < min_gap {
-            quiet = if x[i].abs() < 1e-4 { quiet + 1 } else { 0 };
-            i += 1;
-        }
-        out.push((start, i - quiet - start));
-    }
-    out
 }
 
 fn ms(frames: usize) -> f64 {
@@ -120,11 +64,11 @@ async fn an_announcement_plays_whole_with_leading_silence_and_chime() {
     let s = setup("").await;
     let mut client = s.daemon.client().await;
     // 20 characters: 800 ms of 440 Hz.
-    let mut req = speak("a1", "@440Hz one two three", pb::Priority::Message);
+    let mut req = speak_request("a1", "@440Hz one two three", pb::Priority::Message);
     req.leading_silence_ms = 300;
     req.chime = pb::Chime::Play as i32;
     let mut stream = client.speak(req).await.unwrap().into_inner();
-    let ev = events(&mut stream).await;
+    let ev = speak_events(&mut stream).await;
     assert!(
         matches!(ev[0], E::Queued(ref q) if q.position == 0 && q.device == "wav"),
         "{ev:?}"
@@ -165,7 +109,7 @@ async fn important_interrupts_a_message_and_the_queue_goes_on() {
     let mut client = s.daemon.client().await;
     // 2.4 s of 440 Hz.
     let mut m = client
-        .speak(speak(
+        .speak(speak_request(
             "m",
             "@440Hz a message that is long enough to be cut.",
             pb::Priority::Message,
@@ -176,16 +120,16 @@ async fn important_interrupts_a_message_and_the_queue_goes_on() {
     until_started(&mut m).await;
     tokio::time::sleep(Duration::from_millis(600)).await;
     let mut i = client
-        .speak(speak("i", "@880Hz urgent", pb::Priority::Important))
+        .speak(speak_request("i", "@880Hz urgent", pb::Priority::Important))
         .await
         .unwrap()
         .into_inner();
     let mut n = client
-        .speak(speak("n", "@660Hz fyi", pb::Priority::Notification))
+        .speak(speak_request("n", "@660Hz fyi", pb::Priority::Notification))
         .await
         .unwrap()
         .into_inner();
-    let ev = events(&mut m).await;
+    let ev = speak_events(&mut m).await;
     let Some(E::Interrupted(cut)) = ev.last() else {
         panic!("{ev:?}")
     };
@@ -196,12 +140,15 @@ async fn important_interrupts_a_message_and_the_queue_goes_on() {
         cut.played_ms
     );
     assert!(
-        matches!(events(&mut n).await.last(), Some(E::Dropped(_))),
+        matches!(speak_events(&mut n).await.last(), Some(E::Dropped(_))),
         "NOTIFICATION dropped while busy"
     );
-    assert!(matches!(events(&mut i).await.last(), Some(E::Finished(_))));
+    assert!(matches!(
+        speak_events(&mut i).await.last(),
+        Some(E::Finished(_))
+    ));
     let x = played(&s.wav);
-    let seg = segments(&x);
+    let seg = segments(&x, RATE, 5);
     assert_eq!(seg.len(), 2, "{seg:?}");
     let (a, b) = (seg[0], seg[1]);
     assert!(
@@ -238,7 +185,7 @@ async fn devices_stop_and_disconnects() {
     assert_eq!(wav.sample_rates_hz, vec![RATE]);
     assert!(devices.iter().any(|d| d.name == "null"));
     // Unknown device: INVALID_ARGUMENT listing the known ones.
-    let mut bad = speak("x", "@440Hz hi", pb::Priority::Message);
+    let mut bad = speak_request("x", "@440Hz hi", pb::Priority::Message);
     bad.device = "alsa:nope".into();
     let status = client.speak(bad).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -250,7 +197,7 @@ async fn devices_stop_and_disconnects() {
 
     // A client that hangs up does not cancel its announcement by default...
     let mut keep = client
-        .speak(speak(
+        .speak(speak_request(
             "keep",
             "@440Hz plays on after the hangup",
             pb::Priority::Message,
@@ -261,7 +208,7 @@ async fn devices_stop_and_disconnects() {
     until_started(&mut keep).await;
     drop(keep);
     // ...unless it asked to.
-    let mut req = speak(
+    let mut req = speak_request(
         "gone",
         "@550Hz cancelled with its client",
         pb::Priority::Message,
@@ -275,7 +222,7 @@ async fn devices_stop_and_disconnects() {
     drop(gone);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut queued = client
-        .speak(speak("q", "@660Hz queued", pb::Priority::Message))
+        .speak(speak_request("q", "@660Hz queued", pb::Priority::Message))
         .await
         .unwrap()
         .into_inner();
@@ -292,7 +239,7 @@ async fn devices_stop_and_disconnects() {
     stopped.sort();
     assert_eq!(stopped, vec!["keep", "q"]);
     assert!(matches!(
-        events(&mut queued).await.last(),
+        speak_events(&mut queued).await.last(),
         Some(E::Dropped(_))
     ));
     let status = client
@@ -305,7 +252,7 @@ async fn devices_stop_and_disconnects() {
     assert!(status.message().starts_with("id:"), "{}", status.message());
     // Only "keep" ever sounded.
     let x = played(&s.wav);
-    let seg = segments(&x);
+    let seg = segments(&x, RATE, 5);
     assert_eq!(seg.len(), 1, "{seg:?}");
     assert!((peak_frequency(&x[seg[0].0..seg[0].0 + seg[0].1], RATE) - 440.0).abs() < 3.0);
     s.daemon.stop().await.unwrap();

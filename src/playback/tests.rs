@@ -113,12 +113,22 @@ struct Harness {
 impl Harness {
     fn new(settings: PlaybackSettings) -> Self {
         let captured = Arc::new(Mutex::new(None));
+        let factory = Arc::new(Capture(Arc::clone(&captured)));
+        Self::with_factory(settings, factory, captured)
+    }
+
+    /// Over other devices named "capture"; `played` reads `captured`.
+    fn with_factory(
+        settings: PlaybackSettings,
+        factory: Arc<dyn SinkFactory>,
+        captured: Arc<Mutex<Option<Arc<Mutex<sink::Captured>>>>>,
+    ) -> Self {
         let playback = Playback::new(
             PlaybackSettings {
                 default_device: "capture".into(),
                 ..settings
             },
-            Arc::new(Capture(Arc::clone(&captured))),
+            factory,
             Arc::new(ToneSource),
             CancellationToken::new(),
         );
@@ -505,40 +515,17 @@ impl SinkFactory for Breaking {
 #[tokio::test(start_paused = true)]
 async fn a_device_failing_mid_play_fails_the_item_and_the_queue_goes_on() {
     let opened = Arc::new(Mutex::new(Vec::new()));
-    let playback = Playback::new(
-        PlaybackSettings {
-            default_device: "capture".into(),
-            ..settings()
-        },
+    let h = Harness::with_factory(
+        settings(),
         Arc::new(Breaking {
             // 300 ms into the first announcement
             fail_after: RATE as usize * 3 / 10,
             opened: Arc::clone(&opened),
         }),
-        Arc::new(ToneSource),
-        CancellationToken::new(),
+        Arc::default(),
     );
-    let say = |id: &str, text: &str| {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let ann = Announcement {
-            id: id.into(),
-            priority: Priority::Message,
-            request: SynthesisRequest {
-                text: text.into(),
-                ..Default::default()
-            },
-            engine: Arc::new(NoEngine),
-            volume: 1.0,
-            chime: false,
-            leading_silence: Duration::ZERO,
-            expires_at: None,
-            events: tx,
-        };
-        playback.enqueue("capture", ann).unwrap();
-        rx
-    };
-    let mut broken = say("broken", "440:1000");
-    let mut next = say("next", "660:400");
+    let mut broken = h.say("broken", Priority::Message, "440:1000");
+    let mut next = h.say("next", Priority::Message, "660:400");
     let ev = events(&mut broken).await;
     let Some(Event::Failed { status }) = ev.last() else {
         panic!("{ev:?}")

@@ -377,3 +377,68 @@ pub fn peak_frequency(x: &[f32], rate: u32) -> f64 {
     let delta = 0.5 * (a - c) / (a - 2.0 * b + c);
     (k as f64 + delta) * f64::from(rate) / n as f64
 }
+
+// ---- Speak ----
+
+/// A `Speak` request for `text` on the fake DashScope's qwen3-tts-flash.
+pub fn speak_request(id: &str, text: &str, priority: pb::Priority) -> pb::SpeakRequest {
+    pb::SpeakRequest {
+        text: text.to_owned(),
+        model: "qwen3-tts-flash".to_owned(),
+        voice: "Cherry".to_owned(),
+        priority: priority as i32,
+        id: id.to_owned(),
+        ..Default::default()
+    }
+}
+
+/// A `Speak` stream's events until the final one.
+pub async fn speak_events(
+    stream: &mut tonic::Streaming<pb::SpeakEvent>,
+) -> Vec<pb::speak_event::Event> {
+    use pb::speak_event::Event as E;
+    let mut out = Vec::new();
+    while let Some(ev) = stream.message().await.expect("event") {
+        let e = ev.event.expect("event set");
+        let last = !matches!(e, E::Queued(_) | E::Started(_));
+        out.push(e);
+        if last {
+            break;
+        }
+    }
+    out
+}
+
+/// Read a `Speak` stream up to its STARTED event.
+pub async fn until_started(stream: &mut tonic::Streaming<pb::SpeakEvent>) {
+    use pb::speak_event::Event as E;
+    loop {
+        match stream.message().await.unwrap().unwrap().event.unwrap() {
+            E::Started(_) => return,
+            E::Queued(_) => continue,
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+/// Non-silent runs (start, len) in frames of mono audio at `rate`; silences shorter than
+/// `join_ms` join runs.
+pub fn segments(x: &[f32], rate: u32, join_ms: u32) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let min_gap = (rate * join_ms / 1000) as usize;
+    while i < x.len() {
+        if x[i].abs() < 1e-4 {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        let mut quiet = 0;
+        while i < x.len() && quiet < min_gap {
+            quiet = if x[i].abs() < 1e-4 { quiet + 1 } else { 0 };
+            i += 1;
+        }
+        out.push((start, i - quiet - start));
+    }
+    out
+}

@@ -555,6 +555,12 @@ pub struct Decoder {
     sentence_start_ms: Option<u32>,
 }
 
+/// Milliseconds of s16 audio of `spec` in `bytes`.
+pub fn s16_ms(spec: AudioSpec, bytes: u64) -> u32 {
+    let per_s = u64::from(spec.sample_rate) * 2 * u64::from(spec.channels);
+    u32::try_from(bytes * 1000 / per_s.max(1)).unwrap_or(u32::MAX)
+}
+
 /// How far before its sentence's start a word may begin and still count as timed from the
 /// request's start (the audio of a sentence-begin event may lag a little).
 const SENTENCE_SLACK_MS: u32 = 50;
@@ -580,8 +586,7 @@ impl Decoder {
 
     /// ms of audio read so far.
     fn audio_ms(&self) -> u32 {
-        let per_ms = u64::from(self.spec.sample_rate) * 2 * u64::from(self.spec.channels) / 1000;
-        u32::try_from(self.audio_bytes / per_ms.max(1)).unwrap_or(u32::MAX)
+        s16_ms(self.spec, self.audio_bytes)
     }
 
     /// CosyVoice `sentence-end` events carry the sentence's words (with

@@ -412,8 +412,7 @@ impl Driver {
             sample_rate: self.job.rate,
             channels: 1,
         });
-        let per_s = u64::from(spec.sample_rate) * 2 * u64::from(spec.channels);
-        u32::try_from(bytes * 1000 / per_s.max(1)).unwrap_or(u32::MAX)
+        family::s16_ms(spec, bytes)
     }
 
     fn audio(&mut self, spec: AudioSpec, data: Bytes) -> Result<Bytes, EngineError> {
