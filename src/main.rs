@@ -266,6 +266,13 @@ fn fail(code: u8, error: impl Into<anyhow::Error>) -> Failure {
     }
 }
 
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|e| {
+        e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -292,6 +299,9 @@ fn main() -> ExitCode {
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of our output went away (`herald voices | head`): done, as for any Unix
+        // filter.
+        Err(Failure { error, .. }) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
             eprintln!("herald: {error:#}");
             ExitCode::from(code)

@@ -252,3 +252,28 @@ fn say_play_devices_and_stop() {
     );
     assert!(server.terminate().success());
 }
+
+/// `herald voices | head -n 1` (the quick start does this): the reader leaving early is a
+/// normal end, exit 0 and no error, as for any Unix filter.
+#[test]
+fn a_reader_that_leaves_early_is_not_an_error() {
+    use std::io::{BufRead, BufReader};
+    let server = ServeProcess::start(&[]);
+    let mut child = herald()
+        .args(["voices", "--model", "espeak-ng", "--socket"])
+        .arg(&server.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run voices");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    // The pipe's read end is closed here: the rest of the list hits a broken pipe.
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!first.is_empty(), "a first line");
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(!stderr.contains("Broken pipe"), "{stderr}");
+}
