@@ -80,3 +80,11 @@ pub async fn connect(target: &Target) -> Result<SpeechClient<Channel>, tonic::tr
     let channel = target.endpoint()?.connect().await?;
     Ok(SpeechClient::new(channel))
 }
+
+/// Connect to the daemon's cache service (herald.v1.Cache).
+pub async fn connect_cache(
+    target: &Target,
+) -> Result<crate::pb::cache_client::CacheClient<Channel>, tonic::transport::Error> {
+    let channel = target.endpoint()?.connect().await?;
+    Ok(crate::pb::cache_client::CacheClient::new(channel))
+}

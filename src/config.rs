@@ -36,6 +36,10 @@ pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
 pub const CREDENTIAL_DASHSCOPE_API_KEY: &str = "dashscope_api_key";
 /// systemd: the service's runtime directory (`RuntimeDirectory=`).
 pub const ENV_RUNTIME_DIRECTORY: &str = "RUNTIME_DIRECTORY";
+/// systemd: the service's cache directory (`CacheDirectory=`).
+pub const ENV_CACHE_DIRECTORY: &str = "CACHE_DIRECTORY";
+/// Per-user cache directory (XDG base directories).
+pub const ENV_XDG_CACHE_HOME: &str = "XDG_CACHE_HOME";
 /// Per-user runtime directory (desktop sessions).
 pub const ENV_XDG_RUNTIME_DIR: &str = "XDG_RUNTIME_DIR";
 /// Default DashScope base URL (Beijing region).
@@ -86,6 +90,10 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_PLAYBACK_DEVICE", "playback.device", Kind::Str),
     ("HERALD_PLAYBACK_WAV_PATH", "playback.wav_path", Kind::Str),
     ("HERALD_LOG", "log.level", Kind::Str),
+    ("HERALD_CACHE_ENABLED", "cache.enabled", Kind::Bool),
+    ("HERALD_CACHE_DIR", "cache.directory", Kind::Str),
+    ("HERALD_CACHE_MAX_BYTES", "cache.max_bytes", Kind::Int),
+    ("HERALD_FALLBACK", "fallback.chain", Kind::List),
     (ENV_DASHSCOPE_API_KEY, "dashscope.api_key", Kind::Str),
     (
         ENV_DASHSCOPE_API_KEY_FILE,
@@ -208,6 +216,10 @@ pub struct RawConfig {
     pub dashscope: DashscopeSection,
     /// Local playback (`Speak`).
     pub playback: PlaybackSection,
+    /// The audio cache.
+    pub cache: CacheSection,
+    /// What serves a request when its engine is unavailable.
+    pub fallback: FallbackSection,
     /// Logging.
     pub log: LogSection,
 }
@@ -248,6 +260,71 @@ impl Default for PlaybackSection {
             pause_ms: 250,
         }
     }
+}
+
+/// `[cache]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSection {
+    /// Whether synthesized phrases are cached on disk. Default true.
+    pub enabled: bool,
+    /// Directory of the cache. Empty = `$CACHE_DIRECTORY` (systemd `CacheDirectory=`), else
+    /// `$XDG_CACHE_HOME/herald`, else `$HOME/.cache/herald`.
+    pub directory: String,
+    /// Size cap in bytes; least recently used entries are evicted beyond it (pinned ones
+    /// never). Default 1 GiB, range 1 MiB..=1 TiB.
+    pub max_bytes: u64,
+    /// Entries older than this many seconds are misses and removed (pinned ones never).
+    /// 0 = no age cap (default).
+    pub max_age_s: u64,
+    /// Longest text that is cached, in characters; longer texts are synthesized every time.
+    /// Default 2000, range 1..=100000.
+    pub max_text_chars: u64,
+}
+
+impl Default for CacheSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            directory: String::new(),
+            max_bytes: 1 << 30,
+            max_age_s: 0,
+            max_text_chars: 2_000,
+        }
+    }
+}
+
+/// `[fallback]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FallbackSection {
+    /// Tried in order when the requested engine fails with UNAVAILABLE, RESOURCE_EXHAUSTED or
+    /// DEADLINE_EXCEEDED before any audio was sent: "cache" (the same text in any voice), a
+    /// model ("espeak-ng"), or "MODEL/VOICE". Empty = no fallback. Default
+    /// `["cache", "espeak-ng"]`.
+    pub chain: Vec<String>,
+}
+
+impl Default for FallbackSection {
+    fn default() -> Self {
+        Self {
+            chain: vec!["cache".to_owned(), "espeak-ng".to_owned()],
+        }
+    }
+}
+
+/// One validated step of the fallback chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FallbackStep {
+    /// The same text from the cache, in any voice.
+    Cache,
+    /// A model, with a voice or the best match for the request's language.
+    Model {
+        /// The model.
+        model: String,
+        /// The voice, if the step names one.
+        voice: Option<String>,
+    },
 }
 
 /// `[server]`
@@ -663,6 +740,10 @@ pub struct Config {
     pub dashscope: DashscopeConfig,
     /// Local playback.
     pub playback: crate::playback::PlaybackSettings,
+    /// The audio cache, when enabled.
+    pub cache: Option<crate::cache::CacheSettings>,
+    /// The fallback chain (empty = none).
+    pub fallback: Vec<FallbackStep>,
     /// Log filter directive.
     pub log_level: String,
     /// The merged raw configuration (for `check-config`; secrets masked by [`Config::render`]).
@@ -755,6 +836,8 @@ impl RawConfig {
         }
         let dashscope = validate_dashscope(&self.dashscope, env)?;
         let playback = validate_playback(&self.playback)?;
+        let cache = validate_cache(&self.cache, env)?;
+        let fallback = validate_fallback(&self.fallback)?;
         if dashscope.api_key.is_none() && espeak.is_none() {
             return Err(invalid(
                 "espeak.enabled",
@@ -773,10 +856,116 @@ impl RawConfig {
             espeak,
             dashscope,
             playback,
+            cache,
+            fallback,
             log_level: self.log.level.clone(),
             raw: self,
         })
     }
+}
+
+fn validate_cache(
+    c: &CacheSection,
+    env: &Env,
+) -> Result<Option<crate::cache::CacheSettings>, ConfigError> {
+    if !c.enabled {
+        return Ok(None);
+    }
+    if !((1 << 20)..=(1 << 40)).contains(&c.max_bytes) {
+        return Err(invalid(
+            "cache.max_bytes",
+            format!("{} is outside 1048576..=1099511627776", c.max_bytes),
+        ));
+    }
+    if !(1..=100_000).contains(&c.max_text_chars) {
+        return Err(invalid(
+            "cache.max_text_chars",
+            format!("{} is outside 1..=100000", c.max_text_chars),
+        ));
+    }
+    if c.max_age_s > 100 * 365 * 86_400 {
+        return Err(invalid(
+            "cache.max_age_s",
+            format!("{} is above the limit of 100 years", c.max_age_s),
+        ));
+    }
+    let directory = match non_empty(&c.directory) {
+        Some(d) => PathBuf::from(d),
+        None => default_cache_dir(env).ok_or_else(|| {
+            invalid(
+                "cache.directory",
+                "empty, and none of CACHE_DIRECTORY, XDG_CACHE_HOME, HOME is set: set a \
+                 directory or disable the cache (cache.enabled = false)",
+            )
+        })?,
+    };
+    Ok(Some(crate::cache::CacheSettings {
+        directory,
+        max_bytes: c.max_bytes,
+        max_age: (c.max_age_s > 0).then(|| Duration::from_secs(c.max_age_s)),
+        max_text_chars: usize::try_from(c.max_text_chars).unwrap_or(usize::MAX),
+    }))
+}
+
+/// The default cache directory: `$CACHE_DIRECTORY` (systemd), else `$XDG_CACHE_HOME/herald`,
+/// else `$HOME/.cache/herald`.
+pub fn default_cache_dir(env: &Env) -> Option<PathBuf> {
+    if let Some(dirs) = env.get(ENV_CACHE_DIRECTORY) {
+        let first = dirs.split(':').next().unwrap_or(dirs);
+        return Some(PathBuf::from(first));
+    }
+    if let Some(xdg) = env.get(ENV_XDG_CACHE_HOME) {
+        return Some(Path::new(xdg).join("herald"));
+    }
+    env.get("HOME")
+        .map(|home| Path::new(home).join(".cache").join("herald"))
+}
+
+fn validate_fallback(f: &FallbackSection) -> Result<Vec<FallbackStep>, ConfigError> {
+    if f.chain.len() > 8 {
+        return Err(invalid(
+            "fallback.chain",
+            format!("{} steps exceeds the limit of 8", f.chain.len()),
+        ));
+    }
+    let mut steps = Vec::with_capacity(f.chain.len());
+    for entry in &f.chain {
+        let entry = entry.trim();
+        let step = if entry == "cache" {
+            FallbackStep::Cache
+        } else {
+            // Model names may contain '/' (MiniMax/speech-02-hd): the voice is after the last
+            // '/' only when what is before it is a known shape; "MiniMax/x" alone is a model.
+            match entry.rsplit_once('/') {
+                Some((model, voice))
+                    if !model.is_empty() && !voice.is_empty() && model != "MiniMax" =>
+                {
+                    FallbackStep::Model {
+                        model: model.to_owned(),
+                        voice: Some(voice.to_owned()),
+                    }
+                }
+                _ if !entry.is_empty() => FallbackStep::Model {
+                    model: entry.to_owned(),
+                    voice: None,
+                },
+                _ => {
+                    return Err(invalid(
+                        "fallback.chain",
+                        "entries must be \"cache\", a model, or \"MODEL/VOICE\"; found an empty one",
+                    ));
+                }
+            }
+        };
+        if steps.contains(&step) {
+            return Err(invalid(
+                "fallback.chain",
+                format!("{entry:?} is listed twice"),
+            ));
+        }
+        steps.push(step);
+    }
+    Ok(steps)
 }
 
 fn validate_playback(
@@ -1046,6 +1235,10 @@ impl Config {
             "# dashscope base url: {}\n",
             self.dashscope.base_url
         ));
+        text.push_str(&match &self.cache {
+            Some(c) => format!("# cache directory: {}\n", c.directory.display()),
+            None => "# cache: disabled\n".to_owned(),
+        });
         text
     }
 }

@@ -25,12 +25,14 @@
 #![warn(missing_docs)]
 
 pub mod audio;
+pub mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
 pub mod pb;
 pub mod pipeline;
 pub mod playback;
+pub mod provider;
 pub mod service;
 pub mod shutdown;
 pub mod telemetry;

@@ -76,6 +76,72 @@ enum Command {
     Devices(TargetOnly),
     /// Stop announcements playing or queued on a device.
     Stop(StopArgs),
+    /// Manage the daemon's audio cache: warm, stats, clear, pin, unpin.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CacheCommand {
+    /// Synthesize the phrases of FILE into the cache (skipping those already cached).
+    Warm(WarmArgs),
+    /// Print the cache's size, limits and counters.
+    Stats(TargetOnly),
+    /// Remove every entry (pinned ones only with --include-pinned).
+    Clear(ClearArgs),
+    /// Pin cached phrases: never evicted, never expired.
+    Pin(PhraseArgs),
+    /// Unpin cached phrases.
+    Unpin(PhraseArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct PhraseSource {
+    /// Phrases: a text file (one phrase per line; blank lines and lines starting with '#'
+    /// skipped) or a .toml file of [[phrase]] tables (text, voice, model, language,
+    /// instructions, speed, pitch, emotion, seed).
+    #[arg(value_name = "FILE", required_unless_present = "text")]
+    file: Option<PathBuf>,
+    /// A phrase given on the command line instead of a file (repeatable).
+    #[arg(long, conflicts_with = "file")]
+    text: Vec<String>,
+    /// Voice of plain-text phrases (and of TOML phrases that name none).
+    #[arg(long)]
+    voice: Option<String>,
+    /// Model of plain-text phrases (and of TOML phrases that name none).
+    #[arg(long)]
+    model: Option<String>,
+}
+
+#[derive(clap::Args, Debug)]
+struct WarmArgs {
+    #[command(flatten)]
+    phrases: PhraseSource,
+    /// Pin the warmed phrases.
+    #[arg(long)]
+    pin: bool,
+    /// Synthesize again even when cached.
+    #[arg(long)]
+    refresh: bool,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct PhraseArgs {
+    #[command(flatten)]
+    phrases: PhraseSource,
+    #[command(flatten)]
+    target: TargetArgs,
+}
+
+#[derive(clap::Args, Debug)]
+struct ClearArgs {
+    /// Remove pinned entries too.
+    #[arg(long)]
+    include_pinned: bool,
+    #[command(flatten)]
+    target: TargetArgs,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -293,6 +359,7 @@ fn main() -> ExitCode {
             Command::Voices(args) => voices(args).await,
             Command::Devices(args) => devices(args).await,
             Command::Stop(args) => stop(args).await,
+            Command::Cache(command) => cache_command(command).await,
         }
     });
     // Do not wait for lingering blocking threads (an audio thread finishing a cancelled job).
@@ -407,6 +474,8 @@ async fn say(args: SayArgs) -> Result<(), Failure> {
         pronunciations: args.pronunciations.iter().cloned().collect(),
         replacements: args.replacements.iter().cloned().collect(),
         optimize_instructions: args.optimize_instructions,
+        cache: pb::CachePolicy::Unspecified as i32,
+        no_fallback: false,
     });
     if args.timeout > 0.0 {
         let timeout = std::time::Duration::try_from_secs_f64(args.timeout).map_err(|_| {
@@ -691,6 +760,236 @@ async fn voices(args: VoicesArgs) -> Result<(), Failure> {
         )?;
     }
     Ok(())
+}
+
+/// One `[[phrase]]` of a TOML phrase file.
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PhraseEntry {
+    text: String,
+    #[serde(default)]
+    voice: String,
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    language: String,
+    #[serde(default)]
+    instructions: String,
+    #[serde(default)]
+    speed: f32,
+    #[serde(default)]
+    pitch: f32,
+    #[serde(default)]
+    emotion: String,
+    #[serde(default)]
+    seed: u32,
+}
+
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct PhraseFile {
+    #[serde(default)]
+    phrase: Vec<PhraseEntry>,
+}
+
+fn read_phrases(src: &PhraseSource) -> Result<Vec<pb::SynthesizeRequest>, Failure> {
+    let plain = |text: String| pb::SynthesizeRequest {
+        text,
+        voice: src.voice.clone().unwrap_or_default(),
+        model: src.model.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let Some(path) = &src.file else {
+        return Ok(src.text.iter().cloned().map(plain).collect());
+    };
+    let content = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))
+        .map_err(|e| fail(EX_USAGE, e))?;
+    if path.extension().is_some_and(|e| e == "toml") {
+        let file: PhraseFile = toml::from_str(&content)
+            .with_context(|| format!("{} is not a phrase file", path.display()))
+            .map_err(|e| fail(EX_USAGE, e))?;
+        return Ok(file
+            .phrase
+            .into_iter()
+            .map(|p| pb::SynthesizeRequest {
+                text: p.text,
+                voice: if p.voice.is_empty() {
+                    src.voice.clone().unwrap_or_default()
+                } else {
+                    p.voice
+                },
+                model: if p.model.is_empty() {
+                    src.model.clone().unwrap_or_default()
+                } else {
+                    p.model
+                },
+                language: p.language,
+                instructions: p.instructions,
+                speed: p.speed,
+                pitch: p.pitch,
+                emotion: p.emotion,
+                seed: p.seed,
+                ..Default::default()
+            })
+            .collect());
+    }
+    Ok(content
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| plain(l.to_owned()))
+        .collect())
+}
+
+async fn connect_cache(
+    target: TargetArgs,
+) -> Result<pb::cache_client::CacheClient<tonic::transport::Channel>, Failure> {
+    let target = Target::resolve(target.socket, target.addr, &Env::from_process())
+        .map_err(|m| fail(EX_UNAVAILABLE, anyhow::anyhow!(m)))?;
+    client::connect_cache(&target)
+        .await
+        .with_context(|| format!("cannot connect to herald at {target}"))
+        .map_err(|e| fail(EX_UNAVAILABLE, e))
+}
+
+/// Print one line per phrase; an error when any phrase failed.
+fn print_results(
+    results: &[pb::CacheEntryResult],
+    texts: &[String],
+    verb: &str,
+) -> Result<(), Failure> {
+    let mut out = std::io::stdout().lock();
+    let mut failures = 0;
+    for (r, text) in results.iter().zip(texts) {
+        if r.code == 0 {
+            let state = if r.was_cached && verb == "warmed" {
+                "cached"
+            } else {
+                verb
+            };
+            writeln!(
+                out,
+                "{state:<8} {:>7} ms {:>9} B{} {}",
+                r.duration_ms,
+                r.bytes,
+                if r.pinned { " pinned" } else { "       " },
+                text
+            )?;
+        } else {
+            failures += 1;
+            writeln!(
+                out,
+                "failed   {:?}: {}  {}",
+                tonic::Code::from(r.code),
+                r.message,
+                text
+            )?;
+        }
+    }
+    if failures > 0 {
+        return Err(fail(
+            1,
+            anyhow::anyhow!("{failures} of {} phrases failed", results.len()),
+        ));
+    }
+    Ok(())
+}
+
+async fn cache_command(command: CacheCommand) -> Result<(), Failure> {
+    match command {
+        CacheCommand::Warm(args) => {
+            let phrases = read_phrases(&args.phrases)?;
+            let texts: Vec<String> = phrases.iter().map(|p| p.text.clone()).collect();
+            let mut client = connect_cache(args.target).await?;
+            let mut results = Vec::with_capacity(phrases.len());
+            // The daemon takes at most 1000 phrases per call.
+            for batch in phrases.chunks(1000) {
+                let response = client
+                    .warm_cache(pb::WarmCacheRequest {
+                        phrases: batch.to_vec(),
+                        pin: args.pin,
+                        refresh: args.refresh,
+                    })
+                    .await
+                    .map_err(rpc_error)?;
+                results.extend(response.into_inner().results);
+            }
+            print_results(&results, &texts, "warmed")
+        }
+        CacheCommand::Pin(args) => pin(args, true).await,
+        CacheCommand::Unpin(args) => pin(args, false).await,
+        CacheCommand::Stats(args) => {
+            let mut client = connect_cache(args.target).await?;
+            let s = client
+                .get_cache_stats(pb::GetCacheStatsRequest {})
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "directory       {}", s.directory)?;
+            writeln!(out, "entries         {}", s.entries)?;
+            writeln!(out, "bytes           {} of {}", s.bytes, s.max_bytes)?;
+            writeln!(
+                out,
+                "pinned          {} entries, {} bytes",
+                s.pinned_entries, s.pinned_bytes
+            )?;
+            writeln!(
+                out,
+                "max age         {}",
+                if s.max_age_s == 0 {
+                    "none".to_owned()
+                } else {
+                    format!("{} s", s.max_age_s)
+                }
+            )?;
+            writeln!(out, "hits            {}", s.hits)?;
+            writeln!(out, "misses          {}", s.misses)?;
+            writeln!(out, "shared calls    {}", s.shared_calls)?;
+            writeln!(out, "stored          {}", s.stored)?;
+            writeln!(out, "evicted         {}", s.evicted)?;
+            writeln!(out, "expired         {}", s.expired)?;
+            writeln!(out, "corrupt         {}", s.corrupt)?;
+            Ok(())
+        }
+        CacheCommand::Clear(args) => {
+            let mut client = connect_cache(args.target).await?;
+            let r = client
+                .clear_cache(pb::ClearCacheRequest {
+                    include_pinned: args.include_pinned,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            writeln!(
+                std::io::stdout().lock(),
+                "removed {} entries ({} bytes); kept {} pinned",
+                r.removed_entries,
+                r.removed_bytes,
+                r.kept_pinned
+            )?;
+            Ok(())
+        }
+    }
+}
+
+async fn pin(args: PhraseArgs, pinned: bool) -> Result<(), Failure> {
+    let phrases = read_phrases(&args.phrases)?;
+    let texts: Vec<String> = phrases.iter().map(|p| p.text.clone()).collect();
+    let mut client = connect_cache(args.target).await?;
+    let mut results = Vec::with_capacity(phrases.len());
+    for batch in phrases.chunks(1000) {
+        let response = client
+            .pin_cache(pb::PinCacheRequest {
+                phrases: batch.to_vec(),
+                pinned,
+            })
+            .await
+            .map_err(rpc_error)?;
+        results.extend(response.into_inner().results);
+    }
+    print_results(&results, &texts, if pinned { "pinned" } else { "unpinned" })
 }
 
 /// `WORD=VALUE` for `--pronounce` / `--replace`.

@@ -26,7 +26,7 @@ use crate::{
         remix::Remix,
         resample::Resampler,
     },
-    engine::{EngineError, SynthEvent, SynthesisRequest, Synthesizer, WordTiming},
+    engine::{EngineError, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, WordTiming},
 };
 
 /// Engine byte chunks in flight between the async reader and the audio thread.
@@ -122,12 +122,47 @@ pub async fn run(
         gain,
         chunk_ms,
     } = job;
-    let mut stream = tokio::select! {
+    let stream = tokio::select! {
         biased;
         () = cancel.cancelled() => return Err(JobError::Cancelled),
         s = engine.synthesize(request) => s?,
     };
+    run_stream(
+        stream,
+        Render {
+            output,
+            gain,
+            chunk_ms,
+        },
+        cancel,
+        sink,
+    )
+    .await
+}
 
+/// What the audio thread makes of a stream.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Render {
+    /// The format the client gets.
+    pub output: OutputFormat,
+    /// Linear gain applied to the audio (1.0 = unchanged).
+    pub gain: f32,
+    /// Target chunk duration in ms.
+    pub chunk_ms: u32,
+}
+
+/// Run an opened engine stream (from the engine, the cache or a fallback) to the end.
+pub async fn run_stream(
+    mut stream: SynthStream,
+    render: Render,
+    cancel: CancellationToken,
+    sink: ChunkSink,
+) -> Result<JobReport, JobError> {
+    let Render {
+        output,
+        gain,
+        chunk_ms,
+    } = render;
     let mut sink = Some(sink);
     let words = PendingWords::default();
     let mut audio: Option<(mpsc::Sender<Bytes>, InputEncoding, AudioThread)> = None;

@@ -160,6 +160,10 @@ pub enum EngineError {
         /// Why, for operators.
         reason: String,
     },
+    /// An error of an upstream call shared by several requests (the cache's single flight):
+    /// behaves exactly as the error it wraps.
+    #[error(transparent)]
+    Shared(Arc<EngineError>),
     /// The engine did not finish within its configured time bound.
     #[error("{engine} did not finish within {limit:?}")]
     TimedOut {
@@ -183,6 +187,7 @@ impl EngineError {
                     .is_some_and(|c| c.ends_with("BillOverdue") || c == "CommodityNotPurchased");
                 (*status == 429 && !billing) || *status >= 500 || *status == 408
             }
+            Self::Shared(inner) => inner.is_retryable(),
             Self::Protocol(_)
             | Self::Interrupted(_)
             | Self::Unavailable { .. }

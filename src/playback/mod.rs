@@ -44,7 +44,7 @@ pub use self::sink::{Sink, SinkError};
 use crate::{
     audio::{AudioSpec, OutputEncoding, OutputFormat},
     engine::{SynthesisRequest, Synthesizer},
-    pipeline::{self, Job},
+    pipeline,
     service::status,
 };
 
@@ -281,18 +281,26 @@ pub trait AudioSource: Send + Sync + 'static {
     fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis;
 }
 
-/// The production [`AudioSource`]: herald's pipeline, straight to `f32` at the device's rate,
-/// with the announcement's volume as gain.
-#[derive(Debug, Default)]
-pub struct PipelineSource;
+/// The production [`AudioSource`]: herald's pipeline (through the cache and the fallback
+/// chain), straight to `f32` at the device's rate, with the announcement's volume as gain.
+#[derive(Debug)]
+pub struct PipelineSource {
+    provider: Arc<crate::provider::Provider>,
+}
+
+impl PipelineSource {
+    /// A source over `provider`.
+    pub fn new(provider: Arc<crate::provider::Provider>) -> Self {
+        Self { provider }
+    }
+}
 
 impl AudioSource for PipelineSource {
     fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis {
         let mut request = ann.request.clone();
         request.output_sample_rate = spec.sample_rate;
-        let job = Job {
-            request,
-            engine: Arc::clone(&ann.engine),
+        let engine = Arc::clone(&ann.engine);
+        let render = pipeline::Render {
             output: OutputFormat {
                 encoding: OutputEncoding::PcmF32Le,
                 spec,
@@ -300,10 +308,25 @@ impl AudioSource for PipelineSource {
             gain: ann.volume,
             chunk_ms: BLOCK_MS,
         };
+        let provider = Arc::clone(&self.provider);
         let (tx, rx) = mpsc::channel(SYNTHESIS_CHUNKS);
         let cancel = CancellationToken::new();
         let job_cancel = cancel.clone();
         tokio::spawn(async move {
+            let opened = tokio::select! {
+                biased;
+                () = job_cancel.cancelled() => return,
+                r = provider.open(request, engine, crate::provider::Options::default()) => r,
+            };
+            let stream = match opened {
+                Ok(opened) => opened.stream,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(status::job_status(&pipeline::JobError::Engine(e))))
+                        .await;
+                    return;
+                }
+            };
             let chunk_tx = tx.clone();
             let sink: pipeline::ChunkSink = Box::new(move |out| match out {
                 pipeline::Output::Audio(chunk) => {
@@ -312,7 +335,7 @@ impl AudioSource for PipelineSource {
                 // Playback asks for none.
                 pipeline::Output::Words(_) => true,
             });
-            if let Err(e) = pipeline::run(job, job_cancel, sink).await {
+            if let Err(e) = pipeline::run_stream(stream, render, job_cancel, sink).await {
                 let _ = tx.send(Err(status::job_status(&e))).await;
             }
         });

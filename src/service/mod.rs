@@ -6,6 +6,7 @@
 //! every in-flight job, and waits for connections to close within the grace period. Engines are
 //! built by [`Daemon::from_config`]. This module owns no audio and no engine logic.
 
+pub mod cache;
 mod speak;
 pub mod speech;
 pub mod status;
@@ -25,13 +26,15 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
-    config::{Config, ListenAddr},
+    cache::Cache,
+    config::{Config, FallbackStep, ListenAddr},
     engine::{
         EngineError, Engines, Synthesizer, dashscope,
         espeak::{self, Espeak, EspeakConfig},
     },
-    pb::{self, speech_server::SpeechServer},
+    pb::{self, cache_server::CacheServer, speech_server::SpeechServer},
     playback::{PipelineSource, Playback, PlaybackSettings, Registry},
+    provider::Provider,
 };
 pub use speech::{Settings, SpeechService};
 
@@ -163,6 +166,7 @@ pub const DASHSCOPE_DEFAULT_MODEL: &str = "cosyvoice-v3-flash";
 /// The daemon: engines, request settings, and the root cancellation token of all jobs.
 pub struct Daemon {
     service: SpeechService,
+    cache: cache::CacheService,
     jobs: CancellationToken,
     grace: Duration,
 }
@@ -225,23 +229,56 @@ impl Daemon {
             max_text_chars: config.max_text_chars,
             max_concurrent: config.max_concurrent,
         };
-        Ok(Self::with_playback(
-            engines,
+        let mut fallback = Vec::new();
+        for step in &config.fallback {
+            match step {
+                FallbackStep::Model { model, .. } if engines.for_model(model).is_none() => {
+                    tracing::warn!(%model, "fallback.chain: no configured engine serves this model; step skipped");
+                }
+                step => fallback.push(step.clone()),
+            }
+        }
+        let cache = match &config.cache {
+            None => None,
+            Some(c) => {
+                let c = c.clone();
+                let dir = c.directory.clone();
+                match tokio::task::spawn_blocking(move || Cache::open(c)).await {
+                    Ok(Ok(cache)) => {
+                        tracing::info!(directory = %dir.display(), "cache open");
+                        Some(Arc::new(cache))
+                    }
+                    Ok(Err(e)) => {
+                        // A kiosk keeps speaking without its cache rather than not at all.
+                        tracing::error!(directory = %dir.display(), error = %e, "cannot open the cache; running without it");
+                        None
+                    }
+                    Err(e) => return Err(ServeError::Config(format!("cache: {e}"))),
+                }
+            }
+        };
+        Ok(Self::with_parts(
+            Arc::new(Provider::new(engines, cache, fallback)),
             settings,
             config.playback.clone(),
             config.shutdown_grace,
         ))
     }
 
-    /// A daemon over explicit engines and settings, with default playback settings (tests,
-    /// embedding).
+    /// A daemon over explicit engines and settings, with default playback settings, no cache
+    /// and no fallback (tests, embedding).
     pub fn new(engines: Engines, settings: Settings, grace: Duration) -> Self {
-        Self::with_playback(engines, settings, PlaybackSettings::default(), grace)
+        Self::with_parts(
+            Arc::new(Provider::new(engines, None, Vec::new())),
+            settings,
+            PlaybackSettings::default(),
+            grace,
+        )
     }
 
-    /// A daemon over explicit engines, settings and playback settings.
-    pub fn with_playback(
-        engines: Engines,
+    /// A daemon over a provider (engines, cache, fallback), settings and playback settings.
+    pub fn with_parts(
+        provider: Arc<Provider>,
         settings: Settings,
         playback: PlaybackSettings,
         grace: Duration,
@@ -250,11 +287,13 @@ impl Daemon {
         let playback = Arc::new(Playback::new(
             playback.clone(),
             Arc::new(Registry::new(playback)),
-            Arc::new(PipelineSource),
+            Arc::new(PipelineSource::new(Arc::clone(&provider))),
             jobs.clone(),
         ));
+        let service = SpeechService::new(provider, settings, playback, jobs.clone());
         Self {
-            service: SpeechService::new(engines, settings, playback, jobs.clone()),
+            cache: cache::CacheService::new(service.clone()),
+            service,
             jobs,
             grace,
         }
@@ -270,6 +309,9 @@ impl Daemon {
     ) -> Result<(), ServeError> {
         let (reporter, health) = tonic_health::server::health_reporter();
         reporter.set_serving::<SpeechServer<SpeechService>>().await;
+        reporter
+            .set_serving::<CacheServer<cache::CacheService>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -289,7 +331,8 @@ impl Daemon {
                 .add_service(health.clone())
                 .add_service(reflection_v1.clone())
                 .add_service(reflection_v1alpha.clone())
-                .add_service(SpeechServer::new(self.service.clone()));
+                .add_service(SpeechServer::new(self.service.clone()))
+                .add_service(CacheServer::new(self.cache.clone()));
             let signal = stop_accepting.clone().cancelled_owned();
             tracing::info!(addr = %listener.addr, "listening");
             match listener.kind {
@@ -321,6 +364,9 @@ impl Daemon {
         }
         reporter
             .set_not_serving::<SpeechServer<SpeechService>>()
+            .await;
+        reporter
+            .set_not_serving::<CacheServer<cache::CacheService>>()
             .await;
         stop_accepting.cancel();
         self.jobs.cancel();

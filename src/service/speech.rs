@@ -15,10 +15,11 @@ use tonic::{Request, Response, Status, metadata::MetadataMap};
 
 use crate::{
     audio::{self, AudioSpec, OutputEncoding, OutputFormat, encode},
-    engine::{Engines, SynthesisRequest},
+    engine::SynthesisRequest,
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
-    pipeline::{self, ChunkSink, Job, Output},
+    pipeline::{self, ChunkSink, Job, JobError, Output, Render},
     playback::{Announcement, Playback},
+    provider::{self, CachePolicy, Provider},
     service::status,
 };
 
@@ -67,7 +68,8 @@ pub struct SpeechService {
 }
 
 struct Inner {
-    engines: Engines,
+    /// The cache, the engines and the fallback chain.
+    provider: Arc<Provider>,
     settings: Settings,
     /// Local playback: the announcement queues.
     playback: Arc<Playback>,
@@ -78,18 +80,19 @@ struct Inner {
 }
 
 /// A validated Synthesize request.
-struct Validated {
-    job: Job,
-    info: pb::AudioInfo,
-    characters: u32,
+pub(crate) struct Validated {
+    pub(crate) job: Job,
+    pub(crate) info: pb::AudioInfo,
+    pub(crate) characters: u32,
+    pub(crate) options: provider::Options,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl SpeechService {
-    /// A service over `engines` and `playback`; jobs are cancelled when `root` is.
+    /// A service over `provider` and `playback`; jobs are cancelled when `root` is.
     pub fn new(
-        engines: Engines,
+        provider: Arc<Provider>,
         settings: Settings,
         playback: Arc<Playback>,
         root: CancellationToken,
@@ -97,7 +100,7 @@ impl SpeechService {
         Self {
             inner: Arc::new(Inner {
                 running: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
-                engines,
+                provider,
                 settings,
                 playback,
                 root,
@@ -105,7 +108,13 @@ impl SpeechService {
         }
     }
 
-    fn validate(&self, req: pb::SynthesizeRequest) -> Result<Validated, Status> {
+    /// The provider requests go through.
+    pub(crate) fn provider(&self) -> &Arc<Provider> {
+        &self.inner.provider
+    }
+
+    /// Turn a request into domain types, or INVALID_ARGUMENT naming the field and its limit.
+    pub(crate) fn validate(&self, req: pb::SynthesizeRequest) -> Result<Validated, Status> {
         let settings = &self.inner.settings;
         let text = req.text;
         if text.trim().is_empty() {
@@ -124,8 +133,9 @@ impl SpeechService {
         } else {
             req.model
         };
-        let Some(engine) = self.inner.engines.for_model(&model) else {
-            let known: Vec<&str> = self.inner.engines.all().iter().map(|e| e.name()).collect();
+        let engines = self.inner.provider.engines();
+        let Some(engine) = engines.for_model(&model) else {
+            let known: Vec<&str> = engines.all().iter().map(|e| e.name()).collect();
             return Err(invalid(format!(
                 "model: unknown model {:?}; this daemon serves: {}",
                 truncate(&model, 64),
@@ -196,6 +206,22 @@ impl SpeechService {
             req.request_id
         };
 
+        let cache = match pb::CachePolicy::try_from(req.cache) {
+            Ok(pb::CachePolicy::Unspecified | pb::CachePolicy::Use) => CachePolicy::Use,
+            Ok(pb::CachePolicy::Refresh) => CachePolicy::Refresh,
+            Ok(pb::CachePolicy::Bypass) => CachePolicy::Bypass,
+            Err(_) => {
+                return Err(invalid(format!(
+                    "cache: unknown value {}; valid: USE, REFRESH, BYPASS",
+                    req.cache
+                )));
+            }
+        };
+        let options = provider::Options {
+            cache,
+            fallback: !req.no_fallback,
+        };
+
         let emotion = optional(&req.emotion);
         if let Some(e) = &emotion
             && e.chars().count() > MAX_EMOTION_CHARS
@@ -244,6 +270,9 @@ impl SpeechService {
             engine: engine.name().to_owned(),
             request_id: request.request_id.clone(),
             native_sample_rate_hz: native_rate,
+            requested_model: request.model.clone(),
+            requested_voice: request.voice.clone(),
+            ..Default::default()
         };
         Ok(Validated {
             job: Job {
@@ -255,6 +284,7 @@ impl SpeechService {
             },
             info,
             characters: u32::try_from(chars).unwrap_or(u32::MAX),
+            options,
         })
     }
 }
@@ -481,6 +511,14 @@ fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     })
 }
 
+/// Resolves at `deadline`, or never.
+async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 fn response(payload: Payload) -> Result<pb::SynthesizeResponse, Status> {
     Ok(pb::SynthesizeResponse {
         payload: Some(payload),
@@ -500,8 +538,9 @@ impl pb::speech_server::Speech for SpeechService {
         let deadline = grpc_timeout(request.metadata()).and_then(|d| received.checked_add(d));
         let Validated {
             mut job,
-            info,
+            mut info,
             characters,
+            options,
         } = self.validate(request.into_inner())?;
         job.request.deadline = deadline;
         let permit = Arc::clone(&self.inner.running)
@@ -514,6 +553,7 @@ impl pb::speech_server::Speech for SpeechService {
             })?;
         let rate = job.output.spec.sample_rate;
         let cancel = self.inner.root.child_token();
+        let provider = Arc::clone(&self.inner.provider);
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         tracing::debug!(request_id = %info.request_id, model = %info.model, voice = %info.voice, "synthesize");
 
@@ -521,6 +561,41 @@ impl pb::speech_server::Speech for SpeechService {
             // Held until this stream's job ends, whatever way it ends.
             let _permit = permit;
             let request_id = info.request_id.clone();
+            let Job {
+                request,
+                engine,
+                output,
+                gain,
+                chunk_ms,
+            } = job;
+            let opened = tokio::select! {
+                r = provider.open(request, engine, options) => r.map_err(JobError::Engine),
+                () = cancel.cancelled() => Err(JobError::Cancelled),
+                () = tx.closed() => {
+                    tracing::debug!(%request_id, "client went away before synthesis started");
+                    return;
+                }
+                () = until(deadline) => {
+                    tracing::info!(%request_id, "deadline exceeded before synthesis started");
+                    let _ = tx.send(Err(Status::deadline_exceeded("deadline exceeded before synthesis started"))).await;
+                    return;
+                }
+            };
+            let opened = match opened {
+                Ok(o) => o,
+                Err(error) => {
+                    let _ = tx.send(Err(status::job_status(&error))).await;
+                    return;
+                }
+            };
+            let served = opened.served;
+            info.engine.clone_from(&served.engine);
+            info.model.clone_from(&served.model);
+            info.voice.clone_from(&served.voice);
+            info.native_sample_rate_hz = served.native_sample_rate;
+            info.cache_hit = served.cache_hit;
+            info.fallback_used = served.fallback_reason.is_some();
+            info.fallback_reason = served.fallback_reason.clone().unwrap_or_default();
             if tx.send(response(Payload::Info(info))).await.is_err() {
                 return;
             }
@@ -545,21 +620,20 @@ impl pb::speech_server::Speech for SpeechService {
                 };
                 sink_tx.blocking_send(msg).is_ok()
             });
-            let deadline_passed = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
+            let render = Render {
+                output,
+                gain,
+                chunk_ms,
             };
             let result = tokio::select! {
-                r = pipeline::run(job, cancel.clone(), sink) => r,
+                r = pipeline::run_stream(opened.stream, render, cancel.clone(), sink) => r,
                 () = tx.closed() => {
                     // Client gone: dropping the job future stops the engine at once.
                     cancel.cancel();
                     tracing::debug!(%request_id, "client went away; job cancelled");
                     return;
                 }
-                () = deadline_passed => {
+                () = until(deadline) => {
                     cancel.cancel();
                     tracing::info!(%request_id, "deadline exceeded; job cancelled");
                     let _ = tx.send(Err(Status::deadline_exceeded("deadline exceeded before synthesis finished"))).await;
@@ -574,6 +648,9 @@ impl pb::speech_server::Speech for SpeechService {
                     tracing::info!(
                         %request_id,
                         frames = report.frames,
+                        engine = %served.engine,
+                        cache_hit = served.cache_hit,
+                        fallback = served.fallback_reason.is_some(),
                         ttfa_ms = ttfa.map(|d| d.as_secs_f64() * 1e3),
                         "synthesis finished"
                     );
@@ -581,12 +658,13 @@ impl pb::speech_server::Speech for SpeechService {
                         samples: report.frames,
                         duration_ms: (report.frames * 1000 + u64::from(rate) / 2) / u64::from(rate),
                         characters: report.characters.unwrap_or(characters),
-                        cache_hit: false,
-                        fallback_used: false,
+                        cache_hit: served.cache_hit,
+                        fallback_used: served.fallback_reason.is_some(),
                         upstream_request_ids: report.upstream_request_ids,
                         time_to_first_audio_us: ttfa
                             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
                         bytes: report.bytes,
+                        engine: served.engine,
                     }))
                 }
                 Err(error) => Err(status::job_status(&error)),
@@ -604,7 +682,8 @@ impl pb::speech_server::Speech for SpeechService {
         let language = req.language.trim().to_ascii_lowercase();
         let voices = self
             .inner
-            .engines
+            .provider
+            .engines()
             .all()
             .iter()
             .flat_map(|engine| {

@@ -13,6 +13,7 @@ const CONTENT_FILTER_CODE: &str = "DataInspectionFailed";
 /// The status for an engine error.
 pub fn engine_status(error: &EngineError) -> Status {
     match error {
+        EngineError::Shared(inner) => engine_status(inner),
         EngineError::Api {
             status,
             code,

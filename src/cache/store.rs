@@ -1,0 +1,746 @@
+//! Where cache entries live: the [`Store`] trait and the on-disk [`DiskStore`].
+//!
+//! An entry is one phrase's audio in the canonical form (signed 16-bit little-endian PCM at the
+//! engine's rate, interleaved) plus its [`EntryMeta`]. The trait is the boundary a shared
+//! backend (Redis, an S3-compatible bucket) would implement to serve a fleet of replicas; every
+//! method is blocking and called from a blocking thread.
+//!
+//! On disk (`DiskStore`), an entry is `entries/<2 hex>/<key>.hac`:
+//!
+//! ```text
+//! "HERALDA1" | header length (u32 LE) | header (JSON EntryMeta) | PCM | CRC-32 (u32 LE)
+//! ```
+//!
+//! The CRC covers every byte before it. Entries are written to `tmp/` and renamed into place,
+//! so a reader sees a whole entry or none; a file that is truncated, fails its CRC or whose
+//! header disagrees with its length is removed and reported as [`StoreError::Corrupt`].
+//! Pins are kept in `pins.json` (written the same way). Recency for LRU eviction is the file's
+//! modification time, refreshed on every hit, so it survives restarts.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    io::{self, Read, Write},
+    path::{Path, PathBuf},
+    sync::Mutex,
+    time::{Duration, SystemTime},
+};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+/// Magic bytes at the start of an entry file (format version 1).
+const MAGIC: &[u8; 8] = b"HERALDA1";
+/// Longest accepted header, bytes.
+const MAX_HEADER: usize = 1 << 20;
+/// File name extension of entries.
+const EXT: &str = "hac";
+
+/// What an entry knows about its audio. Never the text: only its hash.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EntryMeta {
+    /// The engine that made the audio ("cosyvoice", "espeak-ng", ...).
+    pub engine: String,
+    /// Its model.
+    pub model: String,
+    /// Its voice.
+    pub voice: String,
+    /// [`super::key::text_hash`] of the phrase.
+    pub text_hash: String,
+    /// Rate of the PCM, Hz.
+    pub sample_rate: u32,
+    /// Channels of the PCM.
+    pub channels: u16,
+    /// Frames of PCM.
+    pub frames: u64,
+    /// Characters the upstream billed for it.
+    pub characters: Option<u32>,
+    /// Word timings, when the synthesis asked for them.
+    pub words: Option<Vec<StoredWord>>,
+    /// When it was made, ms since the Unix epoch.
+    pub created_unix_ms: u64,
+}
+
+/// A word timing as stored.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredWord {
+    /// The word.
+    pub text: String,
+    /// Start, ms.
+    pub begin_ms: u32,
+    /// End, ms.
+    pub end_ms: u32,
+}
+
+/// One cached phrase.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// About the audio.
+    pub meta: EntryMeta,
+    /// s16le PCM, `meta.frames * meta.channels` samples.
+    pub pcm: Bytes,
+}
+
+impl Entry {
+    /// Duration of the audio, ms.
+    pub fn duration_ms(&self) -> u64 {
+        self.meta.frames * 1000 / u64::from(self.meta.sample_rate.max(1))
+    }
+}
+
+/// What a store reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The entry was damaged; it has been removed.
+    #[error("cache entry {key} is corrupt ({reason}); removed")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The entry is larger than the whole cache may be.
+    #[error("entry of {size} bytes exceeds cache.max_bytes ({max})")]
+    TooLarge {
+        /// Its size.
+        size: u64,
+        /// The cap.
+        max: u64,
+    },
+    /// The backend failed.
+    #[error("cache I/O failed")]
+    Io(#[from] io::Error),
+}
+
+/// Sizes and counters of a store.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Entries.
+    pub entries: u64,
+    /// Bytes.
+    pub bytes: u64,
+    /// Pinned entries.
+    pub pinned_entries: u64,
+    /// Bytes of pinned entries.
+    pub pinned_bytes: u64,
+    /// Entries evicted by the size cap.
+    pub evicted: u64,
+    /// Entries removed by the age cap.
+    pub expired: u64,
+    /// Entries found corrupt.
+    pub corrupt: u64,
+    /// Entries written.
+    pub stored: u64,
+}
+
+/// What [`Store::put`] and [`Store::get`] report about an entry's place in the store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EntryStatus {
+    /// Size on disk (or in the backend), bytes.
+    pub bytes: u64,
+    /// Pinned.
+    pub pinned: bool,
+}
+
+/// A place to keep entries. Blocking; implementations synchronize internally.
+pub trait Store: Send + Sync + 'static {
+    /// The entry under `key`; `Ok(None)` when absent or expired, `Err(Corrupt)` when it was
+    /// damaged (and has been removed). A hit refreshes the entry's recency.
+    fn get(&self, key: &str) -> Result<Option<(Entry, EntryStatus)>, StoreError>;
+    /// Store `entry` under `key` (replacing any), then evict down to the size cap.
+    fn put(&self, key: &str, entry: &Entry) -> Result<EntryStatus, StoreError>;
+    /// Keys of entries whose phrase has this text hash, most recently used first.
+    fn find_text(&self, text_hash: &str) -> Vec<String>;
+    /// Pin or unpin `key`; `None` when there is no such entry.
+    fn set_pinned(&self, key: &str, pinned: bool) -> Result<Option<EntryStatus>, StoreError>;
+    /// Remove every entry (pinned ones only with `include_pinned`): (removed, bytes, kept).
+    fn clear(&self, include_pinned: bool) -> Result<(u64, u64, u64), StoreError>;
+    /// Sizes and counters.
+    fn stats(&self) -> StoreStats;
+    /// Where it lives, for operators.
+    fn location(&self) -> String;
+}
+
+/// Limits of a [`DiskStore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Size cap, bytes.
+    pub max_bytes: u64,
+    /// Age cap (`None` = none).
+    pub max_age: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+struct Indexed {
+    bytes: u64,
+    last_used: SystemTime,
+    created: SystemTime,
+    text_hash: String,
+}
+
+#[derive(Default)]
+struct Index {
+    entries: HashMap<String, Indexed>,
+    pins: HashSet<String>,
+    bytes: u64,
+    stats: StoreStats,
+}
+
+/// Entries as files in a directory.
+pub struct DiskStore {
+    dir: PathBuf,
+    limits: Limits,
+    index: Mutex<Index>,
+}
+
+impl std::fmt::Debug for DiskStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DiskStore")
+            .field("dir", &self.dir)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        key: key.to_owned(),
+        reason: reason.into(),
+    }
+}
+
+fn valid_key(key: &str) -> bool {
+    key.len() == 64
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl DiskStore {
+    /// Open (creating) the store in `dir`: leftover temporary files are removed and the index
+    /// is built from the entries' headers. Damaged entries found here are removed.
+    pub fn open(dir: &Path, limits: Limits) -> io::Result<Self> {
+        fs::create_dir_all(dir.join("entries"))?;
+        let tmp = dir.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        for f in fs::read_dir(&tmp)? {
+            let _ = fs::remove_file(f?.path());
+        }
+        let mut index = Index::default();
+        for shard in fs::read_dir(dir.join("entries"))? {
+            let shard = shard?.path();
+            if !shard.is_dir() {
+                continue;
+            }
+            for file in fs::read_dir(&shard)? {
+                let path = file?.path();
+                let Some(key) = path
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .filter(|k| valid_key(k) && path.extension().is_some_and(|e| e == EXT))
+                    .map(str::to_owned)
+                else {
+                    continue;
+                };
+                match read_header(&path) {
+                    Ok((meta, len, modified)) => {
+                        index.bytes += len;
+                        index.entries.insert(
+                            key,
+                            Indexed {
+                                bytes: len,
+                                last_used: modified,
+                                created: unix_ms_to_time(meta.created_unix_ms),
+                                text_hash: meta.text_hash,
+                            },
+                        );
+                    }
+                    Err(reason) => {
+                        tracing::warn!(path = %path.display(), %reason, "removing a damaged cache entry");
+                        index.stats.corrupt += 1;
+                        let _ = fs::remove_file(&path);
+                    }
+                }
+            }
+        }
+        if let Ok(text) = fs::read_to_string(dir.join("pins.json")) {
+            match serde_json::from_str::<Vec<String>>(&text) {
+                Ok(pins) => index.pins = pins.into_iter().filter(|k| valid_key(k)).collect(),
+                Err(e) => tracing::warn!(error = %e, "ignoring an unreadable pins.json"),
+            }
+        }
+        tracing::info!(
+            dir = %dir.display(),
+            entries = index.entries.len(),
+            bytes = index.bytes,
+            pinned = index.pins.len(),
+            "cache opened"
+        );
+        Ok(Self {
+            dir: dir.to_owned(),
+            limits,
+            index: Mutex::new(index),
+        })
+    }
+
+    fn path(&self, key: &str) -> PathBuf {
+        self.dir
+            .join("entries")
+            .join(&key[..2])
+            .join(format!("{key}.{EXT}"))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn remove_locked(&self, index: &mut Index, key: &str) {
+        if let Some(e) = index.entries.remove(key) {
+            index.bytes = index.bytes.saturating_sub(e.bytes);
+        }
+        let _ = fs::remove_file(self.path(key));
+    }
+
+    fn expired(&self, e: &Indexed, now: SystemTime) -> bool {
+        self.limits.max_age.is_some_and(|age| {
+            now.duration_since(e.created)
+                .is_ok_and(|elapsed| elapsed > age)
+        })
+    }
+
+    fn evict_locked(&self, index: &mut Index, keep: &str) {
+        let now = SystemTime::now();
+        let expired: Vec<String> = index
+            .entries
+            .iter()
+            .filter(|(k, e)| !index.pins.contains(*k) && k.as_str() != keep && self.expired(e, now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in expired {
+            self.remove_locked(index, &k);
+            index.stats.expired += 1;
+        }
+        while index.bytes > self.limits.max_bytes {
+            let victim = index
+                .entries
+                .iter()
+                .filter(|(k, _)| !index.pins.contains(*k) && k.as_str() != keep)
+                .min_by_key(|(_, e)| e.last_used)
+                .map(|(k, _)| k.clone());
+            let Some(victim) = victim else { break };
+            tracing::debug!(key = %victim, "evicting a cache entry");
+            self.remove_locked(index, &victim);
+            index.stats.evicted += 1;
+        }
+    }
+
+    fn write_pins(&self, pins: &HashSet<String>) -> io::Result<()> {
+        let mut list: Vec<&String> = pins.iter().collect();
+        list.sort();
+        let json = serde_json::to_vec(&list).map_err(io::Error::other)?;
+        self.write_atomic(&self.dir.join("pins.json"), &[&json])
+    }
+
+    fn write_atomic(&self, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
+        let tmp = self.dir.join("tmp").join(format!(
+            "{}.{}.tmp",
+            target
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("entry"),
+            uuid::Uuid::new_v4().simple()
+        ));
+        let result = (|| {
+            let mut f = fs::File::create(&tmp)?;
+            for p in parts {
+                f.write_all(p)?;
+            }
+            f.sync_data()?;
+            if let Some(parent) = target.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            fs::rename(&tmp, target)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn unix_ms_to_time(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+/// Encode an entry file.
+pub fn encode_entry(entry: &Entry) -> Vec<u8> {
+    let header = serde_json::to_vec(&entry.meta).unwrap_or_default();
+    let mut out = Vec::with_capacity(MAGIC.len() + 8 + header.len() + entry.pcm.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(
+        &u32::try_from(header.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes(),
+    );
+    out.extend_from_slice(&header);
+    out.extend_from_slice(&entry.pcm);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+/// Decode an entry file, checking everything.
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+    let min = MAGIC.len() + 4 + 4;
+    if bytes.len() < min {
+        return Err(format!("{} bytes is shorter than any entry", bytes.len()));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    if crc32fast::hash(body) != stored {
+        return Err("checksum mismatch".to_owned());
+    }
+    let (meta, header_end) = parse_header(body)?;
+    let pcm = &body[header_end..];
+    let expected = meta
+        .frames
+        .checked_mul(u64::from(meta.channels) * 2)
+        .ok_or("frame count overflows")?;
+    if pcm.len() as u64 != expected {
+        return Err(format!(
+            "{} PCM bytes where the header says {expected}",
+            pcm.len()
+        ));
+    }
+    Ok(Entry {
+        meta,
+        pcm: Bytes::copy_from_slice(pcm),
+    })
+}
+
+fn parse_header(body: &[u8]) -> Result<(EntryMeta, usize), String> {
+    if body.len() < MAGIC.len() + 4 || &body[..MAGIC.len()] != MAGIC {
+        return Err("not a herald cache entry (bad magic)".to_owned());
+    }
+    let n = MAGIC.len();
+    let len = u32::from_le_bytes([body[n], body[n + 1], body[n + 2], body[n + 3]]) as usize;
+    if len > MAX_HEADER || body.len() < n + 4 + len {
+        return Err(format!("header of {len} bytes does not fit the file"));
+    }
+    let meta: EntryMeta = serde_json::from_slice(&body[n + 4..n + 4 + len])
+        .map_err(|e| format!("header is not valid: {e}"))?;
+    if meta.sample_rate == 0
+        || !crate::audio::INPUT_SAMPLE_RATES.contains(&meta.sample_rate)
+        || !(1..=crate::audio::MAX_INPUT_CHANNELS).contains(&meta.channels)
+    {
+        return Err(format!(
+            "header has an impossible format ({} Hz, {} channels)",
+            meta.sample_rate, meta.channels
+        ));
+    }
+    Ok((meta, n + 4 + len))
+}
+
+/// The header of an entry file (without reading its audio), its size and modification time.
+fn read_header(path: &Path) -> Result<(EntryMeta, u64, SystemTime), String> {
+    let mut f = fs::File::open(path).map_err(|e| e.to_string())?;
+    let md = f.metadata().map_err(|e| e.to_string())?;
+    let mut prefix = [0u8; 12];
+    f.read_exact(&mut prefix).map_err(|e| e.to_string())?;
+    let len = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize;
+    if len > MAX_HEADER {
+        return Err(format!("header of {len} bytes"));
+    }
+    let mut header = vec![0u8; len];
+    f.read_exact(&mut header).map_err(|e| e.to_string())?;
+    let mut body = prefix.to_vec();
+    body.extend_from_slice(&header);
+    let (meta, end) = parse_header(&body)?;
+    let expected = end as u64 + meta.frames * u64::from(meta.channels) * 2 + 4;
+    if md.len() != expected {
+        return Err(format!(
+            "{} bytes where the header says {expected}",
+            md.len()
+        ));
+    }
+    Ok((
+        meta,
+        md.len(),
+        md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    ))
+}
+
+impl Store for DiskStore {
+    fn get(&self, key: &str) -> Result<Option<(Entry, EntryStatus)>, StoreError> {
+        if !valid_key(key) {
+            return Ok(None);
+        }
+        let now = SystemTime::now();
+        {
+            let mut index = self.lock();
+            let Some(e) = index.entries.get(key) else {
+                return Ok(None);
+            };
+            if !index.pins.contains(key) && self.expired(e, now) {
+                self.remove_locked(&mut index, key);
+                index.stats.expired += 1;
+                return Ok(None);
+            }
+        }
+        let path = self.path(key);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let mut index = self.lock();
+                self.remove_locked(&mut index, key);
+                index.stats.corrupt += 1;
+                return Err(corrupt(key, "its file is missing"));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        match decode_entry(&bytes) {
+            Ok(entry) => {
+                // Recency for LRU, kept by the file system across restarts (best effort).
+                if let Ok(f) = fs::File::options().write(true).open(&path) {
+                    let _ = f.set_modified(now);
+                }
+                let mut index = self.lock();
+                let pinned = index.pins.contains(key);
+                let bytes = bytes.len() as u64;
+                if let Some(e) = index.entries.get_mut(key) {
+                    e.last_used = now;
+                }
+                Ok(Some((entry, EntryStatus { bytes, pinned })))
+            }
+            Err(reason) => {
+                let mut index = self.lock();
+                self.remove_locked(&mut index, key);
+                index.stats.corrupt += 1;
+                Err(corrupt(key, reason))
+            }
+        }
+    }
+
+    fn put(&self, key: &str, entry: &Entry) -> Result<EntryStatus, StoreError> {
+        if !valid_key(key) {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad cache key").into());
+        }
+        let file = encode_entry(entry);
+        let size = file.len() as u64;
+        if size > self.limits.max_bytes {
+            return Err(StoreError::TooLarge {
+                size,
+                max: self.limits.max_bytes,
+            });
+        }
+        self.write_atomic(&self.path(key), &[&file])?;
+        let now = SystemTime::now();
+        let mut index = self.lock();
+        if let Some(old) = index.entries.insert(
+            key.to_owned(),
+            Indexed {
+                bytes: size,
+                last_used: now,
+                created: unix_ms_to_time(entry.meta.created_unix_ms),
+                text_hash: entry.meta.text_hash.clone(),
+            },
+        ) {
+            index.bytes = index.bytes.saturating_sub(old.bytes);
+        }
+        index.bytes += size;
+        index.stats.stored += 1;
+        self.evict_locked(&mut index, key);
+        Ok(EntryStatus {
+            bytes: size,
+            pinned: index.pins.contains(key),
+        })
+    }
+
+    fn find_text(&self, text_hash: &str) -> Vec<String> {
+        let index = self.lock();
+        let mut found: Vec<(&String, &Indexed)> = index
+            .entries
+            .iter()
+            .filter(|(_, e)| e.text_hash == text_hash)
+            .collect();
+        found.sort_by_key(|(_, e)| std::cmp::Reverse(e.last_used));
+        found.into_iter().map(|(k, _)| k.clone()).collect()
+    }
+
+    fn set_pinned(&self, key: &str, pinned: bool) -> Result<Option<EntryStatus>, StoreError> {
+        let mut index = self.lock();
+        let Some(bytes) = index.entries.get(key).map(|e| e.bytes) else {
+            return Ok(None);
+        };
+        let changed = if pinned {
+            index.pins.insert(key.to_owned())
+        } else {
+            index.pins.remove(key)
+        };
+        if changed {
+            self.write_pins(&index.pins)?;
+        }
+        Ok(Some(EntryStatus { bytes, pinned }))
+    }
+
+    fn clear(&self, include_pinned: bool) -> Result<(u64, u64, u64), StoreError> {
+        let mut index = self.lock();
+        let keys: Vec<String> = index
+            .entries
+            .keys()
+            .filter(|k| include_pinned || !index.pins.contains(*k))
+            .cloned()
+            .collect();
+        let before = index.bytes;
+        for k in &keys {
+            self.remove_locked(&mut index, k);
+        }
+        if include_pinned && !index.pins.is_empty() {
+            index.pins.clear();
+            self.write_pins(&index.pins)?;
+        }
+        let kept = index.entries.len() as u64;
+        Ok((keys.len() as u64, before - index.bytes, kept))
+    }
+
+    fn stats(&self) -> StoreStats {
+        let index = self.lock();
+        let (pinned_entries, pinned_bytes) = index
+            .entries
+            .iter()
+            .filter(|(k, _)| index.pins.contains(*k))
+            .fold((0, 0), |(n, b), (_, e)| (n + 1, b + e.bytes));
+        StoreStats {
+            entries: index.entries.len() as u64,
+            bytes: index.bytes,
+            pinned_entries,
+            pinned_bytes,
+            ..index.stats.clone()
+        }
+    }
+
+    fn location(&self) -> String {
+        self.dir.display().to_string()
+    }
+}
+
+/// `created_unix_ms` for an entry made now.
+pub fn now_unix_ms() -> u64 {
+    unix_ms(SystemTime::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(frames: u64, text_hash: &str) -> Entry {
+        Entry {
+            meta: EntryMeta {
+                engine: "e".into(),
+                model: "m".into(),
+                voice: "v".into(),
+                text_hash: text_hash.into(),
+                sample_rate: 16_000,
+                channels: 1,
+                frames,
+                characters: Some(3),
+                words: None,
+                created_unix_ms: now_unix_ms(),
+            },
+            pcm: Bytes::from(vec![7u8; usize::try_from(frames * 2).unwrap()]),
+        }
+    }
+
+    fn k(n: u8) -> String {
+        format!("{:064x}", n)
+    }
+
+    #[test]
+    fn entries_round_trip_and_damage_is_detected() {
+        let e = entry(100, "t");
+        let file = encode_entry(&e);
+        assert_eq!(decode_entry(&file).unwrap(), e);
+        for cut in [0, 5, 20, file.len() - 1] {
+            assert!(decode_entry(&file[..cut]).is_err(), "truncated at {cut}");
+        }
+        let mut flipped = file.clone();
+        flipped[40] ^= 1;
+        assert!(decode_entry(&flipped).unwrap_err().contains("checksum"));
+    }
+
+    #[test]
+    fn lru_eviction_keeps_pins_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let size = encode_entry(&entry(1000, "t")).len() as u64;
+        let limits = Limits {
+            max_bytes: size * 3,
+            max_age: None,
+        };
+        let s = DiskStore::open(dir.path(), limits.clone()).unwrap();
+        s.put(&k(1), &entry(1000, "t")).unwrap();
+        assert!(s.set_pinned(&k(1), true).unwrap().unwrap().pinned);
+        for n in 2..=6 {
+            s.put(&k(n), &entry(1000, "t")).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let st = s.stats();
+        assert_eq!((st.entries, st.evicted, st.pinned_entries), (3, 3, 1));
+        assert!(s.get(&k(1)).unwrap().is_some(), "pinned entry evicted");
+        assert!(s.get(&k(2)).unwrap().is_none(), "oldest unpinned kept");
+        assert!(s.get(&k(6)).unwrap().is_some());
+        drop(s);
+        let s = DiskStore::open(dir.path(), limits).unwrap();
+        assert_eq!(s.stats().entries, 3);
+        assert_eq!(s.stats().pinned_entries, 1);
+        assert_eq!(s.find_text("t").len(), 3);
+        assert_eq!(s.clear(false).unwrap(), (2, size * 2, 1));
+        assert_eq!(s.clear(true).unwrap(), (1, size, 0));
+    }
+
+    #[test]
+    fn a_damaged_file_is_removed_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            max_age: None,
+        };
+        let s = DiskStore::open(dir.path(), limits).unwrap();
+        s.put(&k(9), &entry(500, "t")).unwrap();
+        let path = s.path(&k(9));
+        let len = fs::metadata(&path).unwrap().len();
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 10)
+            .unwrap();
+        assert!(matches!(s.get(&k(9)), Err(StoreError::Corrupt { .. })));
+        assert!(!path.exists());
+        assert_eq!(s.stats().corrupt, 1);
+        assert!(s.get(&k(9)).unwrap().is_none());
+    }
+
+    #[test]
+    fn expired_entries_are_misses_unless_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            max_age: Some(Duration::from_secs(60)),
+        };
+        let s = DiskStore::open(dir.path(), limits).unwrap();
+        let mut old = entry(10, "t");
+        old.meta.created_unix_ms -= 120_000;
+        s.put(&k(1), &old).unwrap();
+        s.put(&k(2), &old).unwrap();
+        s.set_pinned(&k(2), true).unwrap();
+        assert!(s.get(&k(1)).unwrap().is_none());
+        assert!(s.get(&k(2)).unwrap().is_some());
+        assert_eq!(s.stats().expired, 1);
+    }
+}

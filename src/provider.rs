@@ -1,0 +1,411 @@
+//! Where a request's audio comes from: the cache, the requested engine, or a fallback.
+//!
+//! [`Provider::open`] is what `Synthesize` and `Speak` call instead of an engine: it resolves
+//! once some source has accepted the request, with an engine stream and a [`Served`] saying
+//! which source that is. In order:
+//!
+//! 1. the cache (policy USE): a hit is replayed from disk, with no upstream call;
+//! 2. the requested engine, through the cache's single flight when the phrase is cacheable (so
+//!    concurrent identical requests share one upstream call and the result is stored once);
+//! 3. the fallback chain (`[fallback] chain`), only when step 2 failed before any audio with a
+//!    status a retry elsewhere can fix (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) and
+//!    the request allows it: `cache` (the same text in any voice), then models such as
+//!    `espeak-ng` (the voice matching the request's language, options it cannot honour
+//!    dropped).
+//!
+//! A failure is "before any audio" because [`Provider::open`] waits for the first event of the
+//! stream: an error there has sent nothing to the client yet.
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use tonic::Code;
+
+use crate::{
+    cache::{self, Cache, store::EntryStatus},
+    config::FallbackStep,
+    engine::{EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer},
+    service::status,
+};
+
+/// What a request says about the cache (`SynthesizeRequest.cache`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Serve a hit; store a miss.
+    #[default]
+    Use,
+    /// Never serve a hit; synthesize and replace the entry.
+    Refresh,
+    /// Neither read nor write the cache.
+    Bypass,
+}
+
+/// Per-request choices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// The cache policy.
+    pub cache: CachePolicy,
+    /// Whether the fallback chain may serve the request.
+    pub fallback: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            cache: CachePolicy::Use,
+            fallback: true,
+        }
+    }
+}
+
+/// Which source serves a request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    /// Engine that made the audio.
+    pub engine: String,
+    /// Its model.
+    pub model: String,
+    /// Its voice.
+    pub voice: String,
+    /// Rate of the audio the stream carries, Hz.
+    pub native_sample_rate: u32,
+    /// The audio comes from the cache.
+    pub cache_hit: bool,
+    /// Why the requested engine did not serve (`None`: it did).
+    pub fallback_reason: Option<String>,
+}
+
+/// An accepted request: its source and its audio.
+pub struct Opened {
+    /// The source.
+    pub served: Served,
+    /// The audio, as an engine stream.
+    pub stream: SynthStream,
+}
+
+/// What warming one phrase did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warmed {
+    /// Its cache key.
+    pub key: String,
+    /// It was already cached (nothing synthesized).
+    pub was_cached: bool,
+    /// The entry now.
+    pub status: EntryStatus,
+    /// Its duration, ms.
+    pub duration_ms: u64,
+}
+
+/// The cache, the engines and the fallback chain.
+pub struct Provider {
+    engines: Engines,
+    cache: Option<Arc<Cache>>,
+    fallback: Vec<FallbackStep>,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("engines", &self.engines)
+            .field("cache", &self.cache)
+            .field("fallback", &self.fallback)
+            .finish()
+    }
+}
+
+/// Status codes after which another source is tried.
+fn falls_back(error: &EngineError) -> Option<tonic::Status> {
+    let status = status::engine_status(error);
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
+    )
+    .then_some(status)
+}
+
+impl Provider {
+    /// A provider over `engines`, with an optional cache and a fallback chain.
+    pub fn new(engines: Engines, cache: Option<Arc<Cache>>, fallback: Vec<FallbackStep>) -> Self {
+        Self {
+            engines,
+            cache,
+            fallback,
+        }
+    }
+
+    /// The engines.
+    pub fn engines(&self) -> &Engines {
+        &self.engines
+    }
+
+    /// The cache, when enabled.
+    pub fn cache(&self) -> Option<&Arc<Cache>> {
+        self.cache.as_ref()
+    }
+
+    /// Open `request` on `engine` (which serves `request.model`), falling back as configured.
+    pub async fn open(
+        &self,
+        request: SynthesisRequest,
+        engine: Arc<dyn Synthesizer>,
+        options: Options,
+    ) -> Result<Opened, EngineError> {
+        let error = match self
+            .attempt(request.clone(), Arc::clone(&engine), options.cache)
+            .await
+        {
+            Ok(opened) => return Ok(opened),
+            Err(e) => e,
+        };
+        if !options.fallback || self.fallback.is_empty() {
+            return Err(error);
+        }
+        let Some(status) = falls_back(&error) else {
+            return Err(error);
+        };
+        let reason = format!(
+            "{} ({}) failed: {}: {}",
+            request.model,
+            engine.name(),
+            status.code().description(),
+            status.message()
+        );
+        tracing::warn!(request_id = %request.request_id, %reason, "trying the fallback chain");
+        for step in &self.fallback {
+            match step {
+                FallbackStep::Cache => {
+                    let Some(cache) = &self.cache else { continue };
+                    if let Some((_, entry)) = cache.find_any_voice(&request.text).await {
+                        let served = Served {
+                            engine: entry.meta.engine.clone(),
+                            model: entry.meta.model.clone(),
+                            voice: entry.meta.voice.clone(),
+                            native_sample_rate: entry.meta.sample_rate,
+                            cache_hit: true,
+                            fallback_reason: Some(reason),
+                        };
+                        return Ok(Opened {
+                            served,
+                            stream: cache::replay(entry, false),
+                        });
+                    }
+                }
+                FallbackStep::Model { model, voice } => {
+                    let Some(alt) = self.engines.for_model(model) else {
+                        continue;
+                    };
+                    let Some(alt_request) = self.adapt(&request, &engine, alt, model, voice) else {
+                        continue;
+                    };
+                    if alt.name() == engine.name()
+                        && alt_request.model == request.model
+                        && alt_request.voice == request.voice
+                    {
+                        continue;
+                    }
+                    let policy = match options.cache {
+                        CachePolicy::Bypass => CachePolicy::Bypass,
+                        _ => CachePolicy::Use,
+                    };
+                    match self.attempt(alt_request, Arc::clone(alt), policy).await {
+                        Ok(mut opened) => {
+                            opened.served.fallback_reason = Some(reason);
+                            return Ok(opened);
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                request_id = %request.request_id,
+                                fallback = %model,
+                                error = %status::chain(&e),
+                                "fallback step failed"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        Err(error)
+    }
+
+    /// `request` rewritten for the fallback model `model` on `alt`: the step's voice, else one
+    /// matching the request's language (or the original voice's), else the model's default;
+    /// options the model cannot honour are dropped. `None` when it still cannot take it.
+    fn adapt(
+        &self,
+        request: &SynthesisRequest,
+        primary: &Arc<dyn Synthesizer>,
+        alt: &Arc<dyn Synthesizer>,
+        model: &str,
+        voice: &Option<String>,
+    ) -> Option<SynthesisRequest> {
+        let voice = match voice {
+            Some(v) => v.clone(),
+            None => {
+                let language = request.language.clone().or_else(|| {
+                    primary
+                        .voices()
+                        .into_iter()
+                        .find(|v| v.model == request.model && v.name == request.voice)
+                        .and_then(|v| v.languages.into_iter().next())
+                });
+                language
+                    .and_then(|l| {
+                        let l = l.to_ascii_lowercase();
+                        let primary_tag = l.split(['-', '_']).next().unwrap_or(&l).to_owned();
+                        [l, primary_tag]
+                            .into_iter()
+                            .find(|v| alt.check_voice(model, v).is_ok())
+                    })
+                    .unwrap_or_else(|| alt.default_voice(model))
+            }
+        };
+        alt.check_voice(model, &voice).ok()?;
+        let mut out = SynthesisRequest {
+            voice,
+            model: model.to_owned(),
+            instructions: None,
+            emotion: None,
+            seed: None,
+            pronunciations: Vec::new(),
+            replacements: Vec::new(),
+            optimize_instructions: false,
+            ..request.clone()
+        };
+        if alt.check_request(&out).is_err() {
+            out.word_timestamps = false;
+            out.language = None;
+        }
+        alt.check_request(&out).ok()?;
+        Some(out)
+    }
+
+    /// One source: the cache and the engine (shared flight), or the engine alone.
+    async fn attempt(
+        &self,
+        mut request: SynthesisRequest,
+        engine: Arc<dyn Synthesizer>,
+        policy: CachePolicy,
+    ) -> Result<Opened, EngineError> {
+        let native = engine.native_sample_rate(&request.model, &request.voice);
+        let mut served = Served {
+            engine: engine.name().to_owned(),
+            model: request.model.clone(),
+            voice: request.voice.clone(),
+            native_sample_rate: native,
+            cache_hit: false,
+            fallback_reason: None,
+        };
+        let cache = self
+            .cache
+            .as_ref()
+            .filter(|c| policy != CachePolicy::Bypass && c.accepts_text(&request.text));
+        let stream = match cache {
+            None => engine.synthesize(request).await?,
+            Some(cache) => {
+                let key = cache::key::key(engine.name(), &request);
+                if policy == CachePolicy::Use
+                    && let Some((entry, _)) = cache.lookup(&key, request.word_timestamps).await
+                {
+                    served.cache_hit = true;
+                    served.native_sample_rate = entry.meta.sample_rate;
+                    return Ok(Opened {
+                        served,
+                        stream: cache::replay(entry, request.word_timestamps),
+                    });
+                }
+                // The canonical form is at the engine's own rate.
+                request.output_sample_rate = native;
+                let flight_key = format!("{key}/{}", u8::from(request.word_timestamps));
+                let (subscription, _) = cache.flight(&flight_key, || cache::flight::Start {
+                    engine,
+                    request,
+                    key,
+                });
+                subscription.stream()
+            }
+        };
+        Ok(Opened {
+            served,
+            stream: first_event(stream).await?,
+        })
+    }
+
+    /// Synthesize `request` into the cache unless it is there (or `refresh`): what `herald cache
+    /// warm` does for each phrase.
+    pub async fn warm(
+        &self,
+        mut request: SynthesisRequest,
+        engine: Arc<dyn Synthesizer>,
+        refresh: bool,
+    ) -> Result<Warmed, WarmError> {
+        let cache = self.cache.as_ref().ok_or(WarmError::Disabled)?;
+        if !cache.accepts_text(&request.text) {
+            return Err(WarmError::TooLong(cache.max_text_chars()));
+        }
+        let key = cache::key::key(engine.name(), &request);
+        if !refresh && let Some((entry, status)) = cache.peek(&key).await {
+            return Ok(Warmed {
+                key,
+                was_cached: true,
+                status,
+                duration_ms: entry.duration_ms(),
+            });
+        }
+        request.output_sample_rate = engine.native_sample_rate(&request.model, &request.voice);
+        let flight_key = format!("{key}/{}", u8::from(request.word_timestamps));
+        let k = key.clone();
+        let (subscription, _) = cache.flight(&flight_key, move || cache::flight::Start {
+            engine,
+            request,
+            key: k,
+        });
+        let stored = subscription.stored();
+        let mut stream = subscription.stream();
+        while let Some(event) = stream.next().await {
+            event.map_err(WarmError::Engine)?;
+        }
+        drop(stream);
+        let status = stored.await.map_err(WarmError::NotStored)?;
+        let duration_ms = cache
+            .peek(&key)
+            .await
+            .map_or(0, |(entry, _)| entry.duration_ms());
+        Ok(Warmed {
+            key,
+            was_cached: false,
+            status,
+            duration_ms,
+        })
+    }
+}
+
+/// Why a phrase could not be warmed.
+#[derive(Debug, thiserror::Error)]
+pub enum WarmError {
+    /// The cache is off.
+    #[error("cache.enabled is false in the daemon's configuration")]
+    Disabled,
+    /// The text is longer than the cache takes.
+    #[error("text: longer than cache.max_text_chars ({0}), so it is never cached")]
+    TooLong(usize),
+    /// The engine failed.
+    #[error(transparent)]
+    Engine(EngineError),
+    /// The audio was synthesized but not stored.
+    #[error("not stored: {0}")]
+    NotStored(String),
+}
+
+/// Wait for the stream's first event: an error there is returned (nothing has been sent), an
+/// event is put back in front.
+async fn first_event(mut stream: SynthStream) -> Result<SynthStream, EngineError> {
+    match stream.next().await {
+        None => Err(EngineError::Truncated),
+        Some(Err(e)) => Err(e),
+        Some(Ok(event)) => Ok(
+            futures::stream::once(async move { Ok::<SynthEvent, _>(event) })
+                .chain(stream)
+                .boxed(),
+        ),
+    }
+}
