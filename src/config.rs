@@ -742,6 +742,8 @@ pub struct Config {
     pub playback: crate::playback::PlaybackSettings,
     /// The audio cache, when enabled.
     pub cache: Option<crate::cache::CacheSettings>,
+    /// Why there is no cache (`cache` is `None`).
+    pub cache_off: Option<String>,
     /// The fallback chain (empty = none).
     pub fallback: Vec<FallbackStep>,
     /// Log filter directive.
@@ -836,7 +838,10 @@ impl RawConfig {
         }
         let dashscope = validate_dashscope(&self.dashscope, env)?;
         let playback = validate_playback(&self.playback)?;
-        let cache = validate_cache(&self.cache, env)?;
+        let (cache, cache_off) = match validate_cache(&self.cache, env)? {
+            Ok(c) => (Some(c), None),
+            Err(why) => (None, Some(why)),
+        };
         let fallback = validate_fallback(&self.fallback)?;
         if dashscope.api_key.is_none() && espeak.is_none() {
             return Err(invalid(
@@ -857,6 +862,7 @@ impl RawConfig {
             dashscope,
             playback,
             cache,
+            cache_off,
             fallback,
             log_level: self.log.level.clone(),
             raw: self,
@@ -864,12 +870,13 @@ impl RawConfig {
     }
 }
 
+/// The cache settings, or `None` with why it is off.
 fn validate_cache(
     c: &CacheSection,
     env: &Env,
-) -> Result<Option<crate::cache::CacheSettings>, ConfigError> {
+) -> Result<Result<crate::cache::CacheSettings, String>, ConfigError> {
     if !c.enabled {
-        return Ok(None);
+        return Ok(Err("cache.enabled is false".to_owned()));
     }
     if !((1 << 20)..=(1 << 40)).contains(&c.max_bytes) {
         return Err(invalid(
@@ -889,17 +896,17 @@ fn validate_cache(
             format!("{} is above the limit of 100 years", c.max_age_s),
         ));
     }
-    let directory = match non_empty(&c.directory) {
-        Some(d) => PathBuf::from(d),
-        None => default_cache_dir(env).ok_or_else(|| {
-            invalid(
-                "cache.directory",
-                "empty, and none of CACHE_DIRECTORY, XDG_CACHE_HOME, HOME is set: set a \
-                 directory or disable the cache (cache.enabled = false)",
-            )
-        })?,
+    let Some(directory) = non_empty(&c.directory)
+        .map(PathBuf::from)
+        .or_else(|| default_cache_dir(env))
+    else {
+        // A kiosk without a home directory still speaks; the log says why nothing is cached.
+        return Ok(Err(
+            "cache.directory is empty and none of CACHE_DIRECTORY, XDG_CACHE_HOME, HOME is set"
+                .to_owned(),
+        ));
     };
-    Ok(Some(crate::cache::CacheSettings {
+    Ok(Ok(crate::cache::CacheSettings {
         directory,
         max_bytes: c.max_bytes,
         max_age: (c.max_age_s > 0).then(|| Duration::from_secs(c.max_age_s)),
@@ -1237,7 +1244,10 @@ impl Config {
         ));
         text.push_str(&match &self.cache {
             Some(c) => format!("# cache directory: {}\n", c.directory.display()),
-            None => "# cache: disabled\n".to_owned(),
+            None => format!(
+                "# cache: disabled ({})\n",
+                self.cache_off.as_deref().unwrap_or("off")
+            ),
         });
         text
     }

@@ -69,6 +69,9 @@ async fn setup_with(toml_extra: &str) -> (FakeDashScope, TestDaemon) {
             toml.push_str(&format!("{key} = {value}\n"));
         }
     }
+    // These tests are about the engines: every request reaches the double, and failures are
+    // not papered over by a fallback (tests/cache_grpc.rs covers those).
+    toml.push_str("[cache]\nenabled = false\n[fallback]\nchain = []\n");
     let daemon = spawn_daemon_config(
         &toml,
         &[

@@ -239,7 +239,11 @@ impl Daemon {
             }
         }
         let cache = match &config.cache {
-            None => None,
+            None => {
+                let why = config.cache_off.as_deref().unwrap_or("disabled");
+                tracing::warn!(%why, "running without the audio cache");
+                None
+            }
             Some(c) => {
                 let c = c.clone();
                 let dir = c.directory.clone();

@@ -43,7 +43,13 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
             ..Overrides::default()
         },
     };
-    let config = config::load(&options, &Env::from_pairs(env.iter().copied())).expect("config");
+    // Every daemon gets its own cache directory (unless the test names one).
+    let cache_dir = dir.path().join("cache").display().to_string();
+    let mut pairs: Vec<(&str, &str)> = env.to_vec();
+    if !env.iter().any(|(k, _)| *k == "CACHE_DIRECTORY") {
+        pairs.push(("CACHE_DIRECTORY", &cache_dir));
+    }
+    let config = config::load(&options, &Env::from_pairs(pairs)).expect("config");
     let daemon = Daemon::from_config(&config).await.expect("daemon");
     let listeners = service::bind(&config.listen, config.socket_mode)
         .await
@@ -294,6 +300,7 @@ impl ServeProcess {
             .arg(format!("unix:{}", socket.display()))
             .args(extra_args)
             .env("HERALD_CONFIG", &config)
+            .env("CACHE_DIRECTORY", dir.path().join("cache"))
             .env_remove("DASHSCOPE_API_KEY")
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
