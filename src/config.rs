@@ -272,7 +272,7 @@ pub struct CacheSection {
     /// `$XDG_CACHE_HOME/herald`, else `$HOME/.cache/herald`.
     pub directory: String,
     /// Size cap in bytes; least recently used entries are evicted beyond it (pinned ones
-    /// never). Default 1 GiB, range 1 MiB..=1 TiB.
+    /// never). Default 1 GiB, range 64 KiB..=1 TiB.
     pub max_bytes: u64,
     /// Entries older than this many seconds are misses and removed (pinned ones never).
     /// 0 = no age cap (default).
@@ -878,10 +878,10 @@ fn validate_cache(
     if !c.enabled {
         return Ok(Err("cache.enabled is false".to_owned()));
     }
-    if !((1 << 20)..=(1 << 40)).contains(&c.max_bytes) {
+    if !((1 << 16)..=(1 << 40)).contains(&c.max_bytes) {
         return Err(invalid(
             "cache.max_bytes",
-            format!("{} is outside 1048576..=1099511627776", c.max_bytes),
+            format!("{} is outside 65536..=1099511627776", c.max_bytes),
         ));
     }
     if !(1..=100_000).contains(&c.max_text_chars) {
