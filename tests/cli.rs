@@ -277,3 +277,100 @@ fn a_reader_that_leaves_early_is_not_an_error() {
     assert!(out.status.success(), "{:?}: {stderr}", out.status);
     assert!(!stderr.contains("Broken pipe"), "{stderr}");
 }
+
+#[test]
+fn cache_warm_stats_pin_and_clear_from_the_command_line() {
+    let server = ServeProcess::start(&[]);
+    let run = |args: &[&str]| {
+        let out = herald()
+            .arg("cache")
+            .arg(args[0])
+            .arg("--socket")
+            .arg(&server.socket)
+            .args(&args[1..])
+            .output()
+            .expect("run herald cache");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let lines = server.dir.path().join("phrases.txt");
+    std::fs::write(&lines, "# kiosk phrases\nDoors closing.\n\nLow battery.\n").unwrap();
+    let toml = server.dir.path().join("phrases.toml");
+    std::fs::write(
+        &toml,
+        "[[phrase]]\ntext = \"Bonjour.\"\nvoice = \"fr\"\n\n[[phrase]]\ntext = \"Slowly now.\"\nspeed = 0.7\n",
+    )
+    .unwrap();
+    let lines_arg = lines.to_str().unwrap();
+    let toml_arg = toml.to_str().unwrap();
+
+    let (code, out, err) = run(&["warm", lines_arg, "--pin"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches("warmed").count(), 2, "{out}");
+    assert_eq!(out.matches("pinned").count(), 2, "{out}");
+    let (code, out, _) = run(&["warm", lines_arg]);
+    assert_eq!(code, Some(0));
+    assert_eq!(
+        out.matches("cached").count(),
+        2,
+        "second warm synthesizes nothing: {out}"
+    );
+    let (code, out, err) = run(&["warm", toml_arg]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out.matches("warmed").count(), 2, "{out}");
+
+    let (code, out, _) = run(&["stats"]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("entries         4"), "{out}");
+    assert!(out.contains("pinned          2 entries"), "{out}");
+
+    // A warmed phrase is a hit for `say`, with the audio of the phrase.
+    let wav = server.dir.path().join("doors.wav");
+    let out = herald()
+        .args(["say", "--socket"])
+        .arg(&server.socket)
+        .arg("-o")
+        .arg(&wav)
+        .arg("Doors closing.")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let mut reader = hound::WavReader::open(&wav).unwrap();
+    let samples: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|s| f32::from(s.unwrap()) / 32768.0)
+        .collect();
+    assert!(samples.len() > 10_000 && rms(&samples) > 0.02);
+    let (_, out, _) = run(&["stats"]);
+    assert!(out.contains("hits            1"), "{out}");
+
+    let (code, out, _) = run(&["unpin", "--text", "Low battery."]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("unpinned"), "{out}");
+    let (code, out, _) = run(&["pin", "--text", "Never warmed."]);
+    assert_eq!(code, Some(1), "pinning an uncached phrase fails: {out}");
+    assert!(out.contains("NotFound"), "{out}");
+
+    let (code, out, _) = run(&["clear"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("removed 3 entries") && out.contains("kept 1 pinned"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["clear", "--include-pinned"]);
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("removed 1 entries") && out.contains("kept 0 pinned"),
+        "{out}"
+    );
+
+    // A bad phrase file is a usage error naming the file.
+    let bad = server.dir.path().join("bad.toml");
+    std::fs::write(&bad, "[[phrase]]\ntxt = \"typo\"\n").unwrap();
+    let (code, _, err) = run(&["warm", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+}

@@ -106,19 +106,19 @@ mod tests {
         let base = req("hello");
         let k = key("e", &base);
         assert_ne!(k, key("other", &base));
-        let variants: Vec<Box<dyn Fn(&mut SynthesisRequest)>> = vec![
-            Box::new(|r| r.text = "hullo".into()),
-            Box::new(|r| r.voice = "w".into()),
-            Box::new(|r| r.model = "n".into()),
-            Box::new(|r| r.language = Some("de".into())),
-            Box::new(|r| r.instructions = Some("slow".into())),
-            Box::new(|r| r.speed = 1.25),
-            Box::new(|r| r.pitch = 0.8),
-            Box::new(|r| r.emotion = Some("happy".into())),
-            Box::new(|r| r.seed = Some(7)),
-            Box::new(|r| r.pronunciations = vec![("a".into(), "b".into())]),
-            Box::new(|r| r.replacements = vec![("a".into(), "b".into())]),
-            Box::new(|r| r.optimize_instructions = true),
+        let variants: [fn(&mut SynthesisRequest); 12] = [
+            |r| r.text = "hullo".into(),
+            |r| r.voice = "w".into(),
+            |r| r.model = "n".into(),
+            |r| r.language = Some("de".into()),
+            |r| r.instructions = Some("slow".into()),
+            |r| r.speed = 1.25,
+            |r| r.pitch = 0.8,
+            |r| r.emotion = Some("happy".into()),
+            |r| r.seed = Some(7),
+            |r| r.pronunciations = vec![("a".into(), "b".into())],
+            |r| r.replacements = vec![("a".into(), "b".into())],
+            |r| r.optimize_instructions = true,
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut r = base.clone();
