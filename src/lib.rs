@@ -8,8 +8,13 @@
 //!
 //! - [`config`]: TOML file + environment + flags → a validated [`config::Config`].
 //! - [`service`]: the tonic server (herald.v1.Speech, health, reflection) on unix sockets and
-//!   TCP; [`service::speech`] holds the thin RPC handlers, [`service::status`] the one mapping
+//!   TCP; [`service::speech`] and [`service::cache`] hold the thin RPC handlers,
+//!   [`service::status`] the one mapping
 //!   from domain errors to gRPC statuses.
+//! - [`provider`]: where a request's audio comes from: the cache, the engine (shared flights),
+//!   or the fallback chain.
+//! - [`cache`]: the disk cache ([`cache::store`]), its keys ([`cache::key`]) and single flight
+//!   ([`cache::flight`]).
 //! - [`pipeline`]: one synthesis job: engine stream → blocking audio thread → chunks.
 //! - [`audio`]: synchronous stages: decode, resample, remix, gain, encode, chunk.
 //! - [`engine`]: the [`engine::Synthesizer`] trait, the model registry, and the engines
