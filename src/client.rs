@@ -75,16 +75,12 @@ fn absolute(path: &Path) -> PathBuf {
     std::env::current_dir().map_or_else(|_| path.to_owned(), |d| d.join(path))
 }
 
-/// Connect to the daemon.
-pub async fn connect(target: &Target) -> Result<SpeechClient<Channel>, tonic::transport::Error> {
-    let channel = target.endpoint()?.connect().await?;
-    Ok(SpeechClient::new(channel))
+/// Open a channel to the daemon (for any of its services).
+pub async fn channel(target: &Target) -> Result<Channel, tonic::transport::Error> {
+    target.endpoint()?.connect().await
 }
 
-/// Connect to the daemon's cache service (herald.v1.Cache).
-pub async fn connect_cache(
-    target: &Target,
-) -> Result<crate::pb::cache_client::CacheClient<Channel>, tonic::transport::Error> {
-    let channel = target.endpoint()?.connect().await?;
-    Ok(crate::pb::cache_client::CacheClient::new(channel))
+/// Connect to the daemon's speech service (herald.v1.Speech).
+pub async fn connect(target: &Target) -> Result<SpeechClient<Channel>, tonic::transport::Error> {
+    Ok(SpeechClient::new(channel(target).await?))
 }

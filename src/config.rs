@@ -1470,4 +1470,81 @@ mod tests {
             Some(PathBuf::from("/run/herald-x/herald.sock"))
         );
     }
+
+    #[test]
+    fn cache_directory_and_fallback_chain() {
+        let o = || Overrides {
+            listen: vec!["127.0.0.1:0".into()],
+            ..Overrides::default()
+        };
+        let c = load_with(None, &env(&[("HOME", "/home/k")]), o()).unwrap();
+        let cache = c.cache.as_ref().expect("on by default");
+        assert_eq!(cache.directory, Path::new("/home/k/.cache/herald"));
+        assert_eq!(cache.max_bytes, 1 << 30);
+        assert_eq!(
+            c.fallback,
+            vec![
+                FallbackStep::Cache,
+                FallbackStep::Model {
+                    model: "espeak-ng".into(),
+                    voice: None
+                }
+            ]
+        );
+        let e = env(&[
+            ("HOME", "/home/k"),
+            ("XDG_CACHE_HOME", "/xdg"),
+            ("CACHE_DIRECTORY", "/var/cache/herald:/other"),
+        ]);
+        let c = load_with(None, &e, o()).unwrap();
+        assert_eq!(
+            c.cache.unwrap().directory,
+            Path::new("/var/cache/herald"),
+            "systemd's CacheDirectory= wins"
+        );
+        let c = load_with(None, &env(&[]), o()).unwrap();
+        assert!(c.cache.is_none(), "no directory: no cache, and why");
+        assert!(c.cache_off.unwrap().contains("CACHE_DIRECTORY"));
+
+        let c = load_with(
+            Some("[fallback]\nchain = [\"MiniMax/speech-2.8-hd\", \"cosyvoice-v3-flash/longanhuan\", \"cache\"]\n"),
+            &env(&[("HOME", "/h")]),
+            o(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.fallback,
+            vec![
+                FallbackStep::Model {
+                    model: "MiniMax/speech-2.8-hd".into(),
+                    voice: None
+                },
+                FallbackStep::Model {
+                    model: "cosyvoice-v3-flash".into(),
+                    voice: Some("longanhuan".into())
+                },
+                FallbackStep::Cache,
+            ]
+        );
+        let c = load_with(None, &env(&[("HOME", "/h"), ("HERALD_FALLBACK", "")]), o()).unwrap();
+        assert_eq!(c.fallback.len(), 2, "an empty variable is unset");
+        let err = load_with(
+            Some("[fallback]\nchain = [\"cache\", \"cache\"]\n"),
+            &env(&[]),
+            o(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("fallback.chain") && err.contains("twice"),
+            "{err}"
+        );
+        let err = load_with(Some("[cache]\nmax_bytes = 10\n"), &env(&[]), o())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cache.max_bytes") && err.contains("65536"),
+            "{err}"
+        );
+    }
 }

@@ -413,9 +413,13 @@ async fn serve(args: ConfigArgs) -> Result<(), Failure> {
 async fn connect(
     target: TargetArgs,
 ) -> Result<pb::speech_client::SpeechClient<tonic::transport::Channel>, Failure> {
+    Ok(pb::speech_client::SpeechClient::new(channel(target).await?))
+}
+
+async fn channel(target: TargetArgs) -> Result<tonic::transport::Channel, Failure> {
     let target = Target::resolve(target.socket, target.addr, &Env::from_process())
         .map_err(|m| fail(EX_UNAVAILABLE, anyhow::anyhow!(m)))?;
-    client::connect(&target)
+    client::channel(&target)
         .await
         .with_context(|| format!("cannot connect to herald at {target}"))
         .map_err(|e| fail(EX_UNAVAILABLE, e))
@@ -845,12 +849,7 @@ fn read_phrases(src: &PhraseSource) -> Result<Vec<pb::SynthesizeRequest>, Failur
 async fn connect_cache(
     target: TargetArgs,
 ) -> Result<pb::cache_client::CacheClient<tonic::transport::Channel>, Failure> {
-    let target = Target::resolve(target.socket, target.addr, &Env::from_process())
-        .map_err(|m| fail(EX_UNAVAILABLE, anyhow::anyhow!(m)))?;
-    client::connect_cache(&target)
-        .await
-        .with_context(|| format!("cannot connect to herald at {target}"))
-        .map_err(|e| fail(EX_UNAVAILABLE, e))
+    Ok(pb::cache_client::CacheClient::new(channel(target).await?))
 }
 
 /// Print one line per phrase; an error when any phrase failed.

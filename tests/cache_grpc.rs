@@ -59,6 +59,23 @@ impl Setup {
         }
     }
 
+    async fn warm(&self, text: &str, pin: bool) -> pb::CacheEntryResult {
+        let mut results = self
+            .cache_client()
+            .await
+            .warm_cache(pb::WarmCacheRequest {
+                phrases: vec![phrase(text)],
+                pin,
+                refresh: false,
+            })
+            .await
+            .expect("warm")
+            .into_inner()
+            .results;
+        assert_eq!(results.len(), 1);
+        results.remove(0)
+    }
+
     async fn stats(&self) -> pb::CacheStats {
         self.cache_client()
             .await
@@ -460,16 +477,7 @@ async fn eviction_under_a_tiny_cap_keeps_pinned_entries() {
     let mut client = s.daemon.client().await;
     let mut cache = s.cache_client().await;
     let pinned = "Emergency exit @300Hz";
-    let warmed = cache
-        .warm_cache(pb::WarmCacheRequest {
-            phrases: vec![phrase(pinned)],
-            pin: true,
-            refresh: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let r = &warmed.results[0];
+    let r = &s.warm(pinned, true).await;
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.cached && r.pinned && !r.was_cached, "{r:?}");
     assert!(
@@ -504,16 +512,8 @@ async fn eviction_under_a_tiny_cap_keeps_pinned_entries() {
     assert_eq!(s.upstream_calls(), 4);
 
     // Warming again is a no-op; clearing keeps the pin unless asked.
-    let again = cache
-        .warm_cache(pb::WarmCacheRequest {
-            phrases: vec![phrase(pinned)],
-            pin: false,
-            refresh: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(again.results[0].was_cached && again.results[0].pinned);
+    let again = s.warm(pinned, false).await;
+    assert!(again.was_cached && again.pinned, "{again:?}");
     assert_eq!(s.upstream_calls(), 4);
     let cleared = cache
         .clear_cache(pb::ClearCacheRequest {

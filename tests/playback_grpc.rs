@@ -257,3 +257,56 @@ async fn devices_stop_and_disconnects() {
     assert!((peak_frequency(&x[seg[0].0..seg[0].0 + seg[0].1], RATE) - 440.0).abs() < 3.0);
     s.daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn speak_keeps_speaking_through_an_upstream_outage() {
+    let double = FakeDashScope::start(KEY).await;
+    let dir = tempfile::tempdir().unwrap();
+    let wav = dir.path().join("played.wav");
+    let toml = format!(
+        "[playback]\ndevice = \"wav\"\nwav_path = \"{}\"\nwav_sample_rate = {RATE}\npause_ms = 0\n[dashscope]\nretry_base_ms = 10\nconnect_timeout_ms = 500\n",
+        wav.display()
+    );
+    let daemon = spawn_daemon_config(
+        &toml,
+        &[
+            ("DASHSCOPE_API_KEY", KEY),
+            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
+        ],
+    )
+    .await;
+    let mut client = daemon.client().await;
+    let speak = |client: &mut pb::speech_client::SpeechClient<_>, id: &str, text: &str| {
+        let req = speak_request(id, text, pb::Priority::Message);
+        let mut client = client.clone();
+        async move {
+            let mut stream = client.speak(req).await.unwrap().into_inner();
+            speak_events(&mut stream).await
+        }
+    };
+    // Played once with the upstream there: cached.
+    let ev = speak(&mut client, "s1", "@660Hz doors closing").await;
+    assert!(matches!(ev.last(), Some(E::Finished(_))), "{ev:?}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let before = played(&wav).len();
+    double.stop().await;
+
+    // The cached phrase plays again, the same tone.
+    let ev = speak(&mut client, "s2", "@660Hz doors closing").await;
+    assert!(matches!(ev.last(), Some(E::Finished(_))), "{ev:?}");
+    let x = played(&wav);
+    let second = &x[before..];
+    let hz = peak_frequency(second, RATE);
+    assert!((hz - 660.0).abs() <= 2.0, "{hz} Hz");
+    let secs = ms(second.len()) / 1000.0;
+    assert!((0.7..1.2).contains(&secs), "{secs} s");
+
+    // An uncached phrase is spoken by espeak-ng instead of failing.
+    let before = x.len();
+    let ev = speak(&mut client, "s3", "Please use the stairs.").await;
+    assert!(matches!(ev.last(), Some(E::Finished(_))), "{ev:?}");
+    let x = played(&wav);
+    let third = &x[before..];
+    assert!(ms(third.len()) > 500.0, "{} ms", ms(third.len()));
+    assert!(voiced_fraction(third, RATE) > 0.3, "speech was played");
+}
