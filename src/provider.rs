@@ -174,7 +174,14 @@ impl Provider {
         for step in &self.fallback {
             match step {
                 FallbackStep::Cache => {
-                    let Some(cache) = &self.cache else { continue };
+                    // BYPASS means the cache is not read, not even as a fallback.
+                    let Some(cache) = self
+                        .cache
+                        .as_ref()
+                        .filter(|_| options.cache != CachePolicy::Bypass)
+                    else {
+                        continue;
+                    };
                     if let Some((_, entry)) = cache.find_any_voice(&request.text).await {
                         let served = Served {
                             engine: entry.meta.engine.clone(),
