@@ -40,4 +40,5 @@ pub mod playback;
 pub mod provider;
 pub mod service;
 pub mod shutdown;
+pub mod systemd;
 pub mod telemetry;

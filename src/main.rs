@@ -17,7 +17,7 @@ use herald::{
     config::{self, Env, LoadOptions, Overrides},
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
     service::{self, Daemon},
-    shutdown, telemetry,
+    shutdown, systemd, telemetry,
 };
 
 /// sysexits.h EX_USAGE: bad configuration or arguments.
@@ -341,6 +341,9 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // systemd socket activation: take the passed sockets while the process has one thread
+    // (taking them clears LISTEN_FDS / LISTEN_PID from the environment).
+    let activation = matches!(cli.command, Command::Serve(_)).then(service::Activation::from_env);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -353,7 +356,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => serve(args).await,
+            Command::Serve(args) => serve(args, activation).await,
             Command::CheckConfig(args) => check_config(args),
             Command::Say(args) => say(*args).await,
             Command::Voices(args) => voices(args).await,
@@ -394,7 +397,7 @@ fn check_config(args: ConfigArgs) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn serve(args: ConfigArgs) -> Result<(), Failure> {
+async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Result<(), Failure> {
     // Before anything slow: a SIGTERM during start-up must stop us cleanly too.
     let stop = shutdown::signal();
     let config = load_config(args)?;
@@ -402,11 +405,31 @@ async fn serve(args: ConfigArgs) -> Result<(), Failure> {
     let daemon = Daemon::from_config(&config)
         .await
         .map_err(|e| fail(EX_USAGE, e))?;
-    let listeners = service::bind(&config.listen, config.socket_mode)
-        .await
-        .map_err(|e| fail(EX_UNAVAILABLE, e))?;
-    tracing::info!(version = env!("CARGO_PKG_VERSION"), "herald ready");
-    daemon.serve(listeners, stop).await?;
+    let listeners = match activation.filter(|a| !a.is_empty()) {
+        Some(activation) => {
+            tracing::info!(
+                sockets = activation.len(),
+                "socket activation: serving on the sockets systemd passed (server.listen ignored)"
+            );
+            activation.listeners()
+        }
+        None => service::bind(&config.listen, config.socket_mode).await,
+    }
+    .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+    let addrs: Vec<String> = listeners.iter().map(|l| l.addr().to_string()).collect();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %addrs.join(", "), "herald ready");
+    // Every listener is bound (connections queue from now on): tell systemd (Type=notify).
+    systemd::ready(&format!("serving on {}", addrs.join(", ")));
+    let watchdog = systemd::watchdog();
+    let stop = async move {
+        stop.await;
+        systemd::stopping();
+    };
+    let result = daemon.serve(listeners, stop).await;
+    if let Some(w) = watchdog {
+        w.abort();
+    }
+    result?;
     Ok(())
 }
 

@@ -75,6 +75,9 @@ pub enum ServeError {
 pub struct BoundListener {
     addr: ListenAddr,
     kind: ListenerKind,
+    /// Passed by systemd (socket activation): its socket file belongs to systemd and is left
+    /// in place at shutdown.
+    activated: bool,
 }
 
 #[derive(Debug)]
@@ -109,6 +112,7 @@ pub async fn bind(
                 BoundListener {
                     addr: ListenAddr::Tcp(real),
                     kind: ListenerKind::Tcp(l),
+                    activated: false,
                 }
             }
             ListenAddr::Unix(path) => {
@@ -116,12 +120,105 @@ pub async fn bind(
                 BoundListener {
                     addr: addr.clone(),
                     kind: ListenerKind::Unix(l),
+                    activated: false,
                 }
             }
         };
         out.push(bound);
     }
     Ok(out)
+}
+
+/// The sockets systemd passed (`LISTEN_FDS`, `LISTEN_FDNAMES`). Take it with
+/// [`Activation::from_env`] before the process starts threads: the environment variables are
+/// cleared so that children do not inherit them.
+pub struct Activation {
+    fds: listenfd::ListenFd,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activation")
+            .field("fds", &self.fds.len())
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Activation {
+    /// The sockets of this process's socket activation, if any (none when `LISTEN_PID` names
+    /// another process).
+    pub fn from_env() -> Self {
+        let names = std::env::var("LISTEN_FDNAMES")
+            .map(|n| n.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        Self {
+            fds: listenfd::ListenFd::from_env(),
+            names,
+        }
+    }
+
+    /// How many sockets were passed.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// No socket was passed.
+    pub fn is_empty(&self) -> bool {
+        self.fds.len() == 0
+    }
+
+    /// Every passed socket as a listener: TCP (IPv4/IPv6) or unix stream sockets, in order.
+    pub fn listeners(mut self) -> Result<Vec<BoundListener>, ServeError> {
+        let mut out = Vec::with_capacity(self.fds.len());
+        for idx in 0..self.fds.len() {
+            let name = self
+                .names
+                .get(idx)
+                .cloned()
+                .unwrap_or_else(|| format!("fd {}", idx + 3));
+            let err = |source| ServeError::Bind {
+                addr: format!("socket-activated {name}"),
+                source,
+            };
+            if let Ok(Some(l)) = self.fds.take_tcp_listener(idx) {
+                l.set_nonblocking(true).map_err(err)?;
+                let l = TcpListener::from_std(l).map_err(err)?;
+                let real = l.local_addr().map_err(err)?;
+                out.push(BoundListener {
+                    addr: ListenAddr::Tcp(real),
+                    kind: ListenerKind::Tcp(l),
+                    activated: true,
+                });
+                continue;
+            }
+            match self.fds.take_unix_listener(idx) {
+                Ok(Some(l)) => {
+                    l.set_nonblocking(true).map_err(err)?;
+                    let path = l
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                        .unwrap_or_else(|| PathBuf::from(format!("@{name}")));
+                    let l = UnixListener::from_std(l).map_err(err)?;
+                    out.push(BoundListener {
+                        addr: ListenAddr::Unix(path),
+                        kind: ListenerKind::Unix(l),
+                        activated: true,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("not a TCP or unix stream socket: {e}"),
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
@@ -345,7 +442,9 @@ impl Daemon {
                     servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
                 }
                 ListenerKind::Unix(l) => {
-                    if let ListenAddr::Unix(path) = &listener.addr {
+                    if let ListenAddr::Unix(path) = &listener.addr
+                        && !listener.activated
+                    {
                         socket_files.push(path.clone());
                     }
                     let incoming = UnixListenerStream::new(l);
