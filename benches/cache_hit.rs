@@ -108,6 +108,7 @@ fn main() {
             overrides: Overrides {
                 listen: vec!["127.0.0.1:0".to_owned()],
                 log_level: Some("warn".to_owned()),
+                insecure_no_auth: true,
                 ..Overrides::default()
             },
         };

@@ -32,6 +32,8 @@ pub const ENV_DASHSCOPE_BASE_URL: &str = "DASHSCOPE_HTTP_BASE_URL";
 pub const ENV_DASHSCOPE_WORKSPACE_ID: &str = "DASHSCOPE_WORKSPACE_ID";
 /// systemd: directory of credentials passed with `LoadCredential=`.
 pub const ENV_CREDENTIALS_DIRECTORY: &str = "CREDENTIALS_DIRECTORY";
+/// systemd credential name of the bearer token of TCP clients.
+pub const CREDENTIAL_AUTH_TOKEN: &str = "herald_auth_token";
 /// systemd credential name of the DashScope API key.
 pub const CREDENTIAL_DASHSCOPE_API_KEY: &str = "dashscope_api_key";
 /// systemd: the service's runtime directory (`RuntimeDirectory=`).
@@ -66,6 +68,15 @@ enum Kind {
 const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_LISTEN", "server.listen", Kind::List),
     ("HERALD_SOCKET_MODE", "server.socket_mode", Kind::Str),
+    ("HERALD_SOCKET_GROUP", "server.socket_group", Kind::Str),
+    ("HERALD_AUTH_TOKEN", "server.auth_token", Kind::Str),
+    (
+        "HERALD_AUTH_TOKEN_FILE",
+        "server.auth_token_file",
+        Kind::Str,
+    ),
+    ("HERALD_TLS_CERT", "server.tls_cert", Kind::Str),
+    ("HERALD_TLS_KEY", "server.tls_key", Kind::Str),
     (
         "HERALD_SHUTDOWN_GRACE_MS",
         "server.shutdown_grace_ms",
@@ -150,6 +161,8 @@ pub struct Overrides {
     pub log_level: Option<String>,
     /// `--default-model`.
     pub default_model: Option<String>,
+    /// `--insecure-no-auth`: serve loopback TCP listeners without a token.
+    pub insecure_no_auth: bool,
 }
 
 /// Errors in configuration. Each names the key (or file, or variable) at fault.
@@ -339,6 +352,19 @@ pub struct ServerSection {
     pub socket_mode: String,
     /// How long shutdown waits for in-flight streams to end, in ms. Default 5000.
     pub shutdown_grace_ms: u64,
+    /// Group of unix sockets (a name or a number). Empty = the process's group.
+    pub socket_group: String,
+    /// Bearer token TCP clients must send (`authorization: Bearer <token>`). Secret. Prefer
+    /// `auth_token_file` or the systemd credential `herald_auth_token`.
+    pub auth_token: Option<String>,
+    /// File holding the bearer token.
+    pub auth_token_file: Option<String>,
+    /// Serve TCP listeners without a token; only allowed when every TCP listener is loopback.
+    pub insecure_no_auth: bool,
+    /// PEM certificate chain for TLS on TCP listeners. Empty = plaintext.
+    pub tls_cert: String,
+    /// PEM private key for `tls_cert`.
+    pub tls_key: String,
 }
 
 impl Default for ServerSection {
@@ -347,6 +373,12 @@ impl Default for ServerSection {
             listen: Vec::new(),
             socket_mode: "0660".to_owned(),
             shutdown_grace_ms: 5_000,
+            socket_group: String::new(),
+            auth_token: None,
+            auth_token_file: None,
+            insecure_no_auth: false,
+            tls_cert: String::new(),
+            tls_key: String::new(),
         }
     }
 }
@@ -536,6 +568,13 @@ pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigErr
     if let Some(level) = &o.log_level {
         set_key(&mut table, "log.level", toml::Value::String(level.clone()));
     }
+    if o.insecure_no_auth {
+        set_key(
+            &mut table,
+            "server.insecure_no_auth",
+            toml::Value::Boolean(true),
+        );
+    }
     if let Some(model) = &o.default_model {
         set_key(
             &mut table,
@@ -717,6 +756,42 @@ pub struct EspeakSettings {
     pub timeout: Duration,
 }
 
+/// Who may use herald's TCP listeners (unix sockets are guarded by their mode and group).
+#[derive(Clone, Debug)]
+pub enum TcpAuth {
+    /// Clients must send `authorization: Bearer <token>`.
+    Token {
+        /// The token.
+        token: SecretString,
+        /// Where it came from, for `check-config`.
+        source: String,
+    },
+    /// No token: allowed only for loopback listeners (`--insecure-no-auth`).
+    InsecureLoopbackOnly,
+    /// No token configured and no TCP listener configured: a TCP listener (socket activation)
+    /// is refused at start.
+    Refuse,
+}
+
+/// TLS certificate and key, read at start.
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert_pem: Vec<u8>,
+    /// PEM private key.
+    pub key_pem: SecretString,
+    /// The certificate's path (for logs).
+    pub cert_path: PathBuf,
+}
+
+impl fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("cert_path", &self.cert_path)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The validated configuration the daemon runs with.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -724,6 +799,12 @@ pub struct Config {
     pub listen: Vec<ListenAddr>,
     /// Permission bits of unix sockets.
     pub socket_mode: u32,
+    /// Group id of unix sockets (`None` = the process's).
+    pub socket_group: Option<u32>,
+    /// Who may use TCP listeners.
+    pub tcp_auth: TcpAuth,
+    /// TLS for TCP listeners.
+    pub tls: Option<TlsFiles>,
     /// Grace period for shutdown.
     pub shutdown_grace: Duration,
     /// Configured default model (`None` = choose from the configured engines).
@@ -782,6 +863,34 @@ impl RawConfig {
                     format!("{:?} is not an octal mode like \"0660\"", s.socket_mode),
                 )
             })?;
+        let socket_group = match s.socket_group.trim() {
+            "" => None,
+            g => Some(
+                group_id(g)
+                    .ok_or_else(|| invalid("server.socket_group", format!("no group {g:?}")))?,
+            ),
+        };
+        let tcp_auth = validate_auth(s, &listen, env)?;
+        let tls = match (s.tls_cert.trim(), s.tls_key.trim()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                return Err(invalid(
+                    "server.tls_cert",
+                    "set both server.tls_cert and server.tls_key, or neither",
+                ));
+            }
+            (cert, key) => {
+                let cert_pem = std::fs::read(cert)
+                    .map_err(|e| invalid("server.tls_cert", format!("cannot read {cert}: {e}")))?;
+                let key_pem = std::fs::read_to_string(key)
+                    .map_err(|e| invalid("server.tls_key", format!("cannot read {key}: {e}")))?;
+                Some(TlsFiles {
+                    cert_pem,
+                    key_pem: SecretString::from(key_pem),
+                    cert_path: PathBuf::from(cert),
+                })
+            }
+        };
         if s.shutdown_grace_ms > 600_000 {
             return Err(invalid(
                 "server.shutdown_grace_ms",
@@ -853,6 +962,9 @@ impl RawConfig {
         Ok(Config {
             listen,
             socket_mode,
+            socket_group,
+            tcp_auth,
+            tls,
             shutdown_grace: Duration::from_millis(s.shutdown_grace_ms),
             default_model: non_empty(&syn.default_model),
             default_voice: non_empty(&syn.default_voice),
@@ -868,6 +980,89 @@ impl RawConfig {
             raw: self,
         })
     }
+}
+
+/// The numeric id of group `name` (or `name` itself when it is a number), from /etc/group.
+fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name)
+            .then(|| fields.nth(1)?.parse().ok())
+            .flatten()
+    })
+}
+
+fn validate_auth(
+    s: &ServerSection,
+    listen: &[ListenAddr],
+    env: &Env,
+) -> Result<TcpAuth, ConfigError> {
+    let token = if let Some(t) = s.auth_token.as_deref().and_then(non_empty) {
+        let source = if env.get("HERALD_AUTH_TOKEN").is_some() {
+            "HERALD_AUTH_TOKEN"
+        } else {
+            "server.auth_token"
+        };
+        Some((SecretString::from(t), source.to_owned()))
+    } else if let Some(file) = s.auth_token_file.as_deref().and_then(non_empty) {
+        let t =
+            read_secret_file(Path::new(&file)).map_err(|m| invalid("server.auth_token_file", m))?;
+        Some((t, format!("file {file}")))
+    } else if let Some(dir) = env.get(ENV_CREDENTIALS_DIRECTORY) {
+        let path = Path::new(dir).join(CREDENTIAL_AUTH_TOKEN);
+        if path.exists() {
+            let t = read_secret_file(&path).map_err(|m| invalid(ENV_CREDENTIALS_DIRECTORY, m))?;
+            Some((t, format!("systemd credential {CREDENTIAL_AUTH_TOKEN}")))
+        } else {
+            None
+        }
+    } else {
+        None
+    };
+    if let Some((token, source)) = token {
+        if token.expose_secret().chars().count() < 16 {
+            return Err(invalid(
+                "server.auth_token",
+                "too short: use at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+        return Ok(TcpAuth::Token { token, source });
+    }
+    let tcp: Vec<&SocketAddr> = listen
+        .iter()
+        .filter_map(|l| match l {
+            ListenAddr::Tcp(a) => Some(a),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect();
+    if let Some(open) = tcp.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(invalid(
+            "server.auth_token",
+            format!(
+                "TCP listener {open} is not loopback, so it requires a bearer token \
+                 (server.auth_token_file, HERALD_AUTH_TOKEN or the systemd credential \
+                 {CREDENTIAL_AUTH_TOKEN})"
+            ),
+        ));
+    }
+    if s.insecure_no_auth {
+        return Ok(TcpAuth::InsecureLoopbackOnly);
+    }
+    if let Some(first) = tcp.first() {
+        return Err(invalid(
+            "server.auth_token",
+            format!(
+                "TCP listener {first} requires a bearer token (server.auth_token_file, \
+                 HERALD_AUTH_TOKEN or the systemd credential {CREDENTIAL_AUTH_TOKEN}); on \
+                 loopback only, --insecure-no-auth (server.insecure_no_auth) serves it without one"
+            ),
+        ));
+    }
+    Ok(TcpAuth::Refuse)
 }
 
 /// The cache settings, or `None` with why it is off.
@@ -1224,6 +1419,9 @@ impl Config {
         if raw.dashscope.api_key.is_some() {
             raw.dashscope.api_key = Some(MASK.to_owned());
         }
+        if raw.server.auth_token.is_some() {
+            raw.server.auth_token = Some(MASK.to_owned());
+        }
         raw.server.listen = self.listen.iter().map(ToString::to_string).collect();
         let mut text =
             toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
@@ -1241,6 +1439,24 @@ impl Config {
         text.push_str(&format!(
             "# dashscope base url: {}\n",
             self.dashscope.base_url
+        ));
+        text.push_str(&format!(
+            "# tcp auth: {}\n",
+            match &self.tcp_auth {
+                TcpAuth::Token { token, source } => format!(
+                    "bearer token ({} characters, from {source})",
+                    token.expose_secret().chars().count()
+                ),
+                TcpAuth::InsecureLoopbackOnly => "none (--insecure-no-auth, loopback only)".into(),
+                TcpAuth::Refuse => "no token: TCP listeners are refused".into(),
+            }
+        ));
+        text.push_str(&format!(
+            "# tls: {}\n",
+            self.tls.as_ref().map_or("off".to_owned(), |t| format!(
+                "on ({})",
+                t.cert_path.display()
+            ))
         ));
         text.push_str(&match &self.cache {
             Some(c) => format!("# cache directory: {}\n", c.directory.display()),
@@ -1261,7 +1477,13 @@ mod tests {
         Env::from_pairs(pairs.iter().copied())
     }
 
+    /// Load with loopback TCP allowed without a token (these tests are about other keys; the
+    /// auth rules have their own test).
     fn load_with(file: Option<&str>, e: &Env, o: Overrides) -> Result<Config, ConfigError> {
+        let o = Overrides {
+            insecure_no_auth: true,
+            ..o
+        };
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = file.map(|text| {
             let p = dir.path().join("herald.toml");
@@ -1545,6 +1767,56 @@ mod tests {
         assert!(
             err.contains("cache.max_bytes") && err.contains("65536"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn tcp_listeners_need_a_token_unless_loopback_and_insecure() {
+        let strict = |listen: &str, e: &Env, insecure: bool| {
+            load(
+                &LoadOptions {
+                    config_path: None,
+                    overrides: Overrides {
+                        listen: vec![listen.into()],
+                        insecure_no_auth: insecure,
+                        ..Overrides::default()
+                    },
+                },
+                e,
+            )
+        };
+        let none = env(&[]);
+        let err = strict("127.0.0.1:1", &none, false).unwrap_err().to_string();
+        assert!(err.starts_with("server.auth_token"), "{err}");
+        assert!(matches!(
+            strict("127.0.0.1:1", &none, true).unwrap().tcp_auth,
+            TcpAuth::InsecureLoopbackOnly
+        ));
+        assert!(strict("[::1]:1", &none, true).is_ok());
+        let err = strict("0.0.0.0:1", &none, true).unwrap_err().to_string();
+        assert!(err.contains("not loopback"), "{err}");
+        assert!(matches!(
+            strict("unix:/tmp/h.sock", &none, false).unwrap().tcp_auth,
+            TcpAuth::Refuse
+        ));
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(CREDENTIAL_AUTH_TOKEN),
+            "cred-token-0123456789abcdef\n",
+        )
+        .unwrap();
+        let creds = env(&[(ENV_CREDENTIALS_DIRECTORY, dir.path().to_str().unwrap())]);
+        let c = strict("0.0.0.0:1", &creds, false).unwrap();
+        let TcpAuth::Token { token, source } = &c.tcp_auth else {
+            panic!("{:?}", c.tcp_auth)
+        };
+        assert_eq!(token.expose_secret(), "cred-token-0123456789abcdef");
+        assert!(source.contains("credential"));
+        let rendered = c.render();
+        assert!(!rendered.contains("cred-token"), "{rendered}");
+        assert!(
+            rendered.contains("bearer token (27 characters"),
+            "{rendered}"
         );
     }
 }

@@ -50,6 +50,10 @@ struct ConfigArgs {
     /// Model used when a request names none. Replaces synthesis.default_model.
     #[arg(long, value_name = "MODEL")]
     default_model: Option<String>,
+    /// Serve loopback TCP listeners without a bearer token (refused for any other address).
+    /// Sets server.insecure_no_auth.
+    #[arg(long)]
+    insecure_no_auth: bool,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -386,6 +390,7 @@ fn load_config(args: ConfigArgs) -> Result<config::Config, Failure> {
             listen: args.listen,
             log_level: args.log_level,
             default_model: args.default_model,
+            insecure_no_auth: args.insecure_no_auth,
         },
     };
     config::load(&options, &Env::from_process()).map_err(|e| fail(EX_USAGE, e))
@@ -413,7 +418,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
             );
             activation.listeners()
         }
-        None => service::bind(&config.listen, config.socket_mode).await,
+        None => service::bind_with(&config.listen, config.socket_mode, config.socket_group).await,
     }
     .map_err(|e| fail(EX_UNAVAILABLE, e))?;
     let addrs: Vec<String> = listeners.iter().map(|l| l.addr().to_string()).collect();

@@ -22,6 +22,7 @@ fn the_example_config_passes_check_config() {
             "systemd/herald.example.toml",
             "--listen",
             "127.0.0.1:50051",
+            "--insecure-no-auth",
         ])
         .output()
         .expect("run");
@@ -52,6 +53,7 @@ fn check_config_rejects_unknown_keys_with_exit_64_and_masks_secrets() {
     let out = herald()
         .args(["check-config", "--listen", "127.0.0.1:0"])
         .env("DASHSCOPE_API_KEY", "sk-test-secret-value")
+        .env("HERALD_AUTH_TOKEN", "token-secret-value-0123456789")
         .output()
         .expect("run");
     assert!(out.status.success());
@@ -61,6 +63,7 @@ fn check_config_rejects_unknown_keys_with_exit_64_and_masks_secrets() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!all.contains("sk-test-secret-value"), "{all}");
+    assert!(!all.contains("token-secret-value"), "{all}");
     assert!(all.contains("<redacted>"), "{all}");
 }
 

@@ -20,14 +20,16 @@ use std::{
     time::Duration,
 };
 
+use secrecy::{ExposeSecret, SecretString};
 use tokio::{net::TcpListener, net::UnixListener, task::JoinSet};
 use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     cache::Cache,
-    config::{Config, FallbackStep, ListenAddr},
+    config::{Config, FallbackStep, ListenAddr, TcpAuth},
     engine::{
         EngineError, Engines, Synthesizer, dashscope,
         espeak::{self, Espeak, EspeakConfig},
@@ -99,6 +101,15 @@ pub async fn bind(
     addrs: &[ListenAddr],
     socket_mode: u32,
 ) -> Result<Vec<BoundListener>, ServeError> {
+    bind_with(addrs, socket_mode, None).await
+}
+
+/// [`bind`], with unix sockets given to group `socket_group` (a gid).
+pub async fn bind_with(
+    addrs: &[ListenAddr],
+    socket_mode: u32,
+    socket_group: Option<u32>,
+) -> Result<Vec<BoundListener>, ServeError> {
     let mut out = Vec::with_capacity(addrs.len());
     for addr in addrs {
         let err = |source| ServeError::Bind {
@@ -116,7 +127,7 @@ pub async fn bind(
                 }
             }
             ListenAddr::Unix(path) => {
-                let l = bind_unix(path, socket_mode).map_err(err)?;
+                let l = bind_unix(path, socket_mode, socket_group).map_err(err)?;
                 BoundListener {
                     addr: addr.clone(),
                     kind: ListenerKind::Unix(l),
@@ -221,7 +232,7 @@ impl Activation {
     }
 }
 
-fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
+fn bind_unix(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -253,8 +264,114 @@ fn bind_unix(path: &Path, mode: u32) -> io::Result<UnixListener> {
     let _ = std::fs::remove_file(&tmp);
     let listener = UnixListener::bind(&tmp)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot give the socket to group {gid}: {e}"),
+            )
+        })?;
+    }
     std::fs::rename(&tmp, path)?;
     Ok(listener)
+}
+
+/// Who may use which listener: TCP clients need the bearer token (when one is configured), unix
+/// clients are guarded by the socket's mode and group. Health checks never need a token.
+#[derive(Clone, Default)]
+pub struct Access {
+    token: Option<Arc<SecretString>>,
+    /// No token is configured and TCP was not asked for: a TCP listener is refused.
+    refuse_tcp: bool,
+    /// No token, by `--insecure-no-auth`: TCP only on loopback.
+    loopback_only: bool,
+    tls: Option<(Vec<u8>, Arc<SecretString>)>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("refuse_tcp", &self.refuse_tcp)
+            .field("loopback_only", &self.loopback_only)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Access {
+    /// The policy of a validated configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| (t.cert_pem.clone(), Arc::new(t.key_pem.clone())));
+        match &config.tcp_auth {
+            TcpAuth::Token { token, .. } => Self {
+                token: Some(Arc::new(token.clone())),
+                tls,
+                ..Self::default()
+            },
+            TcpAuth::InsecureLoopbackOnly => Self {
+                loopback_only: true,
+                tls,
+                ..Self::default()
+            },
+            TcpAuth::Refuse => Self {
+                refuse_tcp: true,
+                tls,
+                ..Self::default()
+            },
+        }
+    }
+
+    /// Refuse to serve a TCP listener the policy does not allow (socket activation can pass
+    /// any socket).
+    fn check(&self, addr: &std::net::SocketAddr) -> Result<(), ServeError> {
+        if self.refuse_tcp {
+            return Err(ServeError::Config(format!(
+                "TCP listener {addr} requires a bearer token (server.auth_token_file, \
+                 HERALD_AUTH_TOKEN or the systemd credential herald_auth_token)"
+            )));
+        }
+        if self.loopback_only && !addr.ip().is_loopback() {
+            return Err(ServeError::Config(format!(
+                "TCP listener {addr} is not loopback: --insecure-no-auth applies to loopback \
+                 only; configure a bearer token"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Checks `authorization: Bearer <token>` in constant time (when a token is required).
+#[derive(Clone)]
+struct BearerAuth(Option<Arc<SecretString>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.0 else {
+            return Ok(request);
+        };
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(tonic::Status::unauthenticated(
+                "authorization: missing; send \"authorization: Bearer <token>\" (server.auth_token)",
+            ));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+            .unwrap_or_default();
+        if bool::from(presented.ct_eq(token.expose_secret().as_bytes())) {
+            Ok(request)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "authorization: the bearer token is not valid",
+            ))
+        }
+    }
 }
 
 /// The default model when a DashScope key is configured and `synthesis.default_model` is not.
@@ -264,6 +381,7 @@ pub const DASHSCOPE_DEFAULT_MODEL: &str = "cosyvoice-v3-flash";
 pub struct Daemon {
     service: SpeechService,
     cache: cache::CacheService,
+    access: Access,
     jobs: CancellationToken,
     grace: Duration,
 }
@@ -363,7 +481,8 @@ impl Daemon {
             settings,
             config.playback.clone(),
             config.shutdown_grace,
-        ))
+        )
+        .with_access(Access::from_config(config)))
     }
 
     /// A daemon over explicit engines and settings, with default playback settings, no cache
@@ -395,9 +514,16 @@ impl Daemon {
         Self {
             cache: cache::CacheService::new(service.clone()),
             service,
+            access: Access::default(),
             jobs,
             grace,
         }
+    }
+
+    /// Apply `access` (tokens and TLS on TCP listeners).
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
     }
 
     /// Serve on `listeners` until `shutdown` resolves (or a listener fails). Then: report
@@ -425,17 +551,43 @@ impl Daemon {
         let stop_accepting = CancellationToken::new();
         let mut servers = JoinSet::new();
         let mut socket_files: Vec<PathBuf> = Vec::new();
+        for listener in &listeners {
+            if let ListenerKind::Tcp(_) = listener.kind
+                && let ListenAddr::Tcp(addr) = &listener.addr
+            {
+                self.access.check(addr)?;
+            }
+        }
         for listener in listeners {
-            let router = Server::builder()
+            let tcp = matches!(listener.kind, ListenerKind::Tcp(_));
+            let auth = BearerAuth(self.access.token.clone().filter(|_| tcp));
+            let mut builder = Server::builder()
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+            if tcp && let Some((cert, key)) = &self.access.tls {
+                let identity = tonic::transport::Identity::from_pem(cert, key.expose_secret());
+                builder = builder
+                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+            }
+            let router = builder
                 .add_service(health.clone())
-                .add_service(reflection_v1.clone())
-                .add_service(reflection_v1alpha.clone())
-                .add_service(SpeechServer::new(self.service.clone()))
-                .add_service(CacheServer::new(self.cache.clone()));
+                .add_service(InterceptedService::new(reflection_v1.clone(), auth.clone()))
+                .add_service(InterceptedService::new(
+                    reflection_v1alpha.clone(),
+                    auth.clone(),
+                ))
+                .add_service(SpeechServer::with_interceptor(
+                    self.service.clone(),
+                    auth.clone(),
+                ))
+                .add_service(CacheServer::with_interceptor(self.cache.clone(), auth));
             let signal = stop_accepting.clone().cancelled_owned();
-            tracing::info!(addr = %listener.addr, "listening");
+            tracing::info!(
+                addr = %listener.addr,
+                tls = tcp && self.access.tls.is_some(),
+                token = tcp && self.access.token.is_some(),
+                "listening"
+            );
             match listener.kind {
                 ListenerKind::Tcp(l) => {
                     let incoming = TcpIncoming::from(l).with_nodelay(Some(true));

@@ -40,6 +40,7 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
         config_path: Some(config_file).filter(|p| p.exists()),
         overrides: Overrides {
             listen: vec!["127.0.0.1:0".to_owned(), format!("unix:{}", sock.display())],
+            insecure_no_auth: true,
             ..Overrides::default()
         },
     };
