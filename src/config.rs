@@ -94,6 +94,16 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "synthesis.max_concurrent",
         Kind::Int,
     ),
+    (
+        "HERALD_MAX_CONCURRENT_PER_PEER",
+        "synthesis.max_concurrent_per_peer",
+        Kind::Int,
+    ),
+    (
+        "HERALD_MAX_DEADLINE_MS",
+        "synthesis.max_deadline_ms",
+        Kind::Int,
+    ),
     ("HERALD_ESPEAK_ENABLED", "espeak.enabled", Kind::Bool),
     ("HERALD_ESPEAK_BINARY", "espeak.binary", Kind::Str),
     ("HERALD_ESPEAK_VOICE", "espeak.default_voice", Kind::Str),
@@ -365,6 +375,8 @@ pub struct ServerSection {
     pub tls_cert: String,
     /// PEM private key for `tls_cert`.
     pub tls_key: String,
+    /// Largest gRPC request message, bytes. Default 4194304, range 65536..=67108864.
+    pub max_message_bytes: u64,
 }
 
 impl Default for ServerSection {
@@ -379,6 +391,7 @@ impl Default for ServerSection {
             insecure_no_auth: false,
             tls_cert: String::new(),
             tls_key: String::new(),
+            max_message_bytes: 4 << 20,
         }
     }
 }
@@ -398,6 +411,12 @@ pub struct SynthesisSection {
     /// Most `Synthesize` streams running at once; more answer RESOURCE_EXHAUSTED. Default 64,
     /// range 1..=4096.
     pub max_concurrent: u64,
+    /// Most `Synthesize` streams of one peer (a TCP client address, or a unix socket user) at
+    /// once. Default 16, range 1..=4096.
+    pub max_concurrent_per_peer: u64,
+    /// Longest deadline a request may have, ms: longer `grpc-timeout`s, and requests with
+    /// none, get this one. Default 300000 (5 min), range 1000..=86400000.
+    pub max_deadline_ms: u64,
 }
 
 impl Default for SynthesisSection {
@@ -407,6 +426,8 @@ impl Default for SynthesisSection {
             default_voice: String::new(),
             max_text_chars: 20_000,
             max_concurrent: 64,
+            max_concurrent_per_peer: 16,
+            max_deadline_ms: 300_000,
         }
     }
 }
@@ -469,6 +490,10 @@ pub struct DashscopeSection {
     pub qwen_piece_units: u32,
     /// Longest piece sent to MiniMax, in billed units.
     pub minimax_piece_units: u32,
+    /// Most upstream HTTP requests at once (all families); more wait in a queue.
+    pub max_concurrent_requests: u32,
+    /// Longest wait in that queue, ms; past it the request gets RESOURCE_EXHAUSTED.
+    pub queue_timeout_ms: u64,
 }
 
 impl fmt::Debug for DashscopeSection {
@@ -488,6 +513,8 @@ impl fmt::Debug for DashscopeSection {
             .field("cosyvoice_piece_units", &self.cosyvoice_piece_units)
             .field("qwen_piece_units", &self.qwen_piece_units)
             .field("minimax_piece_units", &self.minimax_piece_units)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("queue_timeout_ms", &self.queue_timeout_ms)
             .finish()
     }
 }
@@ -509,6 +536,8 @@ impl Default for DashscopeSection {
             cosyvoice_piece_units: 120,
             qwen_piece_units: 600,
             minimax_piece_units: 3000,
+            max_concurrent_requests: 32,
+            queue_timeout_ms: 10_000,
         }
     }
 }
@@ -815,6 +844,12 @@ pub struct Config {
     pub max_text_chars: usize,
     /// Most concurrent syntheses.
     pub max_concurrent: usize,
+    /// Most concurrent syntheses of one peer.
+    pub max_concurrent_per_peer: usize,
+    /// Longest request deadline.
+    pub max_deadline: Duration,
+    /// Largest gRPC request message, bytes.
+    pub max_message_bytes: usize,
     /// espeak-ng, when enabled.
     pub espeak: Option<EspeakSettings>,
     /// DashScope.
@@ -906,6 +941,24 @@ impl RawConfig {
             ));
         }
 
+        if !(1..=4096).contains(&syn.max_concurrent_per_peer) {
+            return Err(invalid(
+                "synthesis.max_concurrent_per_peer",
+                format!("{} is outside 1..=4096", syn.max_concurrent_per_peer),
+            ));
+        }
+        if !(1_000..=86_400_000).contains(&syn.max_deadline_ms) {
+            return Err(invalid(
+                "synthesis.max_deadline_ms",
+                format!("{} is outside 1000..=86400000", syn.max_deadline_ms),
+            ));
+        }
+        if !(65_536..=67_108_864).contains(&s.max_message_bytes) {
+            return Err(invalid(
+                "server.max_message_bytes",
+                format!("{} is outside 65536..=67108864", s.max_message_bytes),
+            ));
+        }
         if !(1..=4096).contains(&syn.max_concurrent) {
             return Err(invalid(
                 "synthesis.max_concurrent",
@@ -970,6 +1023,9 @@ impl RawConfig {
             default_voice: non_empty(&syn.default_voice),
             max_text_chars: usize::try_from(syn.max_text_chars).unwrap_or(usize::MAX),
             max_concurrent: usize::try_from(syn.max_concurrent).unwrap_or(4096),
+            max_concurrent_per_peer: usize::try_from(syn.max_concurrent_per_peer).unwrap_or(4096),
+            max_deadline: Duration::from_millis(syn.max_deadline_ms),
+            max_message_bytes: usize::try_from(s.max_message_bytes).unwrap_or(4 << 20),
             espeak,
             dashscope,
             playback,
@@ -1359,6 +1415,17 @@ fn validate_dashscope(d: &DashscopeSection, env: &Env) -> Result<DashscopeConfig
             d.minimax_piece_units,
             20..=9999,
             " (MiniMax takes fewer than 10000 characters)",
+        )?,
+        max_concurrent_requests: count(
+            "dashscope.max_concurrent_requests",
+            d.max_concurrent_requests,
+            1..=1024,
+            "",
+        )?,
+        queue_timeout: ms(
+            "dashscope.queue_timeout_ms",
+            d.queue_timeout_ms,
+            0..=300_000,
         )?,
         ..crate::engine::dashscope::Tuning::default()
     };

@@ -182,6 +182,7 @@ async fn tone_daemon(mp3: Option<Bytes>) -> ToneDaemon {
         default_voice: None,
         max_text_chars: 100,
         max_concurrent: 8,
+        ..Settings::default()
     };
     let daemon = Daemon::new(engines, settings, Duration::from_secs(2));
     let listeners = service::bind(&[ListenAddr::Tcp("127.0.0.1:0".parse().unwrap())], 0o660)

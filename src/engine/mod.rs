@@ -164,6 +164,15 @@ pub enum EngineError {
     /// behaves exactly as the error it wraps.
     #[error(transparent)]
     Shared(Arc<EngineError>),
+    /// herald's own cap on concurrent upstream requests was reached and no slot freed up
+    /// within the queue timeout.
+    #[error("{limit} upstream requests are already running and none finished within {waited:?}")]
+    Saturated {
+        /// The cap (`dashscope.max_concurrent_requests`).
+        limit: usize,
+        /// The wait (`dashscope.queue_timeout_ms`).
+        waited: Duration,
+    },
     /// The engine did not finish within its configured time bound.
     #[error("{engine} did not finish within {limit:?}")]
     TimedOut {
@@ -191,6 +200,7 @@ impl EngineError {
             Self::Protocol(_)
             | Self::Interrupted(_)
             | Self::Unavailable { .. }
+            | Self::Saturated { .. }
             | Self::Failed { .. }
             | Self::TimedOut { .. } => false,
         }

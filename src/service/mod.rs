@@ -382,6 +382,7 @@ pub struct Daemon {
     service: SpeechService,
     cache: cache::CacheService,
     access: Access,
+    max_message_bytes: usize,
     jobs: CancellationToken,
     grace: Duration,
 }
@@ -443,6 +444,8 @@ impl Daemon {
             default_voice: config.default_voice.clone(),
             max_text_chars: config.max_text_chars,
             max_concurrent: config.max_concurrent,
+            max_concurrent_per_peer: config.max_concurrent_per_peer,
+            max_deadline: config.max_deadline,
         };
         let mut fallback = Vec::new();
         for step in &config.fallback {
@@ -482,7 +485,8 @@ impl Daemon {
             config.playback.clone(),
             config.shutdown_grace,
         )
-        .with_access(Access::from_config(config)))
+        .with_access(Access::from_config(config))
+        .with_max_message_bytes(config.max_message_bytes))
     }
 
     /// A daemon over explicit engines and settings, with default playback settings, no cache
@@ -515,9 +519,16 @@ impl Daemon {
             cache: cache::CacheService::new(service.clone()),
             service,
             access: Access::default(),
+            max_message_bytes: 4 << 20,
             jobs,
             grace,
         }
+    }
+
+    /// The largest request message accepted (default 4 MiB).
+    pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
+        self.max_message_bytes = bytes;
+        self
     }
 
     /// Apply `access` (tokens and TLS on TCP listeners).
@@ -576,11 +587,16 @@ impl Daemon {
                     reflection_v1alpha.clone(),
                     auth.clone(),
                 ))
-                .add_service(SpeechServer::with_interceptor(
-                    self.service.clone(),
+                .add_service(InterceptedService::new(
+                    SpeechServer::new(self.service.clone())
+                        .max_decoding_message_size(self.max_message_bytes),
                     auth.clone(),
                 ))
-                .add_service(CacheServer::with_interceptor(self.cache.clone(), auth));
+                .add_service(InterceptedService::new(
+                    CacheServer::new(self.cache.clone())
+                        .max_decoding_message_size(self.max_message_bytes),
+                    auth,
+                ));
             let signal = stop_accepting.clone().cancelled_owned();
             tracing::info!(
                 addr = %listener.addr,

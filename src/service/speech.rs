@@ -59,6 +59,57 @@ pub struct Settings {
     pub max_text_chars: usize,
     /// Most `Synthesize` streams at once.
     pub max_concurrent: usize,
+    /// Most `Synthesize` streams of one peer at once.
+    pub max_concurrent_per_peer: usize,
+    /// Longest request deadline (also the deadline of requests that set none).
+    pub max_deadline: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            default_model: crate::engine::espeak::MODEL.to_owned(),
+            default_voice: None,
+            max_text_chars: 20_000,
+            max_concurrent: 64,
+            max_concurrent_per_peer: 16,
+            max_deadline: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Running streams per peer.
+#[derive(Debug, Default)]
+struct Peers(std::sync::Mutex<std::collections::HashMap<String, usize>>);
+
+/// One running stream of a peer; dropping it frees the slot.
+struct PeerSlot {
+    peers: Arc<Inner>,
+    peer: String,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self.peers.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
+}
+
+/// Who is calling: the TCP client's address, or the unix socket peer's user.
+fn peer_of<T>(request: &Request<T>) -> String {
+    if let Some(addr) = request.remote_addr() {
+        return format!("ip:{}", addr.ip());
+    }
+    request
+        .extensions()
+        .get::<tonic::transport::server::UdsConnectInfo>()
+        .and_then(|u| u.peer_cred)
+        .map_or_else(|| "local".to_owned(), |c| format!("uid:{}", c.uid()))
 }
 
 /// The herald.v1.Speech service. Cheap to clone; every clone serves the same daemon.
@@ -75,6 +126,8 @@ struct Inner {
     playback: Arc<Playback>,
     /// One permit per running Synthesize stream.
     running: Arc<tokio::sync::Semaphore>,
+    /// Running streams per peer.
+    peers: Peers,
     /// Cancelled at shutdown; every job runs under a child token.
     root: CancellationToken,
 }
@@ -100,12 +153,32 @@ impl SpeechService {
         Self {
             inner: Arc::new(Inner {
                 running: Arc::new(tokio::sync::Semaphore::new(settings.max_concurrent)),
+                peers: Peers::default(),
                 provider,
                 settings,
                 playback,
                 root,
             }),
         }
+    }
+
+    /// A slot for one more stream of `peer`, or RESOURCE_EXHAUSTED.
+    fn peer_slot(&self, peer: String) -> Result<PeerSlot, Status> {
+        let limit = self.inner.settings.max_concurrent_per_peer;
+        let mut map = self.inner.peers.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(peer.clone()).or_insert(0);
+        if *n >= limit {
+            return Err(Status::resource_exhausted(format!(
+                "synthesis.max_concurrent_per_peer: this client already runs {limit} syntheses; \
+                 retry later"
+            )));
+        }
+        *n += 1;
+        drop(map);
+        Ok(PeerSlot {
+            peers: Arc::clone(&self.inner),
+            peer,
+        })
     }
 
     /// The provider requests go through.
@@ -535,7 +608,19 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::SynthesizeRequest>,
     ) -> Result<Response<Self::SynthesizeStream>, Status> {
         let received = Instant::now();
-        let deadline = grpc_timeout(request.metadata()).and_then(|d| received.checked_add(d));
+        let max = self.inner.settings.max_deadline;
+        let asked = grpc_timeout(request.metadata());
+        let capped = asked.is_none_or(|d| d > max);
+        let deadline = received.checked_add(asked.map_or(max, |d| d.min(max)));
+        let deadline_message = if capped {
+            format!(
+                "deadline exceeded: synthesis.max_deadline_ms limits a request to {} ms",
+                max.as_millis()
+            )
+        } else {
+            "deadline exceeded before synthesis finished".to_owned()
+        };
+        let peer = peer_of(&request);
         let Validated {
             mut job,
             mut info,
@@ -543,6 +628,7 @@ impl pb::speech_server::Speech for SpeechService {
             options,
         } = self.validate(request.into_inner())?;
         job.request.deadline = deadline;
+        let peer_slot = self.peer_slot(peer)?;
         let permit = Arc::clone(&self.inner.running)
             .try_acquire_owned()
             .map_err(|_| {
@@ -560,6 +646,7 @@ impl pb::speech_server::Speech for SpeechService {
         tokio::spawn(async move {
             // Held until this stream's job ends, whatever way it ends.
             let _permit = permit;
+            let _peer_slot = peer_slot;
             let request_id = info.request_id.clone();
             let Job {
                 request,
@@ -577,7 +664,7 @@ impl pb::speech_server::Speech for SpeechService {
                 }
                 () = until(deadline) => {
                     tracing::info!(%request_id, "deadline exceeded before synthesis started");
-                    let _ = tx.send(Err(Status::deadline_exceeded("deadline exceeded before synthesis started"))).await;
+                    let _ = tx.send(Err(Status::deadline_exceeded(deadline_message))).await;
                     return;
                 }
             };
@@ -636,7 +723,7 @@ impl pb::speech_server::Speech for SpeechService {
                 () = until(deadline) => {
                     cancel.cancel();
                     tracing::info!(%request_id, "deadline exceeded; job cancelled");
-                    let _ = tx.send(Err(Status::deadline_exceeded("deadline exceeded before synthesis finished"))).await;
+                    let _ = tx.send(Err(Status::deadline_exceeded(deadline_message))).await;
                     return;
                 }
             };

@@ -67,6 +67,9 @@ pub fn engine_status(error: &EngineError) -> Status {
         EngineError::Protocol(detail) => {
             Status::internal(format!("upstream protocol error: {detail}"))
         }
+        EngineError::Saturated { .. } => Status::resource_exhausted(format!(
+            "dashscope.max_concurrent_requests: {error}; retry later (dashscope.queue_timeout_ms)"
+        )),
         EngineError::Unavailable { .. } | EngineError::TimedOut { .. } => {
             Status::unavailable(error.to_string())
         }

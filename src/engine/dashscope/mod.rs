@@ -62,6 +62,10 @@ pub struct Tuning {
     pub minimax_piece_units: usize,
     /// Fade length at the joins between pieces.
     pub join_fade: Duration,
+    /// Most upstream HTTP requests at once, over all families and calls.
+    pub max_concurrent_requests: usize,
+    /// Longest wait for one of those slots.
+    pub queue_timeout: Duration,
 }
 
 impl Default for Tuning {
@@ -78,6 +82,8 @@ impl Default for Tuning {
             qwen_piece_units: 600,
             minimax_piece_units: 3000,
             join_fade: Duration::from_millis(8),
+            max_concurrent_requests: 32,
+            queue_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -100,6 +106,8 @@ pub struct Settings {
 pub struct Client {
     http: reqwest::Client,
     settings: Settings,
+    /// One permit per upstream HTTP request in flight (`Tuning::max_concurrent_requests`).
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Client {
@@ -115,7 +123,14 @@ impl Client {
                 engine: "dashscope",
                 reason: format!("cannot build the HTTP client: {e}"),
             })?;
-        Ok(Arc::new(Self { http, settings }))
+        let slots = Arc::new(tokio::sync::Semaphore::new(
+            settings.tuning.max_concurrent_requests.max(1),
+        ));
+        Ok(Arc::new(Self {
+            http,
+            settings,
+            slots,
+        }))
     }
 
     /// The three engines over this client.
@@ -594,6 +609,21 @@ async fn attempt_piece(
 ) -> Result<(), EngineError> {
     let client = &job.client;
     let tuning = &client.settings.tuning;
+    // Held for the whole attempt: at most max_concurrent_requests upstream requests at once.
+    let _slot = match tokio::time::timeout(
+        tuning.queue_timeout,
+        Arc::clone(&client.slots).acquire_owned(),
+    )
+    .await
+    {
+        Ok(Ok(permit)) => permit,
+        _ => {
+            return Err(EngineError::Saturated {
+                limit: tuning.max_concurrent_requests,
+                waited: tuning.queue_timeout,
+            });
+        }
+    };
     let body = job.family.body(&job.req, text, job.rate);
     let url = format!("{}{}", client.settings.base_url, job.family.path());
     let mut request = client
