@@ -69,6 +69,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_LISTEN", "server.listen", Kind::List),
     ("HERALD_SOCKET_MODE", "server.socket_mode", Kind::Str),
     ("HERALD_SOCKET_GROUP", "server.socket_group", Kind::Str),
+    ("HERALD_METRICS_LISTEN", "server.metrics_listen", Kind::Str),
     ("HERALD_AUTH_TOKEN", "server.auth_token", Kind::Str),
     (
         "HERALD_AUTH_TOKEN_FILE",
@@ -173,6 +174,8 @@ pub struct Overrides {
     pub default_model: Option<String>,
     /// `--insecure-no-auth`: serve loopback TCP listeners without a token.
     pub insecure_no_auth: bool,
+    /// `--metrics-listen`.
+    pub metrics_listen: Option<String>,
 }
 
 /// Errors in configuration. Each names the key (or file, or variable) at fault.
@@ -377,6 +380,8 @@ pub struct ServerSection {
     pub tls_key: String,
     /// Largest gRPC request message, bytes. Default 4194304, range 65536..=67108864.
     pub max_message_bytes: u64,
+    /// `IP:PORT` of the Prometheus metrics listener (`/metrics`). Empty = none.
+    pub metrics_listen: String,
 }
 
 impl Default for ServerSection {
@@ -392,6 +397,7 @@ impl Default for ServerSection {
             tls_cert: String::new(),
             tls_key: String::new(),
             max_message_bytes: 4 << 20,
+            metrics_listen: String::new(),
         }
     }
 }
@@ -596,6 +602,13 @@ pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigErr
     }
     if let Some(level) = &o.log_level {
         set_key(&mut table, "log.level", toml::Value::String(level.clone()));
+    }
+    if let Some(addr) = &o.metrics_listen {
+        set_key(
+            &mut table,
+            "server.metrics_listen",
+            toml::Value::String(addr.clone()),
+        );
     }
     if o.insecure_no_auth {
         set_key(
@@ -850,6 +863,8 @@ pub struct Config {
     pub max_deadline: Duration,
     /// Largest gRPC request message, bytes.
     pub max_message_bytes: usize,
+    /// The Prometheus metrics listener, if any.
+    pub metrics_listen: Option<SocketAddr>,
     /// espeak-ng, when enabled.
     pub espeak: Option<EspeakSettings>,
     /// DashScope.
@@ -906,6 +921,15 @@ impl RawConfig {
             ),
         };
         let tcp_auth = validate_auth(s, &listen, env)?;
+        let metrics_listen = match s.metrics_listen.trim() {
+            "" => None,
+            a => Some(a.parse::<SocketAddr>().map_err(|_| {
+                invalid(
+                    "server.metrics_listen",
+                    format!("{a:?} is not IP:PORT like \"127.0.0.1:9464\""),
+                )
+            })?),
+        };
         let tls = match (s.tls_cert.trim(), s.tls_key.trim()) {
             ("", "") => None,
             ("", _) | (_, "") => {
@@ -1026,6 +1050,7 @@ impl RawConfig {
             max_concurrent_per_peer: usize::try_from(syn.max_concurrent_per_peer).unwrap_or(4096),
             max_deadline: Duration::from_millis(syn.max_deadline_ms),
             max_message_bytes: usize::try_from(s.max_message_bytes).unwrap_or(4 << 20),
+            metrics_listen,
             espeak,
             dashscope,
             playback,

@@ -34,6 +34,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod metrics;
 pub mod pb;
 pub mod pipeline;
 pub mod playback;

@@ -54,6 +54,9 @@ struct ConfigArgs {
     /// Sets server.insecure_no_auth.
     #[arg(long)]
     insecure_no_auth: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT). Replaces server.metrics_listen.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -391,6 +394,7 @@ fn load_config(args: ConfigArgs) -> Result<config::Config, Failure> {
             log_level: args.log_level,
             default_model: args.default_model,
             insecure_no_auth: args.insecure_no_auth,
+            metrics_listen: args.metrics_listen,
         },
     };
     config::load(&options, &Env::from_process()).map_err(|e| fail(EX_USAGE, e))
@@ -421,6 +425,24 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         None => service::bind_with(&config.listen, config.socket_mode, config.socket_group).await,
     }
     .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+    let metrics_stop = shutdown::CancellationToken::new();
+    if let Some(addr) = config.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for metrics on {addr}"))
+            .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "metrics are served without authentication on a non-loopback address");
+        }
+        tracing::info!(addr = %listener.local_addr().unwrap_or(addr), "metrics at /metrics");
+        let refresh = daemon.metrics_refresh();
+        let stop = metrics_stop.clone().cancelled_owned();
+        tokio::spawn(async move {
+            if let Err(error) = herald::metrics::serve(listener, refresh, stop).await {
+                tracing::error!(%error, "the metrics listener failed");
+            }
+        });
+    }
     let addrs: Vec<String> = listeners.iter().map(|l| l.addr().to_string()).collect();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %addrs.join(", "), "herald ready");
     // Every listener is bound (connections queue from now on): tell systemd (Type=notify).
@@ -431,6 +453,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         systemd::stopping();
     };
     let result = daemon.serve(listeners, stop).await;
+    metrics_stop.cancel();
     if let Some(w) = watchdog {
         w.abort();
     }

@@ -125,8 +125,10 @@ impl Cache {
         let found = self.get(key).await;
         let found = found.filter(|(e, _)| !need_words || e.meta.words.is_some());
         let counter = if found.is_some() {
+            crate::metrics::metrics().cache_hits.inc();
             &self.counters.hits
         } else {
+            crate::metrics::metrics().cache_misses.inc();
             &self.counters.misses
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -183,6 +185,7 @@ impl Cache {
     ) -> (flight::Subscription, bool) {
         let (sub, joined) = self.flights.join_or_start(flight_key, start, &self.store);
         if joined {
+            crate::metrics::metrics().cache_shared.inc();
             self.counters.shared.fetch_add(1, Ordering::Relaxed);
         }
         (sub, joined)

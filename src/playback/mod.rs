@@ -453,6 +453,7 @@ impl Playback {
             current: None,
             commands: rx,
             shutdown: self.shutdown.clone(),
+            underruns_seen: 0,
         };
         tokio::spawn(task.run());
         devices.insert(name.to_owned(), tx.clone());
@@ -506,6 +507,8 @@ struct DeviceTask {
     current: Option<Playing>,
     commands: mpsc::UnboundedReceiver<Command>,
     shutdown: CancellationToken,
+    /// The sink's underrun count last reported to the metrics.
+    underruns_seen: u64,
 }
 
 /// Frames per block the task writes between looking at its commands.
@@ -542,6 +545,7 @@ impl DeviceTask {
                 self.command(cmd);
             }
             self.expire();
+            self.report_metrics();
             if let Some(by) = self.current.as_ref().and_then(|p| p.interrupted_by.clone()) {
                 if let Err(e) = self.interrupt(by).await {
                     self.device_failed(e).await;
@@ -564,6 +568,29 @@ impl DeviceTask {
             if let Err(e) = self.step().await {
                 self.device_failed(e).await;
             }
+        }
+    }
+
+    /// Queue depth and new underruns into the metrics.
+    fn report_metrics(&mut self) {
+        let m = crate::metrics::metrics();
+        let labels = crate::metrics::DeviceLabels {
+            device: self.name.clone(),
+        };
+        let depth = self.queue.len() + usize::from(self.current.is_some());
+        m.queue_depth
+            .get_or_create(&labels)
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        let now = self.sink.underruns();
+        // A new sink (after a device failure) counts from 0 again.
+        let new = if now >= self.underruns_seen {
+            now - self.underruns_seen
+        } else {
+            now
+        };
+        self.underruns_seen = now;
+        if new > 0 {
+            m.underruns.get_or_create(&labels).inc_by(new);
         }
     }
 

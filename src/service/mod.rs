@@ -525,6 +525,21 @@ impl Daemon {
         }
     }
 
+    /// What refreshes the metrics that mirror state (cache size) before a scrape.
+    pub fn metrics_refresh(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let cache = self.service.provider().cache().cloned();
+        Arc::new(move || {
+            if let Some(cache) = &cache {
+                let stats = cache.stats();
+                let m = crate::metrics::metrics();
+                m.cache_bytes
+                    .set(i64::try_from(stats.store.bytes).unwrap_or(i64::MAX));
+                m.cache_entries
+                    .set(i64::try_from(stats.store.entries).unwrap_or(i64::MAX));
+            }
+        })
+    }
+
     /// The largest request message accepted (default 4 MiB).
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;

@@ -585,9 +585,26 @@ async fn run_piece(job: Arc<Job>, text: String, tx: mpsc::Sender<Result<PieceMsg
             delay_ms = delay.as_millis() as u64,
             "upstream failed before any audio; retrying"
         );
+        crate::metrics::metrics()
+            .upstream_retries
+            .get_or_create(&crate::metrics::FamilyLabels {
+                family: job.family.engine_name().to_owned(),
+            })
+            .inc();
         tokio::time::sleep(delay).await;
         attempt += 1;
     }
+}
+
+/// Count one upstream request's outcome.
+fn upstream_outcome(family: Family, outcome: &str) {
+    crate::metrics::metrics()
+        .upstream_requests
+        .get_or_create(&crate::metrics::UpstreamLabels {
+            family: family.engine_name().to_owned(),
+            outcome: outcome.to_owned(),
+        })
+        .inc();
 }
 
 /// Full-jitter exponential backoff before try `attempt + 1`.
@@ -618,6 +635,7 @@ async fn attempt_piece(
     {
         Ok(Ok(permit)) => permit,
         _ => {
+            upstream_outcome(job.family, "saturated");
             return Err(EngineError::Saturated {
                 limit: tuning.max_concurrent_requests,
                 waited: tuning.queue_timeout,
@@ -642,9 +660,33 @@ async fn attempt_piece(
     let first_deadline = started + tuning.first_event_timeout;
     let mut response = tokio::time::timeout_at(first_deadline, request.send())
         .await
-        .map_err(|_| timed_out("no response", tuning.first_event_timeout))?
-        .map_err(|e| EngineError::Transport(Box::new(e.without_url())))?;
+        .map_err(|_| {
+            upstream_outcome(job.family, "timeout");
+            timed_out("no response", tuning.first_event_timeout)
+        })?
+        .map_err(|e| {
+            upstream_outcome(job.family, "transport");
+            EngineError::Transport(Box::new(e.without_url()))
+        })?;
     let status = response.status().as_u16();
+    let family = crate::metrics::FamilyLabels {
+        family: job.family.engine_name().to_owned(),
+    };
+    let m = crate::metrics::metrics();
+    m.upstream_latency
+        .get_or_create(&family)
+        .observe(started.elapsed().as_secs_f64());
+    if status == 429 {
+        m.upstream_throttled.get_or_create(&family).inc();
+    }
+    upstream_outcome(
+        job.family,
+        &if status == 200 {
+            "ok".to_owned()
+        } else {
+            format!("http_{status}")
+        },
+    );
     let is_sse = response
         .headers()
         .get(reqwest::header::CONTENT_TYPE)
