@@ -112,6 +112,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_PLAYBACK_DEVICE", "playback.device", Kind::Str),
     ("HERALD_PLAYBACK_WAV_PATH", "playback.wav_path", Kind::Str),
     ("HERALD_LOG", "log.level", Kind::Str),
+    ("HERALD_LOG_FORMAT", "log.format", Kind::Str),
     ("HERALD_CACHE_ENABLED", "cache.enabled", Kind::Bool),
     ("HERALD_CACHE_DIR", "cache.directory", Kind::Str),
     ("HERALD_CACHE_MAX_BYTES", "cache.max_bytes", Kind::Int),
@@ -176,6 +177,8 @@ pub struct Overrides {
     pub insecure_no_auth: bool,
     /// `--metrics-listen`.
     pub metrics_listen: Option<String>,
+    /// `--log-format`.
+    pub log_format: Option<String>,
 }
 
 /// Errors in configuration. Each names the key (or file, or variable) at fault.
@@ -418,7 +421,7 @@ pub struct SynthesisSection {
     /// range 1..=4096.
     pub max_concurrent: u64,
     /// Most `Synthesize` streams of one peer (a TCP client address, or a unix socket user) at
-    /// once. Default 16, range 1..=4096.
+    /// once. Default 32 (half of max_concurrent: no one peer takes every slot), range 1..=4096.
     pub max_concurrent_per_peer: u64,
     /// Longest deadline a request may have, ms: longer `grpc-timeout`s, and requests with
     /// none, get this one. Default 300000 (5 min), range 1000..=86400000.
@@ -432,7 +435,7 @@ impl Default for SynthesisSection {
             default_voice: String::new(),
             max_text_chars: 20_000,
             max_concurrent: 64,
-            max_concurrent_per_peer: 16,
+            max_concurrent_per_peer: 32,
             max_deadline_ms: 300_000,
         }
     }
@@ -555,12 +558,16 @@ pub struct LogSection {
     /// A tracing `EnvFilter` directive: "info", "debug", "herald=debug,tonic=info". Default
     /// "info". `RUST_LOG` overrides it when set.
     pub level: String,
+    /// "text" (default; no timestamps under systemd, whose journal adds them) or "json" (one
+    /// object per line, for log shippers).
+    pub format: String,
 }
 
 impl Default for LogSection {
     fn default() -> Self {
         Self {
             level: "info".to_owned(),
+            format: "text".to_owned(),
         }
     }
 }
@@ -599,6 +606,13 @@ pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigErr
     if !o.listen.is_empty() {
         let list = o.listen.iter().cloned().map(toml::Value::String).collect();
         set_key(&mut table, "server.listen", toml::Value::Array(list));
+    }
+    if let Some(format) = &o.log_format {
+        set_key(
+            &mut table,
+            "log.format",
+            toml::Value::String(format.clone()),
+        );
     }
     if let Some(level) = &o.log_level {
         set_key(&mut table, "log.level", toml::Value::String(level.clone()));
@@ -879,6 +893,8 @@ pub struct Config {
     pub fallback: Vec<FallbackStep>,
     /// Log filter directive.
     pub log_level: String,
+    /// Log output format.
+    pub log_format: crate::telemetry::LogFormat,
     /// The merged raw configuration (for `check-config`; secrets masked by [`Config::render`]).
     raw: RawConfig,
 }
@@ -1058,6 +1074,16 @@ impl RawConfig {
             cache_off,
             fallback,
             log_level: self.log.level.clone(),
+            log_format: match self.log.format.as_str() {
+                "text" => crate::telemetry::LogFormat::Text,
+                "json" => crate::telemetry::LogFormat::Json,
+                other => {
+                    return Err(invalid(
+                        "log.format",
+                        format!("{other:?} is not \"text\" or \"json\""),
+                    ));
+                }
+            },
             raw: self,
         })
     }

@@ -57,6 +57,9 @@ struct ConfigArgs {
     /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT). Replaces server.metrics_listen.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Log format: text (default) or json. Replaces log.format.
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
 }
 
 #[derive(clap::Args, Debug, Clone)]
@@ -395,6 +398,7 @@ fn load_config(args: ConfigArgs) -> Result<config::Config, Failure> {
             default_model: args.default_model,
             insecure_no_auth: args.insecure_no_auth,
             metrics_listen: args.metrics_listen,
+            log_format: args.log_format,
         },
     };
     config::load(&options, &Env::from_process()).map_err(|e| fail(EX_USAGE, e))
@@ -410,7 +414,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
     // Before anything slow: a SIGTERM during start-up must stop us cleanly too.
     let stop = shutdown::signal();
     let config = load_config(args)?;
-    telemetry::init(&config.log_level);
+    telemetry::init(&config.log_level, config.log_format);
     let daemon = Daemon::from_config(&config)
         .await
         .map_err(|e| fail(EX_USAGE, e))?;

@@ -238,3 +238,57 @@ fn the_socket_gets_the_configured_group() {
     assert_eq!(meta.gid(), 65534, "nogroup");
     assert_eq!(meta.mode() & 0o777, 0o660);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_carry_request_ids_and_no_secret() {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let api_key = "sk-never-logged-0123456789abcdef";
+    let server = ServeProcess::start_logged(
+        "# defaults\n",
+        &[
+            "--listen",
+            &listen,
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+        ],
+        &[("HERALD_AUTH_TOKEN", TOKEN), ("DASHSCOPE_API_KEY", api_key)],
+    );
+    let ch = tcp_channel(port).await;
+    speak(&ch, Some(TOKEN)).await.expect("right token");
+    assert!(
+        speak(&ch, Some("wrong-token-0000000000000000"))
+            .await
+            .is_err()
+    );
+    assert!(speak(&ch, None).await.is_err());
+    server_stop(server).await;
+}
+
+/// Stop `server` and return its log.
+async fn server_stop(mut server: ServeProcess) -> String {
+    assert!(server.terminate().success());
+    let log = server.log();
+    let mut with_id = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+        if v["span"]["request_id"].is_string() {
+            with_id += 1;
+        }
+    }
+    assert!(
+        with_id >= 1,
+        "request lines carry the request id in their span:\n{log}"
+    );
+    assert!(!log.contains(TOKEN), "the bearer token is never logged");
+    assert!(!log.contains("wrong-token"), "nor a presented one");
+    assert!(!log.contains("sk-never-logged"), "nor the API key");
+    log
+}

@@ -73,7 +73,7 @@ impl Default for Settings {
             default_voice: None,
             max_text_chars: 20_000,
             max_concurrent: 64,
-            max_concurrent_per_peer: 16,
+            max_concurrent_per_peer: 32,
             max_deadline: Duration::from_secs(300),
         }
     }
@@ -224,144 +224,150 @@ impl SpeechService {
         let (tx, rx) = mpsc::channel(CHUNKS_IN_FLIGHT);
         tracing::debug!(request_id = %info.request_id, model = %info.model, voice = %info.voice, "synthesize");
 
-        tokio::spawn(async move {
-            // Held until this stream's job ends, whatever way it ends.
-            let _permit = permit;
-            let _peer_slot = peer_slot;
-            let _active = metrics::ActiveStream::start();
-            let request_id = info.request_id.clone();
-            let model = info.requested_model.clone();
-            let count = |engine: &str, code: tonic::Code| metrics().request(&model, engine, code);
-            let Job {
-                request,
-                engine,
-                output,
-                gain,
-                chunk_ms,
-            } = job;
-            let opened = tokio::select! {
-                r = provider.open(request, engine, options) => r.map_err(JobError::Engine),
-                () = cancel.cancelled() => Err(JobError::Cancelled),
-                () = tx.closed() => {
-                    tracing::debug!(%request_id, "client went away before synthesis started");
-                    count("", tonic::Code::Cancelled);
-                    return;
-                }
-                () = until(deadline) => {
-                    tracing::info!(%request_id, "deadline exceeded before synthesis started");
-                    count("", tonic::Code::DeadlineExceeded);
-                    let _ = tx.send(Err(Status::deadline_exceeded(deadline_message))).await;
-                    return;
-                }
-            };
-            let opened = match opened {
-                Ok(o) => o,
-                Err(error) => {
-                    let status = status::job_status(&error);
-                    count("", status.code());
-                    let _ = tx.send(Err(status)).await;
-                    return;
-                }
-            };
-            let served = opened.served;
-            info.engine.clone_from(&served.engine);
-            info.model.clone_from(&served.model);
-            info.voice.clone_from(&served.voice);
-            info.native_sample_rate_hz = served.native_sample_rate;
-            info.cache_hit = served.cache_hit;
-            info.fallback_used = served.fallback_reason.is_some();
-            info.fallback_reason = served.fallback_reason.clone().unwrap_or_default();
-            if tx.send(response(Payload::Info(info))).await.is_err() {
-                return;
-            }
-            let sink_tx = tx.clone();
-            let sink: ChunkSink = Box::new(move |out| {
-                let msg = match out {
-                    Output::Audio(chunk) => response(Payload::Audio(pb::AudioChunk {
-                        data: chunk.data,
-                        first_frame: chunk.first_frame,
-                        frames: chunk.frames,
-                    })),
-                    Output::Words(words) => response(Payload::Words(pb::WordTimings {
-                        words: words
-                            .into_iter()
-                            .map(|w| pb::WordTiming {
-                                text: w.text,
-                                begin_ms: w.begin_ms,
-                                end_ms: w.end_ms,
-                            })
-                            .collect(),
-                    })),
-                };
-                sink_tx.blocking_send(msg).is_ok()
-            });
-            let render = Render {
-                output,
-                gain,
-                chunk_ms,
-            };
-            let result = tokio::select! {
-                r = pipeline::run_stream(opened.stream, render, cancel.clone(), sink) => r,
-                () = tx.closed() => {
-                    // Client gone: dropping the job future stops the engine at once.
-                    cancel.cancel();
-                    tracing::debug!(%request_id, "client went away; job cancelled");
-                    count(&served.engine, tonic::Code::Cancelled);
-                    return;
-                }
-                () = until(deadline) => {
-                    cancel.cancel();
-                    tracing::info!(%request_id, "deadline exceeded; job cancelled");
-                    count(&served.engine, tonic::Code::DeadlineExceeded);
-                    let _ = tx.send(Err(Status::deadline_exceeded(deadline_message))).await;
-                    return;
-                }
-            };
-            let msg = match result {
-                Ok(report) => {
-                    let ttfa = report
-                        .first_chunk_at
-                        .map(|t| t.saturating_duration_since(received));
-                    count(&served.engine, tonic::Code::Ok);
-                    if let Some(t) = ttfa {
-                        metrics()
-                            .time_to_first_audio
-                            .get_or_create(&metrics::TtfaLabels {
-                                engine: served.engine.clone(),
-                                cache_hit: served.cache_hit.to_string(),
-                            })
-                            .observe(t.as_secs_f64());
+        let span = tracing::info_span!("synthesize", request_id = %info.request_id);
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                // Held until this stream's job ends, whatever way it ends.
+                let _permit = permit;
+                let _peer_slot = peer_slot;
+                let _active = metrics::ActiveStream::start();
+                let request_id = info.request_id.clone();
+                let model = info.requested_model.clone();
+                let count =
+                    |engine: &str, code: tonic::Code| metrics().request(&model, engine, code);
+                let Job {
+                    request,
+                    engine,
+                    output,
+                    gain,
+                    chunk_ms,
+                } = job;
+                let opened = tokio::select! {
+                    r = provider.open(request, engine, options) => r.map_err(JobError::Engine),
+                    () = cancel.cancelled() => Err(JobError::Cancelled),
+                    () = tx.closed() => {
+                        tracing::debug!(%request_id, "client went away before synthesis started");
+                        count("", tonic::Code::Cancelled);
+                        return;
                     }
-                    tracing::info!(
-                        %request_id,
-                        frames = report.frames,
-                        engine = %served.engine,
-                        cache_hit = served.cache_hit,
-                        fallback = served.fallback_reason.is_some(),
-                        ttfa_ms = ttfa.map(|d| d.as_secs_f64() * 1e3),
-                        "synthesis finished"
-                    );
-                    response(Payload::Summary(pb::SynthesisSummary {
-                        samples: report.frames,
-                        duration_ms: (report.frames * 1000 + u64::from(rate) / 2) / u64::from(rate),
-                        characters: report.characters.unwrap_or(characters),
-                        cache_hit: served.cache_hit,
-                        fallback_used: served.fallback_reason.is_some(),
-                        upstream_request_ids: report.upstream_request_ids,
-                        time_to_first_audio_us: ttfa
-                            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-                        bytes: report.bytes,
-                        engine: served.engine,
-                    }))
+                    () = until(deadline) => {
+                        tracing::info!(%request_id, "deadline exceeded before synthesis started");
+                        count("", tonic::Code::DeadlineExceeded);
+                        let _ = tx.send(Err(Status::deadline_exceeded(deadline_message))).await;
+                        return;
+                    }
+                };
+                let opened = match opened {
+                    Ok(o) => o,
+                    Err(error) => {
+                        let status = status::job_status(&error);
+                        count("", status.code());
+                        let _ = tx.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let served = opened.served;
+                info.engine.clone_from(&served.engine);
+                info.model.clone_from(&served.model);
+                info.voice.clone_from(&served.voice);
+                info.native_sample_rate_hz = served.native_sample_rate;
+                info.cache_hit = served.cache_hit;
+                info.fallback_used = served.fallback_reason.is_some();
+                info.fallback_reason = served.fallback_reason.clone().unwrap_or_default();
+                if tx.send(response(Payload::Info(info))).await.is_err() {
+                    return;
                 }
-                Err(error) => {
-                    let status = status::job_status(&error);
-                    count(&served.engine, status.code());
-                    Err(status)
-                }
-            };
-            let _ = tx.send(msg).await;
-        });
+                let sink_tx = tx.clone();
+                let sink: ChunkSink = Box::new(move |out| {
+                    let msg = match out {
+                        Output::Audio(chunk) => response(Payload::Audio(pb::AudioChunk {
+                            data: chunk.data,
+                            first_frame: chunk.first_frame,
+                            frames: chunk.frames,
+                        })),
+                        Output::Words(words) => response(Payload::Words(pb::WordTimings {
+                            words: words
+                                .into_iter()
+                                .map(|w| pb::WordTiming {
+                                    text: w.text,
+                                    begin_ms: w.begin_ms,
+                                    end_ms: w.end_ms,
+                                })
+                                .collect(),
+                        })),
+                    };
+                    sink_tx.blocking_send(msg).is_ok()
+                });
+                let render = Render {
+                    output,
+                    gain,
+                    chunk_ms,
+                };
+                let result = tokio::select! {
+                    r = pipeline::run_stream(opened.stream, render, cancel.clone(), sink) => r,
+                    () = tx.closed() => {
+                        // Client gone: dropping the job future stops the engine at once.
+                        cancel.cancel();
+                        tracing::debug!(%request_id, "client went away; job cancelled");
+                        count(&served.engine, tonic::Code::Cancelled);
+                        return;
+                    }
+                    () = until(deadline) => {
+                        cancel.cancel();
+                        tracing::info!(%request_id, "deadline exceeded; job cancelled");
+                        count(&served.engine, tonic::Code::DeadlineExceeded);
+                        let _ = tx.send(Err(Status::deadline_exceeded(deadline_message))).await;
+                        return;
+                    }
+                };
+                let msg = match result {
+                    Ok(report) => {
+                        let ttfa = report
+                            .first_chunk_at
+                            .map(|t| t.saturating_duration_since(received));
+                        count(&served.engine, tonic::Code::Ok);
+                        if let Some(t) = ttfa {
+                            metrics()
+                                .time_to_first_audio
+                                .get_or_create(&metrics::TtfaLabels {
+                                    engine: served.engine.clone(),
+                                    cache_hit: served.cache_hit.to_string(),
+                                })
+                                .observe(t.as_secs_f64());
+                        }
+                        tracing::info!(
+                            %request_id,
+                            frames = report.frames,
+                            engine = %served.engine,
+                            cache_hit = served.cache_hit,
+                            fallback = served.fallback_reason.is_some(),
+                            ttfa_ms = ttfa.map(|d| d.as_secs_f64() * 1e3),
+                            "synthesis finished"
+                        );
+                        response(Payload::Summary(pb::SynthesisSummary {
+                            samples: report.frames,
+                            duration_ms: (report.frames * 1000 + u64::from(rate) / 2)
+                                / u64::from(rate),
+                            characters: report.characters.unwrap_or(characters),
+                            cache_hit: served.cache_hit,
+                            fallback_used: served.fallback_reason.is_some(),
+                            upstream_request_ids: report.upstream_request_ids,
+                            time_to_first_audio_us: ttfa
+                                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+                            bytes: report.bytes,
+                            engine: served.engine,
+                        }))
+                    }
+                    Err(error) => {
+                        let status = status::job_status(&error);
+                        count(&served.engine, status.code());
+                        Err(status)
+                    }
+                };
+                let _ = tx.send(msg).await;
+            },
+            span,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

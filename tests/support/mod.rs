@@ -291,6 +291,21 @@ impl ServeProcess {
     /// Start the binary with the configuration file `toml`, `extra_args` after `serve` and
     /// `env` added to (or, for `DASHSCOPE_API_KEY`, replacing) the environment.
     pub fn start_with(toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_inner(toml, extra_args, env, false)
+    }
+
+    /// [`ServeProcess::start_with`], with stderr (the daemon's log) written to
+    /// [`ServeProcess::log`]'s file.
+    pub fn start_logged(toml: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_inner(toml, extra_args, env, true)
+    }
+
+    /// What the daemon has logged so far (only for [`ServeProcess::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    fn start_inner(toml: &str, extra_args: &[&str], env: &[(&str, &str)], logged: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("herald.sock");
         let config = dir.path().join("herald.toml");
@@ -305,6 +320,13 @@ impl ServeProcess {
             .env_remove("DASHSCOPE_API_KEY")
             .envs(env.iter().copied())
             .stdin(std::process::Stdio::null())
+            .stderr(if logged {
+                std::process::Stdio::from(
+                    std::fs::File::create(dir.path().join("stderr.log")).expect("log file"),
+                )
+            } else {
+                std::process::Stdio::inherit()
+            })
             .spawn()
             .expect("spawn herald serve");
         let mut me = Self { child, socket, dir };
