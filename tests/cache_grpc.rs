@@ -486,8 +486,11 @@ async fn eviction_under_a_tiny_cap_keeps_pinned_entries() {
     );
     assert_eq!(s.upstream_calls(), 1);
 
-    for text in ["First stop @400Hz", "Second stop @450Hz"] {
+    // Each stored before the next (a store lands just after its stream ends; recency is the
+    // order of the stores).
+    for (n, text) in [(2, "First stop @400Hz"), (3, "Second stop @450Hz")] {
         synthesize(&mut client, phrase(text)).await.unwrap();
+        s.wait_stored(n).await;
     }
     assert_eq!(s.upstream_calls(), 3);
     let stats = s.wait_stored(3).await;
