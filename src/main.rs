@@ -953,23 +953,23 @@ fn print_results(
 async fn cache_command(command: CacheCommand) -> Result<(), Failure> {
     match command {
         CacheCommand::Warm(args) => {
-            let phrases = read_phrases(&args.phrases)?;
-            let texts: Vec<String> = phrases.iter().map(|p| p.text.clone()).collect();
-            let mut client = connect_cache(args.target).await?;
-            let mut results = Vec::with_capacity(phrases.len());
-            // The daemon takes at most 1000 phrases per call.
-            for batch in phrases.chunks(1000) {
-                let response = client
-                    .warm_cache(pb::WarmCacheRequest {
-                        phrases: batch.to_vec(),
-                        pin: args.pin,
-                        refresh: args.refresh,
-                    })
-                    .await
-                    .map_err(rpc_error)?;
-                results.extend(response.into_inner().results);
-            }
-            print_results(&results, &texts, "warmed")
+            let (pin, refresh) = (args.pin, args.refresh);
+            per_phrase(
+                &args.phrases,
+                args.target,
+                "warmed",
+                |mut client, phrases| async move {
+                    client
+                        .warm_cache(pb::WarmCacheRequest {
+                            phrases,
+                            pin,
+                            refresh,
+                        })
+                        .await
+                        .map(|r| r.into_inner().results)
+                },
+            )
+            .await
         }
         CacheCommand::Pin(args) => pin(args, true).await,
         CacheCommand::Unpin(args) => pin(args, false).await,
@@ -1029,21 +1029,48 @@ async fn cache_command(command: CacheCommand) -> Result<(), Failure> {
 }
 
 async fn pin(args: PhraseArgs, pinned: bool) -> Result<(), Failure> {
-    let phrases = read_phrases(&args.phrases)?;
+    let verb = if pinned { "pinned" } else { "unpinned" };
+    per_phrase(
+        &args.phrases,
+        args.target,
+        verb,
+        |mut client, phrases| async move {
+            client
+                .pin_cache(pb::PinCacheRequest { phrases, pinned })
+                .await
+                .map(|r| r.into_inner().results)
+        },
+    )
+    .await
+}
+
+/// Read the phrases, send them in batches the daemon takes (`call` per batch), print one line
+/// per phrase.
+async fn per_phrase<F, Fut>(
+    source: &PhraseSource,
+    target: TargetArgs,
+    verb: &str,
+    mut call: F,
+) -> Result<(), Failure>
+where
+    F: FnMut(
+        pb::cache_client::CacheClient<tonic::transport::Channel>,
+        Vec<pb::SynthesizeRequest>,
+    ) -> Fut,
+    Fut: std::future::Future<Output = Result<Vec<pb::CacheEntryResult>, tonic::Status>>,
+{
+    let phrases = read_phrases(source)?;
     let texts: Vec<String> = phrases.iter().map(|p| p.text.clone()).collect();
-    let mut client = connect_cache(args.target).await?;
+    let client = connect_cache(target).await?;
     let mut results = Vec::with_capacity(phrases.len());
-    for batch in phrases.chunks(1000) {
-        let response = client
-            .pin_cache(pb::PinCacheRequest {
-                phrases: batch.to_vec(),
-                pinned,
-            })
-            .await
-            .map_err(rpc_error)?;
-        results.extend(response.into_inner().results);
+    for batch in phrases.chunks(service::cache::MAX_PHRASES) {
+        results.extend(
+            call(client.clone(), batch.to_vec())
+                .await
+                .map_err(rpc_error)?,
+        );
     }
-    print_results(&results, &texts, if pinned { "pinned" } else { "unpinned" })
+    print_results(&results, &texts, verb)
 }
 
 /// `WORD=VALUE` for `--pronounce` / `--replace`.

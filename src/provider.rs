@@ -289,7 +289,7 @@ impl Provider {
     /// One source: the cache and the engine (shared flight), or the engine alone.
     async fn attempt(
         &self,
-        mut request: SynthesisRequest,
+        request: SynthesisRequest,
         engine: Arc<dyn Synthesizer>,
         policy: CachePolicy,
     ) -> Result<Opened, EngineError> {
@@ -320,15 +320,7 @@ impl Provider {
                         stream: cache::replay(entry, request.word_timestamps),
                     });
                 }
-                // The canonical form is at the engine's own rate.
-                request.output_sample_rate = native;
-                let flight_key = format!("{key}/{}", u8::from(request.word_timestamps));
-                let (subscription, _) = cache.flight(&flight_key, || cache::flight::Start {
-                    engine,
-                    request,
-                    key,
-                });
-                subscription.stream()
+                join_flight(cache, key, engine, request).stream()
             }
         };
         Ok(Opened {
@@ -341,7 +333,7 @@ impl Provider {
     /// warm` does for each phrase.
     pub async fn warm(
         &self,
-        mut request: SynthesisRequest,
+        request: SynthesisRequest,
         engine: Arc<dyn Synthesizer>,
         refresh: bool,
     ) -> Result<Warmed, WarmError> {
@@ -358,14 +350,7 @@ impl Provider {
                 duration_ms: entry.duration_ms(),
             });
         }
-        request.output_sample_rate = engine.native_sample_rate(&request.model, &request.voice);
-        let flight_key = format!("{key}/{}", u8::from(request.word_timestamps));
-        let k = key.clone();
-        let (subscription, _) = cache.flight(&flight_key, move || cache::flight::Start {
-            engine,
-            request,
-            key: k,
-        });
+        let subscription = join_flight(cache, key.clone(), engine, request);
         let stored = subscription.stored();
         let mut stream = subscription.stream();
         while let Some(event) = stream.next().await {
@@ -384,6 +369,25 @@ impl Provider {
             duration_ms,
         })
     }
+}
+
+/// Join (or start) the shared upstream call that synthesizes `request` into the cache under
+/// `key`: at the engine's own rate (the canonical form), one flight per key and word-timing
+/// choice.
+fn join_flight(
+    cache: &Cache,
+    key: String,
+    engine: Arc<dyn Synthesizer>,
+    mut request: SynthesisRequest,
+) -> cache::flight::Subscription {
+    request.output_sample_rate = engine.native_sample_rate(&request.model, &request.voice);
+    let flight_key = format!("{key}/{}", u8::from(request.word_timestamps));
+    let (subscription, _) = cache.flight(&flight_key, move || cache::flight::Start {
+        engine,
+        request,
+        key,
+    });
+    subscription
 }
 
 /// Why a phrase could not be warmed.

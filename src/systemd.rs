@@ -14,11 +14,6 @@ pub fn stopping() {
     notify(&[NotifyState::Stopping, NotifyState::Status("shutting down")]);
 }
 
-/// A `STATUS=` line.
-pub fn status(status: &str) {
-    notify(&[NotifyState::Status(status)]);
-}
-
 fn notify(states: &[NotifyState<'_>]) {
     if let Err(error) = sd_notify::notify(states) {
         tracing::warn!(%error, "cannot notify systemd");

@@ -18,7 +18,7 @@ const KEY: &str = "sk-playback-test-0123456789";
 const RATE: u32 = 16000;
 
 struct Setup {
-    _double: FakeDashScope,
+    double: Option<FakeDashScope>,
     daemon: TestDaemon,
     wav: PathBuf,
     _dir: tempfile::TempDir,
@@ -41,7 +41,7 @@ async fn setup(extra: &str) -> Setup {
     )
     .await;
     Setup {
-        _double: double,
+        double: Some(double),
         daemon,
         wav,
         _dir: dir,
@@ -260,21 +260,8 @@ async fn devices_stop_and_disconnects() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn speak_keeps_speaking_through_an_upstream_outage() {
-    let double = FakeDashScope::start(KEY).await;
-    let dir = tempfile::tempdir().unwrap();
-    let wav = dir.path().join("played.wav");
-    let toml = format!(
-        "[playback]\ndevice = \"wav\"\nwav_path = \"{}\"\nwav_sample_rate = {RATE}\npause_ms = 0\n[dashscope]\nretry_base_ms = 10\nconnect_timeout_ms = 500\n",
-        wav.display()
-    );
-    let daemon = spawn_daemon_config(
-        &toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    )
-    .await;
+    let mut s = setup("[dashscope]\nretry_base_ms = 10\nconnect_timeout_ms = 500\n").await;
+    let (daemon, wav) = (&s.daemon, s.wav.clone());
     let mut client = daemon.client().await;
     let speak = |client: &mut pb::speech_client::SpeechClient<_>, id: &str, text: &str| {
         let req = speak_request(id, text, pb::Priority::Message);
@@ -289,7 +276,7 @@ async fn speak_keeps_speaking_through_an_upstream_outage() {
     assert!(matches!(ev.last(), Some(E::Finished(_))), "{ev:?}");
     tokio::time::sleep(Duration::from_millis(200)).await;
     let before = played(&wav).len();
-    double.stop().await;
+    s.double.take().expect("double").stop().await;
 
     // The cached phrase plays again, the same tone.
     let ev = speak(&mut client, "s2", "@660Hz doors closing").await;
