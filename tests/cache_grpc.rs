@@ -513,6 +513,11 @@ async fn eviction_under_a_tiny_cap_keeps_pinned_entries() {
         "the least recently used was evicted"
     );
     assert_eq!(s.upstream_calls(), 4);
+    // That miss is stored (evicting "Second stop") once its stream has ended; wait for it, so
+    // the clears below see a settled cache.
+    let stats = s.wait_stored(4).await;
+    assert_eq!(stats.stored, 4, "{stats:?}");
+    assert_eq!(stats.entries, 2, "the pin and the newest: {stats:?}");
 
     // Warming again is a no-op; clearing keeps the pin unless asked.
     let again = s.warm(pinned, false).await;
