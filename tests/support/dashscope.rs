@@ -258,6 +258,11 @@ impl FakeDashScope {
         let shutdown = CancellationToken::new();
         let signal = shutdown.clone();
         let join = tokio::spawn(async move {
+            // TCP_NODELAY, as production HTTP servers set it: without it, each paced SSE event
+            // after the first waits for the client's delayed ACK (~40 ms on Linux).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let _ = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { signal.cancelled().await })
                 .await;
