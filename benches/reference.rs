@@ -26,6 +26,9 @@ use common::*;
 use herald::audio::{AudioSpec, InputEncoding, OutputEncoding, OutputFormat};
 use serde_json::{Value, json};
 
+/// Makes a reference tool's command for an input file.
+type Maker<'a> = Box<dyn Fn(&Path) -> Command + 'a>;
+
 struct Setup {
     /// Seconds of audio in a speed run.
     speed_secs: f64,
@@ -72,7 +75,6 @@ fn resample_speed(s: &Setup, from: u32, to: u32) -> Value {
     let herald = xrt(s.speed_secs, took);
 
     let mut refs = serde_json::Map::new();
-    type Maker<'a> = Box<dyn Fn(&Path) -> Command + 'a>;
     let makers: Vec<(&str, Maker<'_>)> = vec![
         (
             "sox_rate_h",
@@ -246,8 +248,7 @@ fn decode_speed(s: &Setup) -> Vec<Value> {
         let herald = xrt(s.speed_secs, took);
         let mut refs = serde_json::Map::new();
         let ff = |i: &Path| ffmpeg::<&str, _>(i, &[], None, &["-f", "f32le", "-ac", "1"], &out);
-        let mut makers: Vec<(&str, Box<dyn Fn(&Path) -> Command + '_>)> =
-            vec![("ffmpeg", Box::new(ff))];
+        let mut makers: Vec<(&str, Maker<'_>)> = vec![("ffmpeg", Box::new(ff))];
         if ext == "wav" {
             makers.push((
                 "sox",
@@ -410,12 +411,17 @@ fn main() {
         println!("  quality: {quality}");
         resample.push(json!({ "speed": speed, "quality": quality }));
     }
-    let decode = decode_speed(&s);
-    println!("decode: {}", json!(decode));
-    let encode = encode_speed(&s);
-    println!("encode: {}", json!(encode));
-    let convert = convert_speed(&s);
-    println!("convert: {}", json!(convert));
+    // `HERALD_BENCH_ONLY=resample` stops here (a quicker loop while tuning the resampler).
+    let only_resample = std::env::var("HERALD_BENCH_ONLY").is_ok_and(|v| v == "resample");
+    let (mut decode, mut encode, mut convert) = (Vec::new(), Vec::new(), Vec::new());
+    if !only_resample {
+        decode = decode_speed(&s);
+        println!("decode: {}", json!(decode));
+        encode = encode_speed(&s);
+        println!("encode: {}", json!(encode));
+        convert = convert_speed(&s);
+        println!("convert: {}", json!(convert));
+    }
     let out = json!({
         "bench": "reference",
         "speed_input_secs": s.speed_secs,

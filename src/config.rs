@@ -18,6 +18,9 @@ use std::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+/// The largest `synthesis.max_concurrent` accepted (the runtime keeps this many blocking
+/// threads available, one per stream in flight).
+pub const MAX_CONCURRENT_LIMIT: usize = 4096;
 /// The config file read when `--config` is not given and the file exists.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/herald/herald.toml";
 /// Environment variable naming the config file (same as `--config`).
@@ -999,10 +1002,13 @@ impl RawConfig {
                 format!("{} is outside 65536..=67108864", s.max_message_bytes),
             ));
         }
-        if !(1..=4096).contains(&syn.max_concurrent) {
+        if !(1..=MAX_CONCURRENT_LIMIT as u64).contains(&syn.max_concurrent) {
             return Err(invalid(
                 "synthesis.max_concurrent",
-                format!("{} is outside 1..=4096", syn.max_concurrent),
+                format!(
+                    "{} is outside 1..={MAX_CONCURRENT_LIMIT}",
+                    syn.max_concurrent
+                ),
             ));
         }
 
