@@ -43,3 +43,4 @@ pub mod service;
 pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;
+pub mod voices;
