@@ -790,11 +790,13 @@ async fn until(deadline: Option<Instant>) {
 }
 
 impl SpeechService {
-    /// The deadline of a custom-voice call: the client's (`grpc-timeout`), capped at
-    /// `synthesis.max_deadline_ms`.
+    /// The deadline of a custom-voice call: the client's (`grpc-timeout`) less a tenth (so
+    /// herald answers DEADLINE_EXCEEDED itself, before the transport cancels the call), capped
+    /// at `synthesis.max_deadline_ms`.
     fn voice_deadline(&self, metadata: &MetadataMap) -> Instant {
         let max = self.inner.settings.max_deadline;
-        Instant::now() + grpc_timeout(metadata).map_or(max, |t| t.min(max))
+        let budget = grpc_timeout(metadata).map_or(max, |t| t.saturating_sub(t / 10).min(max));
+        Instant::now() + budget
     }
 }
 
