@@ -21,6 +21,9 @@ use herald::{
 };
 
 /// sysexits.h EX_USAGE: bad configuration or arguments.
+#[path = "cli/voice.rs"]
+mod voice_cmd;
+
 const EX_USAGE: u8 = 64;
 /// sysexits.h EX_UNAVAILABLE: the daemon cannot be reached.
 const EX_UNAVAILABLE: u8 = 69;
@@ -89,6 +92,9 @@ enum Command {
     /// Manage the daemon's audio cache: warm, stats, clear, pin, unpin.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Custom voices: clone, design, list, status, delete.
+    #[command(subcommand)]
+    Voice(voice_cmd::VoiceCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -373,6 +379,7 @@ fn main() -> ExitCode {
             Command::Devices(args) => devices(args).await,
             Command::Stop(args) => stop(args).await,
             Command::Cache(command) => cache_command(command).await,
+            Command::Voice(command) => voice_cmd::run(command).await,
         }
     });
     // Do not wait for lingering blocking threads (an audio thread finishing a cancelled job).

@@ -716,3 +716,97 @@ async fn each_error_is_mapped() {
     assert_eq!(kept.status(), VStatus::Deploying);
     s.daemon.stop().await.unwrap();
 }
+
+/// `herald voice clone|design|list|status|delete` against the daemon's unix socket.
+#[tokio::test]
+async fn the_voice_command_line() {
+    let s = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("curator.wav");
+    std::fs::write(&sample, wav(16000, 1, 6.0, 0.5)).unwrap();
+    let preview = dir.path().join("preview.wav");
+    let socket = s.daemon.unix.display().to_string();
+    let run = |args: Vec<String>| {
+        let socket = socket.clone();
+        async move {
+            let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+                .arg("voice")
+                .args(&args)
+                .args(["--socket", &socket])
+                .env_remove("DASHSCOPE_API_KEY")
+                .output()
+                .await
+                .expect("run herald voice");
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            )
+        }
+    };
+    let a = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let (code, out, err) = run(a(&[
+        "clone",
+        sample.to_str().unwrap(),
+        "--model",
+        "cosyvoice-v3-flash",
+        "--name",
+        "curator",
+        "--wait",
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("status   READY"), "{out}");
+    let id = s.double.custom_voices()[0].id.clone();
+    assert!(out.contains(&id), "{out}");
+
+    let (code, out, err) = run(a(&[
+        "design",
+        "warm, calm, middle-aged female, slightly slow",
+        "--model",
+        "qwen3-tts-vd-2026-01-26",
+        "--name",
+        "robot",
+        "-o",
+        preview.to_str().unwrap(),
+    ]))
+    .await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let (_, hz) = wav_tone(&std::fs::read(&preview).unwrap());
+    assert_near(hz, custom_voice_tone("robot"));
+    let design_call = s.double.customization_requests().pop().unwrap();
+    assert_eq!(design_call.body["input"]["language"], "en");
+
+    let (code, out, _) = run(a(&["list"])).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(out.lines().count(), 3, "header + 2 voices: {out}");
+    assert!(
+        out.contains(&id) && out.contains("qwen3-tts-vd-2026-01-26"),
+        "{out}"
+    );
+
+    let (code, out, _) = run(a(&["status", &id])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains("model    cosyvoice-v3-flash"), "{out}");
+    let (code, out, _) = run(a(&["delete", &id])).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&format!("deleted  {id}")), "{out}");
+    let (code, _, err) = run(a(&["status", &id])).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("NotFound"), "{err}");
+    let (code, _, err) = run(a(&[
+        "clone",
+        sample.to_str().unwrap(),
+        "--model",
+        "cosyvoice-v3-flash",
+        "--name",
+        "Bad Name",
+    ]))
+    .await;
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("InvalidArgument") && err.contains("name"),
+        "{err}"
+    );
+    s.daemon.stop().await.unwrap();
+}
