@@ -92,6 +92,19 @@ fn clone_req(model: &str, name: &str, audio: Vec<u8>, wait: bool) -> pb::CreateV
     }
 }
 
+/// A clone from a URL upstream fetches (no local check, no upload fallback).
+fn url_req(model: &str, name: &str) -> pb::CreateVoiceRequest {
+    pb::CreateVoiceRequest {
+        source: Some(Source::Clone(pb::CloneSource {
+            sample: Some(pb::clone_source::Sample::Url(
+                "https://example.invalid/sample.wav".to_owned(),
+            )),
+            transcript: String::new(),
+        })),
+        ..clone_req(model, name, Vec::new(), false)
+    }
+}
+
 fn design_req(model: &str, name: &str) -> pb::CreateVoiceRequest {
     pb::CreateVoiceRequest {
         target_model: model.to_owned(),
@@ -620,17 +633,6 @@ async fn each_error_is_mapped() {
         Code::ResourceExhausted,
         &["Maximum voice storage limit exceeded"],
     );
-    s.double.set_custom_options(CustomOptions {
-        enrollment_data_uri: false,
-        ..CustomOptions::default()
-    });
-    expect(
-        client
-            .create_voice(clone_req("cosyvoice-v3-flash", "nouri", good(), false))
-            .await,
-        Code::InvalidArgument,
-        &["audio preprocess server error"],
-    );
     s.double.set_custom_options(CustomOptions::default());
     for (status, code, want) in [
         (401, "InvalidApiKey", Code::FailedPrecondition),
@@ -647,7 +649,7 @@ async fn each_error_is_mapped() {
         );
         expect(
             client
-                .create_voice(clone_req("cosyvoice-v3-flash", "fault", good(), false))
+                .create_voice(url_req("cosyvoice-v3-flash", "fault"))
                 .await,
             want,
             &[code],
@@ -808,5 +810,80 @@ async fn the_voice_command_line() {
         err.contains("InvalidArgument") && err.contains("name"),
         "{err}"
     );
+    s.daemon.stop().await.unwrap();
+}
+
+/// §6.2: a data URI `voice-enrollment` refuses (HTTP 500, as seen live) is uploaded to
+/// DashScope's temporary storage and the create repeated with `oss://` and the resolve header.
+#[tokio::test]
+async fn a_refused_data_uri_falls_back_to_a_temporary_upload() {
+    let s = setup().await;
+    s.double.set_custom_options(CustomOptions {
+        enrollment_data_uri: false,
+        deploying_polls: 0,
+        ..CustomOptions::default()
+    });
+    let mut client = s.daemon.client().await;
+    let sample = wav(16000, 1, 6.0, 0.5);
+    let voice = client
+        .create_voice(clone_req(
+            "cosyvoice-v3.5-flash",
+            "oss",
+            sample.clone(),
+            true,
+        ))
+        .await
+        .expect("created through the temporary upload")
+        .into_inner();
+    assert_eq!(voice.status(), VStatus::Ready);
+    let log: Vec<_> = s
+        .double
+        .requests()
+        .into_iter()
+        .filter(|r| r.path != "/oss-upload")
+        .collect();
+    assert!(
+        log[0].body["input"]["url"]
+            .as_str()
+            .unwrap()
+            .starts_with("data:")
+    );
+    assert_eq!(log[0].status, 500);
+    assert_eq!(log[1].path, "/api/v1/uploads");
+    assert_eq!(log[1].model, "voice-enrollment");
+    let url = log[2].body["input"]["url"].as_str().unwrap();
+    let key = url.strip_prefix("oss://").expect("oss:// url");
+    assert!(key.ends_with("/oss.wav"), "{key}");
+    let resolve = log[2]
+        .headers
+        .iter()
+        .find(|(k, _)| k == "x-dashscope-ossresourceresolve")
+        .map(|(_, v)| v.as_str());
+    assert_eq!(resolve, Some("enable"));
+    assert_eq!(log[2].status, 200);
+    let forms = s.double.upload_forms();
+    assert_eq!(forms.len(), 1);
+    assert_eq!(forms[0]["key"], key);
+    assert_eq!(forms[0]["OSSAccessKeyId"], "LTAI-fake");
+    assert_eq!(forms[0]["x-oss-content-type"], "audio/wav");
+    let out = synthesize(&mut client, synth("", &voice.name))
+        .await
+        .unwrap();
+    assert_near(tone_of(&out), custom_voice_tone("oss"));
+
+    // An `Audio.*` verdict is final: no upload for a silent sample.
+    let before = s.double.upload_forms().len();
+    s.double.set_custom_options(CustomOptions::default());
+    let err = client
+        .create_voice(clone_req(
+            "cosyvoice-v3-flash",
+            "silent",
+            wav(16000, 1, 6.0, 0.0),
+            false,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(s.double.upload_forms().len(), before);
     s.daemon.stop().await.unwrap();
 }

@@ -518,6 +518,8 @@ impl Manager {
         let client = self.client()?;
         let model = req.target_model.clone();
         let language = req.language.clone();
+        // The checked sample, kept for the temporary-upload fallback.
+        let mut upload: Option<sample::Prepared> = None;
         let (input, parameters, description) = match source {
             pb::create_voice_request::Source::Design(d) => {
                 let (max_desc, max_preview) = match surface {
@@ -571,7 +573,8 @@ impl Manager {
                 )
             }
             pb::create_voice_request::Source::Clone(c) => {
-                let audio = self.clone_audio(surface, c.sample.as_ref()).await?;
+                let (audio, file) = self.clone_audio(surface, c.sample.as_ref()).await?;
+                upload = file;
                 let transcript_chars = c.transcript.chars().count();
                 if transcript_chars > MAX_TRANSCRIPT_CHARS {
                     return Err(invalid(format!(
@@ -605,18 +608,54 @@ impl Manager {
             }
         };
         let timeout = if design { DESIGN_TIMEOUT } else { CALL_TIMEOUT };
-        // Never retried: a duplicate create consumes quota (§9).
-        let body = client
+        // Never retried: a duplicate create consumes quota (§9). One exception: a data URI
+        // that `voice-enrollment` refuses with a server error (ANSELM saw HTTP 500 live) is
+        // uploaded to DashScope's temporary storage and the create sent again with `oss://`
+        // (§6.2's second way); the first create failed, so nothing was created twice.
+        let first = client
             .customize(
                 surface.model(),
-                input,
-                parameters,
+                input.clone(),
+                parameters.clone(),
                 timeout,
                 false,
                 Some(deadline),
             )
-            .await
-            .map_err(|e| upstream_status(&e))?;
+            .await;
+        let body = match (first, upload) {
+            (Err(e), Some(file)) if surface == Surface::Enrollment && data_uri_refused(&e) => {
+                tracing::info!(
+                    error = %crate::service::status::chain(&e),
+                    "the data URI was refused; uploading the sample to temporary storage"
+                );
+                let name = format!("{}.{}", req.name, file.format.extension());
+                let url = client
+                    .upload_temporary(
+                        surface.model(),
+                        &name,
+                        file.format.mime(),
+                        file.bytes,
+                        deadline,
+                    )
+                    .await
+                    .map_err(|e| upstream_status(&e))?;
+                let mut input = input;
+                input["url"] = json!(url);
+                client
+                    .customize_with(
+                        surface.model(),
+                        input,
+                        parameters,
+                        timeout,
+                        false,
+                        Some(deadline),
+                        true,
+                    )
+                    .await
+            }
+            (first, _) => first,
+        }
+        .map_err(|e| upstream_status(&e))?;
         let output = &body["output"];
         let name = output
             .get("voice_id")
@@ -716,7 +755,7 @@ impl Manager {
         &self,
         surface: Surface,
         sample: Option<&pb::clone_source::Sample>,
-    ) -> Result<String, Status> {
+    ) -> Result<(String, Option<sample::Prepared>), Status> {
         match sample {
             None => Err(invalid("clone: set audio or url")),
             Some(pb::clone_source::Sample::Url(url)) => {
@@ -729,7 +768,7 @@ impl Manager {
                 if !(url.starts_with("https://") || url.starts_with("http://")) {
                     return Err(invalid("clone.url: must be an http:// or https:// URL"));
                 }
-                Ok(url.clone())
+                Ok((url.clone(), None))
             }
             Some(pb::clone_source::Sample::Audio(bytes)) => {
                 let rules = match surface {
@@ -756,9 +795,30 @@ impl Manager {
                         sample::MAX_DATA_URI_BYTES
                     )));
                 }
-                Ok(uri)
+                Ok((uri, Some(prepared)))
             }
         }
+    }
+}
+
+/// A create refused in a way a temporary upload may cure: a server error (HTTP 5xx or
+/// `InternalError`) or a `url` complaint. Not the `Audio.*` verdicts: they judge the audio,
+/// which another way of handing it over does not change.
+fn data_uri_refused(e: &EngineError) -> bool {
+    match e {
+        EngineError::Api {
+            status,
+            code,
+            message,
+            ..
+        } => {
+            let code = code.as_deref().unwrap_or("");
+            !code.starts_with("Audio.")
+                && (*status >= 500
+                    || code == "InternalError"
+                    || (code == "InvalidParameter" && message.contains("url")))
+        }
+        _ => false,
     }
 }
 

@@ -30,6 +30,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// File name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::Mp3 => "mp3",
+            Self::M4a => "m4a",
+        }
+    }
+
     /// The MIME type upstream's data URIs use.
     pub fn mime(self) -> &'static str {
         match self {

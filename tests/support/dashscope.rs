@@ -258,6 +258,8 @@ impl FakeDashScope {
             .route(TTS_PATH, post(synthesize))
             .route(MULTIMODAL_PATH, post(synthesize))
             .route(custom::CUSTOMIZATION_PATH, post(custom::customization))
+            .route("/api/v1/uploads", get(custom::upload_policy))
+            .route("/oss-upload", post(custom::oss_upload))
             .route("/oss/{file}", get(oss_file))
             .fallback(not_found)
             .with_state(inner.clone());

@@ -65,6 +65,10 @@ pub struct CustomState {
     pub voices: Vec<FakeVoice>,
     /// Ids deleted so far.
     pub deleted: Vec<String>,
+    /// Temporary uploads: object key → bytes.
+    pub uploads: HashMap<String, Vec<u8>>,
+    /// Upload form fields as received (without the file), for tests.
+    pub upload_forms: Vec<HashMap<String, String>>,
 }
 
 /// The tone (Hz) the double's synthesis plays for a created custom voice: derived from the
@@ -195,6 +199,11 @@ fn inspect(uri: &str, qwen: bool) -> Result<(), Err4> {
     let Some(bytes) = b64d(data) else {
         return Err(e400("Audio.DecoderError", "Decoder audio file failed."));
     };
+    inspect_bytes(&bytes, qwen)
+}
+
+/// Inspect a sample's bytes (data URI or temporary upload).
+fn inspect_bytes(bytes: &[u8], qwen: bool) -> Result<(), Err4> {
     if bytes.len() > 10 * 1024 * 1024 {
         return Err(Err4(
             430,
@@ -318,7 +327,12 @@ fn hex4() -> String {
 }
 
 /// Route one call; `Ok(output, usage_count)`.
-fn handle(st: &mut CustomState, surface: &str, body: &Value) -> Result<(Value, Option<u64>), Err4> {
+fn handle(
+    st: &mut CustomState,
+    surface: &str,
+    body: &Value,
+    oss_resolve: bool,
+) -> Result<(Value, Option<u64>), Err4> {
     let input = &body["input"];
     let params = body.get("parameters").cloned().unwrap_or(Value::Null);
     let action = s(input, "action");
@@ -388,10 +402,18 @@ fn handle(st: &mut CustomState, surface: &str, body: &Value) -> Result<(Value, O
                         ));
                     }
                     inspect(url, false)?;
-                } else if !["http://", "https://", "oss://"]
-                    .iter()
-                    .any(|p| url.starts_with(p))
-                {
+                } else if let Some(key) = url.strip_prefix("oss://") {
+                    if !oss_resolve {
+                        return Err(bad_param("url error, please check url！"));
+                    }
+                    let Some(bytes) = st.uploads.get(key) else {
+                        return Err(e400(
+                            "BadRequest.InputDownloadFailed",
+                            "Failed to download the input file.",
+                        ));
+                    };
+                    inspect_bytes(bytes, false)?;
+                } else if !["http://", "https://"].iter().any(|p| url.starts_with(p)) {
                     return Err(bad_param("url error, please check url！"));
                 }
                 format!("{model}-{prefix}-{uid}")
@@ -682,6 +704,10 @@ pub(super) async fn customization(
     } else {
         None
     };
+    let oss_resolve = headers
+        .get("x-dashscope-ossresourceresolve")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
     let (status, reply) = {
         let mut state = inner.state();
         let answer = if !authorized {
@@ -722,7 +748,7 @@ pub(super) async fn customization(
                         "Model not exist.".into(),
                     ))
                 }
-                Some(b) => handle(&mut state.custom, &model, b),
+                Some(b) => handle(&mut state.custom, &model, b, oss_resolve),
             }
         };
         let (status, reply) = match answer {
@@ -827,4 +853,149 @@ fn take_surface_fault(inner: &Inner, surface: &str) -> Option<FaultKind> {
         }
     }
     Some(kind)
+}
+
+/// `GET /api/v1/uploads?action=getPolicy&model=…` (PY-OSS): a policy for one upload.
+pub(super) async fn upload_policy(
+    State(inner): State<Arc<Inner>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let authorized = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == format!("Bearer {}", inner.api_key));
+    let rid = uuid::Uuid::new_v4().to_string();
+    let query = uri.query().unwrap_or("");
+    let model = query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("model="))
+        .unwrap_or("")
+        .to_owned();
+    let (status, body) = if !authorized {
+        (
+            401,
+            error_body("InvalidApiKey", "Invalid API-key provided.", &rid),
+        )
+    } else if !query.split('&').any(|kv| kv == "action=getPolicy") || model.is_empty() {
+        (
+            400,
+            error_body("InvalidParameter", INVALID_PARAMETER_MSG, &rid),
+        )
+    } else {
+        let dir = format!("dashscope-instant/{}/{}", rand::random::<u32>(), model);
+        (
+            200,
+            json!({"request_id": rid, "data": {
+                "policy": "eyJleHBpcmF0aW9uIjoiMjAyNi0xMi0wN1QwMzowMDowMFoifQ==",
+                "signature": "c2lnbmF0dXJl",
+                "upload_dir": dir,
+                "upload_host": format!("http://{}/oss-upload", inner.addr),
+                "expire_in_seconds": 300,
+                "max_file_size_mb": 100,
+                "capacity_limit_mb": 999_999_999,
+                "oss_access_key_id": "LTAI-fake",
+                "x_oss_object_acl": "private",
+                "x_oss_forbid_overwrite": "true",
+            }}),
+        )
+    };
+    inner.state().log.push(LoggedRequest {
+        path: "/api/v1/uploads".to_owned(),
+        model,
+        body: Value::Null,
+        headers: Vec::new(),
+        authorized,
+        sse: false,
+        status,
+        fault: None,
+        frames_sent: 1,
+        completed: true,
+        disconnected: false,
+        request_id: rid,
+        received_at: Instant::now(),
+        ended_at: Some(Instant::now()),
+    });
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// `POST /oss-upload`: the OSS form upload (multipart/form-data, `file` last).
+pub(super) async fn oss_upload(
+    State(inner): State<Arc<Inner>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let boundary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split("boundary=").nth(1))
+        .map(|b| b.trim_matches('"').to_owned());
+    let Some(boundary) = boundary else {
+        return (StatusCode::BAD_REQUEST, "no multipart boundary").into_response();
+    };
+    let delim = format!("--{boundary}");
+    let mut fields = HashMap::new();
+    let mut file = None;
+    let mut parts = Vec::new();
+    let mut rest: &[u8] = &body;
+    while let Some(pos) = find(rest, delim.as_bytes()) {
+        parts.push(&rest[..pos]);
+        rest = &rest[pos + delim.len()..];
+    }
+    for part in parts.into_iter().skip(1) {
+        let part = part.strip_prefix(b"\r\n").unwrap_or(part);
+        let part = part.strip_suffix(b"\r\n").unwrap_or(part);
+        let Some(split) = find(part, b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&part[..split]).into_owned();
+        let value = &part[split + 4..];
+        let Some(name) = head
+            .split("name=\"")
+            .nth(1)
+            .and_then(|n| n.split('"').next())
+        else {
+            continue;
+        };
+        if name == "file" {
+            file = Some(value.to_vec());
+        } else {
+            fields.insert(name.to_owned(), String::from_utf8_lossy(value).into_owned());
+        }
+    }
+    let required = [
+        "OSSAccessKeyId",
+        "Signature",
+        "policy",
+        "key",
+        "success_action_status",
+    ];
+    let (Some(file), true) = (file, required.iter().all(|k| fields.contains_key(*k))) else {
+        return (
+            StatusCode::BAD_REQUEST,
+            [(header::CONTENT_TYPE, "application/xml")],
+            "<Error><Code>InvalidArgument</Code></Error>",
+        )
+            .into_response();
+    };
+    let mut state = inner.state();
+    state.custom.uploads.insert(fields["key"].clone(), file);
+    state.custom.upload_forms.push(fields);
+    StatusCode::OK.into_response()
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+impl FakeDashScope {
+    /// Upload forms received so far (field name → value, without the file).
+    pub fn upload_forms(&self) -> Vec<HashMap<String, String>> {
+        self.inner.state().custom.upload_forms.clone()
+    }
 }
