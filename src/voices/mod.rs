@@ -251,7 +251,8 @@ fn wav_rate(wav: &[u8]) -> Option<u32> {
         .then(|| u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]))
 }
 
-/// A random name suffix-free prefix check: CosyVoice prefix rules (`[a-z0-9]{1,9}`, §3.1).
+/// The name rules of each surface: CosyVoice `prefix` `[a-z0-9]{1,9}` (satisfies every reading
+/// of §3.1), Qwen `preferred_name` `[A-Za-z0-9_]{1,16}`.
 fn check_name(surface: Surface, name: &str) -> Result<(), Status> {
     match surface {
         Surface::Enrollment => {
@@ -333,8 +334,7 @@ impl Manager {
     /// A manager with no registry and no upstream (tests, embedding).
     pub fn disabled() -> Self {
         Self {
-            registry: Registry::open(None)
-                .unwrap_or_else(|_| unreachable!("no I/O without a directory")),
+            registry: Registry::in_memory(),
             client: None,
             settings: Settings::default(),
         }

@@ -95,6 +95,14 @@ impl Registry {
         })
     }
 
+    /// A registry that persists nothing (no state directory).
+    pub fn in_memory() -> Self {
+        Self {
+            dir: None,
+            voices: Mutex::new(BTreeMap::new()),
+        }
+    }
+
     /// Where the registry lives, if anywhere.
     pub fn dir(&self) -> Option<&Path> {
         self.dir.as_deref()

@@ -303,6 +303,37 @@ mod tests {
     }
 
     #[test]
+    fn wav_that_is_not_16_bit_is_converted() {
+        let pcm = tone(16_000, 1, 4.0);
+        let mut w = wav16(16_000, 1, &pcm);
+        // Rewrite as 24-bit: same header layout, 3 bytes per sample.
+        let data: Vec<u8> = pcm
+            .iter()
+            .flat_map(|s| {
+                let v = i32::from(*s) << 8;
+                [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+            })
+            .collect();
+        w.truncate(44);
+        w[22..24].copy_from_slice(&1u16.to_le_bytes());
+        w[28..32].copy_from_slice(&(16_000u32 * 3).to_le_bytes());
+        w[32..34].copy_from_slice(&3u16.to_le_bytes());
+        w[34..36].copy_from_slice(&24u16.to_le_bytes());
+        w[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        w[4..8].copy_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        w.extend_from_slice(&data);
+        let p = prepare(&w, COSY).unwrap();
+        assert!(p.converted);
+        assert_eq!(wav_fmt(&p.bytes), Some((1, 1, 16_000, 16)));
+        let back: Vec<i16> = p.bytes[44..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(back.len(), pcm.len());
+        assert!(back.iter().zip(&pcm).all(|(a, b)| (a - b).abs() <= 1));
+    }
+
+    #[test]
     fn stereo_wav_is_mixed_down_for_mono_surfaces() {
         let stereo = wav16(24_000, 2, &tone(24_000, 2, 4.0));
         let p = prepare(&stereo, QWEN).unwrap();
