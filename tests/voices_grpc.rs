@@ -536,7 +536,7 @@ async fn each_error_is_mapped() {
             ))
             .await,
         Code::InvalidArgument,
-        &["clone.audio", "minimum of 3 s"],
+        &["clone.audio", "minimum of 5 s"],
     );
     expect(
         client

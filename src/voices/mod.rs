@@ -775,10 +775,12 @@ impl Manager {
                     Surface::QwenClone => sample::Rules {
                         min_rate: 24_000,
                         mono: true,
+                        min_seconds: sample::MIN_SECONDS_QWEN,
                     },
                     _ => sample::Rules {
                         min_rate: 16_000,
                         mono: false,
+                        min_seconds: sample::MIN_SECONDS_ENROLLMENT,
                     },
                 };
                 let bytes = bytes.clone();

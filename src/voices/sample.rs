@@ -12,9 +12,11 @@ use crate::audio::{InputEncoding, decode::open_decoder, encode::f32_to_i16};
 pub const MAX_BYTES: usize = 10_000_000;
 /// Largest data URI upstream takes (Qwen: "encoded still under 10 MB"), bytes.
 pub const MAX_DATA_URI_BYTES: usize = 10 * 1024 * 1024;
-/// Shortest sample, seconds (upstream wants ≥ 3 s of continuous speech for Qwen, ≥ 5 s for
-/// CosyVoice; herald refuses what cannot possibly pass).
-pub const MIN_SECONDS: f64 = 3.0;
+/// Shortest sample for `voice-enrollment`, seconds (upstream wants ≥ 5 s of continuous speech
+/// for CosyVoice / Qwen-Audio-TTS, §6.1; herald refuses what cannot possibly pass).
+pub const MIN_SECONDS_ENROLLMENT: f64 = 5.0;
+/// Shortest sample for Qwen3-TTS-VC, seconds (≥ 3 s of continuous speech).
+pub const MIN_SECONDS_QWEN: f64 = 3.0;
 /// Longest sample, seconds.
 pub const MAX_SECONDS: f64 = 60.0;
 
@@ -56,6 +58,8 @@ pub struct Rules {
     pub min_rate: u32,
     /// Mono only (stereo WAV is mixed down).
     pub mono: bool,
+    /// Shortest duration, seconds.
+    pub min_seconds: f64,
 }
 
 /// A checked sample, ready for upload.
@@ -181,10 +185,11 @@ pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, String> {
             "clone.audio: longer than the limit of {MAX_SECONDS} s (10–20 s of clear speech is best)"
         ));
     }
-    if seconds < MIN_SECONDS {
+    if seconds < rules.min_seconds {
         return Err(format!(
-            "clone.audio: {seconds:.1} s is shorter than the minimum of {MIN_SECONDS} s \
-             (10–20 s of clear speech is best)"
+            "clone.audio: {seconds:.1} s is shorter than the minimum of {} s for this model \
+             (10–20 s of clear speech is best)",
+            rules.min_seconds
         ));
     }
     if rate < rules.min_rate {
@@ -269,10 +274,12 @@ mod tests {
     const COSY: Rules = Rules {
         min_rate: 16_000,
         mono: false,
+        min_seconds: MIN_SECONDS_ENROLLMENT,
     };
     const QWEN: Rules = Rules {
         min_rate: 24_000,
         mono: true,
+        min_seconds: MIN_SECONDS_QWEN,
     };
 
     #[test]
@@ -280,7 +287,7 @@ mod tests {
         let short = wav16(16_000, 1, &tone(16_000, 1, 1.0));
         let e = prepare(&short, COSY).unwrap_err();
         assert!(
-            e.contains("clone.audio") && e.contains("minimum of 3 s"),
+            e.contains("clone.audio") && e.contains("minimum of 5 s"),
             "{e}"
         );
         let long = wav16(16_000, 1, &tone(16_000, 1, 61.5));
@@ -304,7 +311,7 @@ mod tests {
 
     #[test]
     fn wav_that_is_not_16_bit_is_converted() {
-        let pcm = tone(16_000, 1, 4.0);
+        let pcm = tone(16_000, 1, 5.0);
         let mut w = wav16(16_000, 1, &pcm);
         // Rewrite as 24-bit: same header layout, 3 bytes per sample.
         let data: Vec<u8> = pcm
@@ -335,11 +342,11 @@ mod tests {
 
     #[test]
     fn stereo_wav_is_mixed_down_for_mono_surfaces() {
-        let stereo = wav16(24_000, 2, &tone(24_000, 2, 4.0));
+        let stereo = wav16(24_000, 2, &tone(24_000, 2, 5.0));
         let p = prepare(&stereo, QWEN).unwrap();
         assert!(p.converted);
         assert_eq!(wav_fmt(&p.bytes), Some((1, 1, 24_000, 16)));
-        assert_eq!(p.bytes.len(), 44 + 24_000 * 4 * 2);
+        assert_eq!(p.bytes.len(), 44 + 24_000 * 5 * 2);
         let kept = prepare(&stereo, COSY).unwrap();
         assert!(!kept.converted, "CosyVoice takes stereo (first channel)");
         let e = prepare(&wav16(16_000, 1, &tone(16_000, 1, 4.0)), QWEN).unwrap_err();
