@@ -269,11 +269,23 @@ async fn design_then_fetch_the_preview_and_speak_with_it() {
         wav_tone(&cosy.preview_audio).1,
         custom_voice_tone("curator"),
     );
+    // While DEPLOYING, herald passes the voice on (its record may be stale) and upstream refuses.
+    let before = s.double.synthesis_requests().len();
+    let err = synthesize(&mut client, synth("", &cosy.name))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("418"), "{}", err.message());
+    assert_eq!(s.double.synthesis_requests().len(), before + 1);
     let get = |name: String| pb::GetVoiceRequest { name };
     let first = client.get_voice(get(cosy.name.clone())).await.unwrap();
     assert_eq!(first.into_inner().status(), VStatus::Deploying);
     let second = client.get_voice(get(cosy.name.clone())).await.unwrap();
     assert_eq!(second.into_inner().status(), VStatus::Ready);
+    let out = synthesize(&mut client, synth("cosyvoice-v3.5-plus", &cosy.name))
+        .await
+        .expect("ready now");
+    assert_near(tone_of(&out), custom_voice_tone("curator"));
     s.daemon.stop().await.unwrap();
 }
 
