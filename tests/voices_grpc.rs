@@ -484,6 +484,19 @@ async fn list_voices_merges_the_registry_with_upstream_listings() {
         .voices;
     assert_eq!(only.len(), 1);
     assert_eq!(only[0].name, ours.name);
+    // A model DashScope does not serve: no upstream listing.
+    let calls = s.double.customization_requests().len();
+    let local = client
+        .list_voices(pb::ListVoicesRequest {
+            model: "espeak-ng".to_owned(),
+            language: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .voices;
+    assert!(local.iter().all(|v| !v.custom));
+    assert_eq!(s.double.customization_requests().len(), calls);
     s.daemon.stop().await.unwrap();
 }
 

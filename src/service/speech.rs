@@ -864,7 +864,7 @@ impl pb::speech_server::Speech for SpeechService {
             })
             .collect::<Vec<_>>();
         let mut voices = voices;
-        let custom = self.inner.voices.list().await;
+        let custom = self.inner.voices.list(&req.model).await;
         voices.extend(
             custom
                 .into_iter()

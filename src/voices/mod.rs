@@ -396,11 +396,15 @@ impl Manager {
 
     /// Custom voices for ListVoices: the registry's, plus upstream's listings (voices made
     /// elsewhere with the same key). An upstream listing that fails is logged and skipped.
-    pub async fn list(&self) -> Vec<pb::Voice> {
+    /// `model`: the request's filter; a model DashScope does not serve skips the listings.
+    pub async fn list(&self, model: &str) -> Vec<pb::Voice> {
         let mut out = self.registry_voices();
         let Some(client) = &self.client else {
             return out;
         };
+        if !model.is_empty() && dashscope::Family::for_model(model).is_none() {
+            return out;
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         for surface in Surface::ALL {
             match list_upstream(client, surface, deadline).await {
