@@ -1,5 +1,6 @@
-//! The `herald` binary: `serve` (the daemon), `check-config`, and the gRPC clients `say` and
-//! `voices`. A thin shell over the library; `anyhow` is used here only.
+//! The `herald` binary: `serve` (the daemon), `check-config`, and the gRPC clients `say`,
+//! `voices`, `devices`, `stop`, `cache …` and `voice …` (custom voices, `src/cli/voice.rs`). A
+//! thin shell over the library; `anyhow` is used here only.
 
 #![forbid(unsafe_code)]
 
