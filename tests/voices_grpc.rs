@@ -912,3 +912,58 @@ async fn a_refused_data_uri_falls_back_to_a_temporary_upload() {
     assert_eq!(s.double.upload_forms().len(), before);
     s.daemon.stop().await.unwrap();
 }
+
+/// §10.5: a create whose answer is lost (the double stores the voice, then cuts the connection)
+/// is not sent again; herald finds the voice in upstream's listing and records it.
+#[tokio::test]
+async fn a_create_whose_answer_is_lost_is_adopted_not_repeated() {
+    let s = setup().await;
+    let mut client = s.daemon.client().await;
+    s.double
+        .push_fault(Fault::once(FaultKind::DropAfter { frames: 0 }).for_model("qwen-voice-design"));
+    let voice = client
+        .create_voice(design_req("qwen3-tts-vd-2026-01-26", "lost"))
+        .await
+        .expect("adopted")
+        .into_inner();
+    let upstream = s.double.custom_voices();
+    assert_eq!(upstream.len(), 1, "created once");
+    assert_eq!(voice.name, upstream[0].id);
+    assert!(
+        voice.warning.contains("answer was lost"),
+        "{}",
+        voice.warning
+    );
+    let creates = s
+        .double
+        .customization_requests()
+        .iter()
+        .filter(|r| r.body["input"]["action"] == "create")
+        .count();
+    assert_eq!(creates, 1, "never re-created");
+    let out = synthesize(&mut client, synth("", &voice.name))
+        .await
+        .unwrap();
+    assert_near(tone_of(&out), custom_voice_tone("lost"));
+
+    // Nothing to adopt (upstream refused the create — quota — and the answer was cut): the
+    // transport error stands (UNAVAILABLE).
+    s.double
+        .push_fault(Fault::once(FaultKind::DropAfter { frames: 0 }).for_model("voice-enrollment"));
+    s.double.set_custom_options(CustomOptions {
+        quota: 0,
+        ..CustomOptions::default()
+    });
+    let before = s.double.custom_voices().len();
+    let err = client
+        .create_voice(url_req("cosyvoice-v3-flash", "nothing"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{}", err.message());
+    assert_eq!(
+        s.double.custom_voices().len(),
+        before,
+        "nothing was created"
+    );
+    s.daemon.stop().await.unwrap();
+}

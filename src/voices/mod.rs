@@ -658,8 +658,28 @@ impl Manager {
                     .await
             }
             (first, _) => first,
-        }
-        .map_err(|e| upstream_status(&e))?;
+        };
+        // The answer was lost (connection cut, timeout): the voice may exist upstream all the
+        // same. Never re-create (a duplicate costs quota); look for it in the listing (§10.5).
+        let mut adopted = false;
+        let body = match body {
+            Ok(b) => b,
+            Err(e @ EngineError::Transport(_)) => {
+                match adopt(client, surface, &req.name, &model, design, |id| {
+                    self.registry.get(id).is_some()
+                })
+                .await
+                {
+                    Some(id) => {
+                        tracing::warn!(voice = %id, error = %crate::service::status::chain(&e), "the create's answer was lost; adopted the voice found upstream");
+                        adopted = true;
+                        json!({"output": {"voice_id": id}})
+                    }
+                    None => return Err(upstream_status(&e)),
+                }
+            }
+            Err(e) => return Err(upstream_status(&e)),
+        };
         let output = &body["output"];
         let name = output
             .get("voice_id")
@@ -691,6 +711,10 @@ impl Manager {
                     .and_then(Value::as_str)
                     .unwrap_or("no reason given")
             )
+        } else if adopted {
+            "the create's answer was lost; herald found the voice in upstream's listing and \
+             recorded it (a design's preview is lost)"
+                .to_owned()
         } else {
             String::new()
         };
@@ -944,4 +968,33 @@ async fn list_upstream(
         }
     }
     Ok(out)
+}
+
+/// After a create whose answer was lost: the newest voice upstream that matches what was asked
+/// (surface, target model, name in the id's place) and that herald has not recorded.
+async fn adopt(
+    client: &dashscope::Client,
+    surface: Surface,
+    name: &str,
+    model: &str,
+    design: bool,
+    known: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let prefix = match surface {
+        Surface::Enrollment if design => format!("{model}-vd-{name}-"),
+        Surface::Enrollment => format!("{model}-{name}-"),
+        Surface::QwenClone => format!("qwen-tts-vc-{name}-voice-"),
+        Surface::QwenDesign => format!("qwen-tts-vd-{name}-voice-"),
+    };
+    match list_upstream(client, surface, deadline).await {
+        Ok(items) => items
+            .into_iter()
+            .find(|(id, m, _)| m == model && id.starts_with(&prefix) && !known(id))
+            .map(|(id, ..)| id),
+        Err(e) => {
+            tracing::warn!(error = %crate::service::status::chain(&e), "cannot list upstream to find a voice whose create answer was lost");
+            None
+        }
+    }
 }

@@ -784,7 +784,16 @@ pub(super) async fn customization(
         (status, reply)
     };
     inner.ended.send_modify(|n| *n += 1);
-    let mut response = Response::new(Body::from(reply.to_string()));
+    // `DropAfter`: the call took effect (a create stored its voice), but the connection is cut
+    // before the answer's body: the client never learns the result.
+    let body = if matches!(fault, Some(FaultKind::DropAfter { .. })) {
+        Body::from_stream(futures::stream::once(async {
+            Err::<Bytes, std::io::Error>(std::io::Error::other("connection cut by the fault"))
+        }))
+    } else {
+        Body::from(reply.to_string())
+    };
+    let mut response = Response::new(body);
     *response.status_mut() =
         StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let h = response.headers_mut();
