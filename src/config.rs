@@ -120,6 +120,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_CACHE_DIR", "cache.directory", Kind::Str),
     ("HERALD_CACHE_MAX_BYTES", "cache.max_bytes", Kind::Int),
     ("HERALD_FALLBACK", "fallback.chain", Kind::List),
+    ("HERALD_VOICES_DIR", "voices.directory", Kind::Str),
     (ENV_DASHSCOPE_API_KEY, "dashscope.api_key", Kind::Str),
     (
         ENV_DASHSCOPE_API_KEY_FILE,
@@ -252,8 +253,34 @@ pub struct RawConfig {
     pub cache: CacheSection,
     /// What serves a request when its engine is unavailable.
     pub fallback: FallbackSection,
+    /// Custom (cloned and designed) voices.
+    pub voices: VoicesSection,
     /// Logging.
     pub log: LogSection,
+}
+
+/// `[voices]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VoicesSection {
+    /// Directory of the registry of custom voices herald created. Empty = `$STATE_DIRECTORY`
+    /// (systemd `StateDirectory=`), else `$XDG_STATE_HOME/herald`, else
+    /// `$HOME/.local/state/herald`.
+    pub directory: String,
+    /// First wait between two status polls of a DEPLOYING voice, ms (10..=60000). Default 1000.
+    pub poll_initial_ms: u64,
+    /// Longest wait between two status polls, ms (poll_initial_ms..=600000). Default 10000.
+    pub poll_max_ms: u64,
+}
+
+impl Default for VoicesSection {
+    fn default() -> Self {
+        Self {
+            directory: String::new(),
+            poll_initial_ms: 1000,
+            poll_max_ms: 10_000,
+        }
+    }
 }
 
 /// `[playback]`
@@ -894,6 +921,8 @@ pub struct Config {
     pub cache_off: Option<String>,
     /// The fallback chain (empty = none).
     pub fallback: Vec<FallbackStep>,
+    /// Custom voices: the registry's directory and the status polling.
+    pub voices: crate::voices::Settings,
     /// Log filter directive.
     pub log_level: String,
     /// Log output format.
@@ -1051,6 +1080,7 @@ impl RawConfig {
             Err(why) => (None, Some(why)),
         };
         let fallback = validate_fallback(&self.fallback)?;
+        let voices = validate_voices(&self.voices, env)?;
         if dashscope.api_key.is_none() && espeak.is_none() {
             return Err(invalid(
                 "espeak.enabled",
@@ -1079,6 +1109,7 @@ impl RawConfig {
             cache,
             cache_off,
             fallback,
+            voices,
             log_level: self.log.level.clone(),
             log_format: match self.log.format.as_str() {
                 "text" => crate::telemetry::LogFormat::Text,
@@ -1234,6 +1265,48 @@ pub fn default_cache_dir(env: &Env) -> Option<PathBuf> {
     }
     env.get("HOME")
         .map(|home| Path::new(home).join(".cache").join("herald"))
+}
+
+fn validate_voices(v: &VoicesSection, env: &Env) -> Result<crate::voices::Settings, ConfigError> {
+    if !(10..=60_000).contains(&v.poll_initial_ms) {
+        return Err(invalid(
+            "voices.poll_initial_ms",
+            format!("{} is outside 10..=60000", v.poll_initial_ms),
+        ));
+    }
+    if !(v.poll_initial_ms..=600_000).contains(&v.poll_max_ms) {
+        return Err(invalid(
+            "voices.poll_max_ms",
+            format!(
+                "{} is outside voices.poll_initial_ms ({})..=600000",
+                v.poll_max_ms, v.poll_initial_ms
+            ),
+        ));
+    }
+    Ok(crate::voices::Settings {
+        directory: non_empty(&v.directory)
+            .map(PathBuf::from)
+            .or_else(|| default_state_dir(env)),
+        poll_initial: Duration::from_millis(v.poll_initial_ms),
+        poll_max: Duration::from_millis(v.poll_max_ms),
+    })
+}
+
+/// systemd: the service's state directory (`StateDirectory=`).
+pub const ENV_STATE_DIRECTORY: &str = "STATE_DIRECTORY";
+
+/// The default state directory: `$STATE_DIRECTORY` (systemd; the first of a `:` list), else
+/// `$XDG_STATE_HOME/herald`, else `$HOME/.local/state/herald`.
+pub fn default_state_dir(env: &Env) -> Option<PathBuf> {
+    if let Some(dirs) = env.get(ENV_STATE_DIRECTORY) {
+        let first = dirs.split(':').next().unwrap_or(dirs);
+        return Some(PathBuf::from(first));
+    }
+    if let Some(xdg) = env.get("XDG_STATE_HOME") {
+        return Some(Path::new(xdg).join("herald"));
+    }
+    env.get("HOME")
+        .map(|home| Path::new(home).join(".local").join("state").join("herald"))
 }
 
 fn validate_fallback(f: &FallbackSection) -> Result<Vec<FallbackStep>, ConfigError> {

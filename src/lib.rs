@@ -22,6 +22,8 @@
 //! - [`playback`]: local playback: one announcement queue per output device, sinks (cpal,
 //!   wav, null).
 //! - [`client`]: the gRPC client side used by `herald say` and `herald voices`.
+//! - [`voices`]: custom voices (DashScope cloning and design): the registry of the voices herald
+//!   created, sample checks, CreateVoice / GetVoice / DeleteVoice.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 //! - [`pb`]: generated protobuf/gRPC code.
 
@@ -43,3 +45,4 @@ pub mod service;
 pub mod shutdown;
 pub mod systemd;
 pub mod telemetry;
+pub mod voices;

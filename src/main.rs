@@ -1,5 +1,6 @@
-//! The `herald` binary: `serve` (the daemon), `check-config`, and the gRPC clients `say` and
-//! `voices`. A thin shell over the library; `anyhow` is used here only.
+//! The `herald` binary: `serve` (the daemon), `check-config`, and the gRPC clients `say`,
+//! `voices`, `devices`, `stop`, `cache …` and `voice …` (custom voices, `src/cli/voice.rs`). A
+//! thin shell over the library; `anyhow` is used here only.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +22,9 @@ use herald::{
 };
 
 /// sysexits.h EX_USAGE: bad configuration or arguments.
+#[path = "cli/voice.rs"]
+mod voice_cmd;
+
 const EX_USAGE: u8 = 64;
 /// sysexits.h EX_UNAVAILABLE: the daemon cannot be reached.
 const EX_UNAVAILABLE: u8 = 69;
@@ -89,6 +93,9 @@ enum Command {
     /// Manage the daemon's audio cache: warm, stats, clear, pin, unpin.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Custom voices: clone, design, list, status, delete.
+    #[command(subcommand)]
+    Voice(voice_cmd::VoiceCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -378,6 +385,7 @@ fn main() -> ExitCode {
             Command::Devices(args) => devices(args).await,
             Command::Stop(args) => stop(args).await,
             Command::Cache(command) => cache_command(command).await,
+            Command::Voice(command) => voice_cmd::run(command).await,
         }
     });
     // Do not wait for lingering blocking threads (an audio thread finishing a cancelled job).

@@ -400,6 +400,7 @@ impl Daemon {
             .await?;
             engines.push(Arc::new(engine));
         }
+        let mut upstream = None;
         if let Some(key) = &config.dashscope.api_key {
             let client = dashscope::Client::new(dashscope::Settings {
                 api_key: key.clone(),
@@ -408,7 +409,22 @@ impl Daemon {
                 tuning: config.dashscope.tuning.clone(),
             })?;
             engines.extend(client.engines());
+            upstream = Some(client);
         }
+        let voices_settings = config.voices.clone();
+        let voices = match tokio::task::spawn_blocking(move || {
+            crate::voices::Manager::open(voices_settings, upstream)
+        })
+        .await
+        {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                return Err(ServeError::Config(format!(
+                    "voices.directory: cannot read the voice registry: {e}"
+                )));
+            }
+            Err(e) => return Err(ServeError::Config(format!("voices: {e}"))),
+        };
         let engines = Engines::new(engines);
         let default_model = match &config.default_model {
             Some(m) => {
@@ -484,6 +500,7 @@ impl Daemon {
             settings,
             config.playback.clone(),
             config.shutdown_grace,
+            Arc::new(voices),
         )
         .with_access(Access::from_config(config))
         .with_max_message_bytes(config.max_message_bytes))
@@ -497,6 +514,7 @@ impl Daemon {
             settings,
             PlaybackSettings::default(),
             grace,
+            Arc::new(crate::voices::Manager::disabled()),
         )
     }
 
@@ -506,6 +524,7 @@ impl Daemon {
         settings: Settings,
         playback: PlaybackSettings,
         grace: Duration,
+        voices: Arc<crate::voices::Manager>,
     ) -> Self {
         let jobs = CancellationToken::new();
         let playback = Arc::new(Playback::new(
@@ -514,7 +533,7 @@ impl Daemon {
             Arc::new(PipelineSource::new(Arc::clone(&provider))),
             jobs.clone(),
         ));
-        let service = SpeechService::new(provider, settings, playback, jobs.clone());
+        let service = SpeechService::new(provider, settings, playback, jobs.clone(), voices);
         Self {
             cache: cache::CacheService::new(service.clone()),
             service,

@@ -131,6 +131,8 @@ struct Inner {
     peers: Peers,
     /// Cancelled at shutdown; every job runs under a child token.
     root: CancellationToken,
+    /// Custom voices: the registry and the customization client.
+    voices: Arc<crate::voices::Manager>,
 }
 
 /// A validated Synthesize request.
@@ -150,6 +152,7 @@ impl SpeechService {
         settings: Settings,
         playback: Arc<Playback>,
         root: CancellationToken,
+        voices: Arc<crate::voices::Manager>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -159,6 +162,7 @@ impl SpeechService {
                 settings,
                 playback,
                 root,
+                voices,
             }),
         }
     }
@@ -391,10 +395,13 @@ impl SpeechService {
             )));
         }
 
-        let model = if req.model.is_empty() {
-            settings.default_model.clone()
-        } else {
-            req.model
+        // A custom voice herald created works with its one model only: checked here, before
+        // any upstream call; an empty model takes the voice's.
+        let custom_model = self.inner.voices.check_synthesis(&req.voice, &req.model)?;
+        let model = match (req.model.is_empty(), custom_model) {
+            (false, _) => req.model,
+            (true, Some(m)) => m,
+            (true, None) => settings.default_model.clone(),
         };
         let engines = self.inner.provider.engines();
         let Some(engine) = engines.for_model(&model) else {
@@ -782,6 +789,17 @@ async fn until(deadline: Option<Instant>) {
     }
 }
 
+impl SpeechService {
+    /// The deadline of a custom-voice call: the client's (`grpc-timeout`) less a tenth (so
+    /// herald answers DEADLINE_EXCEEDED itself, before the transport cancels the call), capped
+    /// at `synthesis.max_deadline_ms`.
+    fn voice_deadline(&self, metadata: &MetadataMap) -> Instant {
+        let max = self.inner.settings.max_deadline;
+        let budget = grpc_timeout(metadata).map_or(max, |t| t.saturating_sub(t / 10).min(max));
+        Instant::now() + budget
+    }
+}
+
 fn response(payload: Payload) -> Result<pb::SynthesizeResponse, Status> {
     Ok(pb::SynthesizeResponse {
         payload: Some(payload),
@@ -842,8 +860,23 @@ impl pb::speech_server::Speech for SpeechService {
                 native_sample_rate_hz: v.native_sample_rate,
                 gender: v.gender,
                 custom: false,
+                custom_status: 0,
             })
-            .collect();
+            .collect::<Vec<_>>();
+        let mut voices = voices;
+        let custom = self.inner.voices.list(&req.model).await;
+        voices.extend(
+            custom
+                .into_iter()
+                .filter(|v| req.model.is_empty() || v.model == req.model)
+                .filter(|v| {
+                    language.is_empty()
+                        || v.languages.iter().any(|l| {
+                            let l = l.to_ascii_lowercase();
+                            l == language || l.starts_with(&format!("{language}-"))
+                        })
+                }),
+        );
         Ok(Response::new(pb::ListVoicesResponse { voices }))
     }
 
@@ -931,6 +964,45 @@ impl pb::speech_server::Speech for SpeechService {
         let scope = super::speak::stop_scope(&req)?;
         let stopped_ids = playback.stop(&device, scope).await;
         Ok(Response::new(pb::StopSpeakingResponse { stopped_ids }))
+    }
+
+    async fn create_voice(
+        &self,
+        request: Request<pb::CreateVoiceRequest>,
+    ) -> Result<Response<pb::CustomVoice>, Status> {
+        let deadline = self.voice_deadline(request.metadata());
+        let voice = self
+            .inner
+            .voices
+            .create(request.into_inner(), deadline)
+            .await?;
+        Ok(Response::new(voice))
+    }
+
+    async fn get_voice(
+        &self,
+        request: Request<pb::GetVoiceRequest>,
+    ) -> Result<Response<pb::CustomVoice>, Status> {
+        let deadline = self.voice_deadline(request.metadata());
+        let voice = self
+            .inner
+            .voices
+            .get(&request.into_inner().name, deadline)
+            .await?;
+        Ok(Response::new(voice))
+    }
+
+    async fn delete_voice(
+        &self,
+        request: Request<pb::DeleteVoiceRequest>,
+    ) -> Result<Response<pb::DeleteVoiceResponse>, Status> {
+        let deadline = self.voice_deadline(request.metadata());
+        let gone = self
+            .inner
+            .voices
+            .delete(&request.into_inner().name, deadline)
+            .await?;
+        Ok(Response::new(gone))
     }
 
     async fn list_output_devices(

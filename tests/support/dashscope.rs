@@ -29,6 +29,10 @@
 //! (`finish_reason: "stop"`) event. [`LoggedRequest::frames_sent`] counts every event.
 #![allow(dead_code)]
 
+#[path = "dashscope_custom.rs"]
+mod custom;
+pub use custom::*;
+
 use std::{
     collections::{HashMap, VecDeque},
     net::SocketAddr,
@@ -245,6 +249,7 @@ impl FakeDashScope {
                 options: Options::default(),
                 log: Vec::new(),
                 files: HashMap::new(),
+                custom: CustomState::default(),
             }),
             ended,
             kill: CancellationToken::new(),
@@ -252,6 +257,9 @@ impl FakeDashScope {
         let app = Router::new()
             .route(TTS_PATH, post(synthesize))
             .route(MULTIMODAL_PATH, post(synthesize))
+            .route(custom::CUSTOMIZATION_PATH, post(custom::customization))
+            .route("/api/v1/uploads", get(custom::upload_policy))
+            .route("/oss-upload", post(custom::oss_upload))
             .route("/oss/{file}", get(oss_file))
             .fallback(not_found)
             .with_state(inner.clone());
@@ -428,6 +436,8 @@ struct ServerState {
     log: Vec<LoggedRequest>,
     /// `<request_id>.<ext>` → (content type, bytes), served under `/oss/`.
     files: HashMap<String, (&'static str, Bytes)>,
+    /// The custom-voice endpoint's voices and knobs.
+    custom: CustomState,
 }
 
 impl Inner {
@@ -864,8 +874,15 @@ fn decide(
     {
         return json_error(*status, code, message, rid);
     }
-    let req = match parse_request(family, model, body) {
+    let custom_tone = match family {
+        Family::MiniMax => Ok(None),
+        _ => custom::synthesis_voice(inner, model, body["input"]["voice"].as_str().unwrap_or("")),
+    };
+    let req = match custom_tone.and_then(|_| parse_request(family, model, body)) {
         Ok(r) => r,
+        Err(rej) if rej.code == "InternalError" => {
+            return json_error(500, rej.code, &rej.message, rid);
+        }
         Err(rej) => {
             if rej.voice && sse && options.unknown_voice_as_sse_error {
                 return Reply {
@@ -882,7 +899,14 @@ fn decide(
             return json_error(400, rej.code, &rej.message, rid);
         }
     };
-    respond(inner, &req, sse, rid, options, fault.as_ref())
+    let mut options = options.clone();
+    if let Ok(Some(hz)) =
+        custom::synthesis_voice(inner, model, body["input"]["voice"].as_str().unwrap_or(""))
+        && family != Family::MiniMax
+    {
+        options.tone_hz = hz;
+    }
+    respond(inner, &req, sse, rid, &options, fault.as_ref())
 }
 
 /// A validated synthesis request.

@@ -50,6 +50,11 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
     if !env.iter().any(|(k, _)| *k == "CACHE_DIRECTORY") {
         pairs.push(("CACHE_DIRECTORY", &cache_dir));
     }
+    // ... and its own state directory (the custom-voice registry).
+    let state_dir = dir.path().join("state").display().to_string();
+    if !env.iter().any(|(k, _)| *k == "STATE_DIRECTORY") {
+        pairs.push(("STATE_DIRECTORY", &state_dir));
+    }
     let config = config::load(&options, &Env::from_pairs(pairs)).expect("config");
     let daemon = Daemon::from_config(&config).await.expect("daemon");
     let listeners = service::bind(&config.listen, config.socket_mode)

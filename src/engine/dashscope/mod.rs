@@ -13,6 +13,7 @@
 //! is never duplicated. Dropping the stream aborts every piece task, which drops their HTTP
 //! requests at once.
 
+pub mod custom;
 pub mod family;
 pub mod split;
 pub mod sse;

@@ -1,0 +1,355 @@
+//! Local checks of a voice-cloning sample before it is uploaded (dashscope-custom-voices.md
+//! §6.1): the format is sniffed from the bytes (not the name), WAV and MP3 are decoded by
+//! herald's own decoders to measure duration and rate, and WAV that the surface would not take
+//! (not 16-bit, or stereo for Qwen3-TTS-VC) is converted to 16-bit WAV.
+
+use std::io::Cursor;
+
+use crate::audio::{InputEncoding, decode::open_decoder, encode::f32_to_i16};
+
+/// Largest sample, bytes (upstream: ≤ 10 MB; for data URIs, after encoding: herald checks
+/// the raw file against this and the encoded size against [`MAX_DATA_URI_BYTES`]).
+pub const MAX_BYTES: usize = 10_000_000;
+/// Largest data URI upstream takes (Qwen: "encoded still under 10 MB"), bytes.
+pub const MAX_DATA_URI_BYTES: usize = 10 * 1024 * 1024;
+/// Shortest sample for `voice-enrollment`, seconds (upstream wants ≥ 5 s of continuous speech
+/// for CosyVoice / Qwen-Audio-TTS, §6.1; herald refuses what cannot possibly pass).
+pub const MIN_SECONDS_ENROLLMENT: f64 = 5.0;
+/// Shortest sample for Qwen3-TTS-VC, seconds (≥ 3 s of continuous speech).
+pub const MIN_SECONDS_QWEN: f64 = 3.0;
+/// Longest sample, seconds.
+pub const MAX_SECONDS: f64 = 60.0;
+
+/// Container of a sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// RIFF/WAVE.
+    Wav,
+    /// MPEG audio layer III.
+    Mp3,
+    /// MPEG-4 audio (ISO BMFF `ftyp`).
+    M4a,
+}
+
+impl Format {
+    /// File name extension.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::Mp3 => "mp3",
+            Self::M4a => "m4a",
+        }
+    }
+
+    /// The MIME type upstream's data URIs use.
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Wav => "audio/wav",
+            Self::Mp3 => "audio/mpeg",
+            Self::M4a => "audio/mp4",
+        }
+    }
+}
+
+/// What the surface needs.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules {
+    /// Lowest sample rate, Hz.
+    pub min_rate: u32,
+    /// Mono only (stereo WAV is mixed down).
+    pub mono: bool,
+    /// Shortest duration, seconds.
+    pub min_seconds: f64,
+}
+
+/// A checked sample, ready for upload.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The bytes to upload.
+    pub bytes: Vec<u8>,
+    /// Their format.
+    pub format: Format,
+    /// Duration, seconds (`None` for M4A, not decoded locally).
+    pub seconds: Option<f64>,
+    /// herald converted the file.
+    pub converted: bool,
+}
+
+/// The format of `bytes`, from their magic numbers.
+pub fn sniff(bytes: &[u8]) -> Option<Format> {
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WAVE" {
+        return Some(Format::Wav);
+    }
+    if bytes.len() >= 12 && &bytes[4..8] == b"ftyp" {
+        return Some(Format::M4a);
+    }
+    if bytes.starts_with(b"ID3")
+        || (bytes.len() >= 2 && bytes[0] == 0xFF && bytes[1] & 0xE0 == 0xE0)
+    {
+        return Some(Format::Mp3);
+    }
+    None
+}
+
+/// The `fmt ` chunk's (format tag, channels, rate, bits per sample) of a WAV file.
+fn wav_fmt(bytes: &[u8]) -> Option<(u16, u16, u32, u16)> {
+    let mut pos = 12;
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().ok()?) as usize;
+        if id == b"fmt " && len >= 16 && pos + 8 + 16 <= bytes.len() {
+            let f = &bytes[pos + 8..];
+            let mut tag = u16::from_le_bytes([f[0], f[1]]);
+            if tag == 0xFFFE && len >= 26 && f.len() >= 26 {
+                tag = u16::from_le_bytes([f[24], f[25]]);
+            }
+            return Some((
+                tag,
+                u16::from_le_bytes([f[2], f[3]]),
+                u32::from_le_bytes([f[4], f[5], f[6], f[7]]),
+                u16::from_le_bytes([f[14], f[15]]),
+            ));
+        }
+        pos = pos.checked_add(8 + len + (len & 1))?;
+    }
+    None
+}
+
+/// Check `bytes` against the limits and `rules`; convert WAV when the surface needs it.
+/// Errors name the field (`clone.audio`) and the limit. CPU-bound: call on a blocking thread.
+pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, String> {
+    if bytes.is_empty() {
+        return Err("clone.audio: must not be empty".to_owned());
+    }
+    if bytes.len() > MAX_BYTES {
+        return Err(format!(
+            "clone.audio: {} bytes exceeds the limit of {MAX_BYTES} bytes (10 MB)",
+            bytes.len()
+        ));
+    }
+    let Some(format) = sniff(bytes) else {
+        return Err(
+            "clone.audio: not a WAV, MP3 or M4A file (the only formats upstream takes)".to_owned(),
+        );
+    };
+    if format == Format::M4a {
+        return Ok(Prepared {
+            bytes: bytes.to_vec(),
+            format,
+            seconds: None,
+            converted: false,
+        });
+    }
+    let encoding = match format {
+        Format::Wav => InputEncoding::Wav,
+        _ => InputEncoding::Mp3,
+    };
+    let mut decoder = open_decoder(encoding, Cursor::new(bytes.to_vec()))
+        .map_err(|e| format!("clone.audio: cannot decode the {format:?} file: {e}"))?;
+    let mut rate = 0u32;
+    let mut channels = 1u16;
+    let mut frames = 0usize;
+    let mut samples: Vec<f32> = Vec::new();
+    let keep = format == Format::Wav;
+    loop {
+        match decoder.next_buffer() {
+            Ok(Some(buf)) => {
+                if rate == 0 {
+                    rate = buf.spec.sample_rate;
+                    channels = buf.spec.channels;
+                } else if buf.spec.sample_rate != rate || buf.spec.channels != channels {
+                    return Err("clone.audio: the file changes sample rate midway".to_owned());
+                }
+                frames += buf.frames();
+                if frames as f64 / f64::from(rate.max(1)) > MAX_SECONDS + 1.0 {
+                    break;
+                }
+                if keep {
+                    samples.extend_from_slice(&buf.samples);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Err(format!(
+                    "clone.audio: cannot decode the {format:?} file: {e}"
+                ));
+            }
+        }
+    }
+    if rate == 0 {
+        return Err("clone.audio: the file holds no audio".to_owned());
+    }
+    let seconds = frames as f64 / f64::from(rate);
+    if seconds > MAX_SECONDS {
+        return Err(format!(
+            "clone.audio: longer than the limit of {MAX_SECONDS} s (10–20 s of clear speech is best)"
+        ));
+    }
+    if seconds < rules.min_seconds {
+        return Err(format!(
+            "clone.audio: {seconds:.1} s is shorter than the minimum of {} s for this model \
+             (10–20 s of clear speech is best)",
+            rules.min_seconds
+        ));
+    }
+    if rate < rules.min_rate {
+        return Err(format!(
+            "clone.audio: sample rate {rate} Hz is below the minimum of {} Hz for this model",
+            rules.min_rate
+        ));
+    }
+    if format == Format::Mp3 {
+        return Ok(Prepared {
+            bytes: bytes.to_vec(),
+            format,
+            seconds: Some(seconds),
+            converted: false,
+        });
+    }
+    let (tag, _, _, bits) = wav_fmt(bytes).unwrap_or((0, channels, rate, 0));
+    let needs_mono = rules.mono && channels > 1;
+    if tag == 1 && bits == 16 && !needs_mono {
+        return Ok(Prepared {
+            bytes: bytes.to_vec(),
+            format,
+            seconds: Some(seconds),
+            converted: false,
+        });
+    }
+    let out_channels = if needs_mono { 1 } else { channels };
+    let ch = usize::from(channels);
+    let pcm: Vec<i16> = if needs_mono {
+        samples
+            .chunks_exact(ch)
+            .map(|f| f32_to_i16(f.iter().sum::<f32>() / ch as f32))
+            .collect()
+    } else {
+        samples.iter().map(|s| f32_to_i16(*s)).collect()
+    };
+    Ok(Prepared {
+        bytes: wav16(rate, out_channels, &pcm),
+        format,
+        seconds: Some(seconds),
+        converted: true,
+    })
+}
+
+/// A complete 16-bit PCM WAV file (exact sizes in the header).
+pub fn wav16(rate: u32, channels: u16, pcm: &[i16]) -> Vec<u8> {
+    let data_len = (pcm.len() * 2) as u32;
+    let block = channels * 2;
+    let mut out = Vec::with_capacity(44 + pcm.len() * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&channels.to_le_bytes());
+    out.extend_from_slice(&rate.to_le_bytes());
+    out.extend_from_slice(&(rate * u32::from(block)).to_le_bytes());
+    out.extend_from_slice(&block.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in pcm {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tone(rate: u32, channels: u16, seconds: f64) -> Vec<i16> {
+        let frames = (f64::from(rate) * seconds) as usize;
+        (0..frames * usize::from(channels))
+            .map(|i| {
+                let t = (i / usize::from(channels)) as f64 / f64::from(rate);
+                ((t * 440.0 * std::f64::consts::TAU).sin() * 8000.0) as i16
+            })
+            .collect()
+    }
+
+    const COSY: Rules = Rules {
+        min_rate: 16_000,
+        mono: false,
+        min_seconds: MIN_SECONDS_ENROLLMENT,
+    };
+    const QWEN: Rules = Rules {
+        min_rate: 24_000,
+        mono: true,
+        min_seconds: MIN_SECONDS_QWEN,
+    };
+
+    #[test]
+    fn limits_name_the_field_and_the_limit() {
+        let short = wav16(16_000, 1, &tone(16_000, 1, 1.0));
+        let e = prepare(&short, COSY).unwrap_err();
+        assert!(
+            e.contains("clone.audio") && e.contains("minimum of 5 s"),
+            "{e}"
+        );
+        let long = wav16(16_000, 1, &tone(16_000, 1, 61.5));
+        let e = prepare(&long, COSY).unwrap_err();
+        assert!(e.contains("limit of 60 s"), "{e}");
+        let low = wav16(8_000, 1, &tone(8_000, 1, 5.0));
+        let e = prepare(&low, COSY).unwrap_err();
+        assert!(e.contains("8000 Hz") && e.contains("16000 Hz"), "{e}");
+        let e = prepare(b"OggS not audio we take", COSY).unwrap_err();
+        assert!(e.contains("not a WAV, MP3 or M4A"), "{e}");
+        let mut big = b"RIFF\0\0\0\0WAVE".to_vec();
+        big.resize(MAX_BYTES + 1, 0);
+        let e = prepare(&big, COSY).unwrap_err();
+        assert!(e.contains("10000000 bytes"), "{e}");
+        let ok = wav16(16_000, 1, &tone(16_000, 1, 5.0));
+        let p = prepare(&ok, COSY).unwrap();
+        assert!(!p.converted);
+        assert_eq!(p.bytes, ok);
+        assert!((p.seconds.unwrap() - 5.0).abs() < 0.01);
+    }
+
+    #[test]
+    fn wav_that_is_not_16_bit_is_converted() {
+        let pcm = tone(16_000, 1, 5.0);
+        let mut w = wav16(16_000, 1, &pcm);
+        // Rewrite as 24-bit: same header layout, 3 bytes per sample.
+        let data: Vec<u8> = pcm
+            .iter()
+            .flat_map(|s| {
+                let v = i32::from(*s) << 8;
+                [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+            })
+            .collect();
+        w.truncate(44);
+        w[22..24].copy_from_slice(&1u16.to_le_bytes());
+        w[28..32].copy_from_slice(&(16_000u32 * 3).to_le_bytes());
+        w[32..34].copy_from_slice(&3u16.to_le_bytes());
+        w[34..36].copy_from_slice(&24u16.to_le_bytes());
+        w[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        w[4..8].copy_from_slice(&(36 + data.len() as u32).to_le_bytes());
+        w.extend_from_slice(&data);
+        let p = prepare(&w, COSY).unwrap();
+        assert!(p.converted);
+        assert_eq!(wav_fmt(&p.bytes), Some((1, 1, 16_000, 16)));
+        let back: Vec<i16> = p.bytes[44..]
+            .chunks_exact(2)
+            .map(|b| i16::from_le_bytes([b[0], b[1]]))
+            .collect();
+        assert_eq!(back.len(), pcm.len());
+        assert!(back.iter().zip(&pcm).all(|(a, b)| (a - b).abs() <= 1));
+    }
+
+    #[test]
+    fn stereo_wav_is_mixed_down_for_mono_surfaces() {
+        let stereo = wav16(24_000, 2, &tone(24_000, 2, 5.0));
+        let p = prepare(&stereo, QWEN).unwrap();
+        assert!(p.converted);
+        assert_eq!(wav_fmt(&p.bytes), Some((1, 1, 24_000, 16)));
+        assert_eq!(p.bytes.len(), 44 + 24_000 * 5 * 2);
+        let kept = prepare(&stereo, COSY).unwrap();
+        assert!(!kept.converted, "CosyVoice takes stereo (first channel)");
+        let e = prepare(&wav16(16_000, 1, &tone(16_000, 1, 4.0)), QWEN).unwrap_err();
+        assert!(e.contains("24000 Hz"), "{e}");
+    }
+}
