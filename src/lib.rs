@@ -24,6 +24,7 @@
 //! - [`client`]: the gRPC client side used by `herald say` and `herald voices`.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 //! - [`pb`]: generated protobuf/gRPC code.
+//! - `fuzzing` (hidden): the doors the fuzz targets of `fuzz/` need, nothing more.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -34,6 +35,8 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod pb;
 pub mod pipeline;
