@@ -245,8 +245,11 @@ pub fn validate(data: &[u8]) {
     }
 }
 
+/// A target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the regression test replays `fuzz/corpus/<name>/` through these).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("sse", sse),
     ("family", family),
     ("wav", wav),
