@@ -26,6 +26,7 @@
 //!   created, sample checks, CreateVoice / GetVoice / DeleteVoice.
 //! - [`shutdown`], [`telemetry`]: signals and logging.
 //! - [`pb`]: generated protobuf/gRPC code.
+//! - `fuzzing` (hidden): the doors the fuzz targets of `fuzz/` need, nothing more.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -36,6 +37,8 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod metrics;
 pub mod pb;
 pub mod pipeline;

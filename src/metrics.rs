@@ -107,6 +107,9 @@ pub struct Metrics {
     pub queue_depth: Family<DeviceLabels, Gauge>,
     /// Playback underruns (silence because audio was late), by device.
     pub underruns: Family<DeviceLabels, Counter>,
+    /// Tasks alive on the tokio runtime that serves the scrape (refreshed at scrape): a leak
+    /// detector for soak and fault tests.
+    pub runtime_tasks: Gauge,
 }
 
 impl Metrics {
@@ -198,6 +201,12 @@ impl Metrics {
             "Playback blocks padded with silence because audio was late, by device",
             underruns.clone(),
         );
+        let runtime_tasks = Gauge::default();
+        registry.register(
+            "herald_runtime_tasks",
+            "Tasks alive on the daemon's tokio runtime (refreshed at scrape)",
+            runtime_tasks.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -221,6 +230,7 @@ impl Metrics {
             cache_entries,
             queue_depth,
             underruns,
+            runtime_tasks,
         }
     }
 
@@ -237,6 +247,11 @@ impl Metrics {
 
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let tasks = handle.metrics().num_alive_tasks();
+            self.runtime_tasks
+                .set(i64::try_from(tasks).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);

@@ -110,12 +110,21 @@ async fn the_metrics_endpoint_counts_what_happened() {
     );
     let mut client = server.client().await;
 
-    // A miss, then a hit.
-    for _ in 0..2 {
-        synthesize(&mut client, cosy("Doors closing @600Hz"))
-            .await
-            .unwrap();
+    // A miss, then (once the miss is stored, just after its stream ends) a hit.
+    synthesize(&mut client, cosy("Doors closing @600Hz"))
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while value(&parse(&scrape(port).await.1), "herald_cache_entries", &[]) < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the miss was never stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    synthesize(&mut client, cosy("Doors closing @600Hz"))
+        .await
+        .unwrap();
     // One 429, retried, then served.
     double.push_fault(Fault::once(FaultKind::HttpError {
         status: 429,

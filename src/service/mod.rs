@@ -544,6 +544,11 @@ impl Daemon {
         }
     }
 
+    /// The Speech service (the fuzz targets reach request validation through it).
+    pub(crate) fn speech(&self) -> &SpeechService {
+        &self.service
+    }
+
     /// What refreshes the metrics that mirror state (cache size) before a scrape.
     pub fn metrics_refresh(&self) -> Arc<dyn Fn() + Send + Sync> {
         let cache = self.service.provider().cache().cloned();

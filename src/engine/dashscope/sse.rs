@@ -120,6 +120,12 @@ impl Parser {
 
     /// Feed bytes; complete events are appended to `out`.
     pub fn push(&mut self, mut bytes: &[u8], out: &mut Vec<Event>) -> Result<(), SseError> {
+        // An empty chunk (HTTP/2 allows empty DATA frames) must not forget a pending `\r`: a
+        // `\r` | `` | `\n` split would otherwise read `\r\n` as two line ends (found by
+        // fuzz/fuzz_targets/sse.rs).
+        if bytes.is_empty() {
+            return Ok(());
+        }
         if self.after_cr {
             self.after_cr = false;
             if let Some(rest) = bytes.strip_prefix(b"\n") {
@@ -236,6 +242,21 @@ mod tests {
         assert_eq!(events[0].json().unwrap().unwrap()["a"], 1);
         assert!(events[1].is_error());
         assert_eq!(events[1].http_status, Some(429));
+    }
+
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_is_not_a_blank_line() {
+        // Found by the `sse` fuzz target: `\r` | `` | `\n` used to end the event early.
+        let text = STREAM.replace('\n', "\r\n");
+        let bytes = text.as_bytes();
+        let expected = parse_in_pieces(bytes, &[]);
+        for (i, _) in text.match_indices("\r\n") {
+            assert_eq!(
+                parse_in_pieces(bytes, &[i + 1, i + 1]),
+                expected,
+                "cut at {i}"
+            );
+        }
     }
 
     #[test]
