@@ -1,7 +1,9 @@
 //! The load generator: the real `herald serve` binary (a separate process, so its memory and
 //! CPU are its own) in front of the DashScope test double pacing audio at real time.
 //!
-//! For N = 10, 100 and 1000 concurrent `Synthesize` streams it reports herald's time to first
+//! For N = 10, 100 and 1000 streams in flight (a closed loop: N workers, arrivals spread over
+//! one stream's length, each worker running streams back to back; the first stream of each
+//! worker warms connections and is not counted) it reports herald's time to first
 //! audio (TTFA) against the same requests sent straight to the double (the reference, in the
 //! same run), the difference ("added"), errors, throughput, and herald's peak RSS and CPU.
 //! Then the time to first audio of cache hits (1000 in a row), the idle RSS, and start-to-ready
