@@ -548,28 +548,9 @@ impl Manager {
                         "design.preview_text: {preview_chars} characters exceeds the limit of {max_preview} for {model}"
                     )));
                 }
-                let mut input = match surface {
-                    Surface::Enrollment => json!({
-                        "action": "create_voice",
-                        "target_model": model,
-                        "prefix": req.name,
-                        "voice_prompt": d.description,
-                        "preview_text": d.preview_text,
-                    }),
-                    _ => json!({
-                        "action": "create",
-                        "target_model": model,
-                        "preferred_name": req.name,
-                        "voice_prompt": d.description,
-                        "preview_text": d.preview_text,
-                    }),
-                };
-                if !language.is_empty() {
-                    match surface {
-                        Surface::Enrollment => input["language_hints"] = json!([language]),
-                        _ => input["language"] = json!(language),
-                    }
-                }
+                let mut input = create_input(surface, &model, &req.name, &language);
+                input["voice_prompt"] = json!(d.description);
+                input["preview_text"] = json!(d.preview_text);
                 (
                     input,
                     Some(json!({"sample_rate": 24000, "response_format": "wav"})),
@@ -585,25 +566,10 @@ impl Manager {
                         "clone.transcript: {transcript_chars} characters exceeds the limit of {MAX_TRANSCRIPT_CHARS}"
                     )));
                 }
-                let mut input = match surface {
-                    Surface::Enrollment => json!({
-                        "action": "create_voice",
-                        "target_model": model,
-                        "prefix": req.name,
-                        "url": audio,
-                    }),
-                    _ => json!({
-                        "action": "create",
-                        "target_model": model,
-                        "preferred_name": req.name,
-                        "audio": {"data": audio},
-                    }),
-                };
-                if !language.is_empty() {
-                    match surface {
-                        Surface::Enrollment => input["language_hints"] = json!([language]),
-                        _ => input["language"] = json!(language),
-                    }
+                let mut input = create_input(surface, &model, &req.name, &language);
+                match surface {
+                    Surface::Enrollment => input["url"] = json!(audio),
+                    _ => input["audio"] = json!({"data": audio}),
                 }
                 if !c.transcript.is_empty() && surface == Surface::QwenClone {
                     input["text"] = json!(c.transcript);
@@ -829,6 +795,25 @@ impl Manager {
             }
         }
     }
+}
+
+/// The fields every create request of `surface` carries: the action, the target model, the
+/// voice's name (`prefix` for voice-enrollment, `preferred_name` for the Qwen surfaces) and,
+/// when given, the language (`language_hints` list, or `language`).
+fn create_input(surface: Surface, model: &str, name: &str, language: &str) -> Value {
+    let mut input = match surface {
+        Surface::Enrollment => {
+            json!({"action": "create_voice", "target_model": model, "prefix": name})
+        }
+        _ => json!({"action": "create", "target_model": model, "preferred_name": name}),
+    };
+    if !language.is_empty() {
+        match surface {
+            Surface::Enrollment => input["language_hints"] = json!([language]),
+            _ => input["language"] = json!(language),
+        }
+    }
+    input
 }
 
 /// A create refused in a way a temporary upload may cure: a server error (HTTP 5xx or
