@@ -18,6 +18,8 @@ use std::{
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+use crate::provider::FallbackStep;
+
 /// The largest `synthesis.max_concurrent` accepted (the runtime keeps this many blocking
 /// threads available, one per stream in flight).
 pub const MAX_CONCURRENT_LIMIT: usize = 4096;
@@ -370,20 +372,6 @@ impl Default for FallbackSection {
             chain: vec!["cache".to_owned(), "espeak-ng".to_owned()],
         }
     }
-}
-
-/// One validated step of the fallback chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum FallbackStep {
-    /// The same text from the cache, in any voice.
-    Cache,
-    /// A model, with a voice or the best match for the request's language.
-    Model {
-        /// The model.
-        model: String,
-        /// The voice, if the step names one.
-        voice: Option<String>,
-    },
 }
 
 /// `[server]`

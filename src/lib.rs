@@ -37,6 +37,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;

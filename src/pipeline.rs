@@ -100,6 +100,20 @@ pub enum JobError {
     Panicked,
 }
 
+impl JobError {
+    /// What this failure means for the client.
+    pub fn classify(&self) -> crate::error::Error {
+        use crate::error::Error;
+        match self {
+            Self::Engine(e) => e.classify(),
+            Self::Audio(e) => Error::internal(format!("upstream protocol error: {e}")),
+            Self::ClientGone => Error::cancelled("the client went away"),
+            Self::Cancelled => Error::unavailable("herald is shutting down"),
+            Self::Panicked => Error::internal("internal error while processing audio"),
+        }
+    }
+}
+
 /// What the audio thread reports.
 #[derive(Debug, Default)]
 struct AudioReport {

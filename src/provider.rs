@@ -18,15 +18,26 @@
 
 use std::sync::Arc;
 
-use futures::StreamExt;
-use tonic::Code;
-
 use crate::{
     cache::{self, Cache, store::EntryStatus},
-    config::FallbackStep,
     engine::{EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer},
-    service::status,
+    error::chain,
 };
+use futures::StreamExt;
+
+/// One validated step of the fallback chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FallbackStep {
+    /// The same text from the cache, in any voice.
+    Cache,
+    /// A model, with a voice or the best match for the request's language.
+    Model {
+        /// The model.
+        model: String,
+        /// The voice, if the step names one.
+        voice: Option<String>,
+    },
+}
 
 /// What a request says about the cache (`SynthesizeRequest.cache`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -113,14 +124,10 @@ impl std::fmt::Debug for Provider {
     }
 }
 
-/// Status codes after which another source is tried.
-fn falls_back(error: &EngineError) -> Option<tonic::Status> {
-    let status = status::engine_status(error);
-    matches!(
-        status.code(),
-        Code::Unavailable | Code::ResourceExhausted | Code::DeadlineExceeded
-    )
-    .then_some(status)
+/// The classified error when another source may succeed where `error` failed (UNAVAILABLE,
+/// RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED).
+fn falls_back(error: &EngineError) -> Option<crate::error::Error> {
+    Some(error.classify()).filter(|e| e.kind().is_transient())
 }
 
 impl Provider {
@@ -160,15 +167,15 @@ impl Provider {
         if !options.fallback || self.fallback.is_empty() {
             return Err(error);
         }
-        let Some(status) = falls_back(&error) else {
+        let Some(classified) = falls_back(&error) else {
             return Err(error);
         };
         let reason = format!(
             "{} ({}) failed: {}: {}",
             request.model,
             engine.name(),
-            status.code().description(),
-            status.message()
+            classified.kind().description(),
+            classified.message()
         );
         tracing::warn!(request_id = %request.request_id, %reason, "trying the fallback chain");
         for step in &self.fallback {
@@ -223,7 +230,7 @@ impl Provider {
                             tracing::warn!(
                                 request_id = %request.request_id,
                                 fallback = %model,
-                                error = %status::chain(&e),
+                                error = %chain(&e),
                                 "fallback step failed"
                             );
                         }

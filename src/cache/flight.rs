@@ -336,5 +336,5 @@ fn store_events(
     meta.created_unix_ms = now_unix_ms();
     store
         .put(key, &Entry { meta, pcm })
-        .map_err(|e| crate::service::status::chain(&e))
+        .map_err(|e| crate::error::chain(&e))
 }

@@ -155,7 +155,7 @@ impl Cache {
                 None
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %crate::service::status::chain(&e), "cache read failed; serving as a miss");
+                tracing::warn!(error = %crate::error::chain(&e), "cache read failed; serving as a miss");
                 None
             }
             Err(_) => None,

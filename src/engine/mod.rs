@@ -10,9 +10,12 @@
 //! `cosyvoice-*`, `qwen3-tts-*`/`qwen-tts*`, `MiniMax/*` → DashScope, `espeak-ng` → local).
 
 pub mod dashscope;
+mod error;
 pub mod espeak;
 
-use std::{sync::Arc, time::Duration};
+pub use self::error::EngineError;
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -109,102 +112,6 @@ pub struct VoiceInfo {
     pub model: String,
     /// The engine's native rate for this voice, in Hz.
     pub native_sample_rate: u32,
-}
-
-/// Errors an engine reports. Each knows whether a retry could help ([`EngineError::is_retryable`]).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum EngineError {
-    /// The upstream answered with an error status or an in-band error object.
-    #[error("upstream rejected the request ({status}): {message}")]
-    Api {
-        /// HTTP status (for in-band errors: the status the event carries, else one implied by
-        /// the code).
-        status: u16,
-        /// Upstream error code, e.g. `Throttling.RateQuota`.
-        code: Option<String>,
-        /// Upstream message.
-        message: String,
-        /// Upstream request id, for support tickets.
-        request_id: Option<String>,
-    },
-    /// The upstream could not be reached, or the connection broke.
-    #[error("could not reach upstream")]
-    Transport(#[source] Box<dyn std::error::Error + Send + Sync>),
-    /// The upstream asked to be retried after a delay.
-    #[error("upstream asked us to retry in {0:?}")]
-    RetryIn(Duration),
-    /// The upstream sent something that does not follow its protocol.
-    #[error("upstream sent a malformed event: {0}")]
-    Protocol(String),
-    /// The upstream stream ended before it said it was complete.
-    #[error("upstream stream ended before completion")]
-    Truncated,
-    /// The upstream failed after some of the audio had already gone to the client: the stream
-    /// cannot be retried without duplicating audio, so it ends (UNAVAILABLE).
-    #[error("upstream failed after audio had been sent: {0}")]
-    Interrupted(Box<EngineError>),
-    /// A local engine cannot run here (binary missing, cannot be started).
-    #[error("{engine} is not available: {reason}")]
-    Unavailable {
-        /// Engine name.
-        engine: &'static str,
-        /// Why, for operators.
-        reason: String,
-    },
-    /// A local engine ran but failed.
-    #[error("{engine} failed: {reason}")]
-    Failed {
-        /// Engine name.
-        engine: &'static str,
-        /// Why, for operators.
-        reason: String,
-    },
-    /// An error of an upstream call shared by several requests (the cache's single flight):
-    /// behaves exactly as the error it wraps.
-    #[error(transparent)]
-    Shared(Arc<EngineError>),
-    /// herald's own cap on concurrent upstream requests was reached and no slot freed up
-    /// within the queue timeout.
-    #[error("{limit} upstream requests are already running and none finished within {waited:?}")]
-    Saturated {
-        /// The cap (`dashscope.max_concurrent_requests`).
-        limit: usize,
-        /// The wait (`dashscope.queue_timeout_ms`).
-        waited: Duration,
-    },
-    /// The engine did not finish within its configured time bound.
-    #[error("{engine} did not finish within {limit:?}")]
-    TimedOut {
-        /// Engine name.
-        engine: &'static str,
-        /// The bound.
-        limit: Duration,
-    },
-}
-
-impl EngineError {
-    /// True when the same request may succeed if sent again (transport errors, throttling,
-    /// upstream 5xx, explicit retry hints, truncated streams). Billing states that come as 429
-    /// (`PrepaidBillOverdue`, ...) are not retryable.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            Self::Transport(_) | Self::RetryIn(_) | Self::Truncated => true,
-            Self::Api { status, code, .. } => {
-                let billing = code
-                    .as_deref()
-                    .is_some_and(|c| c.ends_with("BillOverdue") || c == "CommodityNotPurchased");
-                (*status == 429 && !billing) || *status >= 500 || *status == 408
-            }
-            Self::Shared(inner) => inner.is_retryable(),
-            Self::Protocol(_)
-            | Self::Interrupted(_)
-            | Self::Unavailable { .. }
-            | Self::Saturated { .. }
-            | Self::Failed { .. }
-            | Self::TimedOut { .. } => false,
-        }
-    }
 }
 
 /// A text-to-speech engine.

@@ -97,7 +97,7 @@ impl pb::cache_server::Cache for CacheService {
                             Ok(Some(s)) => pinned = s.pinned,
                             Ok(None) => {}
                             Err(e) => {
-                                tracing::warn!(error = %status::chain(&e), "cannot pin a warmed entry");
+                                tracing::warn!(error = %crate::error::chain(&e), "cannot pin a warmed entry");
                             }
                         }
                     }
@@ -151,7 +151,7 @@ impl pb::cache_server::Cache for CacheService {
             .cache()?
             .clear(include_pinned)
             .await
-            .map_err(|e| Status::internal(format!("cache: {}", status::chain(&e))))?;
+            .map_err(|e| Status::internal(format!("cache: {}", crate::error::chain(&e))))?;
         tracing::info!(removed_entries, removed_bytes, kept_pinned, "cache cleared");
         Ok(Response::new(pb::ClearCacheResponse {
             removed_entries,
@@ -193,7 +193,10 @@ impl pb::cache_server::Cache for CacheService {
                         format!("phrases[{i}]: not in the cache; warm it first (WarmCache)"),
                     )
                 },
-                Err(e) => failed(Code::Internal, format!("cache: {}", status::chain(&e))),
+                Err(e) => failed(
+                    Code::Internal,
+                    format!("cache: {}", crate::error::chain(&e)),
+                ),
             };
             results.push(result);
         }

@@ -29,13 +29,14 @@ use tonic::transport::{Server, server::TcpIncoming};
 
 use crate::{
     cache::Cache,
-    config::{Config, FallbackStep, ListenAddr, TcpAuth},
+    config::{Config, ListenAddr, TcpAuth},
     engine::{
         EngineError, Engines, Synthesizer, dashscope,
         espeak::{self, Espeak, EspeakConfig},
     },
     pb::{self, cache_server::CacheServer, speech_server::SpeechServer},
     playback::{PipelineSource, Playback, PlaybackSettings, Registry},
+    provider::FallbackStep,
     provider::Provider,
 };
 pub use speech::{Settings, SpeechService};

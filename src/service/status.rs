@@ -1,112 +1,59 @@
 //! The one place where domain errors become gRPC statuses (design.md's error table).
 //!
-//! The full error chain is logged here, at the point of mapping; the client gets a short
-//! message that never contains secrets or request text.
+//! The domain classifies ([`crate::error::Error`], [`EngineError::classify`],
+//! [`JobError::classify`]); this module only turns a kind into a `tonic::Code` and keeps the
+//! message. A failed job's full error chain is logged here, at the point of mapping; the client
+//! gets a short message that never contains secrets or request text.
 
 use tonic::{Code, Status};
 
-use crate::{engine::EngineError, pipeline::JobError};
+use crate::{
+    engine::EngineError,
+    error::{Error, ErrorKind, chain},
+    pipeline::JobError,
+};
 
-/// Upstream error code of DashScope's content filter.
-const CONTENT_FILTER_CODE: &str = "DataInspectionFailed";
+/// The gRPC code for a domain error kind.
+pub fn code(kind: ErrorKind) -> Code {
+    match kind {
+        ErrorKind::InvalidArgument => Code::InvalidArgument,
+        ErrorKind::NotFound => Code::NotFound,
+        ErrorKind::FailedPrecondition => Code::FailedPrecondition,
+        ErrorKind::ResourceExhausted => Code::ResourceExhausted,
+        ErrorKind::Unavailable => Code::Unavailable,
+        ErrorKind::Internal => Code::Internal,
+        ErrorKind::DeadlineExceeded => Code::DeadlineExceeded,
+        ErrorKind::Cancelled => Code::Cancelled,
+        ErrorKind::Unauthenticated => Code::Unauthenticated,
+        // `ErrorKind` is non-exhaustive for other crates only; every kind is listed above.
+    }
+}
+
+/// The status for a domain error: its kind's code and its message.
+pub fn status(error: &Error) -> Status {
+    Status::new(code(error.kind()), error.message())
+}
+
+impl From<Error> for Status {
+    fn from(error: Error) -> Self {
+        status(&error)
+    }
+}
 
 /// The status for an engine error.
 pub fn engine_status(error: &EngineError) -> Status {
-    match error {
-        EngineError::Shared(inner) => engine_status(inner),
-        EngineError::Api {
-            status,
-            code,
-            message,
-            request_id,
-        } => {
-            let code_str = code.as_deref().unwrap_or("no code");
-            let id = request_id
-                .as_deref()
-                .map(|r| format!(", request_id {r}"))
-                .unwrap_or_default();
-            let cause = format!("HTTP {status}, code {code_str}{id}");
-            if code.as_deref() == Some(CONTENT_FILTER_CODE) {
-                Status::invalid_argument(format!(
-                    "text: rejected by the upstream content filter ({cause}): {message}"
-                ))
-            } else if *status == 401 || *status == 403 {
-                Status::failed_precondition(format!(
-                    "upstream rejected herald's credentials ({cause}): {message}; check the \
-                     dashscope.api_key setting (DASHSCOPE_API_KEY / DASHSCOPE_API_KEY_FILE_PATH) \
-                     and that the key's workspace may use this model"
-                ))
-            } else if code.as_deref() == Some("Arrearage") {
-                Status::failed_precondition(format!(
-                    "upstream refused herald's account ({cause}): {message}"
-                ))
-            } else if *status == 429 {
-                Status::resource_exhausted(format!(
-                    "upstream is throttling requests ({cause}): {message}"
-                ))
-            } else if *status >= 500 || *status == 408 {
-                Status::unavailable(format!("upstream failed ({cause}): {message}"))
-            } else {
-                Status::invalid_argument(format!(
-                    "upstream rejected the request ({cause}): {message}"
-                ))
-            }
-        }
-        EngineError::Transport(_) | EngineError::RetryIn(_) | EngineError::Truncated => {
-            Status::unavailable(format!("upstream unavailable: {}", chain(error)))
-        }
-        EngineError::Interrupted(inner) => {
-            let detail = match &**inner {
-                EngineError::Api { .. } => engine_status(inner).message().to_owned(),
-                other => chain(other),
-            };
-            Status::unavailable(format!(
-                "upstream failed after audio had been sent, so the stream ends here: {detail}"
-            ))
-        }
-        EngineError::Protocol(detail) => {
-            Status::internal(format!("upstream protocol error: {detail}"))
-        }
-        EngineError::Saturated { .. } => Status::resource_exhausted(format!(
-            "dashscope.max_concurrent_requests: {error}; retry later (dashscope.queue_timeout_ms)"
-        )),
-        EngineError::Unavailable { .. } | EngineError::TimedOut { .. } => {
-            Status::unavailable(error.to_string())
-        }
-        // The reason (exit status, stderr) is for the operator's log, not for clients.
-        EngineError::Failed { engine, .. } => {
-            Status::internal(format!("{engine} failed; the daemon's log has the details"))
-        }
-    }
+    status(&error.classify())
 }
 
 /// The status for a failed job (logged here with its full chain).
 pub fn job_status(error: &JobError) -> Status {
-    let status = match error {
-        JobError::Engine(e) => engine_status(e),
-        JobError::Audio(e) => Status::internal(format!("upstream protocol error: {e}")),
-        JobError::ClientGone => Status::cancelled("the client went away"),
-        JobError::Cancelled => Status::unavailable("herald is shutting down"),
-        JobError::Panicked => Status::internal("internal error while processing audio"),
-    };
-    match status.code() {
-        Code::Cancelled => tracing::debug!(error = %chain(error), "job ended: client gone"),
-        Code::Internal => tracing::error!(error = %chain(error), "job failed"),
-        _ => tracing::warn!(error = %chain(error), code = ?status.code(), "job failed"),
+    let classified = error.classify();
+    match classified.kind() {
+        ErrorKind::Cancelled => tracing::debug!(error = %chain(error), "job ended: client gone"),
+        ErrorKind::Internal => tracing::error!(error = %chain(error), "job failed"),
+        kind => tracing::warn!(error = %chain(error), code = ?code(kind), "job failed"),
     }
-    status
-}
-
-/// `error: cause: cause` for logs.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+    status(&classified)
 }
 
 #[cfg(test)]
@@ -147,6 +94,23 @@ mod tests {
         ];
         for (error, code) in cases {
             assert_eq!(job_status(&error).code(), code, "{error:?}");
+        }
+        for kind in [
+            ErrorKind::InvalidArgument,
+            ErrorKind::NotFound,
+            ErrorKind::FailedPrecondition,
+            ErrorKind::ResourceExhausted,
+            ErrorKind::Unavailable,
+            ErrorKind::Internal,
+            ErrorKind::DeadlineExceeded,
+            ErrorKind::Cancelled,
+            ErrorKind::Unauthenticated,
+        ] {
+            assert_eq!(
+                kind.description(),
+                super::code(kind).description(),
+                "{kind:?}"
+            );
         }
         let s = job_status(&EngineError::Protocol("bad base64".into()).into());
         assert!(

@@ -418,7 +418,7 @@ impl Manager {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(surface = surface.model(), error = %crate::service::status::chain(&e), "cannot list custom voices upstream")
+                    tracing::warn!(surface = surface.model(), error = %crate::error::chain(&e), "cannot list custom voices upstream")
                 }
             }
         }
@@ -595,7 +595,7 @@ impl Manager {
         let body = match (first, upload) {
             (Err(e), Some(file)) if surface == Surface::Enrollment && data_uri_refused(&e) => {
                 tracing::info!(
-                    error = %crate::service::status::chain(&e),
+                    error = %crate::error::chain(&e),
                     "the data URI was refused; uploading the sample to temporary storage"
                 );
                 let name = format!("{}.{}", req.name, file.format.extension());
@@ -637,7 +637,7 @@ impl Manager {
                 .await
                 {
                     Some(id) => {
-                        tracing::warn!(voice = %id, error = %crate::service::status::chain(&e), "the create's answer was lost; adopted the voice found upstream");
+                        tracing::warn!(voice = %id, error = %crate::error::chain(&e), "the create's answer was lost; adopted the voice found upstream");
                         adopted = true;
                         json!({"output": {"voice_id": id}})
                     }
@@ -737,7 +737,7 @@ impl Manager {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(voice = %name, error = %crate::service::status::chain(&e), "status poll failed; polling on");
+                    tracing::warn!(voice = %name, error = %crate::error::chain(&e), "status poll failed; polling on");
                 }
             }
         }
@@ -978,7 +978,7 @@ async fn adopt(
             .find(|(id, m, _)| m == model && id.starts_with(&prefix) && !known(id))
             .map(|(id, ..)| id),
         Err(e) => {
-            tracing::warn!(error = %crate::service::status::chain(&e), "cannot list upstream to find a voice whose create answer was lost");
+            tracing::warn!(error = %crate::error::chain(&e), "cannot list upstream to find a voice whose create answer was lost");
             None
         }
     }

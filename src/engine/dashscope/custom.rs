@@ -74,7 +74,7 @@ impl Client {
             tracing::info!(
                 surface,
                 attempt,
-                error = %crate::service::status::chain(&error),
+                error = %crate::error::chain(&error),
                 "customization call failed; retrying"
             );
             tokio::time::sleep(delay).await;

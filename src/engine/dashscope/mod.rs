@@ -582,7 +582,7 @@ async fn run_piece(job: Arc<Job>, text: String, tx: mpsc::Sender<Result<PieceMsg
         tracing::info!(
             request_id = %job.req.request_id,
             attempt,
-            error = %crate::service::status::chain(&error),
+            error = %crate::error::chain(&error),
             delay_ms = delay.as_millis() as u64,
             "upstream failed before any audio; retrying"
         );
