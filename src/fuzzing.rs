@@ -224,7 +224,7 @@ impl Validator {
         let Ok(req) = pb::SynthesizeRequest::decode(bytes) else {
             return Ok(false);
         };
-        self.daemon.speech().validate(req).map(|_| true)
+        self.daemon.speech().prepare(req).map(|_| true)
     }
 }
 

@@ -47,6 +47,7 @@ pub mod playback;
 pub mod provider;
 pub mod service;
 pub mod shutdown;
+pub mod synthesis;
 pub mod systemd;
 pub mod telemetry;
 pub mod voices;

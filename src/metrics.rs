@@ -9,6 +9,8 @@
 
 use std::sync::{Arc, LazyLock};
 
+use crate::error::ErrorKind;
+
 use prometheus_client::{
     encoding::EncodeLabelSet,
     metrics::{
@@ -245,6 +247,22 @@ impl Metrics {
             .inc();
     }
 
+    /// Count one finished (or refused) request by the domain outcome: the same series as
+    /// [`Metrics::request`], labelled with the gRPC code name of the kind.
+    pub fn outcome(&self, model: &str, engine: &str, outcome: Result<(), ErrorKind>) {
+        let code = match outcome {
+            Ok(()) => "OK",
+            Err(kind) => kind_name(kind),
+        };
+        self.requests
+            .get_or_create(&RequestLabels {
+                model: model.to_owned(),
+                engine: engine.to_owned(),
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
@@ -286,6 +304,21 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Unavailable => "UNAVAILABLE",
         DataLoss => "DATA_LOSS",
         Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The label of a domain error kind: the name of the gRPC code it maps to.
+pub fn kind_name(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::InvalidArgument => "INVALID_ARGUMENT",
+        ErrorKind::NotFound => "NOT_FOUND",
+        ErrorKind::FailedPrecondition => "FAILED_PRECONDITION",
+        ErrorKind::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        ErrorKind::Unavailable => "UNAVAILABLE",
+        ErrorKind::Internal => "INTERNAL",
+        ErrorKind::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        ErrorKind::Cancelled => "CANCELLED",
+        ErrorKind::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 

@@ -1,6 +1,7 @@
-//! One synthesis job: engine stream → audio thread → encoded chunks.
+//! The audio half of a job: an opened engine stream → audio thread → encoded chunks.
 //!
-//! [`run`] owns the job. Its async half reads the engine's [`SynthStream`] and forwards the
+//! [`run_stream`] runs it (the job itself, with its source and events, is owned by
+//! [`crate::synthesis`]). Its async half reads the engine's [`SynthStream`] and forwards the
 //! bytes through a bounded channel to a blocking thread, which decodes, resamples, remixes,
 //! applies gain, encodes and chunks, and hands each chunk to the caller's [`ChunkSink`]. Both
 //! channels are bounded, so a slow client slows the engine (back-pressure) instead of growing
@@ -26,7 +27,7 @@ use crate::{
         remix::Remix,
         resample::Resampler,
     },
-    engine::{EngineError, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, WordTiming},
+    engine::{EngineError, SynthEvent, SynthStream, WordTiming},
 };
 
 /// Engine byte chunks in flight between the async reader and the audio thread.
@@ -49,20 +50,6 @@ pub type ChunkSink = Box<dyn FnMut(Output) -> bool + Send>;
 /// Word timings on their way from the async half to the audio thread, which delivers them
 /// with the next chunks (or at the end).
 type PendingWords = Arc<Mutex<Vec<WordTiming>>>;
-
-/// Everything one job needs, validated.
-pub struct Job {
-    /// What to synthesize.
-    pub request: SynthesisRequest,
-    /// The engine serving `request.model`.
-    pub engine: Arc<dyn Synthesizer>,
-    /// The format the client gets.
-    pub output: OutputFormat,
-    /// Linear gain applied to the audio (1.0 = unchanged).
-    pub gain: f32,
-    /// Target chunk duration in ms.
-    pub chunk_ms: u32,
-}
 
 /// How a successful job went.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -120,38 +107,6 @@ struct AudioReport {
     frames: u64,
     bytes: u64,
     first_chunk_at: Option<Instant>,
-}
-
-/// Run `job` to the end, handing chunks to `sink`.
-#[tracing::instrument(skip_all, fields(request_id = %job.request.request_id, model = %job.request.model))]
-pub async fn run(
-    job: Job,
-    cancel: CancellationToken,
-    sink: ChunkSink,
-) -> Result<JobReport, JobError> {
-    let Job {
-        request,
-        engine,
-        output,
-        gain,
-        chunk_ms,
-    } = job;
-    let stream = tokio::select! {
-        biased;
-        () = cancel.cancelled() => return Err(JobError::Cancelled),
-        s = engine.synthesize(request) => s?,
-    };
-    run_stream(
-        stream,
-        Render {
-            output,
-            gain,
-            chunk_ms,
-        },
-        cancel,
-        sink,
-    )
-    .await
 }
 
 /// What the audio thread makes of a stream.

@@ -15,6 +15,7 @@
 
 pub mod flac;
 pub mod mp3;
+pub mod negotiate;
 pub mod opus;
 
 use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer};

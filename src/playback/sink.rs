@@ -371,3 +371,79 @@ mod tests {
         assert_eq!(i16::from_le_bytes([bytes[44], bytes[45]]), 16384);
     }
 }
+
+/// A device herald can play on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Name for `SpeakRequest.device`.
+    pub name: String,
+    /// Human-readable description.
+    pub description: String,
+    /// Rates it accepts.
+    pub sample_rates: Vec<u32>,
+    /// Channel counts it accepts.
+    pub channels: Vec<u32>,
+}
+
+/// Opens sinks by name (the registry), and lists devices.
+pub trait SinkFactory: Send + Sync + 'static {
+    /// Every device, in a stable order.
+    fn list(&self) -> Vec<DeviceInfo>;
+    /// Open `name` (one of [`SinkFactory::list`], or `default`).
+    fn open(&self, name: &str) -> Result<Box<dyn Sink>, SinkError>;
+}
+
+/// The production registry: `null`, `wav` (when configured), and the cpal devices.
+#[derive(Debug)]
+pub struct Registry {
+    settings: super::PlaybackSettings,
+}
+
+impl Registry {
+    /// The registry for `settings`.
+    pub fn new(settings: super::PlaybackSettings) -> Self {
+        Self { settings }
+    }
+}
+
+impl SinkFactory for Registry {
+    fn list(&self) -> Vec<DeviceInfo> {
+        let virt = |name: &str, description: &str| DeviceInfo {
+            name: name.to_owned(),
+            description: description.to_owned(),
+            sample_rates: vec![self.settings.virtual_spec.sample_rate],
+            channels: vec![u32::from(self.settings.virtual_spec.channels)],
+        };
+        let mut out = Vec::new();
+        #[cfg(feature = "playback")]
+        out.extend(super::cpal_sink::list());
+        out.push(virt("null", "Discards audio, in real time"));
+        if let Some(p) = &self.settings.wav_path {
+            out.push(virt(
+                "wav",
+                &format!("Writes what would have played to {}", p.display()),
+            ));
+        }
+        out
+    }
+
+    fn open(&self, name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        match name {
+            "null" => Ok(Box::new(ClockedSink::null(self.settings.virtual_spec))),
+            "wav" => match &self.settings.wav_path {
+                Some(p) => Ok(Box::new(ClockedSink::wav(
+                    p.clone(),
+                    self.settings.virtual_spec,
+                )?)),
+                None => Err(SinkError::new("wav", "playback.wav_path is not set")),
+            },
+            #[cfg(feature = "playback")]
+            other => super::cpal_sink::open(other).map(|s| Box::new(s) as Box<dyn Sink>),
+            #[cfg(not(feature = "playback"))]
+            other => Err(SinkError::new(
+                other,
+                "this build has no sound card support (cargo feature `playback`)",
+            )),
+        }
+    }
+}

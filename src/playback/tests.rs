@@ -5,7 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
-use crate::engine::{EngineError, SynthStream, VoiceInfo};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    audio::{OutputEncoding, OutputFormat},
+    engine::{EngineError, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo},
+    pipeline::Render,
+    synthesis::Job,
+};
 
 const RATE: u32 = 8000;
 const SPEC: AudioSpec = AudioSpec {
@@ -19,7 +26,7 @@ struct ToneSource;
 
 impl AudioSource for ToneSource {
     fn start(&self, ann: &Announcement, spec: AudioSpec) -> Synthesis {
-        let mut parts = ann.request.text.split(':');
+        let mut parts = ann.job.request.text.split(':');
         let mut num = || {
             parts
                 .next()
@@ -135,7 +142,7 @@ impl Harness {
         Self { playback, captured }
     }
 
-    fn say(&self, id: &str, priority: Priority, text: &str) -> mpsc::UnboundedReceiver<Report> {
+    fn say(&self, id: &str, priority: Priority, text: &str) -> mpsc::Receiver<Report> {
         self.say_with(id, priority, text, |_| {})
     }
 
@@ -145,16 +152,28 @@ impl Harness {
         priority: Priority,
         text: &str,
         edit: impl FnOnce(&mut Announcement),
-    ) -> mpsc::UnboundedReceiver<Report> {
-        let (tx, rx) = mpsc::unbounded_channel();
+    ) -> mpsc::Receiver<Report> {
+        let (tx, rx) = mpsc::channel(16);
         let mut ann = Announcement {
             id: id.into(),
             priority,
-            request: SynthesisRequest {
-                text: text.into(),
-                ..Default::default()
+            job: Job {
+                request: SynthesisRequest {
+                    text: text.into(),
+                    ..Default::default()
+                },
+                engine: Arc::new(NoEngine),
+                render: Render {
+                    output: OutputFormat {
+                        encoding: OutputEncoding::PcmF32Le,
+                        spec: SPEC,
+                    },
+                    gain: 1.0,
+                    chunk_ms: 20,
+                },
+                options: crate::provider::Options::default(),
+                characters: 0,
             },
-            engine: Arc::new(NoEngine),
             volume: 1.0,
             chime: false,
             leading_silence: Duration::ZERO,
@@ -173,7 +192,7 @@ impl Harness {
 }
 
 /// Every event until the final one.
-async fn events(rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Event> {
+async fn events(rx: &mut mpsc::Receiver<Report>) -> Vec<Event> {
     let mut out = Vec::new();
     while let Some(r) = rx.recv().await {
         let last = r.event.is_final();
@@ -185,7 +204,7 @@ async fn events(rx: &mut mpsc::UnboundedReceiver<Report>) -> Vec<Event> {
     out
 }
 
-async fn started(rx: &mut mpsc::UnboundedReceiver<Report>) {
+async fn started(rx: &mut mpsc::Receiver<Report>) {
     loop {
         match rx.recv().await.expect("events").event {
             Event::Started => return,
@@ -527,15 +546,15 @@ async fn a_device_failing_mid_play_fails_the_item_and_the_queue_goes_on() {
     let mut broken = h.say("broken", Priority::Message, "440:1000");
     let mut next = h.say("next", Priority::Message, "660:400");
     let ev = events(&mut broken).await;
-    let Some(Event::Failed { status }) = ev.last() else {
+    let Some(Event::Failed { error }) = ev.last() else {
         panic!("{ev:?}")
     };
-    assert_eq!(status.code(), tonic::Code::Unavailable);
+    assert_eq!(error.kind(), crate::error::ErrorKind::Unavailable);
     assert!(
-        status.message().contains("output device failed")
-            && status.message().contains("the device went away"),
+        error.message().contains("output device failed")
+            && error.message().contains("the device went away"),
         "{}",
-        status.message()
+        error.message()
     );
     assert!(matches!(
         events(&mut next).await.last(),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use tonic::{Code, Request, Response, Status};
 
-use super::{SpeechService, speech::Validated, status};
+use super::{SpeechService, status};
 use crate::{
     cache::{Cache, key},
     pb,
@@ -66,21 +66,21 @@ impl pb::cache_server::Cache for CacheService {
         let req = request.into_inner();
         let cache = Arc::clone(self.cache()?);
         check_count(&req.phrases)?;
-        let provider = Arc::clone(self.speech.provider());
+        let core = Arc::clone(self.speech.core());
         let (pin, refresh) = (req.pin, req.refresh);
         let results = futures::stream::iter(req.phrases.into_iter().enumerate())
             .map(|(i, phrase)| {
-                let validated = self.speech.validate(phrase);
-                let provider = Arc::clone(&provider);
+                let prepared = self.speech.prepare(phrase);
+                let core = Arc::clone(&core);
                 let cache = Arc::clone(&cache);
                 async move {
-                    let Validated { job, .. } = match validated {
-                        Ok(v) => v,
+                    let job = match prepared {
+                        Ok(job) => job,
                         Err(s) => {
                             return failed(s.code(), format!("phrases[{i}].{}", s.message()));
                         }
                     };
-                    let warmed = match provider.warm(job.request, job.engine, refresh).await {
+                    let warmed = match core.warm(job, refresh).await {
                         Ok(w) => w,
                         Err(WarmError::Engine(e)) => {
                             let s = status::engine_status(&e);
@@ -169,8 +169,8 @@ impl pb::cache_server::Cache for CacheService {
         check_count(&req.phrases)?;
         let mut results = Vec::with_capacity(req.phrases.len());
         for (i, phrase) in req.phrases.into_iter().enumerate() {
-            let Validated { job, .. } = match self.speech.validate(phrase) {
-                Ok(v) => v,
+            let job = match self.speech.prepare(phrase) {
+                Ok(job) => job,
                 Err(s) => {
                     results.push(failed(s.code(), format!("phrases[{i}].{}", s.message())));
                     continue;

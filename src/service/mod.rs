@@ -7,9 +7,11 @@
 //! built by [`Daemon::from_config`]. This module owns no audio and no engine logic.
 
 pub mod cache;
+mod deadline;
 mod speak;
 pub mod speech;
 pub mod status;
+mod synthesize;
 
 use std::{
     future::Future,

@@ -138,9 +138,9 @@ pub fn event_to_pb(report: Report) -> pb::SpeakEvent {
         }
         Event::Dropped { by_id } => E::Dropped(speak_event::Dropped { by_id }),
         Event::Expired => E::Expired(speak_event::Expired {}),
-        Event::Failed { status } => E::Failed(speak_event::Failed {
-            code: status.code() as i32,
-            message: status.message().to_owned(),
+        Event::Failed { error } => E::Failed(speak_event::Failed {
+            code: super::status::code(error.kind()) as i32,
+            message: error.message().to_owned(),
         }),
     };
     pb::SpeakEvent {

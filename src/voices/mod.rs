@@ -351,17 +351,21 @@ impl Manager {
     /// The check of a Synthesize/Speak voice against the registry, before any upstream call.
     /// Returns the model to use (the voice's own when `model` is empty), or `None` when the
     /// voice is not a custom voice herald knows.
-    pub fn check_synthesis(&self, voice: &str, model: &str) -> Result<Option<String>, Status> {
+    pub fn check_synthesis(
+        &self,
+        voice: &str,
+        model: &str,
+    ) -> Result<Option<String>, crate::error::Error> {
         let Some(r) = self.registry.get(voice) else {
             return Ok(None);
         };
         if r.deleted_at_ms.is_some() {
-            return Err(invalid(format!(
+            return Err(crate::error::Error::invalid(format!(
                 "voice: custom voice {voice:?} was deleted (DeleteVoice); create a new one"
             )));
         }
         if !model.is_empty() && model != r.target_model {
-            return Err(invalid(format!(
+            return Err(crate::error::Error::invalid(format!(
                 "voice: custom voice {voice:?} works only with model {:?} (its target model), \
                  not {:?}",
                 r.target_model,
@@ -369,7 +373,7 @@ impl Manager {
             )));
         }
         if r.status == "FAILED" {
-            return Err(Status::failed_precondition(format!(
+            return Err(crate::error::Error::failed_precondition(format!(
                 "voice: custom voice {voice:?} was rejected upstream (FAILED); delete it and \
                  create another"
             )));

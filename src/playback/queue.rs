@@ -1,0 +1,462 @@
+//! The per-device queue task: one tokio task per opened device owns its [`Sink`], its queue
+//! and the announcement playing now, and applies the priority rules. It plays in small blocks,
+//! so a command (an IMPORTANT announcement, a StopSpeaking) takes effect within one block plus
+//! the sink's lead. Only the handle ([`super::Playback`]) talks to it, by command.
+
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::{sync::mpsc, time::Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    Announcement, AudioSource, Event, Priority, Report, Sink, SinkError, SinkFactory, StopScope,
+    Synthesis,
+};
+use crate::error::Error;
+
+pub(super) enum Command {
+    Enqueue(Box<Announcement>),
+    Stop {
+        scope: StopScope,
+        reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    },
+}
+
+/// A queued announcement, maybe already being synthesized.
+pub(super) struct Item {
+    ann: Announcement,
+    audio: Option<Synthesis>,
+}
+
+/// The announcement playing now.
+pub(super) struct Playing {
+    item: Item,
+    /// Envelope: silence frames still to play, then chime frames from `chime_pos`.
+    silence_left: usize,
+    chime_pos: Option<usize>,
+    /// Frames accepted by the sink.
+    frames: u64,
+    started: bool,
+    /// [`PREBUFFER`] of speech was ready (or the synthesis had ended) before it started.
+    primed: bool,
+    interrupted_by: Option<String>,
+}
+
+pub(super) struct DeviceTask {
+    pub(super) name: String,
+    pub(super) sink: Box<dyn Sink>,
+    pub(super) factory: Arc<dyn SinkFactory>,
+    pub(super) source: Arc<dyn AudioSource>,
+    pub(super) chime: Arc<Vec<f32>>,
+    pub(super) pause: Duration,
+    pub(super) queue: VecDeque<Item>,
+    pub(super) current: Option<Playing>,
+    pub(super) commands: mpsc::Receiver<Command>,
+    pub(super) shutdown: CancellationToken,
+    /// The sink's underrun count last reported to the metrics.
+    pub(super) underruns_seen: u64,
+}
+
+/// Frames per block the task writes between looking at its commands.
+pub(super) const BLOCK_MS: u32 = 20;
+
+/// Speech synthesized ahead before an announcement starts to sound: the jitter of the
+/// upstream's first chunks it absorbs, at the cost of as much synthesis time (usually a few
+/// tens of ms, as upstreams synthesize faster than real time).
+pub const PREBUFFER: Duration = Duration::from_millis(200);
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Send `event` to the announcement's client. An announcement has at most four events and
+/// its channel more room than that, so `try_send` only fails when the client has left.
+fn report(ann: &Announcement, event: Event) {
+    let _ = ann.events.try_send(Report {
+        id: ann.id.clone(),
+        timestamp_ms: now_ms(),
+        event,
+    });
+}
+
+impl DeviceTask {
+    pub(super) async fn run(mut self) {
+        loop {
+            if self.shutdown.is_cancelled() {
+                self.stop_all(StopScope::All);
+                let _ = self.sink.pause().await;
+                return;
+            }
+            while let Ok(cmd) = self.commands.try_recv() {
+                self.command(cmd);
+            }
+            self.expire();
+            self.report_metrics();
+            if let Some(by) = self.current.as_ref().and_then(|p| p.interrupted_by.clone()) {
+                if let Err(e) = self.interrupt(by).await {
+                    self.device_failed(e).await;
+                }
+                continue;
+            }
+            if self.current.is_none() {
+                match self.queue.pop_front() {
+                    Some(item) => self.start(item),
+                    None => {
+                        let _ = self.sink.pause().await;
+                        if !self.idle().await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.prepare_next();
+            if let Err(e) = self.step().await {
+                self.device_failed(e).await;
+            }
+        }
+    }
+
+    /// Queue depth and new underruns into the metrics.
+    fn report_metrics(&mut self) {
+        let m = crate::metrics::metrics();
+        let labels = crate::metrics::DeviceLabels {
+            device: self.name.clone(),
+        };
+        let depth = self.queue.len() + usize::from(self.current.is_some());
+        m.queue_depth
+            .get_or_create(&labels)
+            .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        let now = self.sink.underruns();
+        // A new sink (after a device failure) counts from 0 again.
+        let new = if now >= self.underruns_seen {
+            now - self.underruns_seen
+        } else {
+            now
+        };
+        self.underruns_seen = now;
+        if new > 0 {
+            m.underruns.get_or_create(&labels).inc_by(new);
+        }
+    }
+
+    /// Wait for a command (or an expiry). `false` when the playback handle is gone.
+    async fn idle(&mut self) -> bool {
+        tokio::select! {
+            cmd = self.commands.recv() => match cmd {
+                Some(cmd) => { self.command(cmd); true }
+                None => false,
+            },
+            () = self.shutdown.cancelled() => true,
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Enqueue(ann) => self.enqueue(*ann),
+            Command::Stop { scope, reply } => {
+                let _ = reply.send(self.stop_all(scope));
+            }
+        }
+    }
+
+    fn enqueue(&mut self, ann: Announcement) {
+        let busy = self.current.is_some() || !self.queue.is_empty();
+        if ann.priority == Priority::Notification && busy {
+            report(
+                &ann,
+                Event::Dropped {
+                    by_id: String::new(),
+                },
+            );
+            return;
+        }
+        if ann.priority != Priority::Notification {
+            // Newer announcements push TEXT aside, and IMPORTANT pushes everything but IMPORTANT.
+            if let Some(p) = &mut self.current {
+                let cur = p.item.ann.priority;
+                if cur == Priority::Text
+                    || (ann.priority == Priority::Important && cur != Priority::Important)
+                {
+                    p.interrupted_by.get_or_insert_with(|| ann.id.clone());
+                }
+            }
+            let by = ann.id.clone();
+            let drops_progress = ann.priority == Priority::Progress;
+            self.queue.retain(|item| {
+                let p = item.ann.priority;
+                let drop = p == Priority::Text || (drops_progress && p == Priority::Progress);
+                if drop {
+                    report(&item.ann, Event::Dropped { by_id: by.clone() });
+                }
+                !drop
+            });
+        }
+        let position = if ann.priority == Priority::Important {
+            self.queue
+                .iter()
+                .position(|i| i.ann.priority != Priority::Important)
+                .unwrap_or(self.queue.len())
+        } else {
+            self.queue.len()
+        };
+        report(
+            &ann,
+            Event::Queued {
+                position: u32::try_from(position).unwrap_or(u32::MAX),
+                device: self.name.clone(),
+            },
+        );
+        self.queue.insert(position, Item { ann, audio: None });
+    }
+
+    fn stop_all(&mut self, scope: StopScope) -> Vec<String> {
+        let mut stopped = Vec::new();
+        if let Some(p) = &mut self.current {
+            let hit = match &scope {
+                StopScope::Current | StopScope::All => true,
+                StopScope::Id(id) => *id == p.item.ann.id,
+            };
+            if hit {
+                p.interrupted_by.get_or_insert_with(String::new);
+                stopped.push(p.item.ann.id.clone());
+            }
+        }
+        if scope != StopScope::Current {
+            self.queue.retain(|item| {
+                let hit = match &scope {
+                    StopScope::All => true,
+                    StopScope::Id(id) => *id == item.ann.id,
+                    StopScope::Current => false,
+                };
+                if hit {
+                    report(
+                        &item.ann,
+                        Event::Dropped {
+                            by_id: String::new(),
+                        },
+                    );
+                    stopped.push(item.ann.id.clone());
+                }
+                !hit
+            });
+        }
+        stopped
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        self.queue.retain(|item| {
+            let expired = item.ann.expires_at.is_some_and(|t| t <= now);
+            if expired {
+                report(&item.ann, Event::Expired);
+            }
+            !expired
+        });
+    }
+
+    fn start(&mut self, mut item: Item) {
+        if item.audio.is_none() {
+            item.audio = Some(self.synthesize(&item.ann));
+        }
+        let spec = self.sink.spec();
+        let frames_of =
+            |d: Duration| (d.as_secs_f64() * f64::from(spec.sample_rate)).round() as usize;
+        self.current = Some(Playing {
+            silence_left: frames_of(item.ann.leading_silence),
+            chime_pos: item.ann.chime.then_some(0),
+            item,
+            frames: 0,
+            started: false,
+            primed: false,
+            interrupted_by: None,
+        });
+    }
+
+    /// Look-ahead: the next announcement synthesizes while this one plays.
+    fn prepare_next(&mut self) {
+        if let Some(next) = self.queue.front()
+            && next.audio.is_none()
+        {
+            let audio = self.synthesize(&next.ann);
+            if let Some(next) = self.queue.front_mut() {
+                next.audio = Some(audio);
+            }
+        }
+    }
+
+    fn synthesize(&self, ann: &Announcement) -> Synthesis {
+        self.source.start(ann, self.sink.spec())
+    }
+
+    /// Play one block of the current announcement (or finish it).
+    async fn step(&mut self) -> Result<(), SinkError> {
+        let spec = self.sink.spec();
+        let ch = usize::from(spec.channels);
+        let block = (spec.sample_rate * BLOCK_MS / 1000) as usize * ch;
+        let Some(p) = self.current.as_mut() else {
+            return Ok(());
+        };
+        // Nothing sounds before the speech has a head start (commands are served meanwhile).
+        if !p.primed {
+            let ready = p.item.audio.as_ref().is_none_or(|a| {
+                a.rx.is_closed()
+                    || a.rx.len() as u64 * u64::from(BLOCK_MS) >= PREBUFFER.as_millis() as u64
+            });
+            if !ready {
+                tokio::select! {
+                    biased;
+                    cmd = self.commands.recv() => {
+                        if let Some(cmd) = cmd { self.command(cmd); }
+                    }
+                    () = self.shutdown.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+                return Ok(());
+            }
+            p.primed = true;
+        }
+        // Leading silence, then the chime.
+        if p.silence_left > 0 {
+            let n = p.silence_left.min(block / ch);
+            p.silence_left -= n;
+            let zeros = vec![0.0f32; n * ch];
+            return self.write(&zeros).await;
+        }
+        if let Some(pos) = p.chime_pos {
+            let chime = Arc::clone(&self.chime);
+            let end = (pos + block).min(chime.len());
+            p.chime_pos = (end < chime.len()).then_some(end);
+            return self.write(&chime[pos..end]).await;
+        }
+        // The speech, as it is synthesized; commands are served while waiting for it.
+        let Some(audio) = p.item.audio.as_mut() else {
+            return Ok(());
+        };
+        let next = tokio::select! {
+            biased;
+            cmd = self.commands.recv() => {
+                if let Some(cmd) = cmd { self.command(cmd); }
+                return Ok(());
+            }
+            () = self.shutdown.cancelled() => return Ok(()),
+            next = audio.rx.recv() => next,
+        };
+        match next {
+            Some(Ok(samples)) => {
+                for part in samples.chunks(block.max(ch)) {
+                    self.write(part).await?;
+                    if self
+                        .current
+                        .as_ref()
+                        .is_some_and(|p| p.interrupted_by.is_some())
+                    {
+                        break;
+                    }
+                    while let Ok(cmd) = self.commands.try_recv() {
+                        self.command(cmd);
+                    }
+                }
+                Ok(())
+            }
+            Some(Err(error)) => {
+                if let Some(p) = self.current.take() {
+                    report(&p.item.ann, Event::Failed { error });
+                }
+                Ok(())
+            }
+            None => self.finish().await,
+        }
+    }
+
+    async fn write(&mut self, samples: &[f32]) -> Result<(), SinkError> {
+        self.sink.write(samples).await?;
+        if let Some(p) = &mut self.current {
+            p.frames += (samples.len() / usize::from(self.sink.spec().channels)) as u64;
+            if !p.started {
+                p.started = true;
+                report(&p.item.ann, Event::Started);
+            }
+        }
+        Ok(())
+    }
+
+    /// The speech ended: a pause if another announcement follows at once, else a drain.
+    async fn finish(&mut self) -> Result<(), SinkError> {
+        let follows = self
+            .queue
+            .front()
+            .is_some_and(|i| i.ann.expires_at.is_none_or(|t| t > Instant::now()));
+        if follows && !self.pause.is_zero() {
+            let spec = self.sink.spec();
+            let frames = (self.pause.as_secs_f64() * f64::from(spec.sample_rate)) as usize;
+            let zeros = vec![0.0f32; frames * usize::from(spec.channels)];
+            // Played before FINISHED, so the pause cannot clip the last syllable.
+            self.sink.write(&zeros).await?;
+        } else if !follows {
+            self.sink.drain().await?;
+        }
+        if let Some(p) = self.current.take() {
+            let played_ms = p.frames * 1000 / u64::from(self.sink.spec().sample_rate);
+            report(&p.item.ann, Event::Finished { played_ms });
+        }
+        Ok(())
+    }
+
+    /// Stop the current announcement where it is; the configured pause follows if something
+    /// else is queued, so a cut is never glued to the next announcement.
+    async fn interrupt(&mut self, by: String) -> Result<(), SinkError> {
+        let dropped = self.sink.discard() as u64;
+        // What comes next (usually the interrupting announcement, which has just arrived)
+        // synthesizes during the pause, so the gap is the pause, not the pause plus upstream's
+        // time to first audio.
+        self.prepare_next();
+        if let Some(p) = self.current.take() {
+            let rate = u64::from(self.sink.spec().sample_rate);
+            let played_ms = p.frames.saturating_sub(dropped) * 1000 / rate;
+            report(
+                &p.item.ann,
+                Event::Interrupted {
+                    by_id: by,
+                    played_ms,
+                },
+            );
+        }
+        if !self.queue.is_empty() && !self.pause.is_zero() {
+            let spec = self.sink.spec();
+            let frames = (self.pause.as_secs_f64() * f64::from(spec.sample_rate)) as usize;
+            self.sink
+                .write(&vec![0.0f32; frames * usize::from(spec.channels)])
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The device failed mid-play: the announcement fails, the device is reopened, the queue
+    /// goes on.
+    async fn device_failed(&mut self, error: SinkError) {
+        tracing::warn!(device = %self.name, %error, "output device failed; reopening it");
+        if let Some(p) = self.current.take() {
+            report(
+                &p.item.ann,
+                Event::Failed {
+                    error: Error::unavailable(format!("output device failed: {error}")),
+                },
+            );
+        }
+        match self.factory.open(&self.name) {
+            Ok(sink) if sink.spec() == self.sink.spec() => self.sink = sink,
+            Ok(_) | Err(_) => {
+                // Keep the old sink; the next write fails again and fails its announcement,
+                // which is the honest outcome while the device is gone. Back off a little.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+}
