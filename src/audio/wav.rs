@@ -280,7 +280,11 @@ fn parse_fmt(body: &[u8]) -> Result<Header, AudioError> {
         _ => return Err(unsupported(format!("format tag {tag:#06x}"))),
     };
     let spec = AudioSpec::new(rate, channels)
-        .ok_or_else(|| malformed(format!("{rate} Hz with {channels} channels in the fmt chunk")))?
+        .ok_or_else(|| {
+            malformed(format!(
+                "{rate} Hz with {channels} channels in the fmt chunk"
+            ))
+        })?
         .check_input("wav")?;
     if usize::from(block_align) != format.bytes() * usize::from(channels) {
         return Err(malformed(format!(

@@ -117,5 +117,4 @@ mod tests {
         assert_eq!(all, vec![1, 2, 3, 4, 5, 6]);
         assert_eq!(r.read(&mut buf).expect("read"), 0);
     }
-
 }

@@ -122,6 +122,7 @@ mod tests {
         h.extend_from_slice(&data_size.to_le_bytes());
         h
     }
+
     #[test]
     fn wav_ignores_bogus_size_fields() {
         let signal = s16_signal(3 * 4_001);
