@@ -7,7 +7,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use herald::pb::{self, create_voice_request::Source};
 
-use super::{EX_USAGE, Failure, TargetArgs, connect, fail, rpc_error};
+use super::{TargetArgs, connect, rpc_error};
+use crate::{EX_USAGE, Failure, fail};
 
 /// Preview text of `herald voice design` without --preview-text.
 const DEFAULT_PREVIEW_TEXT: &str = "Hello! This is how my new voice sounds.";
