@@ -84,34 +84,36 @@ pub fn list() -> Vec<DeviceInfo> {
     static KNOWN: Mutex<Option<HashMap<String, DeviceInfo>>> = Mutex::new(None);
 
     let mut out = Vec::new();
-    for host_id in cpal::available_hosts() {
-        let Ok(host) = cpal::host_from_id(host_id) else {
-            continue;
-        };
-        let Ok(devices) = host.output_devices() else {
-            continue;
-        };
-        for device in devices {
-            let Ok(id) = device.id() else { continue };
-            let name = id.to_string();
-            let described = describe(&device, &name);
-            let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
-            let known = known.get_or_insert_with(HashMap::new);
-            match described {
-                Ok(info) => {
-                    known.insert(name, info.clone());
-                    out.push(info);
-                }
-                Err(e) if e.kind() == ErrorKind::DeviceBusy && known.contains_key(&name) => {
-                    out.extend(known.get(&name).cloned());
-                }
-                Err(e) => {
-                    tracing::debug!(device = %name, error = %e, "skipping an output device");
-                }
+    for device in output_devices() {
+        let Ok(id) = device.id() else { continue };
+        let name = id.to_string();
+        let described = describe(&device, &name);
+        let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        let known = known.get_or_insert_with(HashMap::new);
+        match described {
+            Ok(info) => {
+                known.insert(name, info.clone());
+                out.push(info);
+            }
+            Err(e) if e.kind() == ErrorKind::DeviceBusy && known.contains_key(&name) => {
+                out.extend(known.get(&name).cloned());
+            }
+            Err(e) => {
+                tracing::debug!(device = %name, error = %e, "skipping an output device");
             }
         }
     }
     out
+}
+
+/// Every output device of every available host, in enumeration order. A host, or a host's
+/// device list, that cannot be opened is skipped.
+fn output_devices() -> impl Iterator<Item = cpal::Device> {
+    cpal::available_hosts()
+        .into_iter()
+        .filter_map(|host_id| cpal::host_from_id(host_id).ok())
+        .filter_map(|host| host.output_devices().ok())
+        .flatten()
 }
 
 /// A device's name, description, rates and channel counts.
@@ -204,20 +206,12 @@ fn find_device(name: &str) -> Result<cpal::Device, SinkError> {
         }
     }
     let mut known = Vec::new();
-    for host_id in cpal::available_hosts() {
-        let Ok(host) = cpal::host_from_id(host_id) else {
-            continue;
-        };
-        let Ok(devices) = host.output_devices() else {
-            continue;
-        };
-        for device in devices {
-            if device.description().is_ok_and(|d| d.name() == name) {
-                return Ok(device);
-            }
-            if let Ok(id) = device.id() {
-                known.push(id.to_string());
-            }
+    for device in output_devices() {
+        if device.description().is_ok_and(|d| d.name() == name) {
+            return Ok(device);
+        }
+        if let Ok(id) = device.id() {
+            known.push(id.to_string());
         }
     }
     Err(SinkError::new(
