@@ -9,7 +9,7 @@ use std::io::Write;
 use anyhow::Context as _;
 use herald::{pb, service};
 
-use super::{CacheCommand, PhraseArgs, PhraseSource, TargetArgs, channel, rpc_error};
+use super::{CacheCommand, PhraseArgs, PhraseSource, TargetArgs, channel, response, rpc_error};
 use crate::{EX_USAGE, Failure, fail};
 
 /// One `[[phrase]]` of a TOML phrase file.
@@ -167,11 +167,7 @@ pub(crate) async fn run(command: CacheCommand) -> Result<(), Failure> {
         CacheCommand::Unpin(args) => pin(args, false).await,
         CacheCommand::Stats(args) => {
             let mut client = connect_cache(args.target).await?;
-            let s = client
-                .get_cache_stats(pb::GetCacheStatsRequest {})
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let s = response(client.get_cache_stats(pb::GetCacheStatsRequest {})).await?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "directory       {}", s.directory)?;
             writeln!(out, "entries         {}", s.entries)?;
@@ -201,13 +197,10 @@ pub(crate) async fn run(command: CacheCommand) -> Result<(), Failure> {
         }
         CacheCommand::Clear(args) => {
             let mut client = connect_cache(args.target).await?;
-            let r = client
-                .clear_cache(pb::ClearCacheRequest {
-                    include_pinned: args.include_pinned,
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let r = response(client.clear_cache(pb::ClearCacheRequest {
+                include_pinned: args.include_pinned,
+            }))
+            .await?;
             writeln!(
                 std::io::stdout().lock(),
                 "removed {} entries ({} bytes); kept {} pinned",

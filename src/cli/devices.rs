@@ -7,17 +7,13 @@ use std::io::Write;
 
 use herald::pb;
 
-use super::{StopArgs, TargetOnly, connect, rpc_error};
+use super::{StopArgs, TargetOnly, connect, response};
 use crate::Failure;
 
 /// `herald devices`: one line per output device, the default marked `*`.
 pub(crate) async fn list(args: TargetOnly) -> Result<(), Failure> {
     let mut client = connect(args.target).await?;
-    let response = client
-        .list_output_devices(pb::ListOutputDevicesRequest {})
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let response = response(client.list_output_devices(pb::ListOutputDevicesRequest {})).await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
@@ -54,15 +50,12 @@ pub(crate) async fn stop(args: StopArgs) -> Result<(), Failure> {
         (None, true) => Scope::All,
         (None, false) => Scope::Current,
     };
-    let response = client
-        .stop_speaking(pb::StopSpeakingRequest {
-            scope: scope as i32,
-            id: args.id.unwrap_or_default(),
-            device: args.device.unwrap_or_default(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let response = response(client.stop_speaking(pb::StopSpeakingRequest {
+        scope: scope as i32,
+        id: args.id.unwrap_or_default(),
+        device: args.device.unwrap_or_default(),
+    }))
+    .await?;
     let mut out = std::io::stdout().lock();
     for id in response.stopped_ids {
         writeln!(out, "{id}")?;

@@ -357,6 +357,15 @@ async fn channel(target: TargetArgs) -> Result<tonic::transport::Channel, Failur
         .map_err(|e| fail(EX_UNAVAILABLE, e))
 }
 
+/// The message of a call's response, or the call's status as a failure (exit code 1).
+async fn response<T>(
+    call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, Failure> {
+    call.await
+        .map(tonic::Response::into_inner)
+        .map_err(rpc_error)
+}
+
 fn rpc_error(status: tonic::Status) -> Failure {
     fail(
         1,

@@ -13,7 +13,7 @@ use herald::{
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
 };
 
-use super::{Format, SayArgs, connect, play, rpc_error};
+use super::{Format, SayArgs, connect, play, response, rpc_error};
 use crate::{EX_USAGE, Failure, fail};
 
 impl SayArgs {
@@ -88,11 +88,7 @@ pub(crate) async fn run(args: SayArgs) -> Result<(), Failure> {
         })?;
         request.set_timeout(timeout);
     }
-    let mut stream = client
-        .synthesize(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let mut stream = response(client.synthesize(request)).await?;
 
     let mut file = if to_stdout {
         None

@@ -6,20 +6,17 @@ use std::io::Write;
 
 use herald::pb;
 
-use super::{VoicesArgs, connect, rpc_error};
+use super::{VoicesArgs, connect, response};
 use crate::Failure;
 
 /// `herald voices`: one line per voice.
 pub(crate) async fn run(args: VoicesArgs) -> Result<(), Failure> {
     let mut client = connect(args.target).await?;
-    let response = client
-        .list_voices(pb::ListVoicesRequest {
-            model: args.model.unwrap_or_default(),
-            language: args.language.unwrap_or_default(),
-        })
-        .await
-        .map_err(rpc_error)?
-        .into_inner();
+    let response = response(client.list_voices(pb::ListVoicesRequest {
+        model: args.model.unwrap_or_default(),
+        language: args.language.unwrap_or_default(),
+    }))
+    .await?;
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
