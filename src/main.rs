@@ -1,9 +1,9 @@
 //! The `herald` binary: `serve` (the daemon) and `check-config` here, and the gRPC client
 //! commands (`say`, `voices`, `devices`, `stop`, `cache …`, `voice …`) in [`cli`].
 //!
-//! A thin shell over the library: it parses the command line, maps errors to exit codes, and
-//! must not hold logic the tests cannot reach through the library. `anyhow` is used in this
-//! binary only.
+//! A thin shell over the library: it parses the command line and maps errors to exit codes. It
+//! must not hold daemon logic (that lives in the library, where the tests drive it). `anyhow` is
+//! used in this binary only.
 
 #![forbid(unsafe_code)]
 
