@@ -1,5 +1,7 @@
 //! `herald voice ...`: custom voices (clone, design, list, status, delete) through the daemon's
 //! CreateVoice / GetVoice / DeleteVoice / ListVoices.
+//!
+//! It must not talk to DashScope or read herald's voice registry itself: the daemon does both.
 
 use std::{io::Write as _, path::PathBuf, time::Duration};
 

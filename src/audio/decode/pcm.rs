@@ -1,5 +1,5 @@
 //! Raw PCM: [`PcmDecoder`] for headerless s16le with a spec known in advance, and the
-//! [`PcmStream`] that reads interleaved samples of any [`SampleFormat`] (also the body of a WAV
+//! `PcmStream` that reads interleaved samples of any [`SampleFormat`] (also the body of a WAV
 //! stream).
 //!
 //! It must not parse headers (a WAV header is [`crate::audio::wav`]'s job) or hold whole frames

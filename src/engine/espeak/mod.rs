@@ -1,7 +1,7 @@
 //! The local, offline engine: one `espeak-ng` subprocess per synthesis call.
 //!
 //! This module owns the engine: it lists the installed voices once at start ([`Espeak::new`],
-//! parsed in [`voices`]), checks requests, and starts one run per request. [`run`] owns each
+//! parsed in `voices`), checks requests, and starts one run per request. `run` owns each
 //! `espeak-ng --stdout --stdin` child: it writes the text to the child's stdin and streams the
 //! child's stdout (a RIFF/WAVE byte stream, 16-bit mono at [`SAMPLE_RATE`]) as
 //! [`SynthEvent::Audio`](super::SynthEvent::Audio) events while it arrives. Each run is bounded by

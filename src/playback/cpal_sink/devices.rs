@@ -19,7 +19,7 @@ pub const COMMON_RATES: [u32; 10] = [
     8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000,
 ];
 
-/// The sample formats a [`CpalSink`] can feed, in order of preference.
+/// The sample formats a [`super::CpalSink`] can feed, in order of preference.
 const FORMATS: [SampleFormat; 3] = [SampleFormat::F32, SampleFormat::I16, SampleFormat::I32];
 
 /// Every cpal output device of every available host, in enumeration order.

@@ -1,6 +1,6 @@
 //! Sound card output through cpal (feature `playback`): ALSA on Linux.
 //!
-//! Finding, listing and configuring devices is [`devices`]' part; this module owns the sink.
+//! Finding, listing and configuring devices is the `devices` module's part; this module owns the sink.
 //!
 //! A [`CpalSink`] plays interleaved `f32` frames at the rate and channel count it picked when it
 //! was opened ([`Sink::spec`]: 48 kHz, else 44.1 kHz, else the device's default; stereo, else
