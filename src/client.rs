@@ -1,8 +1,9 @@
-//! The client side of herald.v1.Speech, used by `herald say` and `herald voices`.
+//! The client side of the daemon's gRPC services, used by every client command of the `herald`
+//! binary (`say`, `voices`, `devices`, `stop`, `cache …`, `voice …`).
 //!
-//! Connects over a unix socket (the default, found like the daemon places it) or TCP, and
-//! writes a synthesized stream to a file or stdout as the chunks arrive. It owns no daemon
-//! state; everything goes through the public gRPC interface.
+//! It finds the daemon ([`Target`]: a unix socket, by default where `herald serve` puts it, or
+//! TCP) and opens a channel to it. It must not hold daemon state or print anything: everything
+//! goes through the public gRPC interface, and the commands in `src/cli/` do the output.
 
 use std::path::{Path, PathBuf};
 

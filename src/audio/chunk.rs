@@ -146,14 +146,7 @@ impl Chunker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audio::AudioSpec;
-
-    fn format(encoding: OutputEncoding, rate: u32, channels: u16) -> OutputFormat {
-        OutputFormat {
-            encoding,
-            spec: AudioSpec::new(rate, channels).expect("spec"),
-        }
-    }
+    use crate::audio::test_util::format;
 
     /// Pushes `frames_per_push` (cycled) frames of distinct bytes after an optional header;
     /// returns the chunks and every byte pushed.

@@ -18,10 +18,10 @@ pub mod mp3;
 pub mod negotiate;
 pub mod opus;
 
-use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer};
-
-/// Length of the header [`wav_header`] writes.
-pub const WAV_HEADER_LEN: usize = 44;
+/// The header the WAV encoder writes once, before the first samples (the same as
+/// [`super::wav::streaming_header`]).
+pub use super::wav::streaming_header as wav_header;
+use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer, wav};
 
 /// Turns PCM into the bytes of one output encoding.
 pub trait Encoder: Send {
@@ -78,29 +78,6 @@ fn check_spec(expected: AudioSpec, pcm: &PcmBuffer) -> Result<(), AudioError> {
 pub fn f32_to_i16(sample: f32) -> i16 {
     // `as` saturates (32768.0 → 32767) and maps NaN to 0.
     (sample.clamp(-1.0, 1.0) * 32_768.0).round() as i16
-}
-
-/// The 44-byte header of a 16-bit PCM WAV stream of unknown length (RIFF and `data` sizes
-/// 0xFFFFFFFF, the streaming convention ffmpeg, sox and symphonia accept).
-pub fn wav_header(spec: AudioSpec) -> [u8; WAV_HEADER_LEN] {
-    let channels = spec.channels;
-    let block_align = channels.saturating_mul(2);
-    let byte_rate = spec.sample_rate.saturating_mul(u32::from(block_align));
-    let mut h = [0u8; WAV_HEADER_LEN];
-    h[0..4].copy_from_slice(b"RIFF");
-    h[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
-    h[8..12].copy_from_slice(b"WAVE");
-    h[12..16].copy_from_slice(b"fmt ");
-    h[16..20].copy_from_slice(&16u32.to_le_bytes());
-    h[20..22].copy_from_slice(&1u16.to_le_bytes()); // PCM
-    h[22..24].copy_from_slice(&channels.to_le_bytes());
-    h[24..28].copy_from_slice(&spec.sample_rate.to_le_bytes());
-    h[28..32].copy_from_slice(&byte_rate.to_le_bytes());
-    h[32..34].copy_from_slice(&block_align.to_le_bytes());
-    h[34..36].copy_from_slice(&16u16.to_le_bytes());
-    h[36..40].copy_from_slice(b"data");
-    h[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
-    h
 }
 
 // === G.711, after the CCITT reference code as distributed by Sun (public domain g711.c) ===
@@ -228,7 +205,7 @@ impl Encoder for SampleEncoder {
     }
 }
 
-/// A 16-bit WAV stream: one [`wav_header`] with unknown sizes, then s16le samples.
+/// A 16-bit WAV stream: one [`wav::streaming_header`] (unknown sizes), then s16le samples.
 #[derive(Debug)]
 struct WavEncoder {
     body: SampleEncoder,
@@ -238,7 +215,7 @@ struct WavEncoder {
 impl WavEncoder {
     fn write_header(&mut self, out: &mut Vec<u8>) {
         if !self.header_written {
-            out.extend_from_slice(&wav_header(self.body.spec));
+            out.extend_from_slice(&wav::streaming_header(self.body.spec));
             self.header_written = true;
         }
     }
@@ -267,14 +244,7 @@ mod tests {
     use std::io::Cursor;
 
     use super::*;
-    use crate::audio::{InputEncoding, decode};
-
-    fn format(encoding: OutputEncoding, rate: u32, channels: u16) -> OutputFormat {
-        OutputFormat {
-            encoding,
-            spec: AudioSpec::new(rate, channels).expect("spec"),
-        }
-    }
+    use crate::audio::{InputEncoding, decode, test_util::format, wav::HEADER_LEN};
 
     /// A 1 kHz tone at `amp`, interleaved, the right channel at 440 Hz when stereo.
     fn tone(spec: AudioSpec, frames: usize, amp: f64) -> Vec<f32> {
@@ -360,8 +330,8 @@ mod tests {
         let fmt = format(OutputEncoding::Wav, 22_050, 2);
         let samples = tone(fmt.spec, 22_050, 0.5);
         let bytes = encode_all(fmt, &samples);
-        assert_eq!(bytes.len(), WAV_HEADER_LEN + samples.len() * 2);
-        assert_eq!(&bytes[..WAV_HEADER_LEN], &wav_header(fmt.spec));
+        assert_eq!(bytes.len(), HEADER_LEN + samples.len() * 2);
+        assert_eq!(&bytes[..HEADER_LEN], &wav_header(fmt.spec));
         assert_eq!(&bytes[0..4], b"RIFF");
         assert_eq!(&bytes[4..8], &[0xFF; 4]);
         assert_eq!(&bytes[40..44], &[0xFF; 4]);
@@ -372,7 +342,7 @@ mod tests {
 
         // hound 3.5 refuses the streaming sizes as written: it checks that the data length is a
         // multiple of the frame size, and 0xFFFFFFFF is odd. ffmpeg, sox and symphonia accept
-        // them (stack.md §4), and so does herald's own decoder (below).
+        // them, and so does herald's own decoder (below).
         let refused = hound::WavReader::new(Cursor::new(bytes.clone()));
         assert!(
             matches!(refused, Err(hound::Error::FormatError(_))),
@@ -381,9 +351,11 @@ mod tests {
 
         // hound with the sizes patched to the real ones, as a file writer would leave them.
         let mut patched = bytes.clone();
-        let data_len = (bytes.len() - WAV_HEADER_LEN) as u32;
-        patched[4..8].copy_from_slice(&(data_len + 36).to_le_bytes());
-        patched[40..44].copy_from_slice(&data_len.to_le_bytes());
+        wav::set_sizes(&mut patched);
+        assert_eq!(
+            &patched[40..44],
+            &((bytes.len() - HEADER_LEN) as u32).to_le_bytes()
+        );
         let mut reader = hound::WavReader::new(Cursor::new(patched)).expect("hound parses");
         assert_eq!(reader.duration(), 22_050);
         let got: Vec<i16> = reader
@@ -412,8 +384,9 @@ mod tests {
         assert_eq!(out, wav_header(fmt.spec));
         // Patched to a real (zero) length, hound reads it as an empty 16 kHz mono file.
         let mut patched = out.clone();
-        patched[4..8].copy_from_slice(&36u32.to_le_bytes());
-        patched[40..44].copy_from_slice(&0u32.to_le_bytes());
+        wav::set_sizes(&mut patched);
+        assert_eq!(&patched[4..8], &36u32.to_le_bytes());
+        assert_eq!(&patched[40..44], &0u32.to_le_bytes());
         let reader = hound::WavReader::new(Cursor::new(patched)).expect("hound parses");
         assert_eq!(reader.spec().sample_rate, 16_000);
         assert_eq!(reader.duration(), 0);

@@ -6,7 +6,8 @@
 //!
 //! The chain for one request is: [`decode`] (bytes from an engine → PCM at the engine's rate)
 //! → [`resample`] → [`remix`] → [`gain`] → [`encode`] (PCM → the client's encoding)
-//! → [`chunk`] (encoded bytes → `chunk_ms`-sized pieces).
+//! → [`chunk`] (encoded bytes → `chunk_ms`-sized pieces). [`wav`] reads and writes RIFF/WAVE
+//! headers for every layer that meets one.
 
 pub mod chunk;
 pub mod decode;
@@ -14,6 +15,11 @@ pub mod encode;
 pub mod gain;
 pub mod remix;
 pub mod resample;
+#[cfg(test)]
+pub(crate) mod test_util;
+pub mod wav;
+
+use std::io::{self, Read};
 
 /// Lowest output sample rate herald serves, in Hz.
 pub const MIN_SAMPLE_RATE: u32 = 8_000;
@@ -95,6 +101,47 @@ impl PcmBuffer {
     /// True when the buffer holds no frames.
     pub fn is_empty(&self) -> bool {
         self.samples.is_empty()
+    }
+}
+
+/// The little-endian, interleaved sample layouts herald reads (raw PCM, WAV bodies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleFormat {
+    /// Unsigned 8-bit, 128 = silence.
+    U8,
+    /// Signed 16-bit.
+    S16,
+    /// Signed 24-bit, packed in 3 bytes.
+    S24,
+    /// Signed 32-bit.
+    S32,
+    /// IEEE float, 32-bit.
+    F32,
+    /// IEEE float, 64-bit.
+    F64,
+}
+
+impl SampleFormat {
+    /// Bytes per sample of one channel.
+    pub fn bytes(self) -> usize {
+        match self {
+            Self::U8 => 1,
+            Self::S16 => 2,
+            Self::S24 => 3,
+            Self::S32 | Self::F32 => 4,
+            Self::F64 => 8,
+        }
+    }
+}
+
+/// Reads `reader` into `buf`, retrying on `Interrupted`.
+pub(crate) fn read_some<R: Read>(reader: &mut R, buf: &mut [u8]) -> Result<usize, AudioError> {
+    loop {
+        match reader.read(buf) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(AudioError::Io(e)),
+        }
     }
 }
 

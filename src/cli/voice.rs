@@ -1,5 +1,7 @@
 //! `herald voice ...`: custom voices (clone, design, list, status, delete) through the daemon's
 //! CreateVoice / GetVoice / DeleteVoice / ListVoices.
+//!
+//! It must not talk to DashScope or read herald's voice registry itself: the daemon does both.
 
 use std::{io::Write as _, path::PathBuf, time::Duration};
 
@@ -7,7 +9,8 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use herald::pb::{self, create_voice_request::Source};
 
-use super::{EX_USAGE, Failure, TargetArgs, connect, fail, rpc_error};
+use super::{TargetArgs, connect, response};
+use crate::{EX_USAGE, Failure, fail};
 
 /// Preview text of `herald voice design` without --preview-text.
 const DEFAULT_PREVIEW_TEXT: &str = "Hello! This is how my new voice sounds.";
@@ -134,11 +137,7 @@ async fn create(
         wait,
     });
     request.set_timeout(Duration::from_secs(common.timeout.max(1)));
-    Ok(client
-        .create_voice(request)
-        .await
-        .map_err(rpc_error)?
-        .into_inner())
+    response(client.create_voice(request)).await
 }
 
 pub(crate) async fn run(command: VoiceCommand) -> Result<(), Failure> {
@@ -182,15 +181,12 @@ pub(crate) async fn run(command: VoiceCommand) -> Result<(), Failure> {
         }
         VoiceCommand::List(args) => {
             let mut client = connect(args.target).await?;
-            let voices = client
-                .list_voices(pb::ListVoicesRequest {
-                    model: args.model.unwrap_or_default(),
-                    language: String::new(),
-                })
-                .await
-                .map_err(rpc_error)?
-                .into_inner()
-                .voices;
+            let voices = response(client.list_voices(pb::ListVoicesRequest {
+                model: args.model.unwrap_or_default(),
+                language: String::new(),
+            }))
+            .await?
+            .voices;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{:<64} {:<28} STATUS", "VOICE", "MODEL")?;
             for v in voices.iter().filter(|v| v.custom) {
@@ -206,20 +202,13 @@ pub(crate) async fn run(command: VoiceCommand) -> Result<(), Failure> {
         }
         VoiceCommand::Status(args) => {
             let mut client = connect(args.target).await?;
-            let v = client
-                .get_voice(pb::GetVoiceRequest { name: args.name })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let v = response(client.get_voice(pb::GetVoiceRequest { name: args.name })).await?;
             print_voice(&v)
         }
         VoiceCommand::Delete(args) => {
             let mut client = connect(args.target).await?;
-            let gone = client
-                .delete_voice(pb::DeleteVoiceRequest { name: args.name })
-                .await
-                .map_err(rpc_error)?
-                .into_inner();
+            let gone =
+                response(client.delete_voice(pb::DeleteVoiceRequest { name: args.name })).await?;
             let note = if gone.already_gone_upstream {
                 " (it was already gone upstream)"
             } else {

@@ -1,8 +1,6 @@
 //! Sound card output through cpal (feature `playback`): ALSA on Linux.
 //!
-//! Device names are cpal device ids, `"<host>:<pcm>"` (`alsa:default`, `alsa:hw:CARD=0,DEV=0`,
-//! `alsa:null`), plus `default` for the default host's default device; a name that is not an id
-//! is matched against the devices' descriptions.
+//! Finding, listing and configuring devices is the `devices` module's part; this module owns the sink.
 //!
 //! A [`CpalSink`] plays interleaved `f32` frames at the rate and channel count it picked when it
 //! was opened ([`Sink::spec`]: 48 kHz, else 44.1 kHz, else the device's default; stereo, else
@@ -27,10 +25,11 @@
 //! plugins cannot, and they are not paced by a clock, so they would spin a core) is released
 //! instead and reopened by the next write.
 
+mod devices;
+
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering},
     },
     time::Duration,
@@ -38,15 +37,14 @@ use std::{
 
 use cpal::{
     ErrorKind, SampleFormat, SizedSample,
-    traits::{DeviceTrait, HostTrait, StreamTrait},
+    traits::{DeviceTrait, StreamTrait},
 };
 use rtrb::{Consumer, Producer, RingBuffer};
 use tokio::time::Instant;
 
-use super::{
-    DeviceInfo,
-    sink::{Sink, SinkError},
-};
+pub use self::devices::{COMMON_RATES, list};
+use self::devices::{choose_config, find_device};
+use super::sink::{Sink, SinkError};
 use crate::audio::AudioSpec;
 
 /// Audio the ring between herald and the device callback holds.
@@ -54,11 +52,6 @@ pub const RING: Duration = Duration::from_millis(250);
 
 /// Audio queued before a stopped stream is started.
 pub const START_THRESHOLD: Duration = Duration::from_millis(60);
-
-/// The rates [`list`] reports when a device's ranges contain them.
-pub const COMMON_RATES: [u32; 10] = [
-    8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000,
-];
 
 /// Shortest and longest sleep while waiting for the device.
 const MIN_WAIT: Duration = Duration::from_millis(1);
@@ -70,70 +63,6 @@ const STALL_GRACE: Duration = Duration::from_secs(1);
 
 /// Longest device latency a drain waits for after the ring ran empty.
 const MAX_LATENCY: Duration = Duration::from_millis(500);
-
-/// The sample formats a [`CpalSink`] can feed, in order of preference.
-const FORMATS: [SampleFormat; 3] = [SampleFormat::F32, SampleFormat::I16, SampleFormat::I32];
-
-/// Every cpal output device of every available host, in enumeration order.
-///
-/// A device that cannot be queried is skipped, except one that is busy (a hardware device
-/// herald itself is playing on), which is listed as it was last seen. Never panics; prints
-/// nothing (alsa-lib may print to stderr).
-pub fn list() -> Vec<DeviceInfo> {
-    /// Devices as last seen, for devices that are busy now.
-    static KNOWN: Mutex<Option<HashMap<String, DeviceInfo>>> = Mutex::new(None);
-
-    let mut out = Vec::new();
-    for host_id in cpal::available_hosts() {
-        let Ok(host) = cpal::host_from_id(host_id) else {
-            continue;
-        };
-        let Ok(devices) = host.output_devices() else {
-            continue;
-        };
-        for device in devices {
-            let Ok(id) = device.id() else { continue };
-            let name = id.to_string();
-            let described = describe(&device, &name);
-            let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
-            let known = known.get_or_insert_with(HashMap::new);
-            match described {
-                Ok(info) => {
-                    known.insert(name, info.clone());
-                    out.push(info);
-                }
-                Err(e) if e.kind() == ErrorKind::DeviceBusy && known.contains_key(&name) => {
-                    out.extend(known.get(&name).cloned());
-                }
-                Err(e) => {
-                    tracing::debug!(device = %name, error = %e, "skipping an output device");
-                }
-            }
-        }
-    }
-    out
-}
-
-/// A device's name, description, rates and channel counts.
-fn describe(device: &cpal::Device, name: &str) -> Result<DeviceInfo, cpal::Error> {
-    let description = device
-        .description()
-        .map_or_else(|_| name.to_owned(), |d| d.name().to_owned());
-    let ranges: Vec<_> = device.supported_output_configs()?.collect();
-    let sample_rates = COMMON_RATES
-        .into_iter()
-        .filter(|&r| ranges.iter().any(|c| c.contains_rate(r)))
-        .collect();
-    let mut channels: Vec<u32> = ranges.iter().map(|c| u32::from(c.channels())).collect();
-    channels.sort_unstable();
-    channels.dedup();
-    Ok(DeviceInfo {
-        name: name.to_owned(),
-        description,
-        sample_rates,
-        channels,
-    })
-}
 
 /// Open an output device: `default` (the default host's default device), a cpal device id
 /// (`alsa:hw:CARD=0,DEV=0`), or a device description. The stream is built, not started.
@@ -181,90 +110,6 @@ pub fn open(name: &str) -> Result<CpalSink, SinkError> {
     };
     sink.live = Some(sink.build()?);
     Ok(sink)
-}
-
-/// The device `name` means.
-fn find_device(name: &str) -> Result<cpal::Device, SinkError> {
-    if name == "default" {
-        return cpal::default_host()
-            .default_output_device()
-            .ok_or_else(|| SinkError::new(name, "there is no default output device"));
-    }
-    if let Ok(id) = name.parse::<cpal::DeviceId>()
-        && let Ok(host) = cpal::host_from_id(id.host())
-    {
-        if let Some(device) = host.device_by_id(&id) {
-            return Ok(device);
-        }
-        // ALSA's `default` PCM exists even when no hint lists it.
-        if id.id() == "default"
-            && let Some(device) = host.default_output_device()
-        {
-            return Ok(device);
-        }
-    }
-    let mut known = Vec::new();
-    for host_id in cpal::available_hosts() {
-        let Ok(host) = cpal::host_from_id(host_id) else {
-            continue;
-        };
-        let Ok(devices) = host.output_devices() else {
-            continue;
-        };
-        for device in devices {
-            if device.description().is_ok_and(|d| d.name() == name) {
-                return Ok(device);
-            }
-            if let Ok(id) = device.id() {
-                known.push(id.to_string());
-            }
-        }
-    }
-    Err(SinkError::new(
-        name,
-        format!(
-            "no such output device (output devices: default{}{})",
-            if known.is_empty() { "" } else { ", " },
-            known.join(", ")
-        ),
-    ))
-}
-
-/// The stream config and sample format for a device offering `ranges`: the first of
-/// [`FORMATS`] it offers, at 48 kHz, else 44.1 kHz, else `default_rate`, else the highest rate
-/// of its first range in that format; stereo, else mono, else the fewest channels it offers.
-fn choose_config(
-    ranges: &[cpal::SupportedStreamConfigRange],
-    default_rate: Option<u32>,
-) -> Option<(cpal::StreamConfig, SampleFormat)> {
-    FORMATS.into_iter().find_map(|format| {
-        let of_format: Vec<_> = ranges
-            .iter()
-            .filter(|c| c.sample_format() == format && c.channels() > 0)
-            .collect();
-        let first = of_format.first()?;
-        let rate = [Some(48000), Some(44100), default_rate]
-            .into_iter()
-            .flatten()
-            .find(|&r| of_format.iter().any(|c| c.contains_rate(r)))
-            .unwrap_or_else(|| first.max_sample_rate());
-        let at_rate = || of_format.iter().filter(|c| c.contains_rate(rate));
-        let channels = if at_rate().any(|c| c.channels() == 2) {
-            2
-        } else if at_rate().any(|c| c.channels() == 1) {
-            1
-        } else {
-            at_rate().map(|c| c.channels()).min()?
-        };
-        Some((
-            cpal::StreamConfig {
-                channels,
-                sample_rate: rate,
-                buffer_size: cpal::BufferSize::Default,
-            },
-            format,
-        ))
-    })
 }
 
 /// What a [`CpalSink`] has counted since it was opened.
@@ -791,8 +636,6 @@ impl Sink for CpalSink {
 
 #[cfg(test)]
 mod tests {
-    use cpal::{SupportedBufferSize, SupportedStreamConfigRange};
-
     use super::*;
 
     fn feeder(capacity: usize, channels: usize) -> (Producer<f32>, Feeder) {
@@ -873,37 +716,5 @@ mod tests {
             error_kind(error_code(ErrorKind::InvalidInput).unwrap()),
             ErrorKind::Other
         );
-    }
-
-    fn range(
-        format: SampleFormat,
-        channels: u16,
-        min: u32,
-        max: u32,
-    ) -> SupportedStreamConfigRange {
-        SupportedStreamConfigRange::new(channels, min, max, SupportedBufferSize::Unknown, format)
-    }
-
-    #[test]
-    fn the_config_prefers_f32_48k_stereo() {
-        use SampleFormat::*;
-        let pick = |ranges: &[SupportedStreamConfigRange], default: Option<u32>| {
-            let (c, f) = choose_config(ranges, default).unwrap();
-            (f, c.sample_rate, c.channels)
-        };
-        let all = [
-            range(I16, 1, 8000, 96000),
-            range(I16, 2, 8000, 96000),
-            range(F32, 1, 8000, 96000),
-            range(F32, 2, 8000, 96000),
-        ];
-        assert_eq!(pick(&all, None), (F32, 48000, 2));
-        // i16 when there is no f32; 44.1 kHz when there is no 48 kHz; mono when no stereo.
-        assert_eq!(pick(&[range(I16, 1, 44100, 44100)], None), (I16, 44100, 1));
-        // Else the device's default rate, else its first range's highest.
-        let odd = [range(I32, 6, 8000, 32000), range(I32, 4, 8000, 32000)];
-        assert_eq!(pick(&odd, Some(16000)), (I32, 16000, 4));
-        assert_eq!(pick(&odd, None), (I32, 32000, 4));
-        assert!(choose_config(&[range(U8, 2, 8000, 48000)], None).is_none());
     }
 }
