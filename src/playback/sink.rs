@@ -13,7 +13,7 @@
 
 use std::{
     fs::File,
-    io::{BufWriter, Seek, SeekFrom, Write},
+    io::{BufWriter, Write},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::Duration,
@@ -134,7 +134,7 @@ impl ClockedSink {
             .map_err(|e| SinkError::new("wav", format!("cannot create {}: {e}", path.display())))?;
         let mut writer = BufWriter::new(file);
         writer
-            .write_all(&wav_header(spec, 0))
+            .write_all(&crate::audio::wav::header(spec, 0))
             .map_err(|e| SinkError::new("wav", e.to_string()))?;
         Ok(Self::with_tap(
             "wav",
@@ -279,10 +279,7 @@ impl Sink for ClockedSink {
             let err = |e: std::io::Error| SinkError::new("wav", format!("{}: {e}", path.display()));
             writer.flush().map_err(err)?;
             let file = writer.get_mut();
-            file.seek(SeekFrom::Start(0)).map_err(err)?;
-            file.write_all(&wav_header(self.spec, *data_bytes))
-                .map_err(err)?;
-            file.seek(SeekFrom::End(0)).map_err(err)?;
+            crate::audio::wav::patch_sizes(file, *data_bytes).map_err(err)?;
         }
         Ok(())
     }
@@ -290,26 +287,6 @@ impl Sink for ClockedSink {
     fn underruns(&self) -> u64 {
         self.underruns
     }
-}
-
-/// A 44-byte 16-bit PCM WAV header for `data_bytes` of samples.
-fn wav_header(spec: AudioSpec, data_bytes: u64) -> [u8; 44] {
-    let data = u32::try_from(data_bytes).unwrap_or(u32::MAX - 36);
-    let ch = spec.channels;
-    let mut h = [0u8; 44];
-    h[0..4].copy_from_slice(b"RIFF");
-    h[4..8].copy_from_slice(&(data + 36).to_le_bytes());
-    h[8..16].copy_from_slice(b"WAVEfmt ");
-    h[16..20].copy_from_slice(&16u32.to_le_bytes());
-    h[20..22].copy_from_slice(&1u16.to_le_bytes());
-    h[22..24].copy_from_slice(&ch.to_le_bytes());
-    h[24..28].copy_from_slice(&spec.sample_rate.to_le_bytes());
-    h[28..32].copy_from_slice(&(spec.sample_rate * 2 * u32::from(ch)).to_le_bytes());
-    h[32..34].copy_from_slice(&(2 * ch).to_le_bytes());
-    h[34..36].copy_from_slice(&16u16.to_le_bytes());
-    h[36..40].copy_from_slice(b"data");
-    h[40..44].copy_from_slice(&data.to_le_bytes());
-    h
 }
 
 #[cfg(test)]
