@@ -236,7 +236,7 @@ impl Default for Validator {
 
 /// Request validation: arbitrary protobuf bytes through the generated `SynthesizeRequest`
 /// into herald's validation. Property: a refusal is INVALID_ARGUMENT with a short message
-/// (design.md: a bad request is the client's fault, and its text is never echoed whole).
+/// (a bad request is the client's fault, and its text is never echoed whole).
 pub fn validate(data: &[u8]) {
     static VALIDATOR: LazyLock<Validator> = LazyLock::new(Validator::new);
     if let Err(status) = VALIDATOR.synthesize(data) {

@@ -149,7 +149,7 @@ pub async fn run_stream(
                 break;
             }
             Some(Ok(SynthEvent::Words(w))) => {
-                words.lock().unwrap_or_else(|e| e.into_inner()).extend(w);
+                crate::error::lock(&words).extend(w);
             }
             Some(Ok(SynthEvent::Finished {
                 characters,
@@ -410,7 +410,7 @@ impl AudioChain {
     }
 
     fn deliver(&mut self) -> Result<(), JobError> {
-        let words = std::mem::take(&mut *self.words.lock().unwrap_or_else(|e| e.into_inner()));
+        let words = std::mem::take(&mut *crate::error::lock(&self.words));
         if !words.is_empty() && !(self.sink)(Output::Words(words)) {
             return Err(JobError::ClientGone);
         }

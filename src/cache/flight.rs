@@ -54,7 +54,7 @@ pub struct Flight {
 
 impl Flight {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::error::lock(&self.state)
     }
 
     fn push(&self, event: SynthEvent) {
@@ -82,7 +82,7 @@ pub struct Flights {
 
 impl Flights {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<Flight>, usize)>> {
-        self.map.lock().unwrap_or_else(|p| p.into_inner())
+        crate::error::lock(&self.map)
     }
 
     /// Subscribe to the flight for `key`, starting it with `start` when none runs; `true`

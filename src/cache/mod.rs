@@ -1,6 +1,7 @@
 //! herald's audio cache: content-addressed phrases on disk, and single-flight upstream calls.
 //!
-//! [`Cache`] sits in front of the engines (see `crate::synthesis`). A phrase's key
+//! [`Cache`] sits in front of the engines ([`crate::provider`] decides when it is read and
+//! written). It must not depend on any door or on the provider. A phrase's key
 //! ([`key::key`]) covers everything that changes its sound; its entry is the audio in a
 //! canonical lossless form (s16le at the engine's rate), from which the pipeline makes any
 //! output format. A miss starts a [`flight`]: one upstream call whose events are recorded and

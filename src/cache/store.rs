@@ -98,7 +98,7 @@ pub enum StoreError {
         /// The key.
         key: String,
         /// What was wrong.
-        reason: String,
+        reason: Corruption,
     },
     /// The entry is larger than the whole cache may be.
     #[error("entry of {size} bytes exceeds cache.max_bytes ({max})")]
@@ -203,10 +203,64 @@ impl std::fmt::Debug for DiskStore {
     }
 }
 
-fn corrupt(key: &str, reason: impl Into<String>) -> StoreError {
+/// What is wrong with a damaged entry file.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Corruption {
+    /// The index knew it, the disk does not.
+    #[error("its file is missing")]
+    Missing,
+    /// Shorter than the smallest entry.
+    #[error("{0} bytes is shorter than any entry")]
+    TooShort(usize),
+    /// The CRC-32 does not match.
+    #[error("checksum mismatch")]
+    Checksum,
+    /// Not an entry file.
+    #[error("not a herald cache entry (bad magic)")]
+    BadMagic,
+    /// The header's length field does not fit the file.
+    #[error("header of {0} bytes does not fit the file")]
+    HeaderSize(usize),
+    /// The header is not valid JSON of the expected shape.
+    #[error("header is not valid: {0}")]
+    Header(serde_json::Error),
+    /// The header announces a format no engine produces.
+    #[error("header has an impossible format ({rate} Hz, {channels} channels)")]
+    Format {
+        /// Its rate.
+        rate: u32,
+        /// Its channel count.
+        channels: u16,
+    },
+    /// The header's frame count overflows.
+    #[error("frame count overflows")]
+    FrameCount,
+    /// The audio is not as long as the header says.
+    #[error("{found} PCM bytes where the header says {expected}")]
+    PcmLength {
+        /// Bytes present.
+        found: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The file is not as long as the header says.
+    #[error("{found} bytes where the header says {expected}")]
+    FileLength {
+        /// Bytes present.
+        found: u64,
+        /// Bytes announced.
+        expected: u64,
+    },
+    /// The file could not be read.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+fn corrupt(key: &str, reason: Corruption) -> StoreError {
     StoreError::Corrupt {
         key: key.to_owned(),
-        reason: reason.into(),
+        reason,
     }
 }
 
@@ -292,7 +346,7 @@ impl DiskStore {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|p| p.into_inner())
+        crate::error::lock(&self.index)
     }
 
     fn remove_locked(&self, index: &mut Index, key: &str) {
@@ -396,27 +450,27 @@ pub fn encode_entry(entry: &Entry) -> Vec<u8> {
 }
 
 /// Decode an entry file, checking everything.
-pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
+pub fn decode_entry(bytes: &[u8]) -> Result<Entry, Corruption> {
     let min = MAGIC.len() + 4 + 4;
     if bytes.len() < min {
-        return Err(format!("{} bytes is shorter than any entry", bytes.len()));
+        return Err(Corruption::TooShort(bytes.len()));
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
     let stored = u32::from_le_bytes([crc[0], crc[1], crc[2], crc[3]]);
     if crc32fast::hash(body) != stored {
-        return Err("checksum mismatch".to_owned());
+        return Err(Corruption::Checksum);
     }
     let (meta, header_end) = parse_header(body)?;
     let pcm = &body[header_end..];
     let expected = meta
         .frames
         .checked_mul(u64::from(meta.channels) * 2)
-        .ok_or("frame count overflows")?;
+        .ok_or(Corruption::FrameCount)?;
     if pcm.len() as u64 != expected {
-        return Err(format!(
-            "{} PCM bytes where the header says {expected}",
-            pcm.len()
-        ));
+        return Err(Corruption::PcmLength {
+            found: pcm.len() as u64,
+            expected,
+        });
     }
     Ok(Entry {
         meta,
@@ -424,50 +478,50 @@ pub fn decode_entry(bytes: &[u8]) -> Result<Entry, String> {
     })
 }
 
-fn parse_header(body: &[u8]) -> Result<(EntryMeta, usize), String> {
+fn parse_header(body: &[u8]) -> Result<(EntryMeta, usize), Corruption> {
     if body.len() < MAGIC.len() + 4 || &body[..MAGIC.len()] != MAGIC {
-        return Err("not a herald cache entry (bad magic)".to_owned());
+        return Err(Corruption::BadMagic);
     }
     let n = MAGIC.len();
     let len = u32::from_le_bytes([body[n], body[n + 1], body[n + 2], body[n + 3]]) as usize;
     if len > MAX_HEADER || body.len() < n + 4 + len {
-        return Err(format!("header of {len} bytes does not fit the file"));
+        return Err(Corruption::HeaderSize(len));
     }
-    let meta: EntryMeta = serde_json::from_slice(&body[n + 4..n + 4 + len])
-        .map_err(|e| format!("header is not valid: {e}"))?;
+    let meta: EntryMeta =
+        serde_json::from_slice(&body[n + 4..n + 4 + len]).map_err(Corruption::Header)?;
     if meta.sample_rate == 0
         || !crate::audio::INPUT_SAMPLE_RATES.contains(&meta.sample_rate)
         || !(1..=crate::audio::MAX_INPUT_CHANNELS).contains(&meta.channels)
     {
-        return Err(format!(
-            "header has an impossible format ({} Hz, {} channels)",
-            meta.sample_rate, meta.channels
-        ));
+        return Err(Corruption::Format {
+            rate: meta.sample_rate,
+            channels: meta.channels,
+        });
     }
     Ok((meta, n + 4 + len))
 }
 
 /// The header of an entry file (without reading its audio), its size and modification time.
-fn read_header(path: &Path) -> Result<(EntryMeta, u64, SystemTime), String> {
-    let mut f = fs::File::open(path).map_err(|e| e.to_string())?;
-    let md = f.metadata().map_err(|e| e.to_string())?;
+fn read_header(path: &Path) -> Result<(EntryMeta, u64, SystemTime), Corruption> {
+    let mut f = fs::File::open(path)?;
+    let md = f.metadata()?;
     let mut prefix = [0u8; 12];
-    f.read_exact(&mut prefix).map_err(|e| e.to_string())?;
+    f.read_exact(&mut prefix)?;
     let len = u32::from_le_bytes([prefix[8], prefix[9], prefix[10], prefix[11]]) as usize;
     if len > MAX_HEADER {
-        return Err(format!("header of {len} bytes"));
+        return Err(Corruption::HeaderSize(len));
     }
     let mut header = vec![0u8; len];
-    f.read_exact(&mut header).map_err(|e| e.to_string())?;
+    f.read_exact(&mut header)?;
     let mut body = prefix.to_vec();
     body.extend_from_slice(&header);
     let (meta, end) = parse_header(&body)?;
     let expected = end as u64 + meta.frames * u64::from(meta.channels) * 2 + 4;
     if md.len() != expected {
-        return Err(format!(
-            "{} bytes where the header says {expected}",
-            md.len()
-        ));
+        return Err(Corruption::FileLength {
+            found: md.len(),
+            expected,
+        });
     }
     Ok((
         meta,
@@ -500,7 +554,7 @@ impl Store for DiskStore {
                 let mut index = self.lock();
                 self.remove_locked(&mut index, key);
                 index.stats.corrupt += 1;
-                return Err(corrupt(key, "its file is missing"));
+                return Err(corrupt(key, Corruption::Missing));
             }
             Err(e) => return Err(e.into()),
         };
@@ -671,7 +725,10 @@ mod tests {
         }
         let mut flipped = file.clone();
         flipped[40] ^= 1;
-        assert!(decode_entry(&flipped).unwrap_err().contains("checksum"));
+        assert!(matches!(
+            decode_entry(&flipped).unwrap_err(),
+            Corruption::Checksum
+        ));
     }
 
     #[test]

@@ -105,7 +105,7 @@ impl EngineError {
     }
 
     /// What this failure means for the client: its kind and a message that never contains
-    /// secrets or request text (design.md's error table).
+    /// secrets or request text (the table in docs/errors.md).
     pub fn classify(&self) -> Error {
         match self {
             Self::Shared(inner) => inner.classify(),

@@ -1,13 +1,16 @@
 //! Engines: the things that turn text into audio bytes.
 //!
 //! An engine implements [`Synthesizer`]: it resolves once its upstream (a subprocess, an HTTP
-//! API) has accepted the request, then yields audio bytes in order as a [`SynthStream`]. Engines
-//! know nothing about the client's output format: the pipeline decodes, resamples and encodes
-//! what they send. Dropping the stream cancels the engine's work at once (the subprocess is
-//! killed, the HTTP request is dropped).
+//! API) has accepted the request, then yields audio bytes in order as a [`SynthStream`]. The
+//! pipeline decodes, resamples and encodes what engines send; the one thing an engine learns of
+//! the client's format is [`SynthesisRequest::output_sample_rate`], a deliberate optimization:
+//! an engine that can produce several rates picks the one that spares the resampler. Dropping
+//! the stream cancels the engine's work at once (the subprocess is killed, the HTTP request is
+//! dropped). Engines must not depend on any door (no wire types, no status codes): failures
+//! are [`EngineError`]s, classified in [`EngineError::classify`].
 //!
-//! [`Engines`] is the registry: it maps a model name to the engine serving it (design.md:
-//! `cosyvoice-*`, `qwen3-tts-*`/`qwen-tts*`, `MiniMax/*` → DashScope, `espeak-ng` → local).
+//! [`Engines`] is the registry: it maps a model name to the engine serving it
+//! (`cosyvoice-*`, `qwen3-tts-*`/`qwen-tts*`, `MiniMax/*` → DashScope, `espeak-ng` → local).
 
 pub mod dashscope;
 mod error;

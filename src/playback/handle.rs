@@ -126,7 +126,7 @@ impl Playback {
         }
         let sink = self.factory.open(name)?;
         let chime = chime::load(self.settings.chime_file.as_deref(), sink.spec())
-            .map_err(|e| SinkError::new(name, format!("chime: {e}")))?;
+            .map_err(|e| SinkError::caused(name, "chime", e))?;
         let (tx, rx) = mpsc::channel(COMMANDS);
         let task = DeviceTask {
             name: name.to_owned(),

@@ -1,4 +1,4 @@
-//! Local playback: one announcement queue per output device (design.md, Playback).
+//! Local playback: one announcement queue per output device.
 //!
 //! [`Playback`] ([`handle`]) is the handle the doors hold. Each device that has been used gets
 //! one tokio task ([`queue`]) that owns the device's [`Sink`], its queue and the announcement

@@ -441,6 +441,7 @@ impl DeviceTask {
     /// The device failed mid-play: the announcement fails, the device is reopened, the queue
     /// goes on.
     async fn device_failed(&mut self, error: SinkError) {
+        let error = crate::error::chain(&error);
         tracing::warn!(device = %self.name, %error, "output device failed; reopening it");
         if let Some(p) = self.current.take() {
             report(

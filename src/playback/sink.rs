@@ -26,22 +26,40 @@ use crate::audio::AudioSpec;
 /// How far ahead of the clock a clocked sink accepts audio.
 pub const CLOCK_LEAD: Duration = Duration::from_millis(40);
 
-/// A sink failed: the device went away or a write failed.
+/// A sink failed: the device went away or a write failed. The cause (cpal's or the file
+/// system's error), when there is one, is kept as the error's source: messages for clients and
+/// logs use the whole chain ([`crate::error::chain`]).
 #[derive(Debug, thiserror::Error)]
 #[error("{device}: {reason}")]
 pub struct SinkError {
     /// Device name.
     pub device: String,
-    /// What happened.
+    /// What herald was doing, or what is wrong.
     pub reason: String,
+    /// The cause.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl SinkError {
-    /// An error of `device`.
+    /// An error of `device` with no underlying cause.
     pub fn new(device: &str, reason: impl Into<String>) -> Self {
         Self {
             device: device.to_owned(),
             reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// An error of `device` while doing `reason`, caused by `source`.
+    pub fn caused(
+        device: &str,
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            source: Some(Box::new(source)),
+            ..Self::new(device, reason)
         }
     }
 }
@@ -130,12 +148,13 @@ impl ClockedSink {
 
     /// A sink that writes what it plays to a 16-bit WAV file at `path`.
     pub fn wav(path: PathBuf, spec: AudioSpec) -> Result<Self, SinkError> {
-        let file = File::create(&path)
-            .map_err(|e| SinkError::new("wav", format!("cannot create {}: {e}", path.display())))?;
+        let file = File::create(&path).map_err(|e| {
+            SinkError::caused("wav", format!("cannot create {}", path.display()), e)
+        })?;
         let mut writer = BufWriter::new(file);
         writer
             .write_all(&crate::audio::wav::header(spec, 0))
-            .map_err(|e| SinkError::new("wav", e.to_string()))?;
+            .map_err(|e| SinkError::caused("wav", "cannot write the header", e))?;
         Ok(Self::with_tap(
             "wav",
             spec,
@@ -207,7 +226,7 @@ impl ClockedSink {
                 *data_bytes += bytes.len() as u64;
                 writer
                     .write_all(&bytes)
-                    .map_err(|e| SinkError::new("wav", e.to_string()))
+                    .map_err(|e| SinkError::caused("wav", "cannot write", e))
             }
         }
     }
@@ -276,7 +295,7 @@ impl Sink for ClockedSink {
         } = &mut self.tap
         {
             // Keep the file valid whenever the device is idle.
-            let err = |e: std::io::Error| SinkError::new("wav", format!("{}: {e}", path.display()));
+            let err = |e: std::io::Error| SinkError::caused("wav", path.display().to_string(), e);
             writer.flush().map_err(err)?;
             let file = writer.get_mut();
             crate::audio::wav::patch_sizes(file, *data_bytes).map_err(err)?;

@@ -190,7 +190,10 @@ impl pb::speech_server::Speech for SpeechService {
                 },
             )
             .map_err(|e| {
-                Error::failed_precondition(format!("device: no usable output device: {e}"))
+                Error::failed_precondition(format!(
+                    "device: no usable output device: {}",
+                    crate::error::chain(&e)
+                ))
             })?;
         tracing::debug!(%id, %device, "speak queued");
         let (tx, rx) = mpsc::channel(8);

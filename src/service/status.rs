@@ -1,4 +1,4 @@
-//! The one place where domain errors become gRPC statuses (design.md's error table).
+//! The one place where domain errors become gRPC statuses (the table in docs/errors.md).
 //!
 //! The domain classifies ([`crate::error::Error`], [`EngineError::classify`],
 //! [`JobError::classify`]); this module only turns a kind into a `tonic::Code` and keeps the

@@ -36,7 +36,7 @@ pub fn list() -> Vec<DeviceInfo> {
         let Ok(id) = device.id() else { continue };
         let name = id.to_string();
         let described = describe(&device, &name);
-        let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+        let mut known = crate::error::lock(&KNOWN);
         let known = known.get_or_insert_with(HashMap::new);
         match described {
             Ok(info) => {

@@ -70,7 +70,7 @@ pub fn open(name: &str) -> Result<CpalSink, SinkError> {
     let device = find_device(name)?;
     let ranges: Vec<_> = device
         .supported_output_configs()
-        .map_err(|e| SinkError::new(name, format!("cannot open the device: {e}")))?
+        .map_err(|e| SinkError::caused(name, "cannot open the device", e))?
         .collect();
     let default_rate = device.default_output_config().ok().map(|c| c.sample_rate());
     let (config, format) = choose_config(&ranges, default_rate).ok_or_else(|| {
@@ -480,7 +480,7 @@ impl CpalSink {
         };
         live.stream
             .play()
-            .map_err(|e| SinkError::new(&self.name, format!("cannot start playback: {e}")))?;
+            .map_err(|e| SinkError::caused(&self.name, "cannot start playback", e))?;
         live.ever_played = true;
         live.shared.playing.store(true, Ordering::Relaxed);
         self.started = true;
