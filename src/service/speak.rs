@@ -15,8 +15,6 @@ use crate::{
 pub const MAX_LEADING_SILENCE_MS: u32 = 5_000;
 /// Longest `expires_after_ms` (one day).
 pub const MAX_EXPIRES_AFTER_MS: u32 = 86_400_000;
-/// Highest `volume` (0 = default 1.0).
-pub const MAX_VOLUME: f32 = 4.0;
 /// Longest announcement `id`.
 pub const MAX_ID_CHARS: usize = 128;
 
@@ -64,15 +62,7 @@ pub fn validate(
             )));
         }
     };
-    let volume = match req.volume {
-        0.0 => 1.0,
-        v if v.is_finite() && v > 0.0 && v <= MAX_VOLUME => v,
-        v => {
-            return Err(invalid(format!(
-                "volume: {v} is outside 0.0 < volume <= {MAX_VOLUME} (0 = default 1.0)"
-            )));
-        }
-    };
+    let volume = crate::synthesis::volume(req.volume)?;
     let leading_silence = match req.leading_silence_ms {
         0 => settings.leading_silence,
         ms if ms <= MAX_LEADING_SILENCE_MS => Duration::from_millis(u64::from(ms)),
