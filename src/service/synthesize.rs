@@ -163,16 +163,7 @@ mod tests {
 
     #[test]
     fn codec_names_are_the_proto_names() {
-        for codec in [
-            Codec::PcmS16Le,
-            Codec::PcmF32Le,
-            Codec::Wav,
-            Codec::Mp3,
-            Codec::OggOpus,
-            Codec::Flac,
-            Codec::Mulaw,
-            Codec::Alaw,
-        ] {
+        for codec in Codec::ALL {
             let format = crate::audio::encode::negotiate::negotiate(
                 FormatRequest {
                     codec,

@@ -36,6 +36,18 @@ pub enum Codec {
 }
 
 impl Codec {
+    /// Every codec, in the proto's order.
+    pub const ALL: [Self; 8] = [
+        Self::PcmS16Le,
+        Self::PcmF32Le,
+        Self::Wav,
+        Self::Mp3,
+        Self::OggOpus,
+        Self::Flac,
+        Self::Mulaw,
+        Self::Alaw,
+    ];
+
     /// The codec's name as clients write it (the proto's enum value names).
     pub fn name(self) -> &'static str {
         match self {
@@ -280,16 +292,7 @@ mod tests {
 
     #[test]
     fn codec_round_trips_through_the_negotiated_encoding() {
-        for codec in [
-            Codec::PcmS16Le,
-            Codec::PcmF32Le,
-            Codec::Wav,
-            Codec::Mp3,
-            Codec::OggOpus,
-            Codec::Flac,
-            Codec::Mulaw,
-            Codec::Alaw,
-        ] {
+        for codec in Codec::ALL {
             let f = negotiate(ask(codec, 0), 24000).unwrap();
             assert_eq!(Codec::of(f.encoding), codec);
         }
