@@ -16,9 +16,9 @@ use futures::StreamExt;
 use herald::{
     client::{self, Target},
     config::{self, Env, LoadOptions, Overrides},
+    daemon::Daemon,
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
-    service::{self, Daemon},
-    shutdown, systemd, telemetry,
+    service, shutdown, systemd, telemetry,
 };
 
 /// sysexits.h EX_USAGE: bad configuration or arguments.
