@@ -11,9 +11,10 @@
 //! This module owns the configuration schema, its defaults where no domain type has them, its
 //! validation and its error messages. [`Config`] holds the domain settings types themselves
 //! (the espeak-ng and DashScope engine settings, the synthesis limits, playback, cache and
-//! custom voices), so each setting has one type and its default is written once. It builds no
-//! engine, opens no file beyond the config file, secrets and TLS PEMs, and must not depend on a
-//! door: no tonic, prost or `pb` types, no listener or handler code.
+//! custom voices), so each setting has one type and its default is written once. It must not
+//! build engines or open the cache, the voice registry or listeners (it reads only the config
+//! file, secret files, TLS PEMs and `/etc/group`), and must not depend on a door: no tonic,
+//! prost or `pb` types, no listener or handler code.
 //!
 //! - `env`: the environment snapshot, the variable → key table and the flag overrides;
 //! - `raw`: every `[section]` as written, with its serde defaults;

@@ -1,8 +1,8 @@
 //! The gRPC door: herald.v1.Speech, herald.v1.Cache, grpc.health.v1 and server reflection, on
 //! unix sockets and/or TCP.
 //!
-//! [`bind`] opens the listeners ([`listen`]); [`Server::serve`] routes every listener to the
-//! services, behind the access policy of [`auth`], until the shutdown future resolves, then
+//! [`bind`] opens the listeners (`listen`); [`Server::serve`] routes every listener to the
+//! services, behind the access policy of [`Access`] (`auth`), until the shutdown future resolves, then
 //! stops accepting, cancels every in-flight job, and waits for connections to close within the
 //! grace period. The handlers are in [`speech`] and [`cache`], the mapping of domain errors to
 //! gRPC statuses in [`status`].
