@@ -11,8 +11,9 @@ use std::{path::PathBuf, time::Duration};
 use futures::StreamExt;
 use herald::{
     config::{self, Env, LoadOptions, Overrides},
+    daemon::Daemon,
     pb::{self, speech_client::SpeechClient, synthesize_response::Payload},
-    service::{self, Daemon},
+    service,
 };
 use tokio::time::Instant;
 

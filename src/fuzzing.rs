@@ -15,6 +15,7 @@ use tonic::Status;
 
 use crate::{
     audio::decode::{Decoder as _, SymphoniaDecoder, WavDecoder, wav_s16_header},
+    daemon::Daemon,
     engine::{
         Engines,
         dashscope::{
@@ -24,7 +25,7 @@ use crate::{
         },
     },
     pb,
-    service::{Daemon, speech::Settings},
+    synthesis::Settings,
 };
 
 // === sse ===
@@ -200,6 +201,7 @@ impl Validator {
     pub fn new() -> Self {
         let client = Client::new(DashScopeSettings {
             api_key: SecretString::from("sk-fuzz"),
+            api_key_source: "fuzzing".to_owned(),
             base_url: "http://127.0.0.1:9/api/v1".to_owned(),
             workspace_id: None,
             tuning: Tuning::default(),

@@ -36,6 +36,7 @@ pub mod audio;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod error;
 #[doc(hidden)]

@@ -13,10 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser;
-use herald::{
-    service::{self, Daemon},
-    shutdown, systemd, telemetry,
-};
+use herald::{daemon::Daemon, service, shutdown, systemd, telemetry};
 
 use crate::cli::{Cli, Command, ConfigArgs};
 

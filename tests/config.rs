@@ -19,5 +19,5 @@ fn the_shipped_example_config_parses_and_matches_the_defaults() {
     let config = parsed
         .validate(&Env::from_pairs([("RUNTIME_DIRECTORY", "/run/herald")]))
         .expect("validates");
-    assert_eq!(config.max_text_chars, 20_000);
+    assert_eq!(config.synthesis.max_text_chars, 20_000);
 }

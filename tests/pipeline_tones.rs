@@ -11,11 +11,13 @@ use bytes::Bytes;
 use herald::{
     audio::{AudioSpec, InputEncoding},
     config::ListenAddr,
+    daemon::Daemon,
     engine::{
         EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo,
     },
     pb::{self, audio_format::Encoding, speech_client::SpeechClient},
-    service::{self, Daemon, Settings},
+    service,
+    synthesis::Settings,
 };
 use support::*;
 use tokio_util::sync::CancellationToken;

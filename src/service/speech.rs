@@ -11,11 +11,9 @@ use std::{pin::Pin, sync::Arc};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::deadline::{call_deadline, grpc_timeout, peer_of};
-pub use crate::synthesis::Settings;
 use crate::{
     engine::VoiceInfo,
     error::Error,
@@ -41,18 +39,9 @@ pub struct SpeechService {
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 impl SpeechService {
-    /// A service over `provider` and `playback`; jobs are cancelled when `root` is.
-    pub fn new(
-        provider: Arc<Provider>,
-        settings: Settings,
-        playback: Arc<Playback>,
-        root: CancellationToken,
-        voices: Arc<crate::voices::Manager>,
-    ) -> Self {
-        Self {
-            core: Arc::new(Core::new(provider, voices, settings, root)),
-            playback,
-        }
+    /// The door over `core` and `playback`.
+    pub fn new(core: Arc<Core>, playback: Arc<Playback>) -> Self {
+        Self { core, playback }
     }
 
     /// The synthesis core.

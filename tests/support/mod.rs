@@ -7,8 +7,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use futures::StreamExt;
 use herald::{
     config::{self, Env, ListenAddr, LoadOptions, Overrides},
+    daemon::Daemon,
     pb::{self, speech_client::SpeechClient, synthesize_response::Payload},
-    service::{self, Daemon, ServeError},
+    service::{self, ServeError},
 };
 use rustfft::{FftPlanner, num_complex::Complex};
 use tokio::{sync::oneshot, task::JoinHandle};

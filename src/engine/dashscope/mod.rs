@@ -89,11 +89,15 @@ impl Default for Tuning {
     }
 }
 
-/// Connection settings.
+/// Connection settings: the one type the configuration validates into and the client runs
+/// with. Its `Debug` never shows the key (`SecretString` prints `[REDACTED]`).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// API key.
     pub api_key: SecretString,
+    /// Where the key came from (a variable, a file, a systemd credential), for `check-config`
+    /// and logs; never the key itself.
+    pub api_key_source: String,
     /// Base URL, `{WorkspaceId}` already filled, no trailing slash.
     pub base_url: String,
     /// Workspace id, sent as `X-DashScope-WorkSpace`.

@@ -1,0 +1,221 @@
+//! The composition root: a validated [`Config`] in, a running daemon's parts out.
+//!
+//! [`Daemon::from_config`] builds the engines the configuration enables (espeak-ng, the
+//! DashScope families over one client), opens the custom-voice registry and the audio cache,
+//! keeps the fallback steps some engine serves, checks the default model and voice against the
+//! built engines, and wires the provider, playback and the gRPC [`Server`] together. It sits
+//! above every door, next to `main`: the doors and the core never build their own
+//! dependencies.
+//!
+//! This module owns the wiring only: it must not validate configuration values (the config
+//! module does; what needs the built engines is checked here with the config's messages),
+//! handle requests, or hold audio or engine logic.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    cache::Cache,
+    config::{Config, ConfigError},
+    engine::{EngineError, Engines, Synthesizer, dashscope, espeak::Espeak},
+    playback::{PipelineSource, Playback, PlaybackSettings, Registry},
+    provider::{FallbackStep, Provider},
+    service::{Access, BoundListener, ServeError, Server, SpeechService},
+    synthesis::{Core, Settings},
+};
+
+/// Errors building the daemon from a configuration.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StartError {
+    /// An engine could not be set up.
+    #[error("engine setup failed")]
+    Engine(#[from] EngineError),
+    /// The configuration names something the built engines do not serve (the default model
+    /// or voice).
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The custom-voice registry could not be read.
+    #[error("voices.directory: cannot read the voice registry")]
+    Registry(#[source] std::io::Error),
+    /// A set-up task (opening the voice registry or the cache) panicked.
+    #[error("{task}")]
+    Task {
+        /// What the task did: "voices" or "cache".
+        task: &'static str,
+        /// Why it ended.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+/// The daemon: the gRPC server over the composed engines, cache, playback and custom voices.
+pub struct Daemon {
+    server: Server,
+    provider: Arc<Provider>,
+}
+
+impl Daemon {
+    /// Build the engines the configuration asks for and check the default model and voice.
+    pub async fn from_config(config: &Config) -> Result<Self, StartError> {
+        let mut engines: Vec<Arc<dyn Synthesizer>> = Vec::new();
+        if let Some(settings) = &config.espeak {
+            engines.push(Arc::new(Espeak::new(settings.clone()).await?));
+        }
+        let mut upstream = None;
+        if let Some(settings) = &config.dashscope {
+            let client = dashscope::Client::new(settings.clone())?;
+            engines.extend(client.engines());
+            upstream = Some(client);
+        }
+        let voices_settings = config.voices.clone();
+        let voices = tokio::task::spawn_blocking(move || {
+            crate::voices::Manager::open(voices_settings, upstream)
+        })
+        .await
+        .map_err(|source| StartError::Task {
+            task: "voices",
+            source,
+        })?
+        .map_err(StartError::Registry)?;
+        let engines = Engines::new(engines);
+        check_defaults(&config.synthesis, &engines)?;
+        let mut fallback = Vec::new();
+        for step in &config.fallback {
+            match step {
+                FallbackStep::Model { model, .. } if engines.for_model(model).is_none() => {
+                    tracing::warn!(%model, "fallback.chain: no configured engine serves this model; step skipped");
+                }
+                step => fallback.push(step.clone()),
+            }
+        }
+        let cache = match &config.cache {
+            None => {
+                let why = config.cache_off.as_deref().unwrap_or("disabled");
+                tracing::warn!(%why, "running without the audio cache");
+                None
+            }
+            Some(c) => {
+                let c = c.clone();
+                let dir = c.directory.clone();
+                match tokio::task::spawn_blocking(move || Cache::open(c)).await {
+                    Ok(Ok(cache)) => {
+                        tracing::info!(directory = %dir.display(), "cache open");
+                        Some(Arc::new(cache))
+                    }
+                    Ok(Err(e)) => {
+                        // A kiosk keeps speaking without its cache rather than not at all.
+                        tracing::error!(directory = %dir.display(), error = %e, "cannot open the cache; running without it");
+                        None
+                    }
+                    Err(source) => {
+                        return Err(StartError::Task {
+                            task: "cache",
+                            source,
+                        });
+                    }
+                }
+            }
+        };
+        let mut daemon = Self::with_parts(
+            Arc::new(Provider::new(engines, cache, fallback)),
+            config.synthesis.clone(),
+            config.playback.clone(),
+            config.shutdown_grace,
+            Arc::new(voices),
+        );
+        daemon.server = daemon
+            .server
+            .with_access(Access::from_config(config))
+            .with_max_message_bytes(config.max_message_bytes);
+        Ok(daemon)
+    }
+
+    /// A daemon over explicit engines and settings, with default playback settings, no cache
+    /// and no fallback (tests, embedding).
+    pub fn new(engines: Engines, settings: Settings, grace: Duration) -> Self {
+        Self::with_parts(
+            Arc::new(Provider::new(engines, None, Vec::new())),
+            settings,
+            PlaybackSettings::default(),
+            grace,
+            Arc::new(crate::voices::Manager::disabled()),
+        )
+    }
+
+    /// A daemon over a provider (engines, cache, fallback), settings and playback settings.
+    pub fn with_parts(
+        provider: Arc<Provider>,
+        settings: Settings,
+        playback: PlaybackSettings,
+        grace: Duration,
+        voices: Arc<crate::voices::Manager>,
+    ) -> Self {
+        let jobs = CancellationToken::new();
+        let playback = Arc::new(Playback::new(
+            playback.clone(),
+            Arc::new(Registry::new(playback)),
+            Arc::new(PipelineSource::new(Arc::clone(&provider))),
+            jobs.clone(),
+        ));
+        let core = Arc::new(Core::new(
+            Arc::clone(&provider),
+            voices,
+            settings,
+            jobs.clone(),
+        ));
+        let speech = SpeechService::new(core, playback);
+        Self {
+            server: Server::new(speech, jobs, grace),
+            provider,
+        }
+    }
+
+    /// The Speech service (the fuzz targets reach request validation through it).
+    pub(crate) fn speech(&self) -> &SpeechService {
+        self.server.speech()
+    }
+
+    /// What refreshes the metrics that mirror state (cache size) before a scrape.
+    pub fn metrics_refresh(&self) -> Arc<dyn Fn() + Send + Sync> {
+        let cache = self.provider.cache().cloned();
+        Arc::new(move || {
+            if let Some(cache) = &cache {
+                let stats = cache.stats();
+                let m = crate::metrics::metrics();
+                m.cache_bytes
+                    .set(i64::try_from(stats.store.bytes).unwrap_or(i64::MAX));
+                m.cache_entries
+                    .set(i64::try_from(stats.store.entries).unwrap_or(i64::MAX));
+            }
+        })
+    }
+
+    /// Serve on `listeners` until `shutdown` resolves: see [`Server::serve`].
+    pub async fn serve(
+        self,
+        listeners: Vec<BoundListener>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), ServeError> {
+        self.server.serve(listeners, shutdown).await
+    }
+}
+
+/// The default model must be served by a built engine, and the default voice must be one of
+/// its voices (espeak-ng's list is only known once the engine has read it).
+fn check_defaults(settings: &Settings, engines: &Engines) -> Result<(), ConfigError> {
+    let model = &settings.default_model;
+    let Some(engine) = engines.for_model(model) else {
+        return Err(ConfigError::invalid(
+            "synthesis.default_model",
+            format!("{model:?} is not served by any configured engine"),
+        ));
+    };
+    if let Some(voice) = &settings.default_voice {
+        engine
+            .check_voice(model, voice)
+            .map_err(|m| ConfigError::invalid("synthesis.default_voice", m))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Who may use which listener: the bearer token TCP clients must send, TLS on TCP listeners,
+//! and which TCP listeners may be served at all.
+//!
+//! [`Access`] is built from a validated configuration; [`BearerAuth`] checks the token in
+//! constant time on every call of a TCP listener. Unix clients are guarded by the socket's mode
+//! and group, and health checks never need a token. This module must not log or `Debug`-print
+//! a token or a key, and must not open listeners ([`super::listen`] does).
+
+use std::{net::SocketAddr, sync::Arc};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{CREDENTIAL_AUTH_TOKEN, Config, TcpAuth};
+
+/// Why a TCP listener may not be served (socket activation can pass any socket).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refused {
+    /// No token is configured, so no TCP listener is served.
+    #[error(
+        "TCP listener {addr} requires a bearer token (server.auth_token_file, \
+         HERALD_AUTH_TOKEN or the systemd credential {CREDENTIAL_AUTH_TOKEN})"
+    )]
+    NoToken {
+        /// The listener.
+        addr: SocketAddr,
+    },
+    /// `--insecure-no-auth` serves loopback listeners only.
+    #[error(
+        "TCP listener {addr} is not loopback: --insecure-no-auth applies to loopback \
+         only; configure a bearer token"
+    )]
+    NotLoopback {
+        /// The listener.
+        addr: SocketAddr,
+    },
+}
+
+/// Who may use which listener: TCP clients need the bearer token (when one is configured), unix
+/// clients are guarded by the socket's mode and group. Health checks never need a token.
+#[derive(Clone, Default)]
+pub struct Access {
+    pub(super) token: Option<Arc<SecretString>>,
+    /// No token is configured and TCP was not asked for: a TCP listener is refused.
+    refuse_tcp: bool,
+    /// No token, by `--insecure-no-auth`: TCP only on loopback.
+    loopback_only: bool,
+    /// PEM certificate chain and private key of TCP listeners.
+    pub(super) tls: Option<(Vec<u8>, Arc<SecretString>)>,
+}
+
+impl std::fmt::Debug for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Access")
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("refuse_tcp", &self.refuse_tcp)
+            .field("loopback_only", &self.loopback_only)
+            .field("tls", &self.tls.is_some())
+            .finish()
+    }
+}
+
+impl Access {
+    /// The policy of a validated configuration.
+    pub fn from_config(config: &Config) -> Self {
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|t| (t.cert_pem.clone(), Arc::new(t.key_pem.clone())));
+        match &config.tcp_auth {
+            TcpAuth::Token { token, .. } => Self {
+                token: Some(Arc::new(token.clone())),
+                tls,
+                ..Self::default()
+            },
+            TcpAuth::InsecureLoopbackOnly => Self {
+                loopback_only: true,
+                tls,
+                ..Self::default()
+            },
+            TcpAuth::Refuse => Self {
+                refuse_tcp: true,
+                tls,
+                ..Self::default()
+            },
+        }
+    }
+
+    /// Refuse to serve a TCP listener the policy does not allow (socket activation can pass
+    /// any socket).
+    pub(super) fn check(&self, addr: &SocketAddr) -> Result<(), Refused> {
+        if self.refuse_tcp {
+            return Err(Refused::NoToken { addr: *addr });
+        }
+        if self.loopback_only && !addr.ip().is_loopback() {
+            return Err(Refused::NotLoopback { addr: *addr });
+        }
+        Ok(())
+    }
+
+    /// The interceptor of one listener: the token check on TCP, none on unix sockets.
+    pub(super) fn interceptor(&self, tcp: bool) -> BearerAuth {
+        BearerAuth(self.token.clone().filter(|_| tcp))
+    }
+}
+
+/// Checks `authorization: Bearer <token>` in constant time (when a token is required).
+#[derive(Clone)]
+pub(super) struct BearerAuth(Option<Arc<SecretString>>);
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.0 else {
+            return Ok(request);
+        };
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(tonic::Status::unauthenticated(
+                "authorization: missing; send \"authorization: Bearer <token>\" (server.auth_token)",
+            ));
+        };
+        let presented = value
+            .as_bytes()
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
+            .unwrap_or_default();
+        if bool::from(presented.ct_eq(token.expose_secret().as_bytes())) {
+            Ok(request)
+        } else {
+            Err(tonic::Status::unauthenticated(
+                "authorization: the bearer token is not valid",
+            ))
+        }
+    }
+}

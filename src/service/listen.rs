@@ -1,0 +1,223 @@
+//! Listeners: binding unix sockets and TCP addresses, and taking the sockets systemd passed
+//! (socket activation).
+//!
+//! [`bind`] opens the listeners before serving, so callers (and tests) learn the real addresses
+//! first. A unix socket appears at its path only with its final mode and group, and a socket
+//! another running process still answers on is never replaced. This module must not serve
+//! anything or decide who may connect ([`super::auth`] does).
+
+use std::{
+    io,
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use tokio::net::{TcpListener, UnixListener};
+
+use super::ServeError;
+use crate::config::ListenAddr;
+
+/// An open listener, ready to serve.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub(super) addr: ListenAddr,
+    pub(super) kind: ListenerKind,
+    /// Passed by systemd (socket activation): its socket file belongs to systemd and is left
+    /// in place at shutdown.
+    pub(super) activated: bool,
+}
+
+/// The socket under a [`BoundListener`].
+#[derive(Debug)]
+pub(super) enum ListenerKind {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl BoundListener {
+    /// The address actually bound (with the real port when port 0 was asked for).
+    pub fn addr(&self) -> &ListenAddr {
+        &self.addr
+    }
+}
+
+/// Open every listener. Unix sockets get `socket_mode`; a stale socket file left by an earlier
+/// run is replaced, but any other kind of file is not touched.
+pub async fn bind(
+    addrs: &[ListenAddr],
+    socket_mode: u32,
+) -> Result<Vec<BoundListener>, ServeError> {
+    bind_with(addrs, socket_mode, None).await
+}
+
+/// [`bind`], with unix sockets given to group `socket_group` (a gid).
+pub async fn bind_with(
+    addrs: &[ListenAddr],
+    socket_mode: u32,
+    socket_group: Option<u32>,
+) -> Result<Vec<BoundListener>, ServeError> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for addr in addrs {
+        let err = |source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        let bound = match addr {
+            ListenAddr::Tcp(a) => {
+                let l = TcpListener::bind(a).await.map_err(err)?;
+                let real = l.local_addr().map_err(err)?;
+                BoundListener {
+                    addr: ListenAddr::Tcp(real),
+                    kind: ListenerKind::Tcp(l),
+                    activated: false,
+                }
+            }
+            ListenAddr::Unix(path) => {
+                let l = bind_unix(path, socket_mode, socket_group).map_err(err)?;
+                BoundListener {
+                    addr: addr.clone(),
+                    kind: ListenerKind::Unix(l),
+                    activated: false,
+                }
+            }
+        };
+        out.push(bound);
+    }
+    Ok(out)
+}
+
+/// The sockets systemd passed (`LISTEN_FDS`, `LISTEN_FDNAMES`). Take it with
+/// [`Activation::from_env`] before the process starts threads: the environment variables are
+/// cleared so that children do not inherit them.
+pub struct Activation {
+    fds: listenfd::ListenFd,
+    names: Vec<String>,
+}
+
+impl std::fmt::Debug for Activation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activation")
+            .field("fds", &self.fds.len())
+            .field("names", &self.names)
+            .finish()
+    }
+}
+
+impl Activation {
+    /// The sockets of this process's socket activation, if any (none when `LISTEN_PID` names
+    /// another process).
+    pub fn from_env() -> Self {
+        let names = std::env::var("LISTEN_FDNAMES")
+            .map(|n| n.split(':').map(str::to_owned).collect())
+            .unwrap_or_default();
+        Self {
+            fds: listenfd::ListenFd::from_env(),
+            names,
+        }
+    }
+
+    /// How many sockets were passed.
+    pub fn len(&self) -> usize {
+        self.fds.len()
+    }
+
+    /// No socket was passed.
+    pub fn is_empty(&self) -> bool {
+        self.fds.len() == 0
+    }
+
+    /// Every passed socket as a listener: TCP (IPv4/IPv6) or unix stream sockets, in order.
+    pub fn listeners(mut self) -> Result<Vec<BoundListener>, ServeError> {
+        let mut out = Vec::with_capacity(self.fds.len());
+        for idx in 0..self.fds.len() {
+            let name = self
+                .names
+                .get(idx)
+                .cloned()
+                .unwrap_or_else(|| format!("fd {}", idx + 3));
+            let err = |source| ServeError::Bind {
+                addr: format!("socket-activated {name}"),
+                source,
+            };
+            if let Ok(Some(l)) = self.fds.take_tcp_listener(idx) {
+                l.set_nonblocking(true).map_err(err)?;
+                let l = TcpListener::from_std(l).map_err(err)?;
+                let real = l.local_addr().map_err(err)?;
+                out.push(BoundListener {
+                    addr: ListenAddr::Tcp(real),
+                    kind: ListenerKind::Tcp(l),
+                    activated: true,
+                });
+                continue;
+            }
+            match self.fds.take_unix_listener(idx) {
+                Ok(Some(l)) => {
+                    l.set_nonblocking(true).map_err(err)?;
+                    let path = l
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                        .unwrap_or_else(|| PathBuf::from(format!("@{name}")));
+                    let l = UnixListener::from_std(l).map_err(err)?;
+                    out.push(BoundListener {
+                        addr: ListenAddr::Unix(path),
+                        kind: ListenerKind::Unix(l),
+                        activated: true,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("not a TCP or unix stream socket: {e}"),
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn bind_unix(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => {
+            // A socket someone still answers on belongs to a running daemon: never steal it.
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("{} is in use by another running process", path.display()),
+                ));
+            }
+            std::fs::remove_file(path)?;
+        }
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        Err(_) => {}
+    }
+    // Bind under a temporary name, set the mode, then rename: the socket never appears at its
+    // real path with the wrong permissions.
+    let name = path
+        .file_name()
+        .map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let listener = UnixListener::bind(&tmp)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot give the socket to group {gid}: {e}"),
+            )
+        })?;
+    }
+    std::fs::rename(&tmp, path)?;
+    Ok(listener)
+}
