@@ -6,27 +6,43 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: TOML file + environment + flags → a validated [`config::Config`].
-//! - [`service`]: the tonic server (herald.v1.Speech, health, reflection) on unix sockets and
-//!   TCP; [`service::speech`] and [`service::cache`] hold the thin RPC handlers,
-//!   [`service::status`] the one mapping
-//!   from domain errors to gRPC statuses.
-//! - [`provider`]: where a request's audio comes from: the cache, the engine (shared flights),
-//!   or the fallback chain.
-//! - [`cache`]: the disk cache ([`cache::store`]), its keys ([`cache::key`]) and single flight
-//!   ([`cache::flight`]).
-//! - [`pipeline`]: one synthesis job: engine stream → blocking audio thread → chunks.
-//! - [`audio`]: synchronous stages: decode, resample, remix, gain, encode, chunk.
-//! - [`engine`]: the [`engine::Synthesizer`] trait, the model registry, and the engines
-//!   ([`engine::espeak`]).
-//! - [`playback`]: local playback: one announcement queue per output device, sinks (cpal,
-//!   wav, null).
-//! - [`client`]: the gRPC client side used by `herald say` and `herald voices`.
-//! - [`voices`]: custom voices (DashScope cloning and design): the registry of the voices herald
-//!   created, sample checks, CreateVoice / GetVoice / DeleteVoice.
-//! - [`shutdown`], [`telemetry`]: signals and logging.
+//! One core, several doors. The doors translate a wire format and map domain errors; the core
+//! below them knows no wire format (no tonic, prost or generated types; the architecture test
+//! in `tests/` checks it).
+//!
+//! Doors and the process:
+//! - [`service`]: the gRPC door (herald.v1.Speech, herald.v1.Cache, health, reflection) on unix
+//!   sockets and TCP: listeners, bearer-token auth, the thin handlers, and [`service::status`],
+//!   the one mapping from domain errors to gRPC statuses.
+//! - [`daemon`]: the composition root: builds engines, cache, fallback chain, custom voices,
+//!   playback and the synthesis core from a [`config::Config`], and serves them.
+//! - [`client`]: the gRPC client side used by the CLI's client commands (`src/cli/`, in the
+//!   binary).
+//! - [`metrics`], [`systemd`], [`shutdown`], [`telemetry`]: Prometheus metrics, sd_notify and
+//!   the watchdog, signals, logging.
 //! - [`pb`]: generated protobuf/gRPC code.
 //! - `fuzzing` (hidden): the doors the fuzz targets of `fuzz/` need, nothing more.
+//!
+//! The core:
+//! - [`synthesis`]: the owner of a job: validates a door-neutral request, admits it under
+//!   herald's limits, opens its source through the provider, runs the pipeline and yields
+//!   events (info, audio, word timings, summary) or one domain error.
+//! - [`error`]: the domain error (a kind mirroring the gRPC codes, and a client message).
+//! - [`provider`]: where a job's audio comes from: the cache, the engine (shared flights), or
+//!   the fallback chain.
+//! - [`pipeline`]: the audio half of a job: engine stream → blocking audio thread → chunks.
+//! - [`audio`]: synchronous stages: decode, resample, remix, gain, join fades, encode, chunk;
+//!   WAV headers; output-format negotiation.
+//! - [`engine`]: the [`engine::Synthesizer`] trait, the model registry, and the engines
+//!   ([`engine::espeak`], [`engine::dashscope`]).
+//! - [`cache`]: the disk cache ([`cache::store`]), its keys ([`cache::key`]) and single flight
+//!   ([`cache::flight`]).
+//! - [`playback`]: local playback: one announcement queue per output device, sinks (cpal,
+//!   wav, null).
+//! - [`voices`]: custom voices (DashScope cloning and design): the registry of the voices
+//!   herald created, sample checks, create / get / delete on domain types.
+//! - [`config`]: TOML file + environment + flags → a validated [`config::Config`] holding each
+//!   domain's own settings type.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]

@@ -47,7 +47,7 @@ pub struct TtfaLabels {
 pub struct UpstreamLabels {
     /// Engine family ("cosyvoice", "qwen-tts", "minimax").
     pub family: String,
-    /// "ok", "http_<status>", "transport", "timeout", "protocol", "saturated".
+    /// "ok", "http_`<status>`", "transport", "timeout", "protocol", "saturated".
     pub outcome: String,
 }
 

@@ -1,9 +1,9 @@
 //! Local playback: one announcement queue per output device.
 //!
-//! [`Playback`] ([`handle`]) is the handle the doors hold. Each device that has been used gets
-//! one tokio task ([`queue`]) that owns the device's [`Sink`], its queue and the announcement
+//! [`Playback`] (`handle`) is the handle the doors hold. Each device that has been used gets
+//! one tokio task (`queue`) that owns the device's [`Sink`], its queue and the announcement
 //! playing now; the handle talks to it only through a bounded command channel (control by
-//! handle, never by lock). [`source`] produces an announcement's audio through the synthesis
+//! handle, never by lock). `source` produces an announcement's audio through the synthesis
 //! core; [`sink`] holds the sinks and their registry. The task plays in small blocks, so a command (an IMPORTANT announcement, a
 //! StopSpeaking) takes effect within one block plus the sink's lead (about 60 ms).
 //!

@@ -2,8 +2,8 @@
 //! events and errors.
 //!
 //! Handlers are thin (console-subscriber, tonic's streaming example): no limits, defaults or
-//! job logic live here, only the protobuf translation ([`super::synthesize`], [`super::speak`],
-//! [`super::voices`]) and the mapping of domain errors to statuses ([`super::status`]). A
+//! job logic live here, only the protobuf translation (`synthesize`, `speak`,
+//! `voices`) and the mapping of domain errors to statuses ([`super::status`]). A
 //! response stream that the client drops stops its job.
 
 use std::{pin::Pin, sync::Arc};
