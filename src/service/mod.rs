@@ -10,6 +10,7 @@ pub mod cache;
 mod speak;
 pub mod speech;
 pub mod status;
+mod voices;
 
 use std::{
     future::Future,

@@ -864,7 +864,7 @@ impl pb::speech_server::Speech for SpeechService {
             })
             .collect::<Vec<_>>();
         let mut voices = voices;
-        let custom = self.inner.voices.list(&req.model).await;
+        let custom = super::voices::list(&self.inner.voices, &req.model).await;
         voices.extend(
             custom
                 .into_iter()
@@ -971,12 +971,9 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::CreateVoiceRequest>,
     ) -> Result<Response<pb::CustomVoice>, Status> {
         let deadline = self.voice_deadline(request.metadata());
-        let voice = self
-            .inner
-            .voices
-            .create(request.into_inner(), deadline)
-            .await?;
-        Ok(Response::new(voice))
+        super::voices::create(&self.inner.voices, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 
     async fn get_voice(
@@ -984,12 +981,9 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::GetVoiceRequest>,
     ) -> Result<Response<pb::CustomVoice>, Status> {
         let deadline = self.voice_deadline(request.metadata());
-        let voice = self
-            .inner
-            .voices
-            .get(&request.into_inner().name, deadline)
-            .await?;
-        Ok(Response::new(voice))
+        super::voices::get(&self.inner.voices, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 
     async fn delete_voice(
@@ -997,12 +991,9 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::DeleteVoiceRequest>,
     ) -> Result<Response<pb::DeleteVoiceResponse>, Status> {
         let deadline = self.voice_deadline(request.metadata());
-        let gone = self
-            .inner
-            .voices
-            .delete(&request.into_inner().name, deadline)
-            .await?;
-        Ok(Response::new(gone))
+        super::voices::delete(&self.inner.voices, request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 
     async fn list_output_devices(

@@ -1,0 +1,643 @@
+//! The custom-voice manager: create, get, delete and list the voices herald made, and the
+//! check a synthesis with a custom voice passes before any upstream call.
+//!
+//! It owns the rules (routing to a surface, names, languages, design and clone limits, the
+//! life of a record: DEPLOYING → READY | FAILED, then a tombstone) and the classification of
+//! upstream failures for clients. It takes and returns domain types ([`CreateVoice`],
+//! [`Record`], [`Deleted`], [`ListedVoice`]) and fails with [`crate::error::Error`]. It must
+//! not build wire bodies (`engine::dashscope::custom` does) or know any door's wire format.
+
+use std::{sync::Arc, time::Duration};
+
+use base64::Engine as _;
+use tokio::time::Instant;
+
+use super::{
+    Settings,
+    registry::{Record, Registry, VoiceKind, VoiceStatus, now_ms},
+    sample,
+    surface::{MAX_TRANSCRIPT_CHARS, MAX_URL_CHARS, Surface, truncate},
+};
+use crate::{
+    engine::{
+        EngineError,
+        dashscope::{
+            self,
+            custom::{CloneAudio, NewVoice, NewVoiceSource, data_uri_refused},
+        },
+    },
+    error::Error,
+};
+
+/// How long ListVoices waits for upstream's listings.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A CreateVoice request, as the domain sees it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CreateVoice {
+    /// The requested name (`prefix` / `preferred_name`).
+    pub name: String,
+    /// The one model the voice will work with.
+    pub target_model: String,
+    /// Its language, or empty.
+    pub language: String,
+    /// What it is made from; `None` when the request named nothing.
+    pub source: Option<Source>,
+    /// Wait until upstream finished training it (`voice-enrollment`), within the deadline.
+    pub wait: bool,
+}
+
+/// What a voice is made from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Source {
+    /// A sample of a speaker.
+    Clone {
+        /// The sample; `None` when the request gave neither audio nor URL.
+        sample: Option<Sample>,
+        /// What the sample says, or empty.
+        transcript: String,
+    },
+    /// A description.
+    Design {
+        /// The voice prompt.
+        description: String,
+        /// The preview's text.
+        preview_text: String,
+    },
+}
+
+impl Source {
+    /// The kind of voice this makes.
+    pub fn kind(&self) -> VoiceKind {
+        match self {
+            Self::Clone { .. } => VoiceKind::Clone,
+            Self::Design { .. } => VoiceKind::Design,
+        }
+    }
+}
+
+/// A clone's sample.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sample {
+    /// An http(s) URL upstream fetches.
+    Url(String),
+    /// The audio file (WAV, MP3 or M4A).
+    Audio(Vec<u8>),
+}
+
+/// What a DeleteVoice did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// The voice.
+    pub name: String,
+    /// Upstream no longer had it (deleted elsewhere, or never finished).
+    pub already_gone_upstream: bool,
+}
+
+/// A custom voice as ListVoices shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedVoice {
+    /// Upstream's id, what synthesis takes.
+    pub name: String,
+    /// The requested name for voices herald made, else the id.
+    pub display_name: String,
+    /// The model it works with.
+    pub model: String,
+    /// Its language, or empty.
+    pub language: String,
+    /// Its state.
+    pub status: VoiceStatus,
+}
+
+/// The custom-voice service state: the registry and the upstream client.
+#[derive(Debug)]
+pub struct Manager {
+    registry: Registry,
+    client: Option<Arc<dashscope::Client>>,
+    settings: Settings,
+}
+
+impl Manager {
+    /// A manager over the registry in `settings.directory` and the DashScope client, if any.
+    pub fn open(
+        settings: Settings,
+        client: Option<Arc<dashscope::Client>>,
+    ) -> std::io::Result<Self> {
+        let registry = Registry::open(settings.directory.clone())?;
+        Ok(Self {
+            registry,
+            client,
+            settings,
+        })
+    }
+
+    /// A manager with no registry and no upstream (tests, embedding).
+    pub fn disabled() -> Self {
+        Self {
+            registry: Registry::in_memory(),
+            client: None,
+            settings: Settings::default(),
+        }
+    }
+
+    fn client(&self) -> Result<&Arc<dashscope::Client>, Error> {
+        self.client.as_ref().ok_or_else(|| {
+            Error::failed_precondition(
+                "custom voices need DashScope: configure dashscope.api_key (DASHSCOPE_API_KEY)",
+            )
+        })
+    }
+
+    /// The check of a Synthesize/Speak voice against the registry, before any upstream call.
+    /// Returns the model to use (the voice's own when `model` is empty), or `None` when the
+    /// voice is not a custom voice herald knows.
+    pub fn check_synthesis(&self, voice: &str, model: &str) -> Result<Option<String>, Error> {
+        let Some(r) = self.registry.get(voice) else {
+            return Ok(None);
+        };
+        if r.deleted_at_ms.is_some() {
+            return Err(Error::invalid(format!(
+                "voice: custom voice {voice:?} was deleted (DeleteVoice); create a new one"
+            )));
+        }
+        if !model.is_empty() && model != r.target_model {
+            return Err(Error::invalid(format!(
+                "voice: custom voice {voice:?} works only with model {:?} (its target model), \
+                 not {:?}",
+                r.target_model,
+                truncate(model, 64)
+            )));
+        }
+        if r.status == VoiceStatus::Failed {
+            return Err(Error::failed_precondition(format!(
+                "voice: custom voice {voice:?} was rejected upstream (FAILED); delete it and \
+                 create another"
+            )));
+        }
+        Ok(Some(r.target_model))
+    }
+
+    /// Custom voices for ListVoices: the registry's, plus upstream's listings (voices made
+    /// elsewhere with the same key). An upstream listing that fails is logged and skipped.
+    /// `model`: the request's filter; a model DashScope does not serve skips the listings.
+    pub async fn list(&self, model: &str) -> Vec<ListedVoice> {
+        let mut out: Vec<ListedVoice> = self
+            .registry
+            .live()
+            .into_iter()
+            .map(|r| ListedVoice {
+                display_name: if r.requested_name.is_empty() {
+                    r.name.clone()
+                } else {
+                    r.requested_name
+                },
+                name: r.name,
+                model: r.target_model,
+                language: r.language,
+                status: r.status,
+            })
+            .collect();
+        let Some(client) = &self.client else {
+            return out;
+        };
+        if !model.is_empty() && dashscope::Family::for_model(model).is_none() {
+            return out;
+        }
+        let deadline = Instant::now() + LIST_TIMEOUT;
+        for surface in Surface::ALL {
+            match client.list_voices(surface, deadline).await {
+                Ok(items) => {
+                    for v in items {
+                        if self.registry.get(&v.id).is_some() || out.iter().any(|o| o.name == v.id)
+                        {
+                            continue;
+                        }
+                        out.push(ListedVoice {
+                            display_name: v.id.clone(),
+                            name: v.id,
+                            model: v.target_model,
+                            language: String::new(),
+                            status: v.status,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(surface = surface.model(), error = %crate::error::chain(&e), "cannot list custom voices upstream");
+                }
+            }
+        }
+        out
+    }
+
+    /// GetVoice: the record, its status refreshed from upstream while DEPLOYING.
+    pub async fn get(&self, name: &str, deadline: Instant) -> Result<Record, Error> {
+        let r = self.live_record(name)?;
+        if !polls(&r) {
+            return Ok(r);
+        }
+        let client = self.client()?;
+        let status = client
+            .query_voice(name, deadline)
+            .await
+            .map_err(|e| classify(&e))?;
+        self.set_status(name, status)?;
+        self.live_record(name)
+    }
+
+    fn live_record(&self, name: &str) -> Result<Record, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid("name: required"));
+        }
+        match self.registry.get(name) {
+            Some(r) if r.deleted_at_ms.is_none() => Ok(r),
+            _ => Err(Error::not_found(format!(
+                "name: herald has no custom voice {:?} (ListVoices lists them)",
+                truncate(name, 256)
+            ))),
+        }
+    }
+
+    fn set_status(&self, name: &str, status: VoiceStatus) -> Result<(), Error> {
+        self.registry
+            .update(name, |r| r.status = status)
+            .map_err(registry_error)?;
+        Ok(())
+    }
+
+    /// DeleteVoice: upstream first (through the voice's surface), then the registry (a
+    /// tombstone).
+    pub async fn delete(&self, name: &str, deadline: Instant) -> Result<Deleted, Error> {
+        let r = self.live_record(name)?;
+        let client = self.client()?;
+        let gone = client
+            .delete_voice(r.surface, name, deadline)
+            .await
+            .map_err(|e| classify(&e))?;
+        self.registry
+            .update(name, |r| r.deleted_at_ms = Some(now_ms()))
+            .map_err(registry_error)?;
+        Ok(Deleted {
+            name: name.to_owned(),
+            already_gone_upstream: gone,
+        })
+    }
+
+    /// CreateVoice: checks everything that needs no upstream call, creates the voice upstream
+    /// (never twice), records it, and with `wait` polls until it is trained.
+    pub async fn create(&self, req: CreateVoice, deadline: Instant) -> Result<Record, Error> {
+        if self.registry.dir().is_none() {
+            return Err(Error::failed_precondition(
+                "voices.directory: no state directory for the voice registry (set \
+                 voices.directory, STATE_DIRECTORY, XDG_STATE_HOME or HOME)",
+            ));
+        }
+        let Some(source) = req.source else {
+            return Err(Error::invalid("source: set clone or design"));
+        };
+        let kind = source.kind();
+        let surface = Surface::route(&req.target_model, kind)?;
+        surface.check_name(&req.name)?;
+        surface.check_language(kind, &req.target_model, &req.language)?;
+        let client = self.client()?;
+        let model = req.target_model.as_str();
+        // The checked sample, kept for the temporary-upload fallback.
+        let mut upload: Option<sample::Prepared> = None;
+        let audio;
+        let (source, description) = match &source {
+            Source::Design {
+                description,
+                preview_text,
+            } => {
+                check_design(surface, model, description, preview_text)?;
+                let source = NewVoiceSource::Design {
+                    description,
+                    preview_text,
+                };
+                (source, description.clone())
+            }
+            Source::Clone { sample, transcript } => {
+                let (inline, file) = clone_audio(surface, sample.as_ref()).await?;
+                audio = inline;
+                upload = file;
+                let transcript_chars = transcript.chars().count();
+                if transcript_chars > MAX_TRANSCRIPT_CHARS {
+                    return Err(Error::invalid(format!(
+                        "clone.transcript: {transcript_chars} characters exceeds the limit of {MAX_TRANSCRIPT_CHARS}"
+                    )));
+                }
+                let source = NewVoiceSource::Clone {
+                    audio: CloneAudio::Inline(&audio),
+                    transcript,
+                };
+                (source, String::new())
+            }
+        };
+        let voice = NewVoice {
+            surface,
+            target_model: model,
+            name: &req.name,
+            language: &req.language,
+            source,
+        };
+        let created = self
+            .create_upstream(client, &voice, upload, deadline)
+            .await?;
+        let name = created.voice_id.clone();
+        let record = Record {
+            name: name.clone(),
+            target_model: req.target_model.clone(),
+            surface,
+            kind,
+            requested_name: req.name.clone(),
+            created_at_ms: now_ms(),
+            status: initial_status(surface),
+            language: req.language.clone(),
+            description,
+            preview_wav_b64: base64::engine::general_purpose::STANDARD
+                .encode(&created.upstream.preview_wav),
+            warning: created.warning(),
+            deleted_at_ms: None,
+        };
+        self.registry.put(record).map_err(registry_error)?;
+        tracing::info!(voice = %name, surface = surface.model(), "custom voice created");
+        if req.wait && polls_after_create(surface) {
+            self.wait_ready(client, &name, deadline).await?;
+        }
+        self.live_record(&name)
+    }
+
+    /// The upstream create. Never retried: a duplicate create consumes quota. One exception:
+    /// a data URI that `voice-enrollment` refuses with a server error (observed against the
+    /// live API on 2026-01-27: HTTP 500) is uploaded to DashScope's temporary storage and the
+    /// create sent again with the `oss://` URL; the first create failed, so nothing was
+    /// created twice. An answer that was lost (connection cut, timeout) may still have
+    /// created the voice: it is looked for in upstream's listing, never re-created.
+    async fn create_upstream(
+        &self,
+        client: &dashscope::Client,
+        voice: &NewVoice<'_>,
+        upload: Option<sample::Prepared>,
+        deadline: Instant,
+    ) -> Result<Outcome, Error> {
+        let first = client.create_voice(voice, deadline).await;
+        let answer = match (first, upload, voice.source) {
+            (Err(e), Some(file), NewVoiceSource::Clone { transcript, .. })
+                if voice.surface == Surface::Enrollment && data_uri_refused(&e) =>
+            {
+                tracing::info!(
+                    error = %crate::error::chain(&e),
+                    "the data URI was refused; uploading the sample to temporary storage"
+                );
+                let file_name = format!("{}.{}", voice.name, file.format.extension());
+                let url = client
+                    .upload_temporary(
+                        voice.surface,
+                        &file_name,
+                        file.format.mime(),
+                        file.bytes,
+                        deadline,
+                    )
+                    .await
+                    .map_err(|e| classify(&e))?;
+                let again = NewVoice {
+                    source: NewVoiceSource::Clone {
+                        audio: CloneAudio::Uploaded(&url),
+                        transcript,
+                    },
+                    ..*voice
+                };
+                client.create_voice(&again, deadline).await
+            }
+            (first, ..) => first,
+        };
+        match answer {
+            Ok(upstream) => Ok(Outcome {
+                voice_id: upstream.voice_id.clone(),
+                upstream,
+                adopted: false,
+            }),
+            Err(e @ EngineError::Transport(_)) => {
+                let found = client
+                    .find_lost_create(voice, |id| self.registry.get(id).is_some())
+                    .await;
+                match found {
+                    Some(id) => {
+                        tracing::warn!(voice = %id, error = %crate::error::chain(&e), "the create's answer was lost; adopted the voice found upstream");
+                        Ok(Outcome {
+                            voice_id: id,
+                            upstream: dashscope::custom::Created::default(),
+                            adopted: true,
+                        })
+                    }
+                    None => Err(classify(&e)),
+                }
+            }
+            Err(e) => Err(classify(&e)),
+        }
+    }
+
+    /// Poll upstream with backoff until READY or FAILED, within `deadline`. A poll that fails
+    /// is not a failed voice: it is retried until the deadline.
+    async fn wait_ready(
+        &self,
+        client: &dashscope::Client,
+        name: &str,
+        deadline: Instant,
+    ) -> Result<(), Error> {
+        let mut delay = self.settings.poll_initial;
+        loop {
+            if Instant::now() + delay >= deadline {
+                return Err(Error::deadline_exceeded(format!(
+                    "voice {name:?} is still DEPLOYING upstream at the call's deadline; it is \
+                     recorded: ask again with GetVoice"
+                )));
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(self.settings.poll_max);
+            match client.query_voice(name, deadline).await {
+                Ok(status) => {
+                    self.set_status(name, status)?;
+                    if status != VoiceStatus::Deploying {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(voice = %name, error = %crate::error::chain(&e), "status poll failed; polling on");
+                }
+            }
+        }
+    }
+}
+
+/// What the upstream create gave.
+struct Outcome {
+    voice_id: String,
+    upstream: dashscope::custom::Created,
+    /// The answer was lost and the voice found in upstream's listing.
+    adopted: bool,
+}
+
+impl Outcome {
+    /// The warning recorded with the voice (empty: none).
+    fn warning(&self) -> String {
+        if let Some(reason) = &self.upstream.fallback_reason {
+            format!("upstream created the voice in fallback mode ({reason}); it may sound poor")
+        } else if self.adopted {
+            "the create's answer was lost; herald found the voice in upstream's listing and \
+             recorded it (a design's preview is lost)"
+                .to_owned()
+        } else {
+            String::new()
+        }
+    }
+}
+
+/// A new voice's state: `voice-enrollment` trains it first, the Qwen surfaces answer when it
+/// is ready.
+fn initial_status(surface: Surface) -> VoiceStatus {
+    match surface {
+        Surface::Enrollment => VoiceStatus::Deploying,
+        Surface::QwenClone | Surface::QwenDesign => VoiceStatus::Ready,
+    }
+}
+
+/// Whether a create with `wait` polls: only `voice-enrollment` voices are trained after the
+/// create.
+fn polls_after_create(surface: Surface) -> bool {
+    surface == Surface::Enrollment
+}
+
+/// Whether GetVoice asks upstream for `r`'s state: only while a `voice-enrollment` voice is
+/// DEPLOYING.
+fn polls(r: &Record) -> bool {
+    r.status == VoiceStatus::Deploying && r.surface == Surface::Enrollment
+}
+
+/// The limits of a design's description and preview text on `surface`.
+fn check_design(
+    surface: Surface,
+    model: &str,
+    description: &str,
+    preview_text: &str,
+) -> Result<(), Error> {
+    let (max_desc, max_preview) = surface.design_limits();
+    let desc_chars = description.chars().count();
+    if description.trim().is_empty() {
+        return Err(Error::invalid("design.description: required"));
+    }
+    if desc_chars > max_desc {
+        return Err(Error::invalid(format!(
+            "design.description: {desc_chars} characters exceeds the limit of {max_desc} for {model}"
+        )));
+    }
+    let preview_chars = preview_text.chars().count();
+    if preview_text.trim().is_empty() {
+        return Err(Error::invalid("design.preview_text: required"));
+    }
+    if preview_chars > max_preview {
+        return Err(Error::invalid(format!(
+            "design.preview_text: {preview_chars} characters exceeds the limit of {max_preview} for {model}"
+        )));
+    }
+    Ok(())
+}
+
+/// The `url` / `audio.data` value of a clone: a caller URL as is, or the checked (and, when
+/// needed, converted) sample as a base64 data URI, with the sample kept for a temporary upload.
+async fn clone_audio(
+    surface: Surface,
+    sample: Option<&Sample>,
+) -> Result<(String, Option<sample::Prepared>), Error> {
+    match sample {
+        None => Err(Error::invalid("clone: set audio or url")),
+        Some(Sample::Url(url)) => check_url(url).map(|()| (url.clone(), None)),
+        Some(Sample::Audio(bytes)) => {
+            let rules = match surface {
+                Surface::QwenClone => sample::Rules {
+                    min_rate: 24_000,
+                    mono: true,
+                    min_seconds: sample::MIN_SECONDS_QWEN,
+                },
+                Surface::Enrollment | Surface::QwenDesign => sample::Rules {
+                    min_rate: 16_000,
+                    mono: false,
+                    min_seconds: sample::MIN_SECONDS_ENROLLMENT,
+                },
+            };
+            let bytes = bytes.clone();
+            let prepared = tokio::task::spawn_blocking(move || sample::prepare(&bytes, rules))
+                .await
+                .map_err(|_| Error::internal("internal error while checking the sample"))?
+                .map_err(Error::invalid)?;
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&prepared.bytes);
+            let uri = format!("data:{};base64,{b64}", prepared.format.mime());
+            if uri.len() > sample::MAX_DATA_URI_BYTES {
+                return Err(Error::invalid(format!(
+                    "clone.audio: {} bytes base64-encoded exceeds upstream's limit of {} bytes",
+                    uri.len(),
+                    sample::MAX_DATA_URI_BYTES
+                )));
+            }
+            Ok((uri, Some(prepared)))
+        }
+    }
+}
+
+/// A clone's URL: http(s), and not absurdly long.
+fn check_url(url: &str) -> Result<(), Error> {
+    let chars = url.chars().count();
+    if chars > MAX_URL_CHARS {
+        return Err(Error::invalid(format!(
+            "clone.url: {chars} characters exceeds the limit of {MAX_URL_CHARS}"
+        )));
+    }
+    if !(url.starts_with("https://") || url.starts_with("http://")) {
+        return Err(Error::invalid(
+            "clone.url: must be an http:// or https:// URL",
+        ));
+    }
+    Ok(())
+}
+
+/// What an upstream customization failure means for the client: the surface's own codes
+/// first (quota full → RESOURCE_EXHAUSTED; a rejected sample → INVALID_ARGUMENT with
+/// upstream's message), then the engine's classification.
+pub fn classify(error: &EngineError) -> Error {
+    if let EngineError::Api {
+        status,
+        code: Some(code),
+        message,
+        request_id,
+    } = error
+    {
+        let id = request_id
+            .as_deref()
+            .map(|r| format!(", request_id {r}"))
+            .unwrap_or_default();
+        let cause = format!("HTTP {status}, code {code}{id}");
+        if code == "Throttling.AllocationQuota" {
+            return Error::resource_exhausted(format!(
+                "upstream's custom-voice quota is full ({cause}): {message}; delete voices \
+                 (DeleteVoice) to make room"
+            ));
+        }
+        let audio = code.starts_with("Audio.")
+            || code == "BadRequest.UnsupportedFileFormat"
+            || code == "BadRequest.InputDownloadFailed"
+            || (code == "InternalError"
+                && ["audio preprocess", "request asr failed", "download"]
+                    .iter()
+                    .any(|m| message.contains(m)));
+        if audio {
+            return Error::invalid(format!(
+                "clone: upstream rejected the sample audio ({cause}): {message}"
+            ));
+        }
+    }
+    error.classify()
+}
+
+fn registry_error(e: std::io::Error) -> Error {
+    tracing::error!(error = %e, "cannot write the voice registry");
+    Error::unavailable(format!("cannot write the voice registry: {e}"))
+}
