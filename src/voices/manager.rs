@@ -641,3 +641,347 @@ fn registry_error(e: std::io::Error) -> Error {
     tracing::error!(error = %e, "cannot write the voice registry");
     Error::unavailable(format!("cannot write the voice registry: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+
+    fn record(name: &str, surface: Surface, status: VoiceStatus) -> Record {
+        Record {
+            name: name.to_owned(),
+            target_model: "cosyvoice-v3-flash".to_owned(),
+            surface,
+            kind: VoiceKind::Clone,
+            requested_name: "kiosk".to_owned(),
+            created_at_ms: 1,
+            status,
+            language: "zh".to_owned(),
+            description: String::new(),
+            preview_wav_b64: String::new(),
+            warning: String::new(),
+            deleted_at_ms: None,
+        }
+    }
+
+    /// A manager over a registry in a fresh directory, with no upstream.
+    fn manager(records: Vec<Record>) -> (Manager, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            directory: Some(dir.path().to_owned()),
+            ..Settings::default()
+        };
+        let m = Manager::open(settings, None).unwrap();
+        for r in records {
+            m.registry.put(r).unwrap();
+        }
+        (m, dir)
+    }
+
+    fn api(status: u16, code: &str, message: &str) -> EngineError {
+        EngineError::Api {
+            status,
+            code: Some(code.to_owned()),
+            message: message.to_owned(),
+            request_id: Some("rid-9".to_owned()),
+        }
+    }
+
+    fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn synthesis_checks_the_voice_against_the_registry() {
+        let mut deleted = record("gone", Surface::Enrollment, VoiceStatus::Ready);
+        deleted.deleted_at_ms = Some(2);
+        let (m, _dir) = manager(vec![
+            record("ready", Surface::Enrollment, VoiceStatus::Ready),
+            record("training", Surface::Enrollment, VoiceStatus::Deploying),
+            record("rejected", Surface::Enrollment, VoiceStatus::Failed),
+            deleted,
+        ]);
+        assert_eq!(
+            m.check_synthesis("longxiaochun", "cosyvoice-v3-flash"),
+            Ok(None)
+        );
+        assert_eq!(
+            m.check_synthesis("ready", ""),
+            Ok(Some("cosyvoice-v3-flash".to_owned())),
+            "an empty model takes the voice's"
+        );
+        assert_eq!(
+            m.check_synthesis("training", "cosyvoice-v3-flash"),
+            Ok(Some("cosyvoice-v3-flash".to_owned())),
+            "a DEPLOYING voice is tried (upstream decides)"
+        );
+        let e = m.check_synthesis("ready", "cosyvoice-v3-plus").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("works only with model \"cosyvoice-v3-flash\""),
+            "{e}"
+        );
+        let e = m.check_synthesis("gone", "").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().contains("deleted"), "{e}");
+        let e = m.check_synthesis("rejected", "").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.message().contains("FAILED"), "{e}");
+    }
+
+    #[test]
+    fn upstream_failures_are_classified_for_clients() {
+        let e = classify(&api(400, "Throttling.AllocationQuota", "full"));
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        for w in [
+            "quota",
+            "Throttling.AllocationQuota",
+            "rid-9",
+            "DeleteVoice",
+        ] {
+            assert!(e.message().contains(w), "{w} not in {e}");
+        }
+        let e = classify(&api(
+            400,
+            "Audio.AudioSilentError",
+            "Silent file unsupported.",
+        ));
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("clone: upstream rejected the sample audio"),
+            "{e}"
+        );
+        assert!(e.message().ends_with(": Silent file unsupported."), "{e}");
+        for (code, message) in [
+            ("BadRequest.UnsupportedFileFormat", "m"),
+            ("BadRequest.InputDownloadFailed", "m"),
+            ("InternalError", "audio preprocess failed"),
+        ] {
+            let e = classify(&api(400, code, message));
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{code}");
+        }
+        // Everything else as any engine failure.
+        for (status, code, kind) in [
+            (401, "InvalidApiKey", ErrorKind::FailedPrecondition),
+            (429, "Throttling.RateQuota", ErrorKind::ResourceExhausted),
+            (503, "ServiceUnavailable", ErrorKind::Unavailable),
+            (500, "InternalError", ErrorKind::Unavailable),
+            (400, "InvalidParameter", ErrorKind::InvalidArgument),
+        ] {
+            let error = api(status, code, "scripted");
+            assert_eq!(classify(&error), error.classify(), "{code}");
+            assert_eq!(classify(&error).kind(), kind, "{code}");
+        }
+        assert_eq!(
+            classify(&EngineError::Protocol("x".into())).kind(),
+            ErrorKind::Internal
+        );
+    }
+
+    #[tokio::test]
+    async fn creates_are_checked_before_any_upstream_call() {
+        let clone = |model: &str, name: &str| CreateVoice {
+            name: name.to_owned(),
+            target_model: model.to_owned(),
+            source: Some(Source::Clone {
+                sample: Some(Sample::Url("https://example.com/a.wav".to_owned())),
+                transcript: String::new(),
+            }),
+            ..CreateVoice::default()
+        };
+        let e = Manager::disabled()
+            .create(clone("cosyvoice-v3-flash", "kiosk"), far())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.message().starts_with("voices.directory:"), "{e}");
+        let (m, _dir) = manager(Vec::new());
+        let cases = [
+            (
+                CreateVoice {
+                    source: None,
+                    ..clone("cosyvoice-v3-flash", "kiosk")
+                },
+                "source: set clone or design",
+            ),
+            (clone("qwen3-tts-flash", "kiosk"), "target_model:"),
+            (clone("cosyvoice-v3-flash", "Kiosk"), "name:"),
+            (
+                CreateVoice {
+                    language: "xx".to_owned(),
+                    ..clone("cosyvoice-v3-flash", "kiosk")
+                },
+                "language:",
+            ),
+        ];
+        for (req, want) in cases {
+            let e = m.create(req, far()).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+            assert!(e.message().starts_with(want), "{want}: {e}");
+        }
+        // Valid, but no upstream configured.
+        let e = m
+            .create(clone("cosyvoice-v3-flash", "kiosk"), far())
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.message().contains("dashscope.api_key"), "{e}");
+        assert!(m.registry.live().is_empty());
+    }
+
+    #[tokio::test]
+    async fn clone_sources_and_designs_have_limits() {
+        let e = clone_audio(Surface::Enrollment, None).await.unwrap_err();
+        assert_eq!(e.message(), "clone: set audio or url");
+        let url = Sample::Url("ftp://example.com/a.wav".to_owned());
+        let e = clone_audio(Surface::Enrollment, Some(&url))
+            .await
+            .unwrap_err();
+        assert!(e.message().starts_with("clone.url: must be"), "{e}");
+        let long = Sample::Url(format!("https://{}", "a".repeat(MAX_URL_CHARS)));
+        let e = clone_audio(Surface::Enrollment, Some(&long))
+            .await
+            .unwrap_err();
+        assert!(e.message().contains("exceeds the limit of 2048"), "{e}");
+        let ok = Sample::Url("https://example.com/a.wav".to_owned());
+        let (audio, upload) = clone_audio(Surface::Enrollment, Some(&ok)).await.unwrap();
+        assert_eq!(
+            (audio.as_str(), upload.is_none()),
+            ("https://example.com/a.wav", true)
+        );
+        let ogg = Sample::Audio(b"OggS0000000000000".to_vec());
+        let e = clone_audio(Surface::QwenClone, Some(&ogg))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().starts_with("clone.audio"), "{e}");
+
+        let m = "cosyvoice-v3-flash";
+        check_design(Surface::Enrollment, m, "calm", "hello").unwrap();
+        let e = check_design(Surface::Enrollment, m, &"x".repeat(501), "hi").unwrap_err();
+        assert!(e.message().starts_with("design.description: 501"), "{e}");
+        assert!(e.message().contains("500"), "{e}");
+        check_design(Surface::QwenDesign, m, &"x".repeat(2048), "hi").unwrap();
+        let e = check_design(Surface::Enrollment, m, "calm", &"x".repeat(201)).unwrap_err();
+        assert!(e.message().starts_with("design.preview_text: 201"), "{e}");
+        let e = check_design(Surface::Enrollment, m, " ", "hi").unwrap_err();
+        assert_eq!(e.message(), "design.description: required");
+        let e = check_design(Surface::Enrollment, m, "calm", "").unwrap_err();
+        assert_eq!(e.message(), "design.preview_text: required");
+    }
+
+    #[tokio::test]
+    async fn a_record_lives_deploying_then_ready_or_failed_then_as_a_tombstone() {
+        assert_eq!(initial_status(Surface::Enrollment), VoiceStatus::Deploying);
+        assert_eq!(initial_status(Surface::QwenClone), VoiceStatus::Ready);
+        assert_eq!(initial_status(Surface::QwenDesign), VoiceStatus::Ready);
+        assert!(polls_after_create(Surface::Enrollment));
+        assert!(!polls_after_create(Surface::QwenDesign));
+        assert!(polls(&record(
+            "a",
+            Surface::Enrollment,
+            VoiceStatus::Deploying
+        )));
+        assert!(!polls(&record(
+            "a",
+            Surface::Enrollment,
+            VoiceStatus::Ready
+        )));
+        assert!(!polls(&record(
+            "a",
+            Surface::QwenClone,
+            VoiceStatus::Deploying
+        )));
+
+        let (m, dir) = manager(vec![
+            record("a", Surface::Enrollment, VoiceStatus::Deploying),
+            record("b", Surface::QwenClone, VoiceStatus::Ready),
+        ]);
+        // Settled voices are answered from the registry, with no upstream at all.
+        assert_eq!(m.get("b", far()).await.unwrap().status, VoiceStatus::Ready);
+        // A DEPLOYING one needs upstream to be refreshed.
+        let e = m.get("a", far()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        m.set_status("a", VoiceStatus::Ready).unwrap();
+        assert_eq!(m.get("a", far()).await.unwrap().status, VoiceStatus::Ready);
+        let reopened = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert_eq!(reopened.get("a").unwrap().status, VoiceStatus::Ready);
+        m.registry
+            .update("a", |r| r.deleted_at_ms = Some(3))
+            .unwrap();
+        let e = m.get("a", far()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(
+            e.message().starts_with("name: herald has no custom voice"),
+            "{e}"
+        );
+        assert_eq!(
+            m.get("", far()).await.unwrap_err().message(),
+            "name: required"
+        );
+        let e = m.delete("b", far()).await.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::FailedPrecondition,
+            "delete needs upstream"
+        );
+        assert_eq!(
+            m.delete("a", far()).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_shows_live_records_under_their_requested_names() {
+        let mut gone = record("gone", Surface::Enrollment, VoiceStatus::Ready);
+        gone.deleted_at_ms = Some(1);
+        let mut unnamed = record("unnamed", Surface::QwenClone, VoiceStatus::Ready);
+        unnamed.requested_name.clear();
+        let (m, _dir) = manager(vec![
+            record("a", Surface::Enrollment, VoiceStatus::Deploying),
+            gone,
+            unnamed,
+        ]);
+        let listed = m.list("").await;
+        assert_eq!(
+            listed,
+            vec![
+                ListedVoice {
+                    name: "a".to_owned(),
+                    display_name: "kiosk".to_owned(),
+                    model: "cosyvoice-v3-flash".to_owned(),
+                    language: "zh".to_owned(),
+                    status: VoiceStatus::Deploying,
+                },
+                ListedVoice {
+                    name: "unnamed".to_owned(),
+                    display_name: "unnamed".to_owned(),
+                    model: "cosyvoice-v3-flash".to_owned(),
+                    language: "zh".to_owned(),
+                    status: VoiceStatus::Ready,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn warnings_say_why_a_voice_may_disappoint() {
+        let outcome = |fallback: Option<&str>, adopted| Outcome {
+            voice_id: "v".to_owned(),
+            upstream: dashscope::custom::Created {
+                fallback_reason: fallback.map(str::to_owned),
+                ..Default::default()
+            },
+            adopted,
+        };
+        assert_eq!(outcome(None, false).warning(), "");
+        assert!(
+            outcome(Some("short sample"), false)
+                .warning()
+                .contains("fallback mode (short sample)")
+        );
+        assert!(outcome(None, true).warning().contains("answer was lost"));
+    }
+}

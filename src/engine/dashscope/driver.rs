@@ -268,3 +268,185 @@ enum Out {
     /// Every piece is out: the stream's last bytes (maybe none), then `Finished`.
     Finished(Bytes),
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+    use secrecy::SecretString;
+    use tokio_stream::wrappers::ReceiverStream;
+
+    use super::*;
+    use crate::engine::{
+        SynthesisRequest, WordTiming,
+        dashscope::{Client, Family, Settings, Tuning},
+    };
+
+    const MONO: AudioSpec = AudioSpec {
+        sample_rate: 16_000,
+        channels: 1,
+    };
+
+    /// A driver over `n` pieces whose messages the test sends itself.
+    fn driver(n: usize) -> (Driver, Vec<mpsc::Sender<Result<PieceMsg, EngineError>>>) {
+        let client = Client::new(Settings {
+            api_key: SecretString::from("k"),
+            base_url: "http://127.0.0.1:9".to_owned(),
+            workspace_id: None,
+            tuning: Tuning::default(),
+        })
+        .unwrap();
+        let job = Arc::new(Job {
+            client,
+            family: Family::CosyVoice,
+            req: SynthesisRequest::default(),
+            rate: 16_000,
+        });
+        let mut d = Driver::new(job, vec![String::new(); n]);
+        d.pending.clear();
+        let mut txs = Vec::new();
+        for _ in 0..n {
+            let (tx, rx) = mpsc::channel(8);
+            txs.push(tx);
+            d.running.push_back(Running {
+                rx,
+                _task: AbortOnDrop(tokio::spawn(async {})),
+            });
+        }
+        (d, txs)
+    }
+
+    fn audio(bytes: &[u8]) -> Result<PieceMsg, EngineError> {
+        Ok(PieceMsg::Audio {
+            spec: MONO,
+            data: Bytes::copy_from_slice(bytes),
+        })
+    }
+
+    fn done(characters: u32, id: &str) -> Result<PieceMsg, EngineError> {
+        Ok(PieceMsg::Done {
+            characters: Some(characters),
+            request_id: Some(id.to_owned()),
+        })
+    }
+
+    async fn events(d: Driver) -> Vec<Result<SynthEvent, EngineError>> {
+        let (tx, rx) = mpsc::channel(64);
+        d.run(None, tx).await;
+        ReceiverStream::new(rx).collect().await
+    }
+
+    #[tokio::test]
+    async fn pieces_go_out_in_order_as_whole_frames_with_a_boundary_between() {
+        let (d, txs) = driver(2);
+        // The second piece answers first: it waits for its turn.
+        txs[1].send(audio(&[5, 0, 6, 0])).await.unwrap();
+        txs[1]
+            .send(Ok(PieceMsg::Words(vec![WordTiming {
+                text: "b".to_owned(),
+                begin_ms: 0,
+                end_ms: 1,
+            }])))
+            .await
+            .unwrap();
+        txs[1].send(done(2, "r2")).await.unwrap();
+        // Three bytes: the odd one is a partial frame, dropped at the join.
+        txs[0].send(audio(&[1, 0, 2])).await.unwrap();
+        txs[0].send(audio(&[])).await.unwrap();
+        txs[0].send(done(3, "r1")).await.unwrap();
+        drop(txs);
+        let got: Vec<SynthEvent> = events(d).await.into_iter().map(Result::unwrap).collect();
+        let pcm = |b: &[u8]| SynthEvent::Audio {
+            encoding: InputEncoding::Pcm16Le(MONO),
+            data: Bytes::copy_from_slice(b),
+        };
+        assert_eq!(
+            got,
+            vec![
+                pcm(&[1, 0]),
+                SynthEvent::Boundary,
+                pcm(&[5, 0, 6, 0]),
+                SynthEvent::Words(vec![WordTiming {
+                    text: "b".to_owned(),
+                    begin_ms: 0,
+                    end_ms: 1,
+                }]),
+                SynthEvent::Finished {
+                    characters: Some(5),
+                    upstream_request_ids: vec!["r1".to_owned(), "r2".to_owned()],
+                },
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn word_times_count_from_the_start_of_the_stream() {
+        let (d, txs) = driver(2);
+        // 32 ms of audio at 16 kHz mono.
+        txs[0].send(audio(&[0; 1024])).await.unwrap();
+        txs[0].send(done(1, "r1")).await.unwrap();
+        txs[1]
+            .send(Ok(PieceMsg::Words(vec![WordTiming {
+                text: "w".to_owned(),
+                begin_ms: 10,
+                end_ms: 20,
+            }])))
+            .await
+            .unwrap();
+        txs[1].send(done(1, "r2")).await.unwrap();
+        drop(txs);
+        let words: Vec<WordTiming> = events(d)
+            .await
+            .into_iter()
+            .filter_map(|e| match e {
+                Ok(SynthEvent::Words(w)) => Some(w),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!((words[0].begin_ms, words[0].end_ms), (42, 52));
+    }
+
+    #[tokio::test]
+    async fn a_failure_after_audio_interrupts_the_stream() {
+        let (d, txs) = driver(2);
+        txs[0].send(audio(&[1, 0])).await.unwrap();
+        txs[0].send(done(1, "r1")).await.unwrap();
+        txs[1].send(Err(EngineError::Truncated)).await.unwrap();
+        drop(txs);
+        let got = events(d).await;
+        assert!(matches!(
+            got.last(),
+            Some(Err(EngineError::Interrupted(inner))) if matches!(**inner, EngineError::Truncated)
+        ));
+        // Before any audio, the error stays what it is.
+        let (d, txs) = driver(1);
+        txs[0].send(Err(EngineError::Truncated)).await.unwrap();
+        drop(txs);
+        assert!(matches!(
+            events(d).await.last(),
+            Some(Err(EngineError::Truncated))
+        ));
+    }
+
+    #[tokio::test]
+    async fn pieces_must_share_one_spec() {
+        let (d, txs) = driver(2);
+        txs[0].send(audio(&[1, 0])).await.unwrap();
+        txs[0].send(done(1, "r1")).await.unwrap();
+        txs[1]
+            .send(Ok(PieceMsg::Audio {
+                spec: AudioSpec {
+                    sample_rate: 24_000,
+                    channels: 1,
+                },
+                data: Bytes::from_static(&[1, 0]),
+            }))
+            .await
+            .unwrap();
+        drop(txs);
+        assert!(matches!(
+            events(d).await.last(),
+            Some(Err(EngineError::Protocol(m))) if m.contains("piece 2 is 24000 Hz")
+        ));
+    }
+}
