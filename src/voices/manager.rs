@@ -568,7 +568,7 @@ async fn clone_audio(
             let prepared = tokio::task::spawn_blocking(move || sample::prepare(&bytes, rules))
                 .await
                 .map_err(|_| Error::internal("internal error while checking the sample"))?
-                .map_err(Error::invalid)?;
+                .map_err(|e| Error::invalid(e.to_string()))?;
             let b64 = base64::engine::general_purpose::STANDARD.encode(&prepared.bytes);
             let uri = format!("data:{};base64,{b64}", prepared.format.mime());
             if uri.len() > sample::MAX_DATA_URI_BYTES {

@@ -61,7 +61,7 @@ impl Family {
                 }
                 let mut parameters = Map::new();
                 parameters.insert("stream".into(), json!(true));
-                // Undocumented but measured (dashscope-api.md §3.1): sent only when asked for.
+                // Undocumented but measured against the live API: sent only when asked for.
                 if req.speed != 1.0 {
                     parameters.insert("speech_rate".into(), json!(req.speed));
                 }

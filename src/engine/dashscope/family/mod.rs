@@ -45,7 +45,7 @@ impl Family {
     /// Every family.
     pub const ALL: [Family; 3] = [Family::CosyVoice, Family::Qwen, Family::MiniMax];
 
-    /// The family serving `model` (design.md's routing by name).
+    /// The family serving `model`, by its name's prefix.
     pub fn for_model(model: &str) -> Option<Self> {
         if model.starts_with("cosyvoice-") || model.starts_with("qwen-audio-") {
             Some(Self::CosyVoice)
