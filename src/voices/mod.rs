@@ -5,13 +5,14 @@
 //!   surface's rules for names and languages.
 //! - [`sample`]: local checks and conversion of a clone sample before upload.
 //! - [`registry`]: the on-disk record (state directory, atomic writes).
-//! - [`Manager`]: create / get / delete / list on domain types, and the check a synthesis with
-//!   a custom voice passes before any upstream call.
+//! - [`Manager`]: create (`create`) / get / delete / list on domain types, and the check a
+//!   synthesis with a custom voice passes before any upstream call.
 //!
 //! This module owns the rules and the record. It must not build DashScope request bodies
 //! (`engine::dashscope::custom` does) and must not know any door's wire format: the gRPC
 //! mapping is in `service::voices`.
 
+mod create;
 mod manager;
 pub mod registry;
 pub mod sample;
@@ -20,7 +21,8 @@ pub mod surface;
 use std::{path::PathBuf, time::Duration};
 
 pub use self::{
-    manager::{CreateVoice, Deleted, ListedVoice, Manager, Sample, Source, classify},
+    create::{CreateVoice, Sample, Source},
+    manager::{Deleted, ListedVoice, Manager, classify},
     registry::{Record, VoiceKind, VoiceStatus},
     surface::Surface,
 };

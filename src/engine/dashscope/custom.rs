@@ -1,6 +1,7 @@
 //! The custom-voice calls of DashScope: one synchronous JSON request/response,
 //! `POST {base}/services/audio/tts/customization`, the surface named by the body's `model` and
-//! the operation by `input.action`; plus the temporary upload a clone sample may need.
+//! the operation by `input.action` (the temporary upload a clone sample may need is in
+//! `upload`).
 //!
 //! It owns the wire side of `crate::voices` (in that module's vocabulary: [`Surface`],
 //! [`VoiceStatus`]): the request bodies of create / query / list / delete, the reading of their
@@ -253,7 +254,7 @@ impl Client {
         }
     }
 
-    /// One surface's voices upstream (at most [`LIST_PAGES`] pages).
+    /// One surface's voices upstream (at most ten pages of a hundred).
     pub async fn list_voices(
         &self,
         surface: Surface,
@@ -340,101 +341,6 @@ impl Client {
             until = until.min(d);
         }
         read_json(request, until, timeout).await
-    }
-
-    /// Upload `bytes` to DashScope's temporary storage: ask
-    /// `GET {base}/uploads?action=getPolicy&model={surface}` for a policy, POST the file as a
-    /// form to its `upload_host`, and return `oss://{upload_dir}/{file_name}`, which the
-    /// surface resolves when the create carries `X-DashScope-OssResourceResolve: enable`.
-    pub async fn upload_temporary(
-        &self,
-        surface: Surface,
-        file_name: &str,
-        mime: &str,
-        bytes: Vec<u8>,
-        deadline: Instant,
-    ) -> Result<String, EngineError> {
-        let timeout = Duration::from_secs(60);
-        let until = deadline.min(Instant::now() + timeout);
-        let request = self
-            // `surface` is one of three fixed ASCII names: no escaping needed.
-            .get(&format!(
-                "/uploads?action=getPolicy&model={}",
-                surface.model()
-            ))
-            .header(reqwest::header::ACCEPT, "application/json");
-        let policy = read_json(request, until, timeout).await?;
-        let data = policy
-            .get("data")
-            .or_else(|| policy.get("output"))
-            .filter(|d| d.is_object())
-            .ok_or_else(|| EngineError::Protocol("the upload policy has no data".to_owned()))?;
-        let field = |k: &str| -> Result<String, EngineError> {
-            match data.get(k) {
-                Some(Value::String(s)) => Ok(s.clone()),
-                Some(Value::Bool(b)) => Ok(b.to_string()),
-                Some(Value::Number(n)) => Ok(n.to_string()),
-                _ => Err(EngineError::Protocol(format!(
-                    "the upload policy has no {k}"
-                ))),
-            }
-        };
-        let host = field("upload_host")?;
-        if !(host.starts_with("https://") || host.starts_with("http://")) {
-            return Err(EngineError::Protocol(
-                "the upload policy's upload_host is not an http(s) URL".to_owned(),
-            ));
-        }
-        let key = format!("{}/{file_name}", field("upload_dir")?);
-        let boundary = format!("herald{:032x}", rand::random::<u128>());
-        let mut form = Vec::with_capacity(bytes.len() + 2048);
-        let mut text = |name: &str, value: &str| {
-            form.extend_from_slice(
-                format!(
-                    "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n"
-                )
-                .as_bytes(),
-            );
-        };
-        text("OSSAccessKeyId", &field("oss_access_key_id")?);
-        text("Signature", &field("signature")?);
-        text("policy", &field("policy")?);
-        text("key", &key);
-        text("x-oss-object-acl", &field("x_oss_object_acl")?);
-        text("x-oss-forbid-overwrite", &field("x_oss_forbid_overwrite")?);
-        text("success_action_status", "200");
-        text("x-oss-content-type", mime);
-        form.extend_from_slice(
-            format!(
-                "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{file_name}\"\r\nContent-Type: {mime}\r\n\r\n"
-            )
-            .as_bytes(),
-        );
-        form.extend_from_slice(&bytes);
-        form.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-        // The upload host is not DashScope's API: no key, no workspace.
-        let upload = self
-            .http
-            .post(&host)
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                format!("multipart/form-data; boundary={boundary}"),
-            )
-            .body(form);
-        let response = tokio::time::timeout_at(until, upload.send())
-            .await
-            .map_err(|_| timed_out(timeout))?
-            .map_err(|e| EngineError::Transport(Box::new(e.without_url())))?;
-        let status = response.status().as_u16();
-        if !(200..300).contains(&status) {
-            return Err(EngineError::Api {
-                status,
-                code: Some("UploadFailed".to_owned()),
-                message: format!("the temporary upload answered HTTP {status}"),
-                request_id: None,
-            });
-        }
-        Ok(format!("oss://{key}"))
     }
 }
 
@@ -551,7 +457,7 @@ fn model_of_id(id: &str) -> Option<&'static str> {
         .copied()
 }
 
-fn timed_out(timeout: Duration) -> EngineError {
+pub(super) fn timed_out(timeout: Duration) -> EngineError {
     EngineError::Transport(Box::new(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         format!("no complete answer from upstream within {timeout:?}"),
@@ -560,7 +466,7 @@ fn timed_out(timeout: Duration) -> EngineError {
 
 /// Send `request` and read its JSON answer; an error when the status is not 2xx or the body
 /// carries a non-empty `code`.
-async fn read_json(
+pub(super) async fn read_json(
     request: reqwest::RequestBuilder,
     until: Instant,
     timeout: Duration,

@@ -26,6 +26,7 @@ pub mod family;
 mod piece;
 pub mod split;
 pub mod sse;
+mod upload;
 pub mod voices;
 
 use std::sync::Arc;
