@@ -24,6 +24,7 @@ use crate::{
         decode::{ChannelReader, Decoder, open_decoder},
         encode::{Encoder, encoder_for},
         gain::Gain,
+        join::{JoinFade, Joins},
         remix::Remix,
         resample::Resampler,
     },
@@ -128,12 +129,13 @@ pub async fn run_stream(
     sink: ChunkSink,
 ) -> Result<JobReport, JobError> {
     let Render {
-        output,
-        gain,
-        chunk_ms,
+        output, chunk_ms, ..
     } = render;
     let mut sink = Some(sink);
     let words = PendingWords::default();
+    // Joins between an engine's pieces, as frame positions for the audio thread's fade stage.
+    let joins = Joins::default();
+    let mut bytes_in: u64 = 0;
     let mut audio: Option<(mpsc::Sender<Bytes>, InputEncoding, AudioThread)> = None;
     let mut outcome: Result<(Option<u32>, Vec<String>), EngineError> = Err(EngineError::Truncated);
     loop {
@@ -151,6 +153,14 @@ pub async fn run_stream(
             Some(Ok(SynthEvent::Words(w))) => {
                 crate::error::lock(&words).extend(w);
             }
+            // Pushed before any later audio is sent, so the stage knows it in time.
+            Some(Ok(SynthEvent::Boundary)) => match audio.as_ref().map(|(_, e, _)| *e) {
+                Some(InputEncoding::Pcm16Le(spec)) => {
+                    joins.push(bytes_in / (2 * u64::from(spec.channels)));
+                }
+                None => joins.push(0),
+                Some(_) => tracing::debug!("a join mark in a stream that is not raw PCM: ignored"),
+            },
             Some(Ok(SynthEvent::Finished {
                 characters,
                 upstream_request_ids,
@@ -169,11 +179,10 @@ pub async fn run_stream(
                         let thread = AudioThread::spawn(
                             encoding,
                             rx,
-                            output,
-                            gain,
-                            chunk_ms,
+                            render,
                             sink,
                             Arc::clone(&words),
+                            joins.clone(),
                         );
                         audio.insert((tx, encoding, thread))
                     }
@@ -184,6 +193,7 @@ pub async fn run_stream(
                     )));
                     break;
                 }
+                bytes_in += data.len() as u64;
                 let sent = tokio::select! {
                     biased;
                     () = cancel.cancelled() => return Err(JobError::Cancelled),
@@ -234,15 +244,20 @@ impl AudioThread {
     fn spawn(
         encoding: InputEncoding,
         rx: mpsc::Receiver<Bytes>,
-        output: OutputFormat,
-        gain: f32,
-        chunk_ms: u32,
+        render: Render,
         sink: ChunkSink,
         words: PendingWords,
+        joins: Joins,
     ) -> Self {
         Self(tokio::task::spawn_blocking(move || {
             let decoder = open_decoder(encoding, ChannelReader::new(rx))?;
-            AudioChain::new(output, gain, chunk_ms, sink, words)?.run(decoder)
+            let mut chain =
+                AudioChain::new(render.output, render.gain, render.chunk_ms, sink, words)?;
+            // Only raw PCM can carry joins: a byte position there is a frame position.
+            if matches!(encoding, InputEncoding::Pcm16Le(_)) {
+                chain.joins = Some(joins);
+            }
+            chain.run(decoder)
         }))
     }
 
@@ -281,6 +296,8 @@ struct AudioChain {
     chunker: Chunker,
     sink: ChunkSink,
     words: PendingWords,
+    /// The stream's joins, when it can have any (the first stage then fades at them).
+    joins: Option<Joins>,
     report: AudioReport,
     // Reused buffers.
     encoded: Vec<u8>,
@@ -304,6 +321,7 @@ impl AudioChain {
             chunker: Chunker::new(output, chunk_ms),
             sink,
             words,
+            joins: None,
             report: AudioReport::default(),
             encoded: Vec::new(),
             chunks: Vec::new(),
@@ -324,6 +342,9 @@ impl AudioChain {
     fn build_stages(&mut self, input: crate::audio::AudioSpec) -> Result<(), AudioError> {
         let input = input.check_input("decoded")?;
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+        if let Some(joins) = self.joins.take() {
+            stages.push(Box::new(JoinFade::new(joins)));
+        }
         if input.sample_rate != self.output.spec.sample_rate {
             stages.push(Box::new(Resampler::new(
                 input,

@@ -5,14 +5,17 @@
 //! interleaved `f32` samples. Nothing here knows about gRPC, engines or configuration.
 //!
 //! The chain for one request is: [`decode`] (bytes from an engine → PCM at the engine's rate)
-//! → [`resample`] → [`remix`] → [`gain`] → [`encode`] (PCM → the client's encoding)
-//! → [`chunk`] (encoded bytes → `chunk_ms`-sized pieces). [`wav`] reads and writes RIFF/WAVE
-//! headers for every layer that meets one.
+//! → [`join`] (fades where an engine's pieces meet; raw PCM streams only) → [`resample`]
+//! → [`remix`] → [`gain`] → [`encode`] (PCM → the client's encoding) → [`chunk`] (encoded
+//! bytes → `chunk_ms`-sized pieces). [`wav`] reads and writes RIFF/WAVE headers for every
+//! layer that meets one; [`encode::negotiate`] turns what a client asks for into an output
+//! format.
 
 pub mod chunk;
 pub mod decode;
 pub mod encode;
 pub mod gain;
+pub mod join;
 pub mod remix;
 pub mod resample;
 #[cfg(test)]

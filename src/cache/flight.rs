@@ -327,7 +327,7 @@ fn store_events(
                 }
             }
             SynthEvent::Finished { characters, .. } => meta.characters = *characters,
-            SynthEvent::Audio { .. } => {}
+            SynthEvent::Audio { .. } | SynthEvent::Boundary => {}
         }
     }
     meta.sample_rate = spec.sample_rate;

@@ -266,27 +266,35 @@ pub fn replay(entry: Entry, want_words: bool) -> SynthStream {
     futures::stream::iter(events).boxed()
 }
 
-/// The canonical form of a finished flight's audio: s16le at the engine's rate. `None` when
-/// there is no audio, or it cannot be decoded (the stream then failed for its clients too).
+/// The canonical form of a finished flight's audio: s16le at the engine's rate, faded at the
+/// joins between an engine's pieces as a job would play it. `None` when there is no audio, or
+/// it cannot be decoded (the stream then failed for its clients too).
 pub fn canonical_pcm(events: &[SynthEvent]) -> Option<(AudioSpec, Bytes, u64)> {
     let mut encoding = None;
     let mut bytes = Vec::new();
+    // Byte positions of the joins (raw PCM only).
+    let mut joins = Vec::new();
     for e in events {
-        if let SynthEvent::Audio {
-            encoding: enc,
-            data,
-        } = e
-        {
-            if *encoding.get_or_insert(*enc) != *enc {
-                return None;
+        match e {
+            SynthEvent::Audio {
+                encoding: enc,
+                data,
+            } => {
+                if *encoding.get_or_insert(*enc) != *enc {
+                    return None;
+                }
+                bytes.extend_from_slice(data);
             }
-            bytes.extend_from_slice(data);
+            SynthEvent::Boundary => joins.push(bytes.len()),
+            SynthEvent::Words(_) | SynthEvent::Finished { .. } => {}
         }
     }
     match encoding? {
         InputEncoding::Pcm16Le(spec) => {
             let frame = usize::from(spec.channels) * 2;
             bytes.truncate(bytes.len() / frame * frame);
+            let joins: Vec<u64> = joins.iter().map(|&b| (b / frame) as u64).collect();
+            let bytes = crate::audio::join::fade_s16le(spec, &bytes, &joins).ok()?;
             let frames = (bytes.len() / frame) as u64;
             (frames > 0).then(|| (spec, Bytes::from(bytes), frames))
         }

@@ -71,6 +71,10 @@ pub enum EngineError {
         /// The wait (`dashscope.queue_timeout_ms`).
         waited: Duration,
     },
+    /// The request's text holds nothing an engine can speak (no piece survived splitting:
+    /// only whitespace, say): a request problem, not an upstream one.
+    #[error("the text has nothing to say")]
+    NothingToSay,
     /// The engine did not finish within its configured time bound.
     #[error("{engine} did not finish within {limit:?}")]
     TimedOut {
@@ -99,6 +103,7 @@ impl EngineError {
             | Self::Interrupted(_)
             | Self::Unavailable { .. }
             | Self::Saturated { .. }
+            | Self::NothingToSay
             | Self::Failed { .. }
             | Self::TimedOut { .. } => false,
         }
@@ -160,6 +165,9 @@ impl EngineError {
                 ))
             }
             Self::Protocol(detail) => Error::internal(format!("upstream protocol error: {detail}")),
+            Self::NothingToSay => {
+                Error::invalid("text: nothing to say (no speakable characters after splitting)")
+            }
             Self::Saturated { .. } => Error::resource_exhausted(format!(
                 "dashscope.max_concurrent_requests: {self}; retry later (dashscope.queue_timeout_ms)"
             )),

@@ -80,6 +80,11 @@ pub enum SynthEvent {
     /// Words of the audio, with their times from the start of the stream (only when the
     /// request asked for them).
     Words(Vec<WordTiming>),
+    /// Two independently synthesized pieces meet here: the audio before and after this event
+    /// comes from different upstream calls, so the step between them may click. The audio
+    /// stage fades out and back in around it (`crate::audio::join`). Only raw PCM streams
+    /// ([`InputEncoding::Pcm16Le`]) carry it, after whole frames; never first or last.
+    Boundary,
     /// The engine finished successfully. Always the last event of a successful stream.
     Finished {
         /// Characters billed by the upstream, when it says.

@@ -18,6 +18,7 @@ mod speak;
 pub mod speech;
 pub mod status;
 mod synthesize;
+mod voices;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 

@@ -132,7 +132,7 @@ impl pb::speech_server::Speech for SpeechService {
             .filter(|(_, v)| speaks(&v.languages, &language))
             .map(|(engine, v)| voice_to_pb(engine, v))
             .collect();
-        let custom = self.core.voices().list(&req.model).await;
+        let custom = super::voices::list(self.core.voices(), &req.model).await;
         voices.extend(
             custom
                 .into_iter()
@@ -235,12 +235,9 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::CreateVoiceRequest>,
     ) -> Result<Response<pb::CustomVoice>, Status> {
         let deadline = self.voice_deadline(request.metadata());
-        let voice = self
-            .core
-            .voices()
-            .create(request.into_inner(), deadline)
-            .await?;
-        Ok(Response::new(voice))
+        super::voices::create(self.core.voices(), request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 
     async fn get_voice(
@@ -248,12 +245,9 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::GetVoiceRequest>,
     ) -> Result<Response<pb::CustomVoice>, Status> {
         let deadline = self.voice_deadline(request.metadata());
-        let voice = self
-            .core
-            .voices()
-            .get(&request.into_inner().name, deadline)
-            .await?;
-        Ok(Response::new(voice))
+        super::voices::get(self.core.voices(), request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 
     async fn delete_voice(
@@ -261,12 +255,9 @@ impl pb::speech_server::Speech for SpeechService {
         request: Request<pb::DeleteVoiceRequest>,
     ) -> Result<Response<pb::DeleteVoiceResponse>, Status> {
         let deadline = self.voice_deadline(request.metadata());
-        let gone = self
-            .core
-            .voices()
-            .delete(&request.into_inner().name, deadline)
-            .await?;
-        Ok(Response::new(gone))
+        super::voices::delete(self.core.voices(), request.into_inner(), deadline)
+            .await
+            .map(Response::new)
     }
 
     async fn list_output_devices(

@@ -3,7 +3,12 @@
 //! change, so a crash leaves the old or the new registry, never a torn one.
 //!
 //! Deleted voices stay as tombstones (`deleted_at_ms`), so a Synthesize with a deleted voice is
-//! refused before any upstream call.
+//! refused before any upstream call. The states of a record are enums stored as the strings the
+//! file has always held (`DEPLOYING`, `clone`, `voice-enrollment`, ...), so older registries
+//! stay readable.
+//!
+//! It owns the file and the in-memory map. It must not call upstream or decide what a state
+//! means for a request (the manager does).
 
 use std::{
     collections::BTreeMap,
@@ -12,7 +17,11 @@ use std::{
     sync::Mutex,
 };
 
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
+
+use super::surface::Surface;
+use crate::error::lock;
 
 /// File name of the registry inside its directory.
 pub const FILE_NAME: &str = "voices.json";
@@ -25,15 +34,15 @@ pub struct Record {
     /// The one model the voice works with.
     pub target_model: String,
     /// The management surface (`voice-enrollment`, `qwen-voice-enrollment`, `qwen-voice-design`).
-    pub surface: String,
+    pub surface: Surface,
     /// `clone` or `design`.
-    pub kind: String,
+    pub kind: VoiceKind,
     /// The prefix / preferred name given at creation.
     pub requested_name: String,
     /// Milliseconds since the Unix epoch.
     pub created_at_ms: u64,
     /// `DEPLOYING`, `READY` or `FAILED`.
-    pub status: String,
+    pub status: VoiceStatus,
     /// Language given at creation (empty = none).
     #[serde(default)]
     pub language: String,
@@ -49,6 +58,47 @@ pub struct Record {
     /// When herald deleted it (tombstone), ms since the epoch.
     #[serde(default)]
     pub deleted_at_ms: Option<u64>,
+}
+
+impl Record {
+    /// The preview WAV of a designed voice (empty when there is none).
+    pub fn preview_wav(&self) -> Vec<u8> {
+        base64::engine::general_purpose::STANDARD
+            .decode(&self.preview_wav_b64)
+            .unwrap_or_default()
+    }
+}
+
+/// How a voice was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VoiceKind {
+    /// From a sample of a speaker (`clone`).
+    Clone,
+    /// From a description (`design`).
+    Design,
+}
+
+impl VoiceKind {
+    /// `clone` or `design`, as stored and reported.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Clone => "clone",
+            Self::Design => "design",
+        }
+    }
+}
+
+/// Where a voice is in its life upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum VoiceStatus {
+    /// Upstream is still training it (`voice-enrollment` only); synthesis may fail meanwhile.
+    Deploying,
+    /// Usable.
+    Ready,
+    /// Upstream rejected it for good.
+    Failed,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -109,7 +159,7 @@ impl Registry {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Record>> {
-        self.voices.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.voices)
     }
 
     /// The record of `name` (tombstones included).
@@ -202,11 +252,11 @@ mod tests {
         Record {
             name: name.to_owned(),
             target_model: "cosyvoice-v3-flash".to_owned(),
-            surface: "voice-enrollment".to_owned(),
-            kind: "clone".to_owned(),
+            surface: Surface::Enrollment,
+            kind: VoiceKind::Clone,
             requested_name: "kiosk".to_owned(),
             created_at_ms: 1,
-            status: "DEPLOYING".to_owned(),
+            status: VoiceStatus::Deploying,
             language: String::new(),
             description: String::new(),
             preview_wav_b64: String::new(),
@@ -220,9 +270,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::open(Some(dir.path().to_owned())).unwrap();
         r.put(record("a")).unwrap();
-        r.update("a", |x| x.status = "READY".to_owned()).unwrap();
+        r.update("a", |x| x.status = VoiceStatus::Ready).unwrap();
         let again = Registry::open(Some(dir.path().to_owned())).unwrap();
-        assert_eq!(again.get("a").unwrap().status, "READY");
+        assert_eq!(again.get("a").unwrap().status, VoiceStatus::Ready);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -232,5 +282,51 @@ mod tests {
         let fresh = Registry::open(Some(dir.path().to_owned())).unwrap();
         assert!(fresh.get("a").is_none());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn states_are_stored_as_the_strings_older_registries_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        // A registry as herald wrote it before the states were enums.
+        let old = r#"{"version":1,"voices":[
+            {"name":"cosyvoice-v3-flash-kiosk-1","target_model":"cosyvoice-v3-flash",
+             "surface":"voice-enrollment","kind":"clone","requested_name":"kiosk",
+             "created_at_ms":1,"status":"DEPLOYING"},
+            {"name":"qwen-tts-vd-x-voice-1","target_model":"qwen3-tts-vd-2026-01-26",
+             "surface":"qwen-voice-design","kind":"design","requested_name":"x",
+             "created_at_ms":2,"status":"READY","description":"calm","deleted_at_ms":3},
+            {"name":"v","target_model":"qwen3-tts-vc-2026-01-22",
+             "surface":"qwen-voice-enrollment","kind":"clone","requested_name":"v",
+             "created_at_ms":4,"status":"FAILED"}]}"#;
+        std::fs::write(dir.path().join(FILE_NAME), old).unwrap();
+        let r = Registry::open(Some(dir.path().to_owned())).unwrap();
+        let a = r.get("cosyvoice-v3-flash-kiosk-1").unwrap();
+        assert_eq!(
+            (a.surface, a.kind, a.status),
+            (
+                Surface::Enrollment,
+                VoiceKind::Clone,
+                VoiceStatus::Deploying
+            )
+        );
+        let d = r.get("qwen-tts-vd-x-voice-1").unwrap();
+        assert_eq!(
+            (d.surface, d.kind, d.status),
+            (Surface::QwenDesign, VoiceKind::Design, VoiceStatus::Ready)
+        );
+        assert_eq!(r.get("v").unwrap().status, VoiceStatus::Failed);
+        assert_eq!(r.live().len(), 2, "the tombstone is not live");
+        // Written back with the same strings.
+        r.update("v", |x| x.warning = "w".to_owned()).unwrap();
+        let text = std::fs::read_to_string(dir.path().join(FILE_NAME)).unwrap();
+        for s in [
+            r#""surface": "voice-enrollment""#,
+            r#""surface": "qwen-voice-enrollment""#,
+            r#""kind": "design""#,
+            r#""status": "DEPLOYING""#,
+            r#""status": "FAILED""#,
+        ] {
+            assert!(text.contains(s), "{s} not in {text}");
+        }
     }
 }

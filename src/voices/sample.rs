@@ -1,11 +1,14 @@
-//! Local checks of a voice-cloning sample before it is uploaded (dashscope-custom-voices.md
-//! §6.1): the format is sniffed from the bytes (not the name), WAV and MP3 are decoded by
-//! herald's own decoders to measure duration and rate, and WAV that the surface would not take
-//! (not 16-bit, or stereo for Qwen3-TTS-VC) is converted to 16-bit WAV.
+//! Local checks of a voice-cloning sample before it is uploaded (against the sample rules of
+//! DashScope's voice-cloning documentation): the format is sniffed from the bytes (not the
+//! name), WAV and MP3 are decoded by herald's own decoders to measure duration and rate, and WAV
+//! that the surface would not take (not 16-bit, or stereo for Qwen3-TTS-VC) is converted to
+//! 16-bit WAV.
+//!
+//! It works on bytes only: it must not call upstream or know which request carried them.
 
 use std::io::Cursor;
 
-use crate::audio::{InputEncoding, decode::open_decoder, encode::f32_to_i16};
+use crate::audio::{AudioError, InputEncoding, decode::open_decoder, encode::f32_to_i16};
 
 /// Largest sample, bytes (upstream: ≤ 10 MB; for data URIs, after encoding: herald checks
 /// the raw file against this and the encoded size against [`MAX_DATA_URI_BYTES`]).
@@ -13,7 +16,7 @@ pub const MAX_BYTES: usize = 10_000_000;
 /// Largest data URI upstream takes (Qwen: "encoded still under 10 MB"), bytes.
 pub const MAX_DATA_URI_BYTES: usize = 10 * 1024 * 1024;
 /// Shortest sample for `voice-enrollment`, seconds (upstream wants ≥ 5 s of continuous speech
-/// for CosyVoice / Qwen-Audio-TTS, §6.1; herald refuses what cannot possibly pass).
+/// for CosyVoice / Qwen-Audio-TTS; herald refuses what cannot possibly pass).
 pub const MIN_SECONDS_ENROLLMENT: f64 = 5.0;
 /// Shortest sample for Qwen3-TTS-VC, seconds (≥ 3 s of continuous speech).
 pub const MIN_SECONDS_QWEN: f64 = 3.0;
@@ -91,6 +94,60 @@ pub fn sniff(bytes: &[u8]) -> Option<Format> {
     None
 }
 
+/// Why a sample is refused. Each message names the field (`clone.audio`) and the limit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SampleError {
+    /// No bytes.
+    #[error("clone.audio: must not be empty")]
+    Empty,
+    /// More than [`MAX_BYTES`].
+    #[error("clone.audio: {0} bytes exceeds the limit of {MAX_BYTES} bytes (10 MB)")]
+    TooLarge(usize),
+    /// Not WAV, MP3 or M4A.
+    #[error("clone.audio: not a WAV, MP3 or M4A file (the only formats upstream takes)")]
+    UnknownFormat,
+    /// herald's decoders refused it.
+    #[error("clone.audio: cannot decode the {format:?} file: {source}")]
+    Undecodable {
+        /// The sniffed format.
+        format: Format,
+        /// What the decoder said.
+        #[source]
+        source: AudioError,
+    },
+    /// Its rate or channel count changes midway.
+    #[error("clone.audio: the file changes sample rate midway")]
+    RateChanges,
+    /// It decodes to nothing.
+    #[error("clone.audio: the file holds no audio")]
+    NoAudio,
+    /// Longer than [`MAX_SECONDS`].
+    #[error(
+        "clone.audio: longer than the limit of {MAX_SECONDS} s (10–20 s of clear speech is best)"
+    )]
+    TooLong,
+    /// Shorter than the surface's minimum.
+    #[error(
+        "clone.audio: {seconds:.1} s is shorter than the minimum of {min} s for this model \
+         (10–20 s of clear speech is best)"
+    )]
+    TooShort {
+        /// Its duration.
+        seconds: f64,
+        /// The minimum.
+        min: f64,
+    },
+    /// Its rate is below the surface's minimum.
+    #[error("clone.audio: sample rate {rate} Hz is below the minimum of {min} Hz for this model")]
+    RateTooLow {
+        /// Its rate, Hz.
+        rate: u32,
+        /// The minimum, Hz.
+        min: u32,
+    },
+}
+
 /// The `fmt ` chunk's (format tag, channels, rate, bits per sample) of a WAV file.
 fn wav_fmt(bytes: &[u8]) -> Option<(u16, u16, u32, u16)> {
     let mut pos = 12;
@@ -117,20 +174,15 @@ fn wav_fmt(bytes: &[u8]) -> Option<(u16, u16, u32, u16)> {
 
 /// Check `bytes` against the limits and `rules`; convert WAV when the surface needs it.
 /// Errors name the field (`clone.audio`) and the limit. CPU-bound: call on a blocking thread.
-pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, String> {
+pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, SampleError> {
     if bytes.is_empty() {
-        return Err("clone.audio: must not be empty".to_owned());
+        return Err(SampleError::Empty);
     }
     if bytes.len() > MAX_BYTES {
-        return Err(format!(
-            "clone.audio: {} bytes exceeds the limit of {MAX_BYTES} bytes (10 MB)",
-            bytes.len()
-        ));
+        return Err(SampleError::TooLarge(bytes.len()));
     }
     let Some(format) = sniff(bytes) else {
-        return Err(
-            "clone.audio: not a WAV, MP3 or M4A file (the only formats upstream takes)".to_owned(),
-        );
+        return Err(SampleError::UnknownFormat);
     };
     if format == Format::M4a {
         return Ok(Prepared {
@@ -144,8 +196,8 @@ pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, String> {
         Format::Wav => InputEncoding::Wav,
         _ => InputEncoding::Mp3,
     };
-    let mut decoder = open_decoder(encoding, Cursor::new(bytes.to_vec()))
-        .map_err(|e| format!("clone.audio: cannot decode the {format:?} file: {e}"))?;
+    let undecodable = |source| SampleError::Undecodable { format, source };
+    let mut decoder = open_decoder(encoding, Cursor::new(bytes.to_vec())).map_err(undecodable)?;
     let mut rate = 0u32;
     let mut channels = 1u16;
     let mut frames = 0usize;
@@ -158,7 +210,7 @@ pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, String> {
                     rate = buf.spec.sample_rate;
                     channels = buf.spec.channels;
                 } else if buf.spec.sample_rate != rate || buf.spec.channels != channels {
-                    return Err("clone.audio: the file changes sample rate midway".to_owned());
+                    return Err(SampleError::RateChanges);
                 }
                 frames += buf.frames();
                 if frames as f64 / f64::from(rate.max(1)) > MAX_SECONDS + 1.0 {
@@ -169,34 +221,27 @@ pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, String> {
                 }
             }
             Ok(None) => break,
-            Err(e) => {
-                return Err(format!(
-                    "clone.audio: cannot decode the {format:?} file: {e}"
-                ));
-            }
+            Err(e) => return Err(undecodable(e)),
         }
     }
     if rate == 0 {
-        return Err("clone.audio: the file holds no audio".to_owned());
+        return Err(SampleError::NoAudio);
     }
     let seconds = frames as f64 / f64::from(rate);
     if seconds > MAX_SECONDS {
-        return Err(format!(
-            "clone.audio: longer than the limit of {MAX_SECONDS} s (10–20 s of clear speech is best)"
-        ));
+        return Err(SampleError::TooLong);
     }
     if seconds < rules.min_seconds {
-        return Err(format!(
-            "clone.audio: {seconds:.1} s is shorter than the minimum of {} s for this model \
-             (10–20 s of clear speech is best)",
-            rules.min_seconds
-        ));
+        return Err(SampleError::TooShort {
+            seconds,
+            min: rules.min_seconds,
+        });
     }
     if rate < rules.min_rate {
-        return Err(format!(
-            "clone.audio: sample rate {rate} Hz is below the minimum of {} Hz for this model",
-            rules.min_rate
-        ));
+        return Err(SampleError::RateTooLow {
+            rate,
+            min: rules.min_rate,
+        });
     }
     if format == Format::Mp3 {
         return Ok(Prepared {
@@ -285,22 +330,24 @@ mod tests {
     #[test]
     fn limits_name_the_field_and_the_limit() {
         let short = wav16(16_000, 1, &tone(16_000, 1, 1.0));
-        let e = prepare(&short, COSY).unwrap_err();
+        let e = prepare(&short, COSY).unwrap_err().to_string();
         assert!(
             e.contains("clone.audio") && e.contains("minimum of 5 s"),
             "{e}"
         );
         let long = wav16(16_000, 1, &tone(16_000, 1, 61.5));
-        let e = prepare(&long, COSY).unwrap_err();
+        let e = prepare(&long, COSY).unwrap_err().to_string();
         assert!(e.contains("limit of 60 s"), "{e}");
         let low = wav16(8_000, 1, &tone(8_000, 1, 5.0));
-        let e = prepare(&low, COSY).unwrap_err();
+        let e = prepare(&low, COSY).unwrap_err().to_string();
         assert!(e.contains("8000 Hz") && e.contains("16000 Hz"), "{e}");
-        let e = prepare(b"OggS not audio we take", COSY).unwrap_err();
+        let e = prepare(b"OggS not audio we take", COSY)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a WAV, MP3 or M4A"), "{e}");
         let mut big = b"RIFF\0\0\0\0WAVE".to_vec();
         big.resize(MAX_BYTES + 1, 0);
-        let e = prepare(&big, COSY).unwrap_err();
+        let e = prepare(&big, COSY).unwrap_err().to_string();
         assert!(e.contains("10000000 bytes"), "{e}");
         let ok = wav16(16_000, 1, &tone(16_000, 1, 5.0));
         let p = prepare(&ok, COSY).unwrap();
@@ -349,7 +396,9 @@ mod tests {
         assert_eq!(p.bytes.len(), 44 + 24_000 * 5 * 2);
         let kept = prepare(&stereo, COSY).unwrap();
         assert!(!kept.converted, "CosyVoice takes stereo (first channel)");
-        let e = prepare(&wav16(16_000, 1, &tone(16_000, 1, 4.0)), QWEN).unwrap_err();
+        let e = prepare(&wav16(16_000, 1, &tone(16_000, 1, 4.0)), QWEN)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("24000 Hz"), "{e}");
     }
 }

@@ -1,4 +1,4 @@
-//! Splitting long text into pieces a model takes whole (design.md, dashscope-api.md §2.3).
+//! Splitting long text into pieces a model takes whole.
 //!
 //! CosyVoice accepts thousands of characters but silently truncates the audio past about 150
 //! billed units per internal batch, so herald never sends it more than a configured budget
@@ -8,8 +8,11 @@
 //! into one piece up to the budget, so the upstream keeps prosodic context and herald makes few
 //! calls. Every character of the input ends up in exactly one piece, in order; pieces are
 //! trimmed of surrounding whitespace and never empty.
+//!
+//! It works on text only: it must not change what is said (no normalization, no dropped
+//! characters) or know which upstream the pieces go to.
 
-/// Billed units of `text` as DashScope counts them (dashscope-api.md §8.7): a CJK ideograph
+/// Billed units of `text` as DashScope counts them (its billing documentation): a CJK ideograph
 /// counts 2, anything else (letters, digits, kana, hangul, punctuation, spaces) 1.
 pub fn units(text: &str) -> usize {
     text.chars().map(char_units).sum()

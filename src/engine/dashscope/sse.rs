@@ -1,4 +1,5 @@
-//! An incremental Server-Sent Events parser for DashScope streams (dashscope-api.md §1.6).
+//! An incremental Server-Sent Events parser for DashScope streams (the SSE framing DashScope's
+//! streaming endpoints use, with its status comments).
 //!
 //! Bytes go in as they arrive, split anywhere (inside a line, inside a UTF-8 sequence, between
 //! `\r` and `\n`); whole events come out. Lines end in `\n`, `\r\n` or `\r`. Besides the standard
@@ -12,6 +13,8 @@
 //!
 //! Own code rather than `eventsource-stream`: that crate drops comment lines (where the status
 //! lives), always joins `data:` with `\n`, and bounds neither lines nor events.
+//!
+//! It must not interpret the events' JSON (the families' decoders do).
 
 use std::fmt;
 

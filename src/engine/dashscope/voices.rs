@@ -1,11 +1,15 @@
-//! The built-in catalogue of DashScope system voices (dashscope-api.md §7), and the rule for
-//! custom (cloned or designed) voice ids, which herald passes through untouched.
+//! The built-in catalogue of DashScope system voices (from DashScope's voice lists, checked
+//! against a live account), and the rule for custom (cloned or designed) voice ids, which herald
+//! passes through untouched.
 //!
 //! A voice that works with several models is listed once per model. The catalogue is what
 //! herald knows, not what the upstream has: for CosyVoice and MiniMax an unknown voice id is
 //! passed through (their catalogues are large and change; the upstream answers
 //! `InvalidParameter`, which becomes INVALID_ARGUMENT), while Qwen-TTS's 49 voices are a closed
 //! list and anything else is refused before any call.
+//!
+//! It owns static data only: it must not call upstream (custom voices are listed by
+//! `crate::voices`).
 
 use super::family::Family;
 use crate::engine::VoiceInfo;
@@ -57,7 +61,7 @@ const QWEN_ALL: &[&str] = &[
 ];
 
 const CATALOGUE: &[Entry] = &[
-    // CosyVoice v3 (accepted by a live account, dashscope-api.md §7).
+    // CosyVoice v3 (each accepted by a live account).
     ("longanyang", "龙安洋", ZH_EN, "male", V3),
     ("longanhuan", "龙安欢", ZH_EN, "female", V3),
     ("longanhuan_v3", "龙安欢 (dialects)", ZH_EN, "female", V3),
@@ -301,7 +305,7 @@ pub fn default_voice(model: &str) -> &'static str {
     }
 }
 
-/// True for ids of cloned or designed voices (dashscope-custom-voices.md): herald passes them
+/// True for ids of cloned or designed voices (see `crate::voices`): herald passes them
 /// through; the upstream knows which model each belongs to.
 pub fn is_custom(voice: &str) -> bool {
     ["cosyvoice-", "qwen-tts-vc-", "qwen-tts-vd-", "qwen-audio-"]

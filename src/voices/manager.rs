@@ -1,0 +1,503 @@
+//! The custom-voice manager: get, delete and list the voices herald made (create is in
+//! `voices::create`), and the check a synthesis with a custom voice passes before any upstream
+//! call.
+//!
+//! It owns the life of a record (DEPLOYING → READY | FAILED, then a tombstone) and the
+//! classification of upstream failures for clients. It takes and returns domain types
+//! ([`Record`], [`Deleted`], [`ListedVoice`]) and fails with [`crate::error::Error`]. It must
+//! not build wire bodies (`engine::dashscope::custom` does) or know any door's wire format.
+
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
+
+use super::{
+    Settings,
+    registry::{Record, Registry, VoiceStatus, now_ms},
+    surface::{Surface, truncate},
+};
+use crate::{
+    engine::{EngineError, dashscope},
+    error::Error,
+};
+
+/// How long ListVoices waits for upstream's listings.
+const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What a DeleteVoice did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Deleted {
+    /// The voice.
+    pub name: String,
+    /// Upstream no longer had it (deleted elsewhere, or never finished).
+    pub already_gone_upstream: bool,
+}
+
+/// A custom voice as ListVoices shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListedVoice {
+    /// Upstream's id, what synthesis takes.
+    pub name: String,
+    /// The requested name for voices herald made, else the id.
+    pub display_name: String,
+    /// The model it works with.
+    pub model: String,
+    /// Its language, or empty.
+    pub language: String,
+    /// Its state.
+    pub status: VoiceStatus,
+}
+
+/// The custom-voice service state: the registry and the upstream client.
+#[derive(Debug)]
+pub struct Manager {
+    pub(super) registry: Registry,
+    client: Option<Arc<dashscope::Client>>,
+    pub(super) settings: Settings,
+}
+
+impl Manager {
+    /// A manager over the registry in `settings.directory` and the DashScope client, if any.
+    pub fn open(
+        settings: Settings,
+        client: Option<Arc<dashscope::Client>>,
+    ) -> std::io::Result<Self> {
+        let registry = Registry::open(settings.directory.clone())?;
+        Ok(Self {
+            registry,
+            client,
+            settings,
+        })
+    }
+
+    /// A manager with no registry and no upstream (tests, embedding).
+    pub fn disabled() -> Self {
+        Self {
+            registry: Registry::in_memory(),
+            client: None,
+            settings: Settings::default(),
+        }
+    }
+
+    pub(super) fn client(&self) -> Result<&Arc<dashscope::Client>, Error> {
+        self.client.as_ref().ok_or_else(|| {
+            Error::failed_precondition(
+                "custom voices need DashScope: configure dashscope.api_key (DASHSCOPE_API_KEY)",
+            )
+        })
+    }
+
+    /// The check of a Synthesize/Speak voice against the registry, before any upstream call.
+    /// Returns the model to use (the voice's own when `model` is empty), or `None` when the
+    /// voice is not a custom voice herald knows.
+    pub fn check_synthesis(&self, voice: &str, model: &str) -> Result<Option<String>, Error> {
+        let Some(r) = self.registry.get(voice) else {
+            return Ok(None);
+        };
+        if r.deleted_at_ms.is_some() {
+            return Err(Error::invalid(format!(
+                "voice: custom voice {voice:?} was deleted (DeleteVoice); create a new one"
+            )));
+        }
+        if !model.is_empty() && model != r.target_model {
+            return Err(Error::invalid(format!(
+                "voice: custom voice {voice:?} works only with model {:?} (its target model), \
+                 not {:?}",
+                r.target_model,
+                truncate(model, 64)
+            )));
+        }
+        if r.status == VoiceStatus::Failed {
+            return Err(Error::failed_precondition(format!(
+                "voice: custom voice {voice:?} was rejected upstream (FAILED); delete it and \
+                 create another"
+            )));
+        }
+        Ok(Some(r.target_model))
+    }
+
+    /// Custom voices for ListVoices: the registry's, plus upstream's listings (voices made
+    /// elsewhere with the same key). An upstream listing that fails is logged and skipped.
+    /// `model`: the request's filter; a model DashScope does not serve skips the listings.
+    pub async fn list(&self, model: &str) -> Vec<ListedVoice> {
+        let mut out: Vec<ListedVoice> = self
+            .registry
+            .live()
+            .into_iter()
+            .map(|r| ListedVoice {
+                display_name: if r.requested_name.is_empty() {
+                    r.name.clone()
+                } else {
+                    r.requested_name
+                },
+                name: r.name,
+                model: r.target_model,
+                language: r.language,
+                status: r.status,
+            })
+            .collect();
+        let Some(client) = &self.client else {
+            return out;
+        };
+        if !model.is_empty() && dashscope::Family::for_model(model).is_none() {
+            return out;
+        }
+        let deadline = Instant::now() + LIST_TIMEOUT;
+        for surface in Surface::ALL {
+            match client.list_voices(surface, deadline).await {
+                Ok(items) => {
+                    for v in items {
+                        if self.registry.get(&v.id).is_some() || out.iter().any(|o| o.name == v.id)
+                        {
+                            continue;
+                        }
+                        out.push(ListedVoice {
+                            display_name: v.id.clone(),
+                            name: v.id,
+                            model: v.target_model,
+                            language: String::new(),
+                            status: v.status,
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(surface = surface.model(), error = %crate::error::chain(&e), "cannot list custom voices upstream");
+                }
+            }
+        }
+        out
+    }
+
+    /// GetVoice: the record, its status refreshed from upstream while DEPLOYING.
+    pub async fn get(&self, name: &str, deadline: Instant) -> Result<Record, Error> {
+        let r = self.live_record(name)?;
+        if !polls(&r) {
+            return Ok(r);
+        }
+        let client = self.client()?;
+        let status = client
+            .query_voice(name, deadline)
+            .await
+            .map_err(|e| classify(&e))?;
+        self.set_status(name, status)?;
+        self.live_record(name)
+    }
+
+    pub(super) fn live_record(&self, name: &str) -> Result<Record, Error> {
+        if name.is_empty() {
+            return Err(Error::invalid("name: required"));
+        }
+        match self.registry.get(name) {
+            Some(r) if r.deleted_at_ms.is_none() => Ok(r),
+            _ => Err(Error::not_found(format!(
+                "name: herald has no custom voice {:?} (ListVoices lists them)",
+                truncate(name, 256)
+            ))),
+        }
+    }
+
+    pub(super) fn set_status(&self, name: &str, status: VoiceStatus) -> Result<(), Error> {
+        self.registry
+            .update(name, |r| r.status = status)
+            .map_err(registry_error)?;
+        Ok(())
+    }
+
+    /// DeleteVoice: upstream first (through the voice's surface), then the registry (a
+    /// tombstone).
+    pub async fn delete(&self, name: &str, deadline: Instant) -> Result<Deleted, Error> {
+        let r = self.live_record(name)?;
+        let client = self.client()?;
+        let gone = client
+            .delete_voice(r.surface, name, deadline)
+            .await
+            .map_err(|e| classify(&e))?;
+        self.registry
+            .update(name, |r| r.deleted_at_ms = Some(now_ms()))
+            .map_err(registry_error)?;
+        Ok(Deleted {
+            name: name.to_owned(),
+            already_gone_upstream: gone,
+        })
+    }
+}
+
+/// Whether GetVoice asks upstream for `r`'s state: only while a `voice-enrollment` voice is
+/// DEPLOYING.
+fn polls(r: &Record) -> bool {
+    r.status == VoiceStatus::Deploying && r.surface == Surface::Enrollment
+}
+
+/// What an upstream customization failure means for the client: the surface's own codes
+/// first (quota full → RESOURCE_EXHAUSTED; a rejected sample → INVALID_ARGUMENT with
+/// upstream's message), then the engine's classification.
+pub fn classify(error: &EngineError) -> Error {
+    if let EngineError::Api {
+        status,
+        code: Some(code),
+        message,
+        request_id,
+    } = error
+    {
+        let id = request_id
+            .as_deref()
+            .map(|r| format!(", request_id {r}"))
+            .unwrap_or_default();
+        let cause = format!("HTTP {status}, code {code}{id}");
+        if code == "Throttling.AllocationQuota" {
+            return Error::resource_exhausted(format!(
+                "upstream's custom-voice quota is full ({cause}): {message}; delete voices \
+                 (DeleteVoice) to make room"
+            ));
+        }
+        let audio = code.starts_with("Audio.")
+            || code == "BadRequest.UnsupportedFileFormat"
+            || code == "BadRequest.InputDownloadFailed"
+            || (code == "InternalError"
+                && ["audio preprocess", "request asr failed", "download"]
+                    .iter()
+                    .any(|m| message.contains(m)));
+        if audio {
+            return Error::invalid(format!(
+                "clone: upstream rejected the sample audio ({cause}): {message}"
+            ));
+        }
+    }
+    error.classify()
+}
+
+/// A registry that cannot be written: logged here, UNAVAILABLE for the client.
+pub(super) fn registry_error(e: std::io::Error) -> Error {
+    tracing::error!(error = %e, "cannot write the voice registry");
+    Error::unavailable(format!("cannot write the voice registry: {e}"))
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+    use crate::error::ErrorKind;
+    use crate::voices::VoiceKind;
+
+    fn record(name: &str, surface: Surface, status: VoiceStatus) -> Record {
+        Record {
+            name: name.to_owned(),
+            target_model: "cosyvoice-v3-flash".to_owned(),
+            surface,
+            kind: VoiceKind::Clone,
+            requested_name: "kiosk".to_owned(),
+            created_at_ms: 1,
+            status,
+            language: "zh".to_owned(),
+            description: String::new(),
+            preview_wav_b64: String::new(),
+            warning: String::new(),
+            deleted_at_ms: None,
+        }
+    }
+
+    /// A manager over a registry in a fresh directory, with no upstream.
+    pub(in crate::voices) fn manager(records: Vec<Record>) -> (Manager, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = Settings {
+            directory: Some(dir.path().to_owned()),
+            ..Settings::default()
+        };
+        let m = Manager::open(settings, None).unwrap();
+        for r in records {
+            m.registry.put(r).unwrap();
+        }
+        (m, dir)
+    }
+
+    fn api(status: u16, code: &str, message: &str) -> EngineError {
+        EngineError::Api {
+            status,
+            code: Some(code.to_owned()),
+            message: message.to_owned(),
+            request_id: Some("rid-9".to_owned()),
+        }
+    }
+
+    /// A deadline no test reaches.
+    pub(in crate::voices) fn far() -> Instant {
+        Instant::now() + Duration::from_secs(60)
+    }
+
+    #[test]
+    fn synthesis_checks_the_voice_against_the_registry() {
+        let mut deleted = record("gone", Surface::Enrollment, VoiceStatus::Ready);
+        deleted.deleted_at_ms = Some(2);
+        let (m, _dir) = manager(vec![
+            record("ready", Surface::Enrollment, VoiceStatus::Ready),
+            record("training", Surface::Enrollment, VoiceStatus::Deploying),
+            record("rejected", Surface::Enrollment, VoiceStatus::Failed),
+            deleted,
+        ]);
+        assert_eq!(
+            m.check_synthesis("longxiaochun", "cosyvoice-v3-flash"),
+            Ok(None)
+        );
+        assert_eq!(
+            m.check_synthesis("ready", ""),
+            Ok(Some("cosyvoice-v3-flash".to_owned())),
+            "an empty model takes the voice's"
+        );
+        assert_eq!(
+            m.check_synthesis("training", "cosyvoice-v3-flash"),
+            Ok(Some("cosyvoice-v3-flash".to_owned())),
+            "a DEPLOYING voice is tried (upstream decides)"
+        );
+        let e = m.check_synthesis("ready", "cosyvoice-v3-plus").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("works only with model \"cosyvoice-v3-flash\""),
+            "{e}"
+        );
+        let e = m.check_synthesis("gone", "").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().contains("deleted"), "{e}");
+        let e = m.check_synthesis("rejected", "").unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(e.message().contains("FAILED"), "{e}");
+    }
+
+    #[test]
+    fn upstream_failures_are_classified_for_clients() {
+        let e = classify(&api(400, "Throttling.AllocationQuota", "full"));
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        for w in [
+            "quota",
+            "Throttling.AllocationQuota",
+            "rid-9",
+            "DeleteVoice",
+        ] {
+            assert!(e.message().contains(w), "{w} not in {e}");
+        }
+        let e = classify(&api(
+            400,
+            "Audio.AudioSilentError",
+            "Silent file unsupported.",
+        ));
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(
+            e.message()
+                .starts_with("clone: upstream rejected the sample audio"),
+            "{e}"
+        );
+        assert!(e.message().ends_with(": Silent file unsupported."), "{e}");
+        for (code, message) in [
+            ("BadRequest.UnsupportedFileFormat", "m"),
+            ("BadRequest.InputDownloadFailed", "m"),
+            ("InternalError", "audio preprocess failed"),
+        ] {
+            let e = classify(&api(400, code, message));
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{code}");
+        }
+        // Everything else as any engine failure.
+        for (status, code, kind) in [
+            (401, "InvalidApiKey", ErrorKind::FailedPrecondition),
+            (429, "Throttling.RateQuota", ErrorKind::ResourceExhausted),
+            (503, "ServiceUnavailable", ErrorKind::Unavailable),
+            (500, "InternalError", ErrorKind::Unavailable),
+            (400, "InvalidParameter", ErrorKind::InvalidArgument),
+        ] {
+            let error = api(status, code, "scripted");
+            assert_eq!(classify(&error), error.classify(), "{code}");
+            assert_eq!(classify(&error).kind(), kind, "{code}");
+        }
+        assert_eq!(
+            classify(&EngineError::Protocol("x".into())).kind(),
+            ErrorKind::Internal
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_lives_deploying_then_ready_or_failed_then_as_a_tombstone() {
+        assert!(polls(&record(
+            "a",
+            Surface::Enrollment,
+            VoiceStatus::Deploying
+        )));
+        assert!(!polls(&record(
+            "a",
+            Surface::Enrollment,
+            VoiceStatus::Ready
+        )));
+        assert!(!polls(&record(
+            "a",
+            Surface::QwenClone,
+            VoiceStatus::Deploying
+        )));
+
+        let (m, dir) = manager(vec![
+            record("a", Surface::Enrollment, VoiceStatus::Deploying),
+            record("b", Surface::QwenClone, VoiceStatus::Ready),
+        ]);
+        // Settled voices are answered from the registry, with no upstream at all.
+        assert_eq!(m.get("b", far()).await.unwrap().status, VoiceStatus::Ready);
+        // A DEPLOYING one needs upstream to be refreshed.
+        let e = m.get("a", far()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        m.set_status("a", VoiceStatus::Ready).unwrap();
+        assert_eq!(m.get("a", far()).await.unwrap().status, VoiceStatus::Ready);
+        let reopened = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert_eq!(reopened.get("a").unwrap().status, VoiceStatus::Ready);
+        m.registry
+            .update("a", |r| r.deleted_at_ms = Some(3))
+            .unwrap();
+        let e = m.get("a", far()).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NotFound);
+        assert!(
+            e.message().starts_with("name: herald has no custom voice"),
+            "{e}"
+        );
+        assert_eq!(
+            m.get("", far()).await.unwrap_err().message(),
+            "name: required"
+        );
+        let e = m.delete("b", far()).await.unwrap_err();
+        assert_eq!(
+            e.kind(),
+            ErrorKind::FailedPrecondition,
+            "delete needs upstream"
+        );
+        assert_eq!(
+            m.delete("a", far()).await.unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+    }
+
+    #[tokio::test]
+    async fn listing_shows_live_records_under_their_requested_names() {
+        let mut gone = record("gone", Surface::Enrollment, VoiceStatus::Ready);
+        gone.deleted_at_ms = Some(1);
+        let mut unnamed = record("unnamed", Surface::QwenClone, VoiceStatus::Ready);
+        unnamed.requested_name.clear();
+        let (m, _dir) = manager(vec![
+            record("a", Surface::Enrollment, VoiceStatus::Deploying),
+            gone,
+            unnamed,
+        ]);
+        let listed = m.list("").await;
+        assert_eq!(
+            listed,
+            vec![
+                ListedVoice {
+                    name: "a".to_owned(),
+                    display_name: "kiosk".to_owned(),
+                    model: "cosyvoice-v3-flash".to_owned(),
+                    language: "zh".to_owned(),
+                    status: VoiceStatus::Deploying,
+                },
+                ListedVoice {
+                    name: "unnamed".to_owned(),
+                    display_name: "unnamed".to_owned(),
+                    model: "cosyvoice-v3-flash".to_owned(),
+                    language: "zh".to_owned(),
+                    status: VoiceStatus::Ready,
+                },
+            ]
+        );
+    }
+}
