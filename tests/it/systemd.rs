@@ -3,8 +3,6 @@
 //! `systemd-socket-activate` (the sockets passed as `LISTEN_FDS`); the unit files checked by
 //! `systemd-analyze verify`.
 
-mod support;
-
 use std::{
     os::unix::net::UnixDatagram,
     path::Path,
@@ -12,8 +10,8 @@ use std::{
     time::Duration,
 };
 
+use crate::support::*;
 use herald::pb::{self, audio_format::Encoding};
-use support::*;
 use tokio::time::Instant;
 
 /// Datagrams received on `sock` until `until` returns true or `timeout` passes.

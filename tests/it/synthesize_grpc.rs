@@ -1,12 +1,10 @@
 //! End to end through the public gRPC interface: the daemon in-process on 127.0.0.1:0 and a
 //! temp unix socket, real espeak-ng, the generated Rust client; assertions on the audio itself.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use herald::pb::{self, audio_format::Encoding};
-use support::*;
 use tonic::Code;
 
 const PHRASE: &str = "Hello world, this is herald speaking from the test suite.";

@@ -3,15 +3,11 @@
 //! cache hits and misses, upstream outcomes, retries and throttles, time-to-first-audio
 //! histograms, active streams and build info.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use dashscope::*;
+use crate::support::dashscope::*;
+use crate::support::*;
 use herald::pb::{self, audio_format::Encoding};
-use support::*;
 use tonic::Code;
 
 const KEY: &str = "sk-metrics-test-0123456789abcdef";
@@ -93,7 +89,7 @@ fn cosy(text: &str) -> pb::SynthesizeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_what_happened() {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1,10 +1,8 @@
 //! The `herald` binary: check-config, serve (signals, socket), say and voices, as a user runs them.
 
-mod support;
-
 use std::process::Command;
 
-use support::*;
+use crate::support::*;
 
 fn herald() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_herald"));

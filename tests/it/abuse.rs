@@ -4,16 +4,12 @@
 //! Each abuse gets a clear status or is shed, and the next, well-behaved client is served.
 //! docs/reliability.md lists the limits that apply.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::time::Duration;
 
-use dashscope::*;
+use crate::support::dashscope::*;
+use crate::support::*;
 use futures::{StreamExt, stream};
 use herald::pb::{self, audio_format::Encoding, synthesize_response::Payload};
-use support::*;
 use tonic::{Code, codegen::http::uri::PathAndQuery, transport::Channel};
 
 const KEY: &str = "sk-abuse-test-00112233445566778899";
@@ -38,8 +34,8 @@ async fn served(client: &mut pb::speech_client::SpeechClient<Channel>, what: &st
     assert!((f - 500.0).abs() < 5.0, "after {what}: {f} Hz");
 }
 
-async fn setup(toml_extra: &str) -> (FakeDashScope, TestDaemon) {
-    let double = FakeDashScope::start(KEY).await;
+async fn setup(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
+    let double = DashScopeDouble::start(KEY).await;
     let toml = format!("[cache]\nenabled = false\n[fallback]\nchain = []\n{toml_extra}");
     let daemon = spawn_daemon_config(
         &toml,
@@ -248,7 +244,7 @@ fn long_request() -> pb::SynthesizeRequest {
 
 /// Wait until the daemon's upstream requests stop growing (it has filled every buffer it
 /// will fill) for `quiet`, sampling RSS all along; bounded. Returns (peak RSS KiB, requests).
-async fn hold_and_measure(double: &FakeDashScope, pid: u32, quiet: Duration) -> (u64, usize) {
+async fn hold_and_measure(double: &DashScopeDouble, pid: u32, quiet: Duration) -> (u64, usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut peak = vm_rss_kib(pid);
     let mut last = (double.requests().len(), tokio::time::Instant::now());
@@ -286,7 +282,7 @@ async fn cuttable_proxy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_bounded_memory_and_disconnects_are_cleaned_up() {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let server = ServeProcess::start_with(
         "[cache]\nenabled = false\n[fallback]\nchain = []\n",
         &[],

@@ -1,15 +1,38 @@
-//! The fake DashScope's custom-voice endpoint (dashscope-custom-voices.md §11):
-//! `POST /api/v1/services/audio/tts/customization`, the three surfaces `voice-enrollment`,
-//! `qwen-voice-enrollment` and `qwen-voice-design`, with state, a scripted DEPLOYING period,
-//! quotas, audio inspection of data URIs, and the synthesis integration (a created voice is
-//! accepted only with its target model, and sounds as a tone of its own, [`custom_voice_tone`]).
+//! The double's custom-voice endpoint, as the project's notes on DashScope custom voices
+//! describe it: `POST /api/v1/services/audio/tts/customization`, the three surfaces
+//! `voice-enrollment`, `qwen-voice-enrollment` and `qwen-voice-design`, with state, a scripted
+//! DEPLOYING period, quotas, audio inspection of data URIs, temporary uploads (`oss://`), and
+//! the synthesis side (a created voice is accepted only with its target model, and sounds as a
+//! tone of its own, [`custom_voice_tone`]).
 
-use super::*;
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use base64::Engine as _;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::{
+    FaultKind, LoggedRequest,
+    audio::{encode_mp3, s16le, tone_pcm, wav_header},
+    request::{INVALID_PARAMETER_MSG, Rejection, bad_voice},
+    server::{Incoming, Inner},
+    wire::error_body,
+};
 
 /// The endpoint's path.
 pub const CUSTOMIZATION_PATH: &str = "/api/v1/services/audio/tts/customization";
 
-/// Knobs of the custom-voice endpoint, see [`FakeDashScope::set_custom_options`].
+/// Knobs of the custom-voice endpoint, see [`super::DashScopeDouble::set_custom_options`].
 #[derive(Clone, Debug)]
 pub struct CustomOptions {
     /// `voice-enrollment`: `query_voice` answers `DEPLOYING` this many times before `OK`.
@@ -42,7 +65,7 @@ impl Default for CustomOptions {
 
 /// One voice the double holds.
 #[derive(Clone, Debug)]
-pub struct FakeVoice {
+pub struct DoubleVoice {
     pub id: String,
     pub surface: &'static str,
     pub target_model: String,
@@ -60,15 +83,15 @@ pub struct FakeVoice {
 
 /// The endpoint's state.
 #[derive(Debug, Default)]
-pub struct CustomState {
-    pub options: CustomOptions,
-    pub voices: Vec<FakeVoice>,
+pub(super) struct CustomState {
+    pub(super) options: CustomOptions,
+    pub(super) voices: Vec<DoubleVoice>,
     /// Ids deleted so far.
-    pub deleted: Vec<String>,
+    deleted: Vec<String>,
     /// Temporary uploads: object key → bytes.
-    pub uploads: HashMap<String, Vec<u8>>,
+    uploads: HashMap<String, Vec<u8>>,
     /// Upload form fields as received (without the file), for tests.
-    pub upload_forms: Vec<HashMap<String, String>>,
+    pub(super) upload_forms: Vec<HashMap<String, String>>,
 }
 
 /// The tone (Hz) the double's synthesis plays for a created custom voice: derived from the
@@ -80,33 +103,6 @@ pub fn custom_voice_tone(name: &str) -> f32 {
     });
     let hz = 300.0 + (h % 40) as f32 * 20.0;
     if hz == 440.0 { 1100.0 } else { hz }
-}
-
-impl FakeDashScope {
-    pub fn set_custom_options(&self, options: CustomOptions) {
-        self.inner.state().custom.options = options;
-    }
-
-    /// Every custom voice the double holds now.
-    pub fn custom_voices(&self) -> Vec<FakeVoice> {
-        self.inner.state().custom.voices.clone()
-    }
-
-    /// Requests that reached the synthesis endpoints (not the customization one).
-    pub fn synthesis_requests(&self) -> Vec<LoggedRequest> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path != CUSTOMIZATION_PATH)
-            .collect()
-    }
-
-    /// Requests that reached the customization endpoint.
-    pub fn customization_requests(&self) -> Vec<LoggedRequest> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path == CUSTOMIZATION_PATH)
-            .collect()
-    }
 }
 
 const ENROLL_CLONE: &[&str] = &[
@@ -420,7 +416,7 @@ fn handle(
             };
             out["voice_id"] = json!(id);
             let polls = opts.deploying_polls;
-            st.voices.push(FakeVoice {
+            st.voices.push(DoubleVoice {
                 id,
                 surface: "voice-enrollment",
                 target_model: model.to_owned(),
@@ -583,7 +579,7 @@ fn handle(
                     out["fallback_reason"] = json!("no_valid_asr_segments");
                 }
             }
-            st.voices.push(FakeVoice {
+            st.voices.push(DoubleVoice {
                 id,
                 surface: if design {
                     "qwen-voice-design"
@@ -609,7 +605,7 @@ fn handle(
         }
         ("qwen-voice-enrollment" | "qwen-voice-design", "list") => {
             let (index, size) = paging(input);
-            let all: Vec<&FakeVoice> = st
+            let all: Vec<&DoubleVoice> = st
                 .voices
                 .iter()
                 .rev()
@@ -666,51 +662,19 @@ fn handle(
 }
 
 /// The axum handler of the customization endpoint.
-pub(super) async fn customization(
-    State(inner): State<Arc<Inner>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, key) = v.trim().split_once(' ')?;
-            Some(scheme.eq_ignore_ascii_case("bearer") && key.trim() == inner.api_key)
-        })
-        .unwrap_or(false);
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-    let model = parsed
-        .as_ref()
-        .and_then(|b| b.get("model"))
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let rid = uuid::Uuid::new_v4().to_string();
-    let logged_headers = headers
-        .iter()
-        .map(|(name, value)| {
-            let name = name.as_str().to_ascii_lowercase();
-            let value = if name == "authorization" {
-                "<redacted>".to_owned()
-            } else {
-                String::from_utf8_lossy(value.as_bytes()).replace(&inner.api_key, "<redacted>")
-            };
-            (name, value)
-        })
-        .collect();
-    let fault = if authorized {
-        take_surface_fault(&inner, &model)
+pub(super) async fn customization(State(inner): State<Arc<Inner>>, incoming: Incoming) -> Response {
+    let (model, rid) = (incoming.model.as_str(), incoming.request_id.as_str());
+    let fault = if incoming.authorized {
+        take_surface_fault(&inner, model)
     } else {
         None
     };
-    let oss_resolve = headers
-        .get("x-dashscope-ossresourceresolve")
-        .and_then(|v| v.to_str().ok())
+    let oss_resolve = incoming
+        .header("x-dashscope-ossresourceresolve")
         .is_some_and(|v| v.eq_ignore_ascii_case("enable"));
     let (status, reply) = {
         let mut state = inner.state();
-        let answer = if !authorized {
+        let answer = if !incoming.authorized {
             Err(Err4(
                 401,
                 "InvalidApiKey".into(),
@@ -724,7 +688,7 @@ pub(super) async fn customization(
         {
             Err(Err4(*status, code.clone(), message.clone()))
         } else {
-            match parsed.as_ref().filter(|b| b.is_object()) {
+            match incoming.json.as_ref().filter(|b| b.is_object()) {
                 None => Err(bad_param(INVALID_PARAMETER_MSG)),
                 Some(_) if model.is_empty() => Err(e400(
                     "BadRequest.EmptyModel",
@@ -740,7 +704,7 @@ pub(super) async fn customization(
                         "qwen-voice-enrollment",
                         "qwen-voice-design",
                     ]
-                    .contains(&model.as_str()) =>
+                    .contains(&model) =>
                 {
                     Err(Err4(
                         state.custom.options.unknown_model_status,
@@ -748,7 +712,7 @@ pub(super) async fn customization(
                         "Model not exist.".into(),
                     ))
                 }
-                Some(b) => handle(&mut state.custom, &model, b, oss_resolve),
+                Some(b) => handle(&mut state.custom, model, b, oss_resolve),
             }
         };
         let (status, reply) = match answer {
@@ -759,31 +723,21 @@ pub(super) async fn customization(
                     json!({"output": output, "usage": usage, "request_id": rid}),
                 )
             }
-            Err(Err4(status, code, message)) => (status, error_body(&code, &message, &rid)),
+            Err(Err4(status, code, message)) => (status, error_body(&code, &message, rid)),
         };
-        let (status, reply) = match &fault {
-            Some(FaultKind::OkWithCode { code, message }) => (200, error_body(code, message, &rid)),
+        match &fault {
+            Some(FaultKind::OkWithCode { code, message }) => (200, error_body(code, message, rid)),
             _ => (status, reply),
-        };
-        state.log.push(LoggedRequest {
-            path: CUSTOMIZATION_PATH.to_owned(),
-            model: model.clone(),
-            body: parsed.clone().unwrap_or(Value::Null),
-            headers: logged_headers,
-            authorized,
-            sse: false,
-            status,
-            fault: fault.clone(),
-            frames_sent: 1,
-            completed: true,
-            disconnected: false,
-            request_id: rid.clone(),
-            received_at: Instant::now(),
-            ended_at: Some(Instant::now()),
-        });
-        (status, reply)
+        }
     };
-    inner.ended.send_modify(|n| *n += 1);
+    inner.log_answered(LoggedRequest {
+        status,
+        fault: fault.clone(),
+        frames_sent: 1,
+        completed: true,
+        ended_at: Some(Instant::now()),
+        ..incoming.log_entry()
+    });
     // `DropAfter`: the call took effect (a create stored its voice), but the connection is cut
     // before the answer's body: the client never learns the result.
     let body = if matches!(fault, Some(FaultKind::DropAfter { .. })) {
@@ -801,7 +755,7 @@ pub(super) async fn customization(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(v) = HeaderValue::from_str(&rid) {
+    if let Ok(v) = HeaderValue::from_str(rid) {
         h.insert("x-request-id", v);
     }
     response
@@ -848,48 +802,27 @@ pub(super) fn synthesis_voice(
 /// The first fault scripted for exactly this surface (`Fault::for_model("voice-enrollment")`),
 /// consumed if counted. Faults without a model are left to the synthesis endpoints.
 fn take_surface_fault(inner: &Inner, surface: &str) -> Option<FaultKind> {
-    let mut state = inner.state();
-    let pos = state
-        .faults
-        .iter()
-        .position(|f| f.times != Some(0) && f.model_prefix.as_deref() == Some(surface))?;
-    let fault = &mut state.faults[pos];
-    let kind = fault.kind.clone();
-    if let Some(n) = fault.times.as_mut() {
-        *n -= 1;
-        if *n == 0 {
-            state.faults.remove(pos);
-        }
-    }
-    Some(kind)
+    inner.take_fault(|f| f.model_prefix.as_deref() == Some(surface))
 }
 
 /// `GET /api/v1/uploads?action=getPolicy&model=…` (PY-OSS): a policy for one upload.
-pub(super) async fn upload_policy(
-    State(inner): State<Arc<Inner>>,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let authorized = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim() == format!("Bearer {}", inner.api_key));
-    let rid = uuid::Uuid::new_v4().to_string();
-    let query = uri.query().unwrap_or("");
+pub(super) async fn upload_policy(State(inner): State<Arc<Inner>>, incoming: Incoming) -> Response {
+    let rid = &incoming.request_id;
+    let query = incoming.uri.query().unwrap_or("");
     let model = query
         .split('&')
         .find_map(|kv| kv.strip_prefix("model="))
         .unwrap_or("")
         .to_owned();
-    let (status, body) = if !authorized {
+    let (status, body) = if !incoming.authorized {
         (
             401,
-            error_body("InvalidApiKey", "Invalid API-key provided.", &rid),
+            error_body("InvalidApiKey", "Invalid API-key provided.", rid),
         )
     } else if !query.split('&').any(|kv| kv == "action=getPolicy") || model.is_empty() {
         (
             400,
-            error_body("InvalidParameter", INVALID_PARAMETER_MSG, &rid),
+            error_body("InvalidParameter", INVALID_PARAMETER_MSG, rid),
         )
     } else {
         let dir = format!("dashscope-instant/{}/{}", rand::random::<u32>(), model);
@@ -909,21 +842,13 @@ pub(super) async fn upload_policy(
             }}),
         )
     };
-    inner.state().log.push(LoggedRequest {
-        path: "/api/v1/uploads".to_owned(),
+    inner.log_answered(LoggedRequest {
         model,
-        body: Value::Null,
-        headers: Vec::new(),
-        authorized,
-        sse: false,
         status,
-        fault: None,
         frames_sent: 1,
         completed: true,
-        disconnected: false,
-        request_id: rid,
-        received_at: Instant::now(),
         ended_at: Some(Instant::now()),
+        ..incoming.log_entry()
     });
     (
         StatusCode::from_u16(status).unwrap(),
@@ -1000,11 +925,4 @@ pub(super) async fn oss_upload(
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
-}
-
-impl FakeDashScope {
-    /// Upload forms received so far (field name → value, without the file).
-    pub fn upload_forms(&self) -> Vec<HashMap<String, String>> {
-        self.inner.state().custom.upload_forms.clone()
-    }
 }

@@ -1,12 +1,10 @@
 //! The cpal sink through real alsa-lib with no sound card: ALSA's `file` plugin over `null`
 //! captures what a stream plays (see `support/alsa.rs`). Each test that needs the sandbox runs
 //! in a child process (`alsa::run`), as alsa-lib takes its configuration from the environment.
-#![cfg(feature = "playback")]
-
-#[path = "support/alsa.rs"]
-mod alsa;
 
 use std::{f32::consts::TAU, time::Duration};
+
+use crate::support::alsa;
 
 use herald::playback::{
     PlaybackSettings, Registry, Sink, SinkFactory,

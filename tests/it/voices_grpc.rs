@@ -4,29 +4,25 @@
 //! synthesize refused, the registry surviving a daemon restart, the ListVoices merge, and each
 //! error mapped to its status.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::time::Duration;
 
+use crate::support::dashscope::*;
+use crate::support::*;
 use base64::Engine as _;
-use dashscope::*;
 use herald::pb::{
     self, audio_format::Encoding, create_voice_request::Source, custom_voice::Status as VStatus,
 };
-use support::*;
 use tonic::Code;
 
 const KEY: &str = "sk-test-voices-0123456789abcdef0123";
 
 struct Setup {
-    double: FakeDashScope,
+    double: DashScopeDouble,
     daemon: TestDaemon,
     state: tempfile::TempDir,
 }
 
-async fn start_daemon(double: &FakeDashScope, state: &std::path::Path) -> TestDaemon {
+async fn start_daemon(double: &DashScopeDouble, state: &std::path::Path) -> TestDaemon {
     let toml = "[dashscope]\nretry_base_ms = 10\nidle_timeout_ms = 1000\nfirst_event_timeout_ms = 1000\n\
                 [cache]\nenabled = false\n[fallback]\nchain = []\n\
                 [voices]\npoll_initial_ms = 20\npoll_max_ms = 40\n";
@@ -42,7 +38,7 @@ async fn start_daemon(double: &FakeDashScope, state: &std::path::Path) -> TestDa
 }
 
 async fn setup() -> Setup {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let state = tempfile::tempdir().expect("state dir");
     let daemon = start_daemon(&double, state.path()).await;
     Setup {

@@ -8,14 +8,11 @@
 //! (set by `.ci/test`), else `./.venv/bin/python`. Without either it is skipped, unless `CI` is
 //! set: then it fails.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-
 use std::{path::PathBuf, time::Duration};
 
+use crate::support::dashscope::*;
 use base64::Engine as _;
 use bytes::Bytes;
-use dashscope::*;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -34,11 +31,11 @@ fn client() -> reqwest::Client {
         .expect("reqwest client")
 }
 
-fn tts_url(ds: &FakeDashScope) -> String {
+fn tts_url(ds: &DashScopeDouble) -> String {
     format!("{}/services/audio/tts/SpeechSynthesizer", ds.base_url())
 }
 
-fn mm_url(ds: &FakeDashScope) -> String {
+fn mm_url(ds: &DashScopeDouble) -> String {
     format!(
         "{}/services/aigc/multimodal-generation/generation",
         ds.base_url()
@@ -46,7 +43,7 @@ fn mm_url(ds: &FakeDashScope) -> String {
 }
 
 /// The endpoint for `model`'s family.
-fn url_for(ds: &FakeDashScope, model: &str) -> String {
+fn url_for(ds: &DashScopeDouble, model: &str) -> String {
     if model.starts_with("cosyvoice-") || model.starts_with("qwen-audio-") {
         tts_url(ds)
     } else {
@@ -122,7 +119,7 @@ async fn send(rb: reqwest::RequestBuilder) -> Got {
     }
 }
 
-async fn post(ds: &FakeDashScope, body: Value, sse: bool) -> Got {
+async fn post(ds: &DashScopeDouble, body: Value, sse: bool) -> Got {
     let model = body["model"].as_str().unwrap_or("").to_owned();
     send(request(&url_for(ds, &model), &body, sse)).await
 }
@@ -342,7 +339,7 @@ fn minimax(text: &str, audio_setting: Value) -> Value {
 
 #[tokio::test]
 async fn cosyvoice_stream_is_framed_byte_for_byte() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "你好。Hello there! Third one?";
     let got = post(&ds, cosy(text, "wav", 16000), true).await;
     assert_eq!(got.status, 200);
@@ -456,7 +453,7 @@ async fn cosyvoice_stream_is_framed_byte_for_byte() {
 
 #[tokio::test]
 async fn cosyvoice_non_stream_answers_a_url() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "One sentence only.";
     let got = post(&ds, cosy(text, "pcm", 8000), false).await;
     assert_eq!(got.status, 200);
@@ -517,7 +514,7 @@ async fn cosyvoice_non_stream_answers_a_url() {
 
 #[tokio::test]
 async fn mp3_streams_decode_to_the_tone_at_every_rate() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "Mp3 tone check @660Hz.";
     for rate in [16000, 22050, 24000, 44100, 48000] {
         let got = post(&ds, cosy(text, "mp3", rate), true).await;
@@ -546,7 +543,7 @@ async fn mp3_streams_decode_to_the_tone_at_every_rate() {
 
 #[tokio::test]
 async fn cosyvoice_truncates_long_text_silently() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "Lorem ipsum dolor sit amet. ".repeat(8); // 224 units
     assert_eq!(text_units(&text), 224);
     let got = post(&ds, cosy(&text, "pcm", 16000), true).await;
@@ -587,7 +584,7 @@ async fn cosyvoice_truncates_long_text_silently() {
 
 #[tokio::test]
 async fn qwen3_streams_a_wav_header_then_pcm() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "Qwen speaks @880Hz now.";
     let got = post(&ds, qwen(text), true).await;
     assert_eq!(
@@ -672,7 +669,7 @@ async fn qwen3_streams_a_wav_header_then_pcm() {
 
 #[tokio::test]
 async fn qwen_non_stream_instructions_and_legacy_usage() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "Plain request.";
     let got = post(&ds, qwen(text), false).await;
     let j = got.json();
@@ -718,7 +715,7 @@ async fn qwen_non_stream_instructions_and_legacy_usage() {
 
 #[tokio::test]
 async fn minimax_streams_hex_chunks_and_an_aggregate() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "MiniMax 你好。";
     let got = post(
         &ds,
@@ -820,7 +817,7 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
 
 #[tokio::test]
 async fn auth_routing_and_parameter_errors() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let check = |got: &Got, status: u16, code: &str, message: &str| {
         assert_eq!(got.status, status, "{}", got.text());
         assert_eq!(got.header("content-type"), "application/json");
@@ -1041,7 +1038,7 @@ async fn auth_routing_and_parameter_errors() {
 
 #[tokio::test]
 async fn unknown_voice_can_arrive_as_an_sse_error() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.set_options(Options {
         unknown_voice_as_sse_error: true,
         ..Options::default()
@@ -1068,7 +1065,7 @@ async fn unknown_voice_can_arrive_as_an_sse_error() {
 
 #[tokio::test]
 async fn http_error_faults_are_scripted_per_model_and_consumed() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(Fault::once(http_error(
         429,
         "Throttling.RateQuota",
@@ -1158,7 +1155,7 @@ async fn http_error_faults_are_scripted_per_model_and_consumed() {
 
 #[tokio::test]
 async fn sse_error_after_k_audio_frames() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let fault = |frames| FaultKind::SseErrorAfter {
         frames,
         http_status_comment: 500,
@@ -1212,7 +1209,7 @@ async fn sse_error_after_k_audio_frames() {
 
 #[tokio::test]
 async fn ok_with_code_and_minimax_status_under_http_200() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let kind = FaultKind::OkWithCode {
         code: "DataInspectionFailed".into(),
         message: "Output data may contain inappropriate content.".into(),
@@ -1255,7 +1252,7 @@ async fn ok_with_code_and_minimax_status_under_http_200() {
 
 #[tokio::test]
 async fn drop_after_aborts_the_connection_mid_stream() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(Fault::once(FaultKind::DropAfter { frames: 2 }));
     let got = post(&ds, qwen("Some text that makes several chunks."), true).await;
     assert_eq!(got.status, 200);
@@ -1283,7 +1280,7 @@ async fn drop_after_aborts_the_connection_mid_stream() {
 
 #[tokio::test]
 async fn stall_after_holds_the_connection_until_the_client_leaves() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(Fault::once(FaultKind::StallAfter { frames: 1 }));
     let resp = request(&mm_url(&ds), &qwen("Stalling stream text."), true)
         .send()
@@ -1316,7 +1313,7 @@ async fn stall_after_holds_the_connection_until_the_client_leaves() {
 
 #[tokio::test]
 async fn slow_first_byte_delays_the_response_head() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(Fault::once(FaultKind::SlowFirstByte {
         delay: Duration::from_millis(400),
     }));
@@ -1341,7 +1338,7 @@ async fn slow_first_byte_delays_the_response_head() {
 
 #[tokio::test]
 async fn bad_json_and_bad_audio_encodings() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(Fault::once(FaultKind::BadJsonAfter { frames: 1 }));
     let events = post(&ds, qwen("Enough text for chunks."), true)
         .await
@@ -1391,7 +1388,7 @@ async fn bad_json_and_bad_audio_encodings() {
 
 #[tokio::test]
 async fn corrupt_audio_per_format() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(Fault::times(FaultKind::CorruptAudio, 3));
     let wav = stream_audio(
         &post(&ds, cosy("Corrupt.", "wav", 16000), true)
@@ -1426,7 +1423,7 @@ async fn corrupt_audio_per_format() {
 
 #[tokio::test]
 async fn multi_line_data_in_both_readings() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let text = "Multi line. Data!";
     ds.push_fault(Fault::once(FaultKind::MultiLineData));
     let events = post(&ds, cosy(text, "pcm", 16000), true).await.events();
@@ -1467,7 +1464,7 @@ async fn multi_line_data_in_both_readings() {
 
 #[tokio::test]
 async fn request_log_records_and_redacts() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let got = post(&ds, cosy("Logged.", "pcm", 16000), true).await;
     let wrong = client()
         .post(mm_url(&ds))
@@ -1521,7 +1518,7 @@ async fn request_log_records_and_redacts() {
 
 #[tokio::test]
 async fn client_disconnect_is_seen_within_a_second() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.set_options(Options {
         pace: 1.0,
         ..Options::default()
@@ -1549,7 +1546,7 @@ async fn client_disconnect_is_seen_within_a_second() {
 
 #[tokio::test]
 async fn pace_emits_audio_at_real_time() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.set_options(Options {
         pace: 1.0,
         chunk_ms: 200,
@@ -1573,7 +1570,7 @@ async fn pace_emits_audio_at_real_time() {
 
 #[tokio::test]
 async fn stop_cuts_stalled_streams_and_closes_the_port() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let addr = ds.addr();
     ds.push_fault(Fault::always(FaultKind::StallAfter { frames: 0 }));
     let resp = request(&mm_url(&ds), &qwen("x"), true)
@@ -1587,7 +1584,7 @@ async fn stop_cuts_stalled_streams_and_closes_the_port() {
     assert!(rest.map(|b| b.is_empty()).unwrap_or(true));
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     // Drop alone also ends the server.
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let addr = ds.addr();
     drop(ds);
     tokio::task::yield_now().await;
@@ -1639,7 +1636,7 @@ fn python() -> Option<PathBuf> {
 #[tokio::test]
 async fn official_python_sdk_speaks_to_the_double() {
     let Some(py) = python() else { return };
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let throttled = http_error(
         429,
         "Throttling.RateQuota",

@@ -3,23 +3,19 @@
 //! conversion), long text split and joined, every scripted fault mapped to design.md's status,
 //! retries counted in the double's log, cancellation reaching the upstream, and no key in logs.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::{
     io::Write,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
-use dashscope::*;
+use crate::support::dashscope::*;
+use crate::support::*;
 use futures::StreamExt;
 use herald::{
     engine::dashscope::split,
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
 };
-use support::*;
 use tonic::Code;
 
 const KEY: &str = "sk-test-4b1d2c3e5f60718293a4b5c6d7e8f901";
@@ -55,9 +51,9 @@ fn logs() -> &'static Captured {
     })
 }
 
-async fn setup_with(toml_extra: &str) -> (FakeDashScope, TestDaemon) {
+async fn setup_with(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
     logs();
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     // Short timers for tests, unless the test sets its own.
     let mut toml = format!("[dashscope]\n{toml_extra}");
     for (key, value) in [
@@ -84,7 +80,7 @@ async fn setup_with(toml_extra: &str) -> (FakeDashScope, TestDaemon) {
     (double, daemon)
 }
 
-async fn setup() -> (FakeDashScope, TestDaemon) {
+async fn setup() -> (DashScopeDouble, TestDaemon) {
     setup_with("").await
 }
 
@@ -667,7 +663,7 @@ async fn every_fault_maps_to_its_status_and_the_next_request_succeeds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_is_failed_precondition_naming_the_setting_never_the_key() {
     logs();
-    let double = FakeDashScope::start("sk-the-right-one").await;
+    let double = DashScopeDouble::start("sk-the-right-one").await;
     let daemon = spawn_daemon_with(&[
         ("DASHSCOPE_API_KEY", KEY),
         ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),

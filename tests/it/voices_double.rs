@@ -7,13 +7,10 @@
 //! The SDK test needs a Python with `dashscope` (pinned in `.ci/setup`): `$HERALD_TEST_PYTHON`,
 //! else `./.venv/bin/python`. Without either it is skipped, unless `CI` is set: then it fails.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-
 use std::{path::PathBuf, time::Duration};
 
+use crate::support::dashscope::*;
 use base64::Engine as _;
-use dashscope::*;
 use rustfft::{FftPlanner, num_complex::Complex};
 use serde_json::{Value, json};
 
@@ -21,7 +18,7 @@ const KEY: &str = "sk-fake-voices-0123456789abcdef";
 /// The `dashscope` version `.ci/setup` pins.
 const PINNED_SDK: &str = "2.0.2";
 
-async fn call(ds: &FakeDashScope, body: Value) -> (u16, Value) {
+async fn call(ds: &DashScopeDouble, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!(
             "{}/services/audio/tts/customization",
@@ -91,7 +88,7 @@ fn silent_wav_uri(rate: u32, seconds: u32) -> String {
 
 #[tokio::test]
 async fn voice_enrollment_create_poll_list_update_delete() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.set_custom_options(CustomOptions {
         deploying_polls: 2,
         ..CustomOptions::default()
@@ -181,7 +178,7 @@ async fn voice_enrollment_create_poll_list_update_delete() {
 
 #[tokio::test]
 async fn qwen_surfaces_create_list_query_delete() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let (st, v) = call(
         &ds,
         json!({"model": "qwen-voice-enrollment", "input": {
@@ -270,7 +267,7 @@ async fn qwen_surfaces_create_list_query_delete() {
 
 #[tokio::test]
 async fn customization_errors() {
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     let e = |v: &Value| v["code"].as_str().unwrap_or("").to_owned();
     let clone = |url: &str| {
         json!({"model": "voice-enrollment", "input": {
@@ -346,7 +343,7 @@ fn python() -> Option<PathBuf> {
 #[tokio::test]
 async fn official_python_sdk_manages_voices_on_the_double() {
     let Some(py) = python() else { return };
-    let ds = FakeDashScope::start(KEY).await;
+    let ds = DashScopeDouble::start(KEY).await;
     ds.push_fault(
         Fault::once(FaultKind::HttpError {
             status: 400,

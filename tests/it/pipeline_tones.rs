@@ -3,10 +3,9 @@
 //! odd-sized pieces; the client asserts on the audio it gets back: frequency (FFT, ±1 Hz),
 //! exact length, every encoding, every rate pair.
 
-mod support;
-
 use std::{sync::Arc, time::Duration};
 
+use crate::support::*;
 use bytes::Bytes;
 use herald::{
     audio::{AudioSpec, InputEncoding},
@@ -17,7 +16,6 @@ use herald::{
     pb::{self, audio_format::Encoding, speech_client::SpeechClient},
     service::{self, Daemon, Settings},
 };
-use support::*;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 

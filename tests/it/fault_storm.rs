@@ -12,17 +12,13 @@
 //! double has closed its connections the daemon's open descriptors, alive tokio tasks and
 //! threads are back where they were before the storm.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::{collections::BTreeMap, time::Duration};
 
-use dashscope::*;
+use crate::support::dashscope::*;
+use crate::support::*;
 use futures::StreamExt;
 use herald::pb::{self, audio_format::Encoding, synthesize_response::Payload};
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use support::*;
 use tonic::Code;
 
 const KEY: &str = "sk-test-7f00aa11bb22cc33dd44ee55ff667788";
@@ -263,7 +259,7 @@ async fn idle(pid: u32, port: u16) -> Idle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_streams_through_a_storm_of_faults_end_as_design_says_and_leave_nothing_behind() {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()

@@ -1,12 +1,10 @@
 //! A client that drops its stream mid-way stops the engine at once: the espeak-ng process is
 //! gone within 1 s. (Own test binary: no other test's espeak-ng runs in this process.)
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::*;
 use herald::pb::audio_format::Encoding;
-use support::*;
 
 #[tokio::test]
 async fn dropping_the_stream_kills_espeak_within_one_second() {

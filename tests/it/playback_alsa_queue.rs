@@ -5,20 +5,13 @@
 //!
 //! Audio comes from the fake DashScope server: a tone whose frequency the text picks
 //! (`@880Hz ...`), 40 ms per character.
-#![cfg(feature = "playback")]
-
-#[path = "support/alsa.rs"]
-mod alsa;
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
 
 use std::time::Duration;
 
-use alsa::PacedDevice;
-use dashscope::FakeDashScope;
+use crate::support::alsa::PacedDevice;
+use crate::support::dashscope::DashScopeDouble;
+use crate::support::*;
 use herald::pb::{self, speak_event::Event as E};
-use support::*;
 
 const KEY: &str = "sk-alsa-queue-test-0123456789";
 /// What herald opens the file-over-null device at: 48 kHz stereo f32.
@@ -29,11 +22,11 @@ const PAUSE_MS: u64 = 100;
 struct Setup {
     device: PacedDevice,
     server: ServeProcess,
-    _double: FakeDashScope,
+    _double: DashScopeDouble,
 }
 
 async fn setup() -> Setup {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let device = PacedDevice::start(RATE * CHANNELS as u32 * 4);
     let home = device.home().display().to_string();
     let toml = format!(

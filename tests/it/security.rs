@@ -2,13 +2,11 @@
 //! open), unix sockets guarded by mode and group, TLS with a generated certificate, and the
 //! configurations herald refuses to start with.
 
-mod support;
-
 use std::{os::unix::fs::MetadataExt, process::Command, time::Duration};
 
+use crate::support::*;
 use futures::StreamExt;
 use herald::pb::{self, audio_format::Encoding, speech_client::SpeechClient};
-use support::*;
 use tonic::{
     Code,
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},

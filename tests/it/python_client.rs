@@ -4,12 +4,10 @@
 //! Needs a Python with grpcio and grpcio-tools: `$HERALD_TEST_PYTHON` (set by `.ci/test`),
 //! else `./.venv/bin/python` (created by `.ci/setup`). Without one the test fails and says so.
 
-mod support;
-
 use std::{path::PathBuf, process::Command};
 
+use crate::support::*;
 use serde_json::Value;
-use support::*;
 
 fn python() -> PathBuf {
     if let Some(p) = std::env::var_os("HERALD_TEST_PYTHON") {

@@ -3,29 +3,25 @@
 //! Audio comes from the fake DashScope server: a tone whose frequency the text picks
 //! (`@880Hz ...`), 40 ms per character.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::{path::PathBuf, time::Duration};
 
-use dashscope::FakeDashScope;
+use crate::support::dashscope::DashScopeDouble;
+use crate::support::*;
 use herald::pb::{self, speak_event::Event as E};
-use support::*;
 use tonic::Code;
 
 const KEY: &str = "sk-playback-test-0123456789";
 const RATE: u32 = 16000;
 
 struct Setup {
-    double: Option<FakeDashScope>,
+    double: Option<DashScopeDouble>,
     daemon: TestDaemon,
     wav: PathBuf,
     _dir: tempfile::TempDir,
 }
 
 async fn setup(extra: &str) -> Setup {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("played.wav");
     let toml = format!(

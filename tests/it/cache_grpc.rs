@@ -5,18 +5,14 @@
 //! cache in another voice or from espeak-ng, saying so), corrupt entries, eviction under a tiny
 //! cap with pins, nothing stored after a failure, and the herald.v1.Cache methods.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
 use std::{path::Path, time::Duration};
 
-use dashscope::*;
+use crate::support::dashscope::*;
+use crate::support::*;
 use herald::{
     audio::{InputEncoding, decode::open_decoder},
     pb::{self, audio_format::Encoding, cache_client::CacheClient},
 };
-use support::*;
 use tonic::{Code, transport::Channel};
 
 const KEY: &str = "sk-test-cache-7f1e2d3c4b5a69788796a5b4c3d2e1f0";
@@ -26,13 +22,13 @@ const VOICE: &str = "longanyang";
 const MS_PER_UNIT: f64 = 40.0;
 
 struct Setup {
-    double: Option<FakeDashScope>,
+    double: Option<DashScopeDouble>,
     daemon: TestDaemon,
     cache_dir: tempfile::TempDir,
 }
 
 impl Setup {
-    fn double(&self) -> &FakeDashScope {
+    fn double(&self) -> &DashScopeDouble {
         self.double.as_ref().expect("double running")
     }
 
@@ -87,7 +83,7 @@ impl Setup {
 }
 
 async fn setup_with(toml_extra: &str) -> Setup {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     let cache_dir = tempfile::tempdir().expect("tempdir");
     let toml = format!(
         "[dashscope]\nretry_base_ms = 10\nidle_timeout_ms = 1000\nfirst_event_timeout_ms = 1000\nconnect_timeout_ms = 500\n{toml_extra}"

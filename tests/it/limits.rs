@@ -3,20 +3,16 @@
 //! its queue timeout, and the request message size. Each refused request gets its status
 //! naming the limit; the streams already running finish whole.
 
-#[path = "support/dashscope.rs"]
-mod dashscope;
-mod support;
-
-use dashscope::*;
+use crate::support::dashscope::*;
+use crate::support::*;
 use futures::StreamExt;
 use herald::pb::{self, audio_format::Encoding, synthesize_response::Payload};
-use support::*;
 use tonic::{Code, Streaming};
 
 const KEY: &str = "sk-limits-test-0123456789abcdef";
 
-async fn setup(toml_extra: &str) -> (FakeDashScope, TestDaemon) {
-    let double = FakeDashScope::start(KEY).await;
+async fn setup(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
+    let double = DashScopeDouble::start(KEY).await;
     double.set_options(Options {
         pace: 1.0,
         ..Options::default()

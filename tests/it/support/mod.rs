@@ -2,6 +2,9 @@
 //! generated Rust client, and small audio analysis helpers.
 #![allow(dead_code)]
 
+pub mod alsa;
+pub mod dashscope;
+
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use futures::StreamExt;
