@@ -6,13 +6,11 @@
 
 use std::time::Duration;
 
-use crate::support::dashscope::*;
-use crate::support::*;
 use futures::{StreamExt, stream};
 use herald::pb::{self, audio_format::Encoding, synthesize_response::Payload};
 use tonic::{Code, codegen::http::uri::PathAndQuery, transport::Channel};
 
-const KEY: &str = "sk-abuse-test-00112233445566778899";
+use crate::support::{dashscope::*, *};
 
 fn cosy(text: &str) -> pb::SynthesizeRequest {
     pb::SynthesizeRequest {
@@ -34,25 +32,11 @@ async fn served(client: &mut pb::speech_client::SpeechClient<Channel>, what: &st
     assert!((f - 500.0).abs() < 5.0, "after {what}: {f} Hz");
 }
 
-async fn setup(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
-    let double = DashScopeDouble::start(KEY).await;
-    let toml = format!("[cache]\nenabled = false\n[fallback]\nchain = []\n{toml_extra}");
-    let daemon = spawn_daemon_config(
-        &toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    )
-    .await;
-    (double, daemon)
-}
-
 // === huge text ===
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_text_is_refused_naming_the_field_and_the_limit() {
-    let (double, daemon) = setup("").await;
+    let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     let mut client = daemon.client().await;
     // One character past synthesis.max_text_chars (20 000), and a 3.9 MB text of 4-byte
     // characters (under the 4 MiB message limit, far over the character limit).
@@ -118,7 +102,7 @@ async fn raw_synthesize(channel: Channel, req: RawRequest) -> Result<usize, toni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_string_fields_is_refused_and_the_daemon_goes_on() {
-    let (double, daemon) = setup("").await;
+    let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     let channel = daemon.unix_channel().await;
     // Overlong encodings, lone surrogates, truncated sequences, bytes that never occur in
     // UTF-8, and a NUL, in every string field in turn.
@@ -168,7 +152,7 @@ async fn invalid_utf8_in_string_fields_is_refused_and_the_daemon_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_tiny_requests_are_shed_and_another_peer_is_still_served() {
-    let (double, daemon) = setup("").await;
+    let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     // Tiny, but long enough that they overlap: 4 characters of tone at real time.
     double.set_options(Options {
         pace: 1.0,
@@ -282,15 +266,8 @@ async fn cuttable_proxy(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_costs_bounded_memory_and_disconnects_are_cleaned_up() {
-    let double = DashScopeDouble::start(KEY).await;
-    let server = ServeProcess::start_with(
-        "[cache]\nenabled = false\n[fallback]\nchain = []\n",
-        &[],
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    );
+    let double = DashScopeDouble::start(API_KEY).await;
+    let server = Serve::new(ENGINES_ONLY).double(&double).start();
     let pid = server.child.id();
     let mut client = server.client().await;
     served(&mut client, "start-up").await;

@@ -7,15 +7,11 @@
 
 use std::{path::Path, time::Duration};
 
-use crate::support::dashscope::*;
-use crate::support::*;
-use herald::{
-    audio::{InputEncoding, decode::open_decoder},
-    pb::{self, audio_format::Encoding, cache_client::CacheClient},
-};
+use herald::pb::{self, audio_format::Encoding, cache_client::CacheClient};
 use tonic::{Code, transport::Channel};
 
-const KEY: &str = "sk-test-cache-7f1e2d3c4b5a69788796a5b4c3d2e1f0";
+use crate::support::{dashscope::*, *};
+
 const MODEL: &str = "cosyvoice-v3-flash";
 const VOICE: &str = "longanyang";
 /// The double's audio per billed text unit.
@@ -83,21 +79,15 @@ impl Setup {
 }
 
 async fn setup_with(toml_extra: &str) -> Setup {
-    let double = DashScopeDouble::start(KEY).await;
+    let double = DashScopeDouble::start(API_KEY).await;
     let cache_dir = tempfile::tempdir().expect("tempdir");
-    let toml = format!(
-        "[dashscope]\nretry_base_ms = 10\nidle_timeout_ms = 1000\nfirst_event_timeout_ms = 1000\nconnect_timeout_ms = 500\n{toml_extra}"
-    );
+    let toml = layered(&[
+        FAST_UPSTREAM,
+        "[dashscope]\nconnect_timeout_ms = 500\n",
+        toml_extra,
+    ]);
     let dir = cache_dir.path().display().to_string();
-    let daemon = spawn_daemon_config(
-        &toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-            ("CACHE_DIRECTORY", &dir),
-        ],
-    )
-    .await;
+    let daemon = spawn_daemon_against(&double, &toml, &[("CACHE_DIRECTORY", &dir)]).await;
     Setup {
         double: Some(double),
         daemon,
@@ -121,42 +111,12 @@ fn phrase(text: &str) -> pb::SynthesizeRequest {
     req(text, Encoding::PcmS16le, 0, 0)
 }
 
-/// The first channel of the stream's audio as f32, whatever its encoding.
-fn mono(c: &Collected) -> Vec<f32> {
-    let f = c.format();
-    let bytes = c.bytes();
-    let ch = f.channels.max(1) as usize;
-    let interleaved: Vec<f32> = match Encoding::try_from(f.encoding).unwrap() {
-        Encoding::PcmS16le => s16_to_f32(&bytes),
-        Encoding::PcmF32le => f32le_to_f32(&bytes),
-        Encoding::Wav => {
-            let r =
-                hound::WavReader::new(std::io::Cursor::new(patch_wav_sizes(bytes))).expect("wav");
-            assert_eq!(r.spec().sample_rate, f.sample_rate_hz);
-            r.into_samples::<i16>()
-                .map(|s| f32::from(s.unwrap()) / 32768.0)
-                .collect()
-        }
-        Encoding::Mp3 => {
-            let mut d = open_decoder(InputEncoding::Mp3, std::io::Cursor::new(bytes)).expect("mp3");
-            let mut out = Vec::new();
-            while let Some(b) = d.next_buffer().expect("mp3 frame") {
-                assert_eq!(b.spec.sample_rate, f.sample_rate_hz);
-                out.extend(b.samples);
-            }
-            out
-        }
-        other => panic!("unexpected {other:?}"),
-    };
-    interleaved.chunks(ch).map(|f| f[0]).collect()
-}
-
 fn duration_ms(c: &Collected) -> f64 {
-    mono(c).len() as f64 * 1000.0 / f64::from(c.format().sample_rate_hz)
+    c.mono().len() as f64 * 1000.0 / f64::from(c.format().sample_rate_hz)
 }
 
 fn assert_tone(c: &Collected, hz: f64, ms: f64, what: &str) {
-    let x = mono(c);
+    let x = c.mono();
     let rate = c.format().sample_rate_hz;
     let got = peak_frequency(&x, rate);
     assert!((got - hz).abs() <= 2.0, "{what}: {got} Hz, want {hz}");
@@ -406,7 +366,7 @@ async fn with_the_upstream_gone_cached_phrases_play_and_others_fall_back() {
         16000,
         "the format the client asked for"
     );
-    let x = mono(&c);
+    let x = c.mono();
     let secs = x.len() as f64 / 16000.0;
     assert!((1.0..6.0).contains(&secs), "{secs} s of speech");
     assert!(voiced_fraction(&x, 16000) > 0.4, "it is speech");

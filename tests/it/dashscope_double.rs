@@ -1,25 +1,27 @@
-//! The fake DashScope server (tests/support/dashscope.rs) checked against the wire format of
-//! `dashscope-api.md`: raw SSE framing, the three response families, the audio they carry, every
-//! scripted fault, the request log, disconnect detection — and, as the proof that it speaks the
-//! real protocol, the official `dashscope` Python SDK run against it
+//! The DashScope double (`support::dashscope`) checked against DashScope's wire format as the
+//! project's notes describe it: raw SSE framing, the three response families, the audio they
+//! carry, every scripted fault, the request log, disconnect detection — and, as the proof that
+//! it speaks the real protocol, the official `dashscope` Python SDK run against it
 //! (tests/python/dashscope_sdk_check.py).
 //!
 //! The SDK test needs a Python with `dashscope` (pinned in `.ci/setup`): `$HERALD_TEST_PYTHON`
 //! (set by `.ci/test`), else `./.venv/bin/python`. Without either it is skipped, unless `CI` is
 //! set: then it fails.
 
-use std::{path::PathBuf, time::Duration};
+use std::time::Duration;
 
-use crate::support::dashscope::*;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-const KEY: &str = "sk-fake-0123456789abcdef";
-/// The `dashscope` version `.ci/setup` pins; update both together.
-const PINNED_SDK: &str = "2.0.2";
+use crate::support::{
+    API_KEY,
+    audio::{s16_to_f32, symphonia_decode},
+    dashscope::*,
+    python::{PINNED_SDK, python_with_dashscope, run_sdk_check},
+};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -54,7 +56,7 @@ fn url_for(ds: &DashScopeDouble, model: &str) -> String {
 fn request(url: &str, body: &Value, sse: bool) -> reqwest::RequestBuilder {
     let mut rb = client()
         .post(url)
-        .header("Authorization", format!("Bearer {KEY}"))
+        .header("Authorization", format!("Bearer {API_KEY}"))
         .header("Content-Type", "application/json")
         .body(body.to_string());
     if sse {
@@ -195,13 +197,6 @@ fn stream_audio(events: &[Event]) -> Vec<u8> {
         .concat()
 }
 
-fn s16(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(2)
-        .map(|b| f32::from(i16::from_le_bytes([b[0], b[1]])) / 32768.0)
-        .collect()
-}
-
 /// The strongest frequency of `samples` (FFT peak).
 fn peak_hz(samples: &[f32], rate: u32) -> f64 {
     use rustfft::{FftPlanner, num_complex::Complex};
@@ -244,54 +239,9 @@ fn wav_pcm(wav: &[u8]) -> (u32, u16, Vec<u8>) {
     (rate, channels, wav[44..].to_vec())
 }
 
-/// MP3 bytes → (rate, channels, interleaved samples).
-fn decode_mp3(bytes: Vec<u8>) -> (u32, usize, Vec<f32>) {
-    use symphonia::core::{
-        codecs::audio::AudioDecoderOptions,
-        formats::{FormatOptions, TrackType, probe::Hint},
-        io::MediaSourceStream,
-        meta::MetadataOptions,
-    };
-    let mss = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
-    let mut hint = Hint::new();
-    hint.with_extension("mp3");
-    let mut format = symphonia::default::get_probe()
-        .probe(
-            &hint,
-            mss,
-            FormatOptions::default(),
-            MetadataOptions::default(),
-        )
-        .expect("probe mp3");
-    let track = format.default_track(TrackType::Audio).expect("track");
-    let track_id = track.id;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .expect("audio params")
-        .clone();
-    let mut decoder = symphonia::default::get_codecs()
-        .make_audio_decoder(&params, &AudioDecoderOptions::default())
-        .expect("decoder");
-    let (mut rate, mut channels, mut out) = (0, 0, Vec::new());
-    while let Ok(Some(packet)) = format.next_packet() {
-        if packet.track_id != track_id {
-            continue;
-        }
-        let decoded = decoder.decode(&packet).expect("decode");
-        rate = decoded.spec().rate();
-        channels = decoded.spec().channels().count();
-        let mut v = Vec::new();
-        decoded.copy_to_vec_interleaved::<f32>(&mut v);
-        out.extend(v);
-    }
-    (rate, channels, out)
-}
-
 fn assert_mp3_tone(mp3: Vec<u8>, rate: u32, ms: u64, hz: f64) {
     assert_eq!(&mp3[..3], b"ID3", "DashScope MP3s begin with an ID3 tag");
-    let (got_rate, channels, samples) = decode_mp3(mp3);
+    let (got_rate, channels, samples) = symphonia_decode(mp3, "mp3");
     assert_eq!((got_rate, channels), (rate, 1));
     let want = (rate as u64 * ms / 1000) as i64;
     let extra = samples.len() as i64 - want;
@@ -339,7 +289,7 @@ fn minimax(text: &str, audio_setting: Value) -> Value {
 
 #[tokio::test]
 async fn cosyvoice_stream_is_framed_byte_for_byte() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "你好。Hello there! Third one?";
     let got = post(&ds, cosy(text, "wav", 16000), true).await;
     assert_eq!(got.status, 200);
@@ -440,7 +390,7 @@ async fn cosyvoice_stream_is_framed_byte_for_byte() {
         u32::from_le_bytes(wav[40..44].try_into().unwrap()) as usize,
         pcm.len()
     );
-    assert_tone(&s16(&pcm), 16000, 440.0);
+    assert_tone(&s16_to_f32(&pcm), 16000, 440.0);
     // The final URL serves the same file.
     let last = events.last().unwrap().json();
     let url = last["output"]["audio"]["url"].as_str().unwrap();
@@ -453,7 +403,7 @@ async fn cosyvoice_stream_is_framed_byte_for_byte() {
 
 #[tokio::test]
 async fn cosyvoice_non_stream_answers_a_url() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "One sentence only.";
     let got = post(&ds, cosy(text, "pcm", 8000), false).await;
     assert_eq!(got.status, 200);
@@ -481,7 +431,7 @@ async fn cosyvoice_non_stream_answers_a_url() {
         .await
         .unwrap();
     assert_eq!(pcm.len(), pcm_len(audio_ms(text), 8000, 1));
-    assert_tone(&s16(&pcm), 8000, 440.0);
+    assert_tone(&s16_to_f32(&pcm), 8000, 440.0);
     // Defaults: mp3 at 22050 Hz.
     let got = post(
         &ds,
@@ -514,7 +464,7 @@ async fn cosyvoice_non_stream_answers_a_url() {
 
 #[tokio::test]
 async fn mp3_streams_decode_to_the_tone_at_every_rate() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "Mp3 tone check @660Hz.";
     for rate in [16000, 22050, 24000, 44100, 48000] {
         let got = post(&ds, cosy(text, "mp3", rate), true).await;
@@ -543,7 +493,7 @@ async fn mp3_streams_decode_to_the_tone_at_every_rate() {
 
 #[tokio::test]
 async fn cosyvoice_truncates_long_text_silently() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "Lorem ipsum dolor sit amet. ".repeat(8); // 224 units
     assert_eq!(text_units(&text), 224);
     let got = post(&ds, cosy(&text, "pcm", 16000), true).await;
@@ -584,7 +534,7 @@ async fn cosyvoice_truncates_long_text_silently() {
 
 #[tokio::test]
 async fn qwen3_streams_a_wav_header_then_pcm() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "Qwen speaks @880Hz now.";
     let got = post(&ds, qwen(text), true).await;
     assert_eq!(
@@ -618,7 +568,7 @@ async fn qwen3_streams_a_wav_header_then_pcm() {
     let (rate, channels, pcm) = wav_pcm(&all);
     assert_eq!((rate, channels), (24000, 1));
     assert_eq!(pcm.len(), pcm_len(audio_ms(text), 24000, 1));
-    assert_tone(&s16(&pcm), 24000, 880.0);
+    assert_tone(&s16_to_f32(&pcm), 24000, 880.0);
     let last = events.last().unwrap().json();
     assert_eq!(last["output"]["finish_reason"], "stop");
     assert_eq!(last["output"]["audio"]["data"], "");
@@ -649,7 +599,7 @@ async fn qwen3_streams_a_wav_header_then_pcm() {
         json!({"response_format": "pcm", "sample_rate": 48000, "speech_rate": 1.2});
     let pcm = stream_audio(&post(&ds, body.clone(), true).await.events());
     assert_eq!(pcm.len(), pcm_len(audio_ms(text), 48000, 1));
-    assert_tone(&s16(&pcm), 48000, 880.0);
+    assert_tone(&s16_to_f32(&pcm), 48000, 880.0);
     body["parameters"] = json!({"response_format": "mp3", "sample_rate": 16000});
     let mp3 = stream_audio(&post(&ds, body.clone(), true).await.events());
     assert_mp3_tone(mp3, 16000, audio_ms(text), 880.0);
@@ -669,7 +619,7 @@ async fn qwen3_streams_a_wav_header_then_pcm() {
 
 #[tokio::test]
 async fn qwen_non_stream_instructions_and_legacy_usage() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "Plain request.";
     let got = post(&ds, qwen(text), false).await;
     let j = got.json();
@@ -715,7 +665,7 @@ async fn qwen_non_stream_instructions_and_legacy_usage() {
 
 #[tokio::test]
 async fn minimax_streams_hex_chunks_and_an_aggregate() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "MiniMax 你好。";
     let got = post(
         &ds,
@@ -741,7 +691,7 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
     let pcm = chunks.concat();
     let ms = audio_ms(text);
     assert_eq!(pcm.len(), pcm_len(ms, 16000, 1));
-    assert_tone(&s16(&pcm), 16000, 440.0);
+    assert_tone(&s16_to_f32(&pcm), 16000, 440.0);
     let last = events.last().unwrap().json();
     let out = &last["output"];
     assert_eq!(out["data"]["status"], 2);
@@ -772,7 +722,7 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
         .flat_map(|e| hex::decode(e.json()["output"]["data"]["audio"].as_str().unwrap()).unwrap())
         .collect();
     assert_eq!(pcm.len(), pcm_len(ms, 24000, 2));
-    let s = s16(&pcm);
+    let s = s16_to_f32(&pcm);
     assert!(s.chunks_exact(2).all(|lr| lr[0] == lr[1]));
 
     // Defaults: mp3 at 32 kHz; non-streaming answers the whole hex audio.
@@ -817,7 +767,7 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
 
 #[tokio::test]
 async fn auth_routing_and_parameter_errors() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let check = |got: &Got, status: u16, code: &str, message: &str| {
         assert_eq!(got.status, status, "{}", got.text());
         assert_eq!(got.header("content-type"), "application/json");
@@ -854,7 +804,7 @@ async fn auth_routing_and_parameter_errors() {
     );
     let basic = client()
         .post(tts_url(&ds))
-        .header("Authorization", format!("Basic {KEY}"))
+        .header("Authorization", format!("Basic {API_KEY}"))
         .body(body.to_string());
     check(&send(basic).await, 401, "InvalidApiKey", "");
     // Endpoints are not interchangeable.
@@ -911,7 +861,7 @@ async fn auth_routing_and_parameter_errors() {
     );
     let not_json = client()
         .post(tts_url(&ds))
-        .header("Authorization", format!("Bearer {KEY}"))
+        .header("Authorization", format!("Bearer {API_KEY}"))
         .body("{not json");
     check(&send(not_json).await, 400, "InvalidParameter", "");
     // Unknown voices, per family.
@@ -1014,7 +964,7 @@ async fn auth_routing_and_parameter_errors() {
     body["extra"] = json!({"a": 1});
     let rb = client()
         .post(tts_url(&ds))
-        .header("Authorization", format!("bearer {KEY}"))
+        .header("Authorization", format!("bearer {API_KEY}"))
         .header("Host", "ws-67zfnonsdn4x96ia.cn-beijing.maas.aliyuncs.com")
         .header("X-DashScope-WorkSpace", "ws-67zfnonsdn4x96ia")
         .header("X-DashScope-SSE", "ENABLE")
@@ -1038,7 +988,7 @@ async fn auth_routing_and_parameter_errors() {
 
 #[tokio::test]
 async fn unknown_voice_can_arrive_as_an_sse_error() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.set_options(Options {
         unknown_voice_as_sse_error: true,
         ..Options::default()
@@ -1065,7 +1015,7 @@ async fn unknown_voice_can_arrive_as_an_sse_error() {
 
 #[tokio::test]
 async fn http_error_faults_are_scripted_per_model_and_consumed() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(Fault::once(http_error(
         429,
         "Throttling.RateQuota",
@@ -1155,7 +1105,7 @@ async fn http_error_faults_are_scripted_per_model_and_consumed() {
 
 #[tokio::test]
 async fn sse_error_after_k_audio_frames() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let fault = |frames| FaultKind::SseErrorAfter {
         frames,
         http_status_comment: 500,
@@ -1209,7 +1159,7 @@ async fn sse_error_after_k_audio_frames() {
 
 #[tokio::test]
 async fn ok_with_code_and_minimax_status_under_http_200() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let kind = FaultKind::OkWithCode {
         code: "DataInspectionFailed".into(),
         message: "Output data may contain inappropriate content.".into(),
@@ -1252,7 +1202,7 @@ async fn ok_with_code_and_minimax_status_under_http_200() {
 
 #[tokio::test]
 async fn drop_after_aborts_the_connection_mid_stream() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(Fault::once(FaultKind::DropAfter { frames: 2 }));
     let got = post(&ds, qwen("Some text that makes several chunks."), true).await;
     assert_eq!(got.status, 200);
@@ -1280,7 +1230,7 @@ async fn drop_after_aborts_the_connection_mid_stream() {
 
 #[tokio::test]
 async fn stall_after_holds_the_connection_until_the_client_leaves() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(Fault::once(FaultKind::StallAfter { frames: 1 }));
     let resp = request(&mm_url(&ds), &qwen("Stalling stream text."), true)
         .send()
@@ -1313,7 +1263,7 @@ async fn stall_after_holds_the_connection_until_the_client_leaves() {
 
 #[tokio::test]
 async fn slow_first_byte_delays_the_response_head() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(Fault::once(FaultKind::SlowFirstByte {
         delay: Duration::from_millis(400),
     }));
@@ -1338,7 +1288,7 @@ async fn slow_first_byte_delays_the_response_head() {
 
 #[tokio::test]
 async fn bad_json_and_bad_audio_encodings() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(Fault::once(FaultKind::BadJsonAfter { frames: 1 }));
     let events = post(&ds, qwen("Enough text for chunks."), true)
         .await
@@ -1388,7 +1338,7 @@ async fn bad_json_and_bad_audio_encodings() {
 
 #[tokio::test]
 async fn corrupt_audio_per_format() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(Fault::times(FaultKind::CorruptAudio, 3));
     let wav = stream_audio(
         &post(&ds, cosy("Corrupt.", "wav", 16000), true)
@@ -1423,7 +1373,7 @@ async fn corrupt_audio_per_format() {
 
 #[tokio::test]
 async fn multi_line_data_in_both_readings() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let text = "Multi line. Data!";
     ds.push_fault(Fault::once(FaultKind::MultiLineData));
     let events = post(&ds, cosy(text, "pcm", 16000), true).await.events();
@@ -1464,19 +1414,19 @@ async fn multi_line_data_in_both_readings() {
 
 #[tokio::test]
 async fn request_log_records_and_redacts() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let got = post(&ds, cosy("Logged.", "pcm", 16000), true).await;
     let wrong = client()
         .post(mm_url(&ds))
-        .header("Authorization", format!("Bearer {KEY}-not"))
-        .header("X-Custom", KEY)
+        .header("Authorization", format!("Bearer {API_KEY}-not"))
+        .header("X-Custom", API_KEY)
         .body(qwen("x").to_string());
     assert_eq!(send(wrong).await.status, 401);
     post(&ds, qwen("x"), false).await;
     let log = ds.requests();
     assert_eq!(log.len(), 3);
     let dump = format!("{log:?}");
-    assert!(!dump.contains(KEY), "the key leaked into the log");
+    assert!(!dump.contains(API_KEY), "the key leaked into the log");
     let first = &log[0];
     assert_eq!(first.path, "/api/v1/services/audio/tts/SpeechSynthesizer");
     assert_eq!(first.model, "cosyvoice-v3-flash");
@@ -1518,7 +1468,7 @@ async fn request_log_records_and_redacts() {
 
 #[tokio::test]
 async fn client_disconnect_is_seen_within_a_second() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.set_options(Options {
         pace: 1.0,
         ..Options::default()
@@ -1546,7 +1496,7 @@ async fn client_disconnect_is_seen_within_a_second() {
 
 #[tokio::test]
 async fn pace_emits_audio_at_real_time() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.set_options(Options {
         pace: 1.0,
         chunk_ms: 200,
@@ -1570,7 +1520,7 @@ async fn pace_emits_audio_at_real_time() {
 
 #[tokio::test]
 async fn stop_cuts_stalled_streams_and_closes_the_port() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let addr = ds.addr();
     ds.push_fault(Fault::always(FaultKind::StallAfter { frames: 0 }));
     let resp = request(&mm_url(&ds), &qwen("x"), true)
@@ -1584,7 +1534,7 @@ async fn stop_cuts_stalled_streams_and_closes_the_port() {
     assert!(rest.map(|b| b.is_empty()).unwrap_or(true));
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
     // Drop alone also ends the server.
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let addr = ds.addr();
     drop(ds);
     tokio::task::yield_now().await;
@@ -1608,35 +1558,12 @@ fn text_units_tone_tokens_and_sentences() {
 // ---------------------------------------------------------------------------------------------
 // The proof: the official Python SDK against the double
 
-/// The Python to run, or `None` to skip (only when neither `HERALD_TEST_PYTHON` nor `CI` is set
-/// and `./.venv` has no `dashscope`).
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HERALD_TEST_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(".venv/bin/python");
-    let usable = venv.exists()
-        && std::process::Command::new(&venv)
-            .args(["-c", "import dashscope"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if usable {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but there is no Python with dashscope: set HERALD_TEST_PYTHON or run `bash .ci/setup`"
-    );
-    eprintln!(
-        "skipping the dashscope SDK check: set HERALD_TEST_PYTHON or run `bash .ci/setup` to create .venv"
-    );
-    None
-}
-
 #[tokio::test]
 async fn official_python_sdk_speaks_to_the_double() {
-    let Some(py) = python() else { return };
-    let ds = DashScopeDouble::start(KEY).await;
+    let Some(py) = python_with_dashscope() else {
+        return;
+    };
+    let ds = DashScopeDouble::start(API_KEY).await;
     let throttled = http_error(
         429,
         "Throttling.RateQuota",
@@ -1676,34 +1603,7 @@ async fn official_python_sdk_speaks_to_the_double() {
     ] {
         ds.push_fault(Fault::always(kind).for_model(model));
     }
-    let child = tokio::process::Command::new(&py)
-        .arg("tests/python/dashscope_sdk_check.py")
-        .env("DASHSCOPE_HTTP_BASE_URL", ds.base_url())
-        .env("DASHSCOPE_API_KEY", KEY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env_remove("DASHSCOPE_API_KEY_FILE_PATH")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), child)
-        .await
-        .expect("the SDK check finishes within 120 s")
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stdout}\n{stderr}"));
-    assert_eq!(
-        summary["failures"],
-        json!([]),
-        "the SDK disagrees with the double:\n{stderr}"
-    );
-    assert!(out.status.success());
-    assert_eq!(
-        summary["sdk_version"], PINNED_SDK,
-        "update .ci/setup and PINNED_SDK together"
-    );
-    let c = &summary["checks"];
+    let c = run_sdk_check(&py, "dashscope_sdk_check.py", &ds).await;
     // Audio got through every family, streaming and not.
     assert_eq!(
         c["cosy_stream_pcm"]["bytes"],

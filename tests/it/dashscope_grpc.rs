@@ -1,16 +1,10 @@
-//! The DashScope engines through gRPC, against the fake DashScope server of
-//! `tests/support/dashscope.rs` on loopback: audio (tone frequency and duration after
-//! conversion), long text split and joined, every scripted fault mapped to design.md's status,
-//! retries counted in the double's log, cancellation reaching the upstream, and no key in logs.
+//! The DashScope engines through gRPC, against the DashScope double on loopback: audio (tone
+//! frequency and duration after conversion), long text split and joined, every scripted fault
+//! mapped to its status, retries counted in the double's log, cancellation reaching the
+//! upstream, and no key in logs.
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex, OnceLock},
-    time::Duration,
-};
+use std::time::Duration;
 
-use crate::support::dashscope::*;
-use crate::support::*;
 use futures::StreamExt;
 use herald::{
     engine::dashscope::split,
@@ -18,65 +12,21 @@ use herald::{
 };
 use tonic::Code;
 
-const KEY: &str = "sk-test-4b1d2c3e5f60718293a4b5c6d7e8f901";
+use crate::support::{dashscope::*, logs, *};
+
 /// The double's default audio per billed text unit.
 const MS_PER_UNIT: f64 = 40.0;
 
-// === log capture: every test runs under one subscriber that keeps everything ===
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Captured {
-    static LOGS: OnceLock<Captured> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        let writer = captured.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .init();
-        captured
-    })
-}
-
+/// A double, and a daemon (every event logged to the capture) with short upstream timers and
+/// the workspace `ws-test42`, plus `toml_extra`. These tests are about the engines: every
+/// request reaches the double, and failures are not papered over by the cache or a fallback
+/// (`cache_grpc` covers those).
 async fn setup_with(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
-    logs();
-    let double = DashScopeDouble::start(KEY).await;
-    // Short timers for tests, unless the test sets its own.
-    let mut toml = format!("[dashscope]\n{toml_extra}");
-    for (key, value) in [
-        ("retry_base_ms", "10"),
-        ("idle_timeout_ms", "1000"),
-        ("first_event_timeout_ms", "1000"),
-    ] {
-        if !toml_extra.contains(key) {
-            toml.push_str(&format!("{key} = {value}\n"));
-        }
-    }
-    // These tests are about the engines: every request reaches the double, and failures are
-    // not papered over by a fallback (tests/cache_grpc.rs covers those).
-    toml.push_str("[cache]\nenabled = false\n[fallback]\nchain = []\n");
-    let daemon = spawn_daemon_config(
-        &toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-            ("DASHSCOPE_WORKSPACE_ID", "ws-test42"),
-        ],
-    )
-    .await;
+    logs::capture();
+    let double = DashScopeDouble::start(API_KEY).await;
+    let toml = layered(&[FAST_UPSTREAM, ENGINES_ONLY, toml_extra]);
+    let daemon =
+        spawn_daemon_against(&double, &toml, &[("DASHSCOPE_WORKSPACE_ID", "ws-test42")]).await;
     (double, daemon)
 }
 
@@ -97,29 +47,6 @@ fn req(
         voice: voice.to_owned(),
         ..request(text, enc, rate, ch)
     }
-}
-
-/// The first channel of the client's audio, as f32.
-fn mono(c: &Collected) -> Vec<f32> {
-    let f = c.format();
-    let bytes = c.bytes();
-    let samples = match Encoding::try_from(f.encoding).unwrap() {
-        Encoding::PcmS16le => s16_to_f32(&bytes),
-        Encoding::Wav => {
-            let r =
-                hound::WavReader::new(std::io::Cursor::new(patch_wav_sizes(bytes))).expect("wav");
-            assert_eq!(r.spec().sample_rate, f.sample_rate_hz);
-            assert_eq!(u32::from(r.spec().channels), f.channels);
-            r.into_samples::<i16>()
-                .map(|s| f32::from(s.unwrap()) / 32768.0)
-                .collect()
-        }
-        other => panic!("unexpected {other:?}"),
-    };
-    samples
-        .chunks(f.channels as usize)
-        .map(|frame| frame[0])
-        .collect()
 }
 
 fn duration_ms(samples: usize, rate: u32) -> f64 {
@@ -144,7 +71,7 @@ async fn each_family_gives_the_tone_at_the_requested_format() {
                 .unwrap_or_else(|s| panic!("{model} {enc:?}: {s:?}"));
             let f = c.format();
             assert_eq!((f.sample_rate_hz, f.channels), (rate, ch), "{model}");
-            let x = mono(&c);
+            let x = c.mono();
             let ms = duration_ms(x.len(), rate);
             let want = split::units(text) as f64 * MS_PER_UNIT;
             assert!(
@@ -182,7 +109,7 @@ async fn each_family_gives_the_tone_at_the_requested_format() {
         };
         assert!(h("user-agent").starts_with("herald/"), "{r:?}");
         assert_eq!(h("x-dashscope-workspace"), "ws-test42");
-        assert!(!format!("{r:?}").contains(KEY));
+        assert!(!format!("{r:?}").contains(API_KEY));
     }
     let cosy: Vec<_> = log
         .iter()
@@ -217,11 +144,7 @@ async fn qwen_streams_with_and_without_a_wav_header_and_multi_line_data() {
         });
         double.clear_faults();
         if let Some(kind) = fault.clone() {
-            double.push_fault(Fault {
-                kind,
-                times: None,
-                model_prefix: None,
-            });
+            double.push_fault(Fault::always(kind));
         }
         let text = "Sixteen units!!!";
         let c = synthesize(
@@ -237,7 +160,7 @@ async fn qwen_streams_with_and_without_a_wav_header_and_multi_line_data() {
         )
         .await
         .unwrap_or_else(|s| panic!("header {header} {fault:?}: {s:?}"));
-        let x = mono(&c);
+        let x = c.mono();
         // A WAV header left in the audio would add 22 samples.
         assert_eq!(
             x.len(),
@@ -311,7 +234,7 @@ async fn long_text_comes_back_whole_in_order_and_without_clicks() {
         // The double truncates CosyVoice past 150 units: the audio is whole only because no
         // piece exceeded it.
         let units: usize = sent.iter().map(|s| split::units(s)).sum();
-        let x = mono(&c);
+        let x = c.mono();
         let ms = duration_ms(x.len(), 24000);
         let want = units as f64 * MS_PER_UNIT;
         assert!(
@@ -331,7 +254,7 @@ async fn long_text_comes_back_whole_in_order_and_without_clicks() {
         assert!(max_step < 0.07, "{model}: a step of {max_step} (a click)");
     }
     // Order, by ear: each sentence its own piece and its own frequency.
-    let (double2, daemon2) = setup_with("cosyvoice_piece_units = 24\n").await;
+    let (double2, daemon2) = setup_with("[dashscope]\ncosyvoice_piece_units = 24\n").await;
     let mut client2 = daemon2.client().await;
     let text = "@300Hz one two three. @600Hz four five six. @900Hz seven eight.";
     let c = synthesize(
@@ -348,7 +271,7 @@ async fn long_text_comes_back_whole_in_order_and_without_clicks() {
     .await
     .unwrap();
     assert_eq!(double2.requests().len(), 3);
-    let x = mono(&c);
+    let x = c.mono();
     let mut start = 0;
     let pieces = split::split(text, 24);
     assert_eq!(pieces.len(), 3);
@@ -367,15 +290,9 @@ async fn long_text_comes_back_whole_in_order_and_without_clicks() {
     double2.stop().await;
 }
 
-/// One scripted fault: the status the client gets and how many upstream tries it took.
-struct Case {
-    name: &'static str,
-    model: &'static str,
-    kind: FaultKind,
-    times: Option<usize>,
-    code: Option<Code>,
-    tries: usize,
-}
+/// One scripted fault: the model it hits, the fault, the status the client gets (`None`: the
+/// audio) and how many upstream tries it took.
+type FaultRow = (&'static str, Fault, Option<Code>, usize);
 
 fn http(status: u16, code: &str) -> FaultKind {
     FaultKind::HttpError {
@@ -387,9 +304,10 @@ fn http(status: u16, code: &str) -> FaultKind {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_maps_to_its_status_and_the_next_request_succeeds() {
+    use Code::{FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, Unavailable};
     let (double, daemon) = setup().await;
     let mut client = daemon.client().await;
-    let cosy = "cosyvoice-v3-flash";
+    let [cosy, qwen, minimax] = FAMILIES.map(|(model, _)| model);
     let sse_error = |frames, status, code: &str| FaultKind::SseErrorAfter {
         frames,
         http_status_comment: status,
@@ -400,289 +318,90 @@ async fn every_fault_maps_to_its_status_and_the_next_request_succeeds() {
         code: code.to_owned(),
         message: "scripted".to_owned(),
     };
-    let cases = vec![
-        Case {
-            name: "429 persistent",
-            model: cosy,
-            kind: http(429, "Throttling.RateQuota"),
-            times: None,
-            code: Some(Code::ResourceExhausted),
-            tries: 3,
-        },
-        Case {
-            name: "429 transient",
-            model: cosy,
-            kind: http(429, "Throttling.RateQuota"),
-            times: Some(2),
-            code: None,
-            tries: 3,
-        },
-        Case {
-            name: "500 persistent",
-            model: cosy,
-            kind: http(500, "InternalError"),
-            times: None,
-            code: Some(Code::Unavailable),
-            tries: 3,
-        },
-        Case {
-            name: "503 transient",
-            model: "qwen3-tts-flash",
-            kind: http(503, "ModelUnavailable"),
-            times: Some(1),
-            code: None,
-            tries: 2,
-        },
-        Case {
-            name: "content filter",
-            model: cosy,
-            kind: http(400, "DataInspectionFailed"),
-            times: None,
-            code: Some(Code::InvalidArgument),
-            tries: 1,
-        },
-        Case {
-            name: "403",
-            model: cosy,
-            kind: http(403, "Model.AccessDenied"),
-            times: None,
-            code: Some(Code::FailedPrecondition),
-            tries: 1,
-        },
-        Case {
-            name: "event:error before audio",
-            model: cosy,
-            kind: sse_error(0, 500, "InternalError"),
-            times: Some(1),
-            code: None,
-            tries: 2,
-        },
-        Case {
-            name: "event:error after audio",
-            model: cosy,
-            kind: sse_error(3, 500, "InternalError"),
-            times: None,
-            code: Some(Code::Unavailable),
-            tries: 1,
-        },
-        Case {
-            name: "event:error 400 before audio",
-            model: "qwen3-tts-flash",
-            kind: sse_error(0, 400, "InvalidParameter"),
-            times: None,
-            code: Some(Code::InvalidArgument),
-            tries: 1,
-        },
-        Case {
-            name: "200 with a throttling code",
-            model: cosy,
-            kind: ok_code("Throttling.RateQuota"),
-            times: None,
-            code: Some(Code::ResourceExhausted),
-            tries: 3,
-        },
-        Case {
-            name: "200 with InvalidParameter",
-            model: "MiniMax/speech-2.8-hd",
-            kind: ok_code("InvalidParameter"),
-            times: None,
-            code: Some(Code::InvalidArgument),
-            tries: 1,
-        },
-        Case {
-            name: "MiniMax base_resp 1002",
-            model: "MiniMax/speech-2.8-hd",
-            kind: FaultKind::MiniMaxStatus {
-                status_code: 1002,
-                status_msg: "rate limited".into(),
-            },
-            times: None,
-            code: Some(Code::ResourceExhausted),
-            tries: 3,
-        },
-        Case {
-            name: "MiniMax base_resp 2013",
-            model: "MiniMax/speech-2.8-hd",
-            kind: FaultKind::MiniMaxStatus {
-                status_code: 2013,
-                status_msg: "bad params".into(),
-            },
-            times: None,
-            code: Some(Code::InvalidArgument),
-            tries: 1,
-        },
-        Case {
-            name: "drop after audio",
-            model: cosy,
-            kind: FaultKind::DropAfter { frames: 3 },
-            times: None,
-            code: Some(Code::Unavailable),
-            tries: 1,
-        },
-        Case {
-            name: "drop before audio",
-            model: "qwen3-tts-flash",
-            kind: FaultKind::DropAfter { frames: 0 },
-            times: Some(1),
-            code: None,
-            tries: 2,
-        },
-        Case {
-            name: "stall after audio",
-            model: cosy,
-            kind: FaultKind::StallAfter { frames: 2 },
-            times: None,
-            code: Some(Code::Unavailable),
-            tries: 1,
-        },
-        Case {
-            name: "slow first byte",
-            model: cosy,
-            kind: FaultKind::SlowFirstByte {
-                delay: Duration::from_secs(2),
-            },
-            times: None,
-            code: Some(Code::Unavailable),
-            tries: 3,
-        },
-        Case {
-            name: "bad json",
-            model: "qwen3-tts-flash",
-            kind: FaultKind::BadJsonAfter { frames: 2 },
-            times: None,
-            code: Some(Code::Internal),
-            tries: 1,
-        },
-        Case {
-            name: "bad base64",
-            model: cosy,
-            kind: FaultKind::BadBase64After { frames: 2 },
-            times: None,
-            code: Some(Code::Internal),
-            tries: 1,
-        },
-        Case {
-            name: "bad hex",
-            model: "MiniMax/speech-2.8-hd",
-            kind: FaultKind::BadBase64After { frames: 2 },
-            times: None,
-            code: Some(Code::Internal),
-            tries: 1,
-        },
-        Case {
-            name: "corrupt audio",
-            model: cosy,
-            kind: FaultKind::CorruptAudio,
-            times: None,
-            code: Some(Code::Internal),
-            tries: 1,
-        },
-        Case {
-            name: "multi-line data",
-            model: "MiniMax/speech-2.8-hd",
-            kind: FaultKind::MultiLineData,
-            times: None,
-            code: None,
-            tries: 1,
-        },
+    let minimax_status = |status_code, status_msg: &str| FaultKind::MiniMaxStatus {
+        status_code,
+        status_msg: status_msg.to_owned(),
+    };
+    let always = Fault::always;
+    let secs = Duration::from_secs;
+    // name, (model, fault, status (None: the audio), upstream tries)
+    #[rustfmt::skip]
+    let rows: [(&str, FaultRow); 22] = [
+        ("429 persistent",               (cosy,    always(http(429, "Throttling.RateQuota")),           Some(ResourceExhausted),  3)),
+        ("429 transient",                (cosy,    Fault::times(http(429, "Throttling.RateQuota"), 2),  None,                     3)),
+        ("500 persistent",               (cosy,    always(http(500, "InternalError")),                  Some(Unavailable),        3)),
+        ("503 transient",                (qwen,    Fault::once(http(503, "ModelUnavailable")),          None,                     2)),
+        ("content filter",               (cosy,    always(http(400, "DataInspectionFailed")),           Some(InvalidArgument),    1)),
+        ("403",                          (cosy,    always(http(403, "Model.AccessDenied")),             Some(FailedPrecondition), 1)),
+        ("event:error before audio",     (cosy,    Fault::once(sse_error(0, 500, "InternalError")),     None,                     2)),
+        ("event:error after audio",      (cosy,    always(sse_error(3, 500, "InternalError")),          Some(Unavailable),        1)),
+        ("event:error 400 before audio", (qwen,    always(sse_error(0, 400, "InvalidParameter")),       Some(InvalidArgument),    1)),
+        ("200 with a throttling code",   (cosy,    always(ok_code("Throttling.RateQuota")),             Some(ResourceExhausted),  3)),
+        ("200 with InvalidParameter",    (minimax, always(ok_code("InvalidParameter")),                 Some(InvalidArgument),    1)),
+        ("MiniMax base_resp 1002",       (minimax, always(minimax_status(1002, "rate limited")),        Some(ResourceExhausted),  3)),
+        ("MiniMax base_resp 2013",       (minimax, always(minimax_status(2013, "bad params")),          Some(InvalidArgument),    1)),
+        ("drop after audio",             (cosy,    always(FaultKind::DropAfter { frames: 3 }),          Some(Unavailable),        1)),
+        ("drop before audio",            (qwen,    Fault::once(FaultKind::DropAfter { frames: 0 }),     None,                     2)),
+        ("stall after audio",            (cosy,    always(FaultKind::StallAfter { frames: 2 }),         Some(Unavailable),        1)),
+        ("slow first byte",              (cosy,    always(FaultKind::SlowFirstByte { delay: secs(2) }), Some(Unavailable),        3)),
+        ("bad json",                     (qwen,    always(FaultKind::BadJsonAfter { frames: 2 }),       Some(Internal),           1)),
+        ("bad base64",                   (cosy,    always(FaultKind::BadBase64After { frames: 2 }),     Some(Internal),           1)),
+        ("bad hex",                      (minimax, always(FaultKind::BadBase64After { frames: 2 }),     Some(Internal),           1)),
+        ("corrupt audio",                (cosy,    always(FaultKind::CorruptAudio),                     Some(Internal),           1)),
+        ("multi-line data",              (minimax, always(FaultKind::MultiLineData),                    None,                     1)),
     ];
     let voice = |m: &str| FAMILIES.iter().find(|(f, _)| *f == m).unwrap().1;
-    for case in cases {
+    each_row(rows, async |(model, fault, code, tries): FaultRow| {
         double.clear_faults();
-        double.push_fault(Fault {
-            kind: case.kind.clone(),
-            times: case.times,
-            model_prefix: None,
-        });
+        let kind = fault.kind.clone();
+        double.push_fault(fault);
         let before = double.requests().len();
         let result = synthesize(
             &mut client,
-            req(
-                case.model,
-                voice(case.model),
-                "Fault injection test.",
-                Encoding::PcmS16le,
-                16000,
-                1,
-            ),
+            pcm16k(model, voice(model), "Fault injection test."),
         )
         .await;
-        let tries = double.requests().len() - before;
-        match (case.code, result) {
-            (None, Ok(c)) => {
-                let x = mono(&c);
-                assert!(
-                    (peak_frequency(&x, 16000) - 440.0).abs() <= 1.0,
-                    "{}",
-                    case.name
-                );
-            }
+        let made = double.requests().len() - before;
+        match (code, result) {
+            (None, Ok(c)) => assert!((peak_frequency(&c.mono(), 16000) - 440.0).abs() <= 1.0),
             (Some(code), Err(status)) => {
-                assert_eq!(status.code(), code, "{}: {status:?}", case.name);
-                assert!(!status.message().contains(KEY), "{}", case.name);
+                assert_eq!(status.code(), code, "{status:?}");
+                assert!(!status.message().contains(API_KEY));
                 if matches!(
-                    case.kind,
+                    kind,
                     FaultKind::HttpError { .. } | FaultKind::OkWithCode { .. }
                 ) {
                     assert!(
                         status.message().contains("request_id"),
-                        "{}: the message names the upstream request: {}",
-                        case.name,
+                        "the message names the upstream request: {}",
                         status.message()
                     );
                 }
             }
-            (want, got) => panic!(
-                "{}: want {want:?}, got {:?}",
-                case.name,
-                got.map(|c| c.order)
-            ),
+            (want, got) => panic!("want {want:?}, got {:?}", got.map(|c| c.order)),
         }
-        assert_eq!(tries, case.tries, "{}: upstream tries", case.name);
+        assert_eq!(made, tries, "upstream tries");
         // A normal request succeeds right after.
         double.clear_faults();
-        let c = synthesize(
-            &mut client,
-            req(
-                case.model,
-                voice(case.model),
-                "All good.",
-                Encoding::PcmS16le,
-                16000,
-                1,
-            ),
-        )
-        .await
-        .unwrap_or_else(|s| panic!("after {}: {s:?}", case.name));
+        let c = synthesize(&mut client, pcm16k(model, voice(model), "All good."))
+            .await
+            .unwrap_or_else(|s| panic!("after the fault: {s:?}"));
         assert!(!c.bytes().is_empty());
-    }
+    })
+    .await;
     daemon.stop().await.unwrap();
     double.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_key_is_failed_precondition_naming_the_setting_never_the_key() {
-    logs();
+    logs::capture();
     let double = DashScopeDouble::start("sk-the-right-one").await;
-    let daemon = spawn_daemon_with(&[
-        ("DASHSCOPE_API_KEY", KEY),
-        ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-    ])
-    .await;
+    let daemon = spawn_daemon_against(&double, "", &[]).await;
     let mut client = daemon.client().await;
-    let status = synthesize(
-        &mut client,
-        req(
-            "qwen3-tts-flash",
-            "Cherry",
-            "Hi.",
-            Encoding::PcmS16le,
-            16000,
-            1,
-        ),
-    )
-    .await
-    .unwrap_err();
+    let status = synthesize(&mut client, pcm16k("qwen3-tts-flash", "Cherry", "Hi."))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert!(
         status.message().contains("DASHSCOPE_API_KEY"),
@@ -694,7 +413,7 @@ async fn a_wrong_key_is_failed_precondition_naming_the_setting_never_the_key() {
         "{}",
         status.message()
     );
-    assert!(!status.message().contains(KEY));
+    assert!(!status.message().contains(API_KEY));
     assert_eq!(double.requests().len(), 1, "401 is never retried");
     // With a key configured, the default model is a cloud one.
     let c = synthesize(&mut client, request("Hi.", Encoding::PcmS16le, 16000, 1)).await;
@@ -709,33 +428,16 @@ async fn unknown_voices_are_invalid_argument_in_both_upstream_modes() {
     let (double, daemon) = setup().await;
     let mut client = daemon.client().await;
     // Qwen's list is closed: refused before any call.
-    let s = synthesize(
-        &mut client,
-        req(
-            "qwen3-tts-flash",
-            "cherry",
-            "Hi.",
-            Encoding::PcmS16le,
-            16000,
-            1,
-        ),
-    )
-    .await
-    .unwrap_err();
+    let s = synthesize(&mut client, pcm16k("qwen3-tts-flash", "cherry", "Hi."))
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), Code::InvalidArgument);
     assert!(s.message().starts_with("voice:"), "{}", s.message());
     assert!(double.requests().is_empty());
     // cosyvoice-v3.5 has no system voices.
     let s = synthesize(
         &mut client,
-        req(
-            "cosyvoice-v3.5-flash",
-            "longanyang",
-            "Hi.",
-            Encoding::PcmS16le,
-            16000,
-            1,
-        ),
+        pcm16k("cosyvoice-v3.5-flash", "longanyang", "Hi."),
     )
     .await
     .unwrap_err();
@@ -748,14 +450,7 @@ async fn unknown_voices_are_invalid_argument_in_both_upstream_modes() {
         });
         let s = synthesize(
             &mut client,
-            req(
-                "cosyvoice-v3-flash",
-                "no_such_voice",
-                "Hi.",
-                Encoding::PcmS16le,
-                16000,
-                1,
-            ),
+            pcm16k("cosyvoice-v3-flash", "no_such_voice", "Hi."),
         )
         .await
         .unwrap_err();
@@ -770,8 +465,7 @@ async fn unknown_voices_are_invalid_argument_in_both_upstream_modes() {
 async fn model_options_reach_upstream_where_they_belong_and_are_refused_elsewhere() {
     let (double, daemon) = setup().await;
     let mut client = daemon.client().await;
-    let base =
-        |model: &str, voice: &str| req(model, voice, "Options.", Encoding::PcmS16le, 16000, 1);
+    let base = |model: &str, voice: &str| pcm16k(model, voice, "Options.");
     // MiniMax: emotion, pitch in semitones, speed, language boost, pronunciations.
     let mut r = base("MiniMax/speech-02-hd", "male-qn-qingse");
     r.emotion = "whisper".into();
@@ -858,13 +552,10 @@ async fn a_client_cancel_drops_the_upstream_request_within_a_second() {
     for (model, voice) in FAMILIES {
         let before = double.requests().len();
         let mut stream = client
-            .synthesize(req(
+            .synthesize(pcm16k(
                 model,
                 voice,
                 &"A long sentence to speak. ".repeat(4),
-                Encoding::PcmS16le,
-                16000,
-                1,
             ))
             .await
             .unwrap()
@@ -933,75 +624,44 @@ async fn list_voices_has_the_catalogue() {
     double.stop().await;
 }
 
-/// Runs last by name order is not guaranteed, so it checks the logs of whatever ran so far in
-/// this process plus its own traffic, at TRACE level for every crate.
+/// Runs last by name order is not guaranteed, so it checks the logs of whatever ran in this
+/// process since the capture was installed (by the first test of this module) plus its own
+/// traffic, at TRACE level for every crate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn captured_logs_never_contain_the_key() {
     let (double, daemon) = setup().await;
     let mut client = daemon.client().await;
-    double.push_fault(Fault {
-        kind: http(401, "InvalidApiKey"),
-        times: Some(1),
-        model_prefix: None,
-    });
-    let _ = synthesize(
-        &mut client,
-        req(
-            "qwen3-tts-flash",
-            "Cherry",
-            "Hi.",
-            Encoding::PcmS16le,
-            16000,
-            1,
-        ),
-    )
-    .await;
-    synthesize(
-        &mut client,
-        req(
-            "qwen3-tts-flash",
-            "Cherry",
-            "Hi.",
-            Encoding::PcmS16le,
-            16000,
-            1,
-        ),
-    )
-    .await
-    .unwrap();
+    double.push_fault(Fault::once(http(401, "InvalidApiKey")));
+    let _ = synthesize(&mut client, pcm16k("qwen3-tts-flash", "Cherry", "Hi.")).await;
+    synthesize(&mut client, pcm16k("qwen3-tts-flash", "Cherry", "Hi."))
+        .await
+        .unwrap();
     daemon.stop().await.unwrap();
     double.stop().await;
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
+    let captured = logs::capture();
     assert!(
-        text.len() > 1000,
+        captured.bytes() > 1000,
         "the capture works ({} bytes)",
-        text.len()
+        captured.bytes()
     );
-    assert!(!text.contains(KEY), "the API key appeared in the logs");
+    let leaks = captured.leaks();
     assert!(
-        !text.contains(&KEY[3..20]),
-        "part of the API key appeared in the logs"
+        !leaks.iter().any(|line| line.contains(API_KEY)),
+        "the API key appeared in the logs: {leaks:?}"
+    );
+    assert!(
+        leaks.is_empty(),
+        "part of the API key appeared in the logs: {leaks:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retries_stop_at_the_clients_deadline() {
     // Backoff steps of about 1.5–3 s against a 1 s deadline: the first failure is the last try.
-    let (double, daemon) = setup_with("retry_base_ms = 3000\n").await;
+    let (double, daemon) = setup_with("[dashscope]\nretry_base_ms = 3000\n").await;
     let mut client = daemon.client().await;
-    double.push_fault(Fault {
-        kind: http(503, "ModelUnavailable"),
-        times: None,
-        model_prefix: None,
-    });
-    let mut r = tonic::Request::new(req(
-        "cosyvoice-v3-flash",
-        "longanyang",
-        "Deadline.",
-        Encoding::PcmS16le,
-        16000,
-        1,
-    ));
+    double.push_fault(Fault::always(http(503, "ModelUnavailable")));
+    let mut r = tonic::Request::new(pcm16k("cosyvoice-v3-flash", "longanyang", "Deadline."));
     r.set_timeout(Duration::from_secs(1));
     let status = match client.synthesize(r).await {
         Err(s) => s,
@@ -1040,14 +700,7 @@ async fn word_timestamps_point_into_the_audio_across_pieces() {
         "@880Hz and the third sentence ends the text at eight hundred and eighty hertz right here.",
     ];
     let text = sentences.join(" ");
-    let mut r = req(
-        "cosyvoice-v3-flash",
-        "longanyang",
-        &text,
-        Encoding::PcmS16le,
-        16000,
-        1,
-    );
+    let mut r = pcm16k("cosyvoice-v3-flash", "longanyang", &text);
     r.word_timestamps = true;
     let c = synthesize(&mut client, r.clone())
         .await
@@ -1060,7 +713,7 @@ async fn word_timestamps_point_into_the_audio_across_pieces() {
             .all(|q| q.body["input"]["word_timestamp_enabled"] == true),
         "asked upstream for word timings"
     );
-    let x = mono(&c);
+    let x = c.mono();
     let total_ms = duration_ms(x.len(), 16000);
     let want_words: Vec<&str> = sentences
         .iter()
@@ -1119,7 +772,7 @@ async fn word_timestamps_point_into_the_audio_across_pieces() {
         ("MiniMax/speech-2.8-hd", "male-qn-qingse"),
         ("espeak-ng", ""),
     ] {
-        let mut r = req(model, voice, "Hello.", Encoding::PcmS16le, 16000, 1);
+        let mut r = pcm16k(model, voice, "Hello.");
         r.word_timestamps = true;
         let status = synthesize(&mut client, r).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{model}");

@@ -14,14 +14,13 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::support::dashscope::*;
-use crate::support::*;
 use futures::StreamExt;
 use herald::pb::{self, audio_format::Encoding, synthesize_response::Payload};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tonic::Code;
 
-const KEY: &str = "sk-test-7f00aa11bb22cc33dd44ee55ff667788";
+use crate::support::{dashscope::*, *};
+
 /// The seed of the fault mix (change it to explore; a failure message names it).
 const SEED: u64 = 0x4e52_4144_0009;
 const STREAMS: usize = 100;
@@ -193,24 +192,13 @@ fn proc_count(pid: u32, what: &str) -> u64 {
     }
 }
 
-async fn gauge(port: u16, name: &str) -> f64 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await
-            && let Ok(text) = r.text().await
-        {
-            return text
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or_else(|| panic!("{name} not in the scrape"));
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics endpoint not up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// The value of the gauge `name` in a scrape of `server`'s metrics.
+async fn gauge(server: &ServeProcess, name: &str) -> f64 {
+    let (_, text) = server.scrape().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the scrape"))
 }
 
 /// Each open descriptor of `pid`: its link target, and for a TCP socket its table line.
@@ -248,10 +236,11 @@ struct Idle {
     active: f64,
 }
 
-async fn idle(pid: u32, port: u16) -> Idle {
+async fn idle(server: &ServeProcess) -> Idle {
+    let pid = server.child.id();
     Idle {
-        tasks: gauge(port, "herald_runtime_tasks").await,
-        active: gauge(port, "herald_active_streams").await,
+        tasks: gauge(server, "herald_runtime_tasks").await,
+        active: gauge(server, "herald_active_streams").await,
         fds: proc_count(pid, "fds"),
         threads: proc_count(pid, "Threads"),
     }
@@ -259,26 +248,13 @@ async fn idle(pid: u32, port: u16) -> Idle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_streams_through_a_storm_of_faults_end_as_design_says_and_leave_nothing_behind() {
-    let double = DashScopeDouble::start(KEY).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
+    let double = DashScopeDouble::start(API_KEY).await;
     let toml = "[dashscope]\nretry_base_ms = 10\nidle_timeout_ms = 10000\n\
                 first_event_timeout_ms = 10000\nmax_concurrent_requests = 128\n\
                 queue_timeout_ms = 30000\n\
                 [synthesis]\nmax_concurrent = 128\nmax_concurrent_per_peer = 128\n\
                 [cache]\nenabled = false\n[fallback]\nchain = []\n";
-    let server = ServeProcess::start_with(
-        toml,
-        &["--metrics-listen", &metrics],
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    );
+    let server = Serve::new(toml).metrics().double(&double).start();
     let pid = server.child.id();
     let client = server.client().await;
 
@@ -292,7 +268,7 @@ async fn a_hundred_streams_through_a_storm_of_faults_end_as_design_says_and_leav
         };
         synthesize(&mut c, req).await.expect("warm-up");
     }
-    let baseline = idle(pid, port).await;
+    let baseline = idle(&server).await;
     let warmup_requests = double.requests().len();
 
     let mut rng = StdRng::seed_from_u64(SEED);
@@ -354,7 +330,10 @@ async fn a_hundred_streams_through_a_storm_of_faults_end_as_design_says_and_leav
             }
             (Err(status), Some(code)) => {
                 assert_eq!(status.code(), code, "{what}");
-                assert!(!status.message().contains(KEY), "{what}: the key leaked");
+                assert!(
+                    !status.message().contains(API_KEY),
+                    "{what}: the key leaked"
+                );
                 *by_code.entry(format!("{code:?}")).or_default() += 1;
             }
             _ => panic!("{what}: want {want:?}"),
@@ -385,7 +364,7 @@ async fn a_hundred_streams_through_a_storm_of_faults_end_as_design_says_and_leav
     double.stop().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(45);
     let after = loop {
-        let now = idle(pid, port).await;
+        let now = idle(&server).await;
         let back = now.active == 0.0
             && now.fds <= baseline.fds
             && now.tasks <= baseline.tasks

@@ -3,29 +3,20 @@
 //! its queue timeout, and the request message size. Each refused request gets its status
 //! naming the limit; the streams already running finish whole.
 
-use crate::support::dashscope::*;
-use crate::support::*;
 use futures::StreamExt;
 use herald::pb::{self, audio_format::Encoding, synthesize_response::Payload};
 use tonic::{Code, Streaming};
 
-const KEY: &str = "sk-limits-test-0123456789abcdef";
+use crate::support::{dashscope::*, *};
 
+/// A double pacing audio at real time, and a daemon with neither cache nor fallback, plus
+/// `toml_extra`.
 async fn setup(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
-    let double = DashScopeDouble::start(KEY).await;
+    let (double, daemon) = spawn_daemon_with_double(&layered(&[ENGINES_ONLY, toml_extra])).await;
     double.set_options(Options {
         pace: 1.0,
         ..Options::default()
     });
-    let toml = format!("[cache]\nenabled = false\n[fallback]\nchain = []\n{toml_extra}");
-    let daemon = spawn_daemon_config(
-        &toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    )
-    .await;
     (double, daemon)
 }
 

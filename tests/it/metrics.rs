@@ -5,12 +5,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use crate::support::dashscope::*;
-use crate::support::*;
 use herald::pb::{self, audio_format::Encoding};
 use tonic::Code;
 
-const KEY: &str = "sk-metrics-test-0123456789abcdef";
+use crate::support::{dashscope::*, *};
 
 /// One sample: name, labels, value.
 type Sample = (String, BTreeMap<String, String>, f64);
@@ -60,26 +58,6 @@ fn value(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
-async fn scrape(port: u16) -> (String, String) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await {
-            Ok(r) => {
-                let ct = r
-                    .headers()
-                    .get("content-type")
-                    .map(|v| v.to_str().unwrap().to_owned())
-                    .unwrap_or_default();
-                return (ct, r.text().await.unwrap());
-            }
-            Err(e) => {
-                assert!(tokio::time::Instant::now() < deadline, "scrape: {e}");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    }
-}
-
 fn cosy(text: &str) -> pb::SynthesizeRequest {
     pb::SynthesizeRequest {
         model: "cosyvoice-v3-flash".into(),
@@ -89,21 +67,11 @@ fn cosy(text: &str) -> pb::SynthesizeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_endpoint_counts_what_happened() {
-    let double = DashScopeDouble::start(KEY).await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
-    let server = ServeProcess::start_with(
-        "[dashscope]\nretry_base_ms = 10\n",
-        &["--metrics-listen", &metrics],
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    );
+    let double = DashScopeDouble::start(API_KEY).await;
+    let server = Serve::new("[dashscope]\nretry_base_ms = 10\n")
+        .metrics()
+        .double(&double)
+        .start();
     let mut client = server.client().await;
 
     // A miss, then (once the miss is stored, just after its stream ends) a hit.
@@ -111,7 +79,12 @@ async fn the_metrics_endpoint_counts_what_happened() {
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while value(&parse(&scrape(port).await.1), "herald_cache_entries", &[]) < 1.0 {
+    while value(
+        &parse(&server.scrape().await.1),
+        "herald_cache_entries",
+        &[],
+    ) < 1.0
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the miss was never stored"
@@ -158,7 +131,7 @@ async fn the_metrics_endpoint_counts_what_happened() {
         Code::InvalidArgument
     );
 
-    let (content_type, text) = scrape(port).await;
+    let (content_type, text) = server.scrape().await;
     assert!(
         content_type.starts_with("application/openmetrics-text"),
         "{content_type}"
@@ -260,5 +233,5 @@ async fn the_metrics_endpoint_counts_what_happened() {
         ),
         1.0
     );
-    assert!(!text.contains(KEY));
+    assert!(!text.contains(API_KEY));
 }

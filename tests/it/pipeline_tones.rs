@@ -5,7 +5,6 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::support::*;
 use bytes::Bytes;
 use herald::{
     audio::{AudioSpec, InputEncoding},
@@ -18,6 +17,8 @@ use herald::{
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
+
+use crate::support::*;
 
 const RATES: [u32; 7] = [8_000, 16_000, 22_050, 24_000, 32_000, 44_100, 48_000];
 /// Odd piece size, so headers, samples and frames split anywhere.
@@ -216,30 +217,6 @@ fn tone_request(
     }
 }
 
-fn decode(encoding: Encoding, bytes: &[u8]) -> Vec<f32> {
-    match encoding {
-        Encoding::PcmS16le => s16_to_f32(bytes),
-        Encoding::PcmF32le => f32le_to_f32(bytes),
-        Encoding::Wav => {
-            let mut r =
-                hound::WavReader::new(std::io::Cursor::new(patch_wav_sizes(bytes.to_vec())))
-                    .expect("wav");
-            r.samples::<i16>()
-                .map(|s| f32::from(s.unwrap()) / 32768.0)
-                .collect()
-        }
-        Encoding::Mulaw => bytes
-            .iter()
-            .map(|b| f32::from(herald::audio::encode::ulaw_to_linear(*b)) / 32768.0)
-            .collect(),
-        Encoding::Alaw => bytes
-            .iter()
-            .map(|b| f32::from(herald::audio::encode::alaw_to_linear(*b)) / 32768.0)
-            .collect(),
-        other => panic!("no decoder for {other:?}"),
-    }
-}
-
 #[tokio::test]
 async fn every_rate_pair_keeps_the_tone_and_the_exact_length() {
     let mut d = tone_daemon(None).await;
@@ -283,7 +260,7 @@ async fn every_encoding_round_trips_a_tone() {
             .await
             .expect("synthesize");
             assert_eq!(got.format().encoding, encoding as i32);
-            let all = decode(encoding, &got.bytes());
+            let all = got.samples();
             assert_eq!(
                 all.len(),
                 16_000 * channels as usize,
@@ -406,51 +383,6 @@ async fn audio_streams_before_the_engine_has_finished() {
 }
 
 // === compressed encodings: MP3, Ogg Opus, FLAC ===
-
-/// Decodes MP3 or FLAC bytes with symphonia: (rate, channels, interleaved samples).
-fn symphonia_decode(bytes: Vec<u8>, ext: &str) -> (u32, usize, Vec<f32>) {
-    use symphonia::core::{
-        codecs::audio::AudioDecoderOptions,
-        formats::{FormatOptions, TrackType, probe::Hint},
-        io::MediaSourceStream,
-        meta::MetadataOptions,
-    };
-    let mss = MediaSourceStream::new(Box::new(std::io::Cursor::new(bytes)), Default::default());
-    let mut hint = Hint::new();
-    hint.with_extension(ext);
-    let mut format = symphonia::default::get_probe()
-        .probe(
-            &hint,
-            mss,
-            FormatOptions::default(),
-            MetadataOptions::default(),
-        )
-        .expect("probe");
-    let track = format.default_track(TrackType::Audio).expect("track");
-    let track_id = track.id;
-    let params = track
-        .codec_params
-        .as_ref()
-        .and_then(|p| p.audio())
-        .expect("audio params")
-        .clone();
-    let mut decoder = symphonia::default::get_codecs()
-        .make_audio_decoder(&params, &AudioDecoderOptions::default())
-        .expect("decoder");
-    let (mut rate, mut channels, mut out) = (0, 0, Vec::new());
-    while let Ok(Some(packet)) = format.next_packet() {
-        if packet.track_id != track_id {
-            continue;
-        }
-        let decoded = decoder.decode(&packet).expect("decode");
-        rate = decoded.spec().rate();
-        channels = decoded.spec().channels().count();
-        let mut v = Vec::new();
-        decoded.copy_to_vec_interleaved::<f32>(&mut v);
-        out.extend(v);
-    }
-    (rate, channels, out)
-}
 
 /// Decodes Ogg Opus with libopus at 48 kHz, honouring pre-skip and the final granule position:
 /// (input rate from OpusHead, channels, interleaved samples at 48 kHz).

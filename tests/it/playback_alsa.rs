@@ -1,16 +1,16 @@
 //! The cpal sink through real alsa-lib with no sound card: ALSA's `file` plugin over `null`
-//! captures what a stream plays (see `support/alsa.rs`). Each test that needs the sandbox runs
+//! captures what a stream plays (see `support::alsa`). Each test that needs the sandbox runs
 //! in a child process (`alsa::run`), as alsa-lib takes its configuration from the environment.
 
 use std::{f32::consts::TAU, time::Duration};
-
-use crate::support::alsa;
 
 use herald::playback::{
     PlaybackSettings, Registry, Sink, SinkFactory,
     cpal_sink::{self, COMMON_RATES, CpalSink},
 };
 use rustfft::{FftPlanner, num_complex::Complex};
+
+use crate::support::alsa;
 
 const RATE: u32 = 48000;
 /// Frames per write: the 20 ms blocks herald's device task writes.
@@ -57,37 +57,58 @@ fn listing_the_real_devices_never_panics() {
 
 #[test]
 fn the_sandbox_devices_are_listed() {
-    alsa::run("sandboxed::the_sandbox_devices_are_listed");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::the_sandbox_devices_are_listed"
+    ));
 }
 
 #[test]
 fn a_tone_plays_out_exactly_through_the_file_plugin() {
-    alsa::run("sandboxed::a_tone_plays_out_exactly_through_the_file_plugin");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::a_tone_plays_out_exactly_through_the_file_plugin"
+    ));
 }
 
 #[test]
 fn a_paused_unpaced_device_stops_spinning() {
-    alsa::run("sandboxed::a_paused_unpaced_device_stops_spinning");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::a_paused_unpaced_device_stops_spinning"
+    ));
 }
 
 #[test]
 fn a_discard_drops_what_has_not_played() {
-    alsa::run("sandboxed::a_discard_drops_what_has_not_played");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::a_discard_drops_what_has_not_played"
+    ));
 }
 
 #[test]
 fn a_device_without_f32_gets_i16() {
-    alsa::run("sandboxed::a_device_without_f32_gets_i16");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::a_device_without_f32_gets_i16"
+    ));
 }
 
 #[test]
 fn a_device_failing_mid_play_fails_the_write_and_reopens() {
-    alsa::run("sandboxed::a_device_failing_mid_play_fails_the_write_and_reopens");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::a_device_failing_mid_play_fails_the_write_and_reopens"
+    ));
 }
 
 #[test]
 fn default_is_the_default_pcm() {
-    alsa::run("sandboxed::default_is_the_default_pcm");
+    alsa::run(concat!(
+        module_path!(),
+        "::sandboxed::default_is_the_default_pcm"
+    ));
 }
 
 /// Interleaved stereo: `freq` Hz at 0.5 on the left and 0.25 on the right (so a swap of the

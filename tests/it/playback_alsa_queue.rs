@@ -1,6 +1,6 @@
 //! The announcement queue end to end on the real output path: `herald serve` (the binary)
 //! playing through cpal → alsa-lib onto a device paced at real time like a sound card (ALSA's
-//! `file` plugin into a FIFO drained at the stream's byte rate; see `support/alsa.rs`), driven
+//! `file` plugin into a FIFO drained at the stream's byte rate; see `support::alsa`), driven
 //! through gRPC `Speak`. The assertions are on what the device played.
 //!
 //! Audio comes from the fake DashScope server: a tone whose frequency the text picks
@@ -8,12 +8,10 @@
 
 use std::time::Duration;
 
-use crate::support::alsa::PacedDevice;
-use crate::support::dashscope::DashScopeDouble;
-use crate::support::*;
 use herald::pb::{self, speak_event::Event as E};
 
-const KEY: &str = "sk-alsa-queue-test-0123456789";
+use crate::support::{alsa::PacedDevice, dashscope::DashScopeDouble, *};
+
 /// What herald opens the file-over-null device at: 48 kHz stereo f32.
 const RATE: u32 = 48000;
 const CHANNELS: usize = 2;
@@ -26,23 +24,18 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let double = DashScopeDouble::start(KEY).await;
+    let double = DashScopeDouble::start(API_KEY).await;
     let device = PacedDevice::start(RATE * CHANNELS as u32 * 4);
     let home = device.home().display().to_string();
     let toml = format!(
         "[playback]\ndevice = \"{}\"\npause_ms = {PAUSE_MS}\n",
         PacedDevice::DEVICE
     );
-    let server = ServeProcess::start_with(
-        &toml,
-        &[],
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-            ("HOME", &home),
-            ("XDG_CONFIG_HOME", &format!("{home}/.config")),
-        ],
-    );
+    let server = Serve::new(&toml)
+        .double(&double)
+        .env("HOME", &home)
+        .env("XDG_CONFIG_HOME", &format!("{home}/.config"))
+        .start();
     Setup {
         device,
         server,

@@ -5,12 +5,11 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::support::dashscope::DashScopeDouble;
-use crate::support::*;
 use herald::pb::{self, speak_event::Event as E};
 use tonic::Code;
 
-const KEY: &str = "sk-playback-test-0123456789";
+use crate::support::{dashscope::DashScopeDouble, *};
+
 const RATE: u32 = 16000;
 
 struct Setup {
@@ -21,21 +20,13 @@ struct Setup {
 }
 
 async fn setup(extra: &str) -> Setup {
-    let double = DashScopeDouble::start(KEY).await;
     let dir = tempfile::tempdir().unwrap();
     let wav = dir.path().join("played.wav");
     let toml = format!(
         "[playback]\ndevice = \"wav\"\nwav_path = \"{}\"\nwav_sample_rate = {RATE}\npause_ms = 100\n{extra}",
         wav.display()
     );
-    let daemon = spawn_daemon_config(
-        &toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-        ],
-    )
-    .await;
+    let (double, daemon) = spawn_daemon_with_double(&toml).await;
     Setup {
         double: Some(double),
         daemon,

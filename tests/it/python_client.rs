@@ -4,25 +4,14 @@
 //! Needs a Python with grpcio and grpcio-tools: `$HERALD_TEST_PYTHON` (set by `.ci/test`),
 //! else `./.venv/bin/python` (created by `.ci/setup`). Without one the test fails and says so.
 
-use std::{path::PathBuf, process::Command};
+use std::process::Command;
 
-use crate::support::*;
 use serde_json::Value;
 
-fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("HERALD_TEST_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let venv = PathBuf::from(".venv/bin/python");
-    assert!(
-        venv.exists(),
-        "no Python with grpcio: run `bash .ci/setup` (creates .venv) or set HERALD_TEST_PYTHON"
-    );
-    venv
-}
+use crate::support::{python::python_with_grpc, *};
 
 fn run_say(server: &ServeProcess, args: &[&str]) -> Value {
-    let out = Command::new(python())
+    let out = Command::new(python_with_grpc())
         .arg("examples/python/say.py")
         .arg("--socket")
         .arg(&server.socket)
@@ -107,7 +96,7 @@ fn python_client_synthesizes_and_lists_voices() {
     assert!(rms(&data) > 0.02);
 
     // Errors reach Python as gRPC statuses.
-    let out = Command::new(python())
+    let out = Command::new(python_with_grpc())
         .arg("examples/python/say.py")
         .arg("--socket")
         .arg(&server.socket)

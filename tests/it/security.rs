@@ -2,9 +2,8 @@
 //! open), unix sockets guarded by mode and group, TLS with a generated certificate, and the
 //! configurations herald refuses to start with.
 
-use std::{os::unix::fs::MetadataExt, process::Command, time::Duration};
+use std::{net::SocketAddr, os::unix::fs::MetadataExt, process::Command, time::Duration};
 
-use crate::support::*;
 use futures::StreamExt;
 use herald::pb::{self, audio_format::Encoding, speech_client::SpeechClient};
 use tonic::{
@@ -12,20 +11,14 @@ use tonic::{
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
 
+use crate::support::*;
+
 const TOKEN: &str = "test-token-3f9a1c7e5b2d4f6a8c0e";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn tcp_channel(port: u16) -> Channel {
+async fn tcp_channel(addr: SocketAddr) -> Channel {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        match Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+        match Endpoint::from_shared(format!("http://{addr}"))
             .unwrap()
             .connect()
             .await
@@ -73,14 +66,11 @@ async fn speak(ch: &Channel, token: Option<&str>) -> Result<Vec<f32>, tonic::Sta
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_needs_the_bearer_token_and_health_does_not() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let server = ServeProcess::start_with(
-        "# defaults\n",
-        &["--listen", &listen],
-        &[("HERALD_AUTH_TOKEN", TOKEN)],
-    );
-    let ch = tcp_channel(port).await;
+    let server = Serve::new("# defaults\n")
+        .tcp()
+        .env("HERALD_AUTH_TOKEN", TOKEN)
+        .start();
+    let ch = tcp_channel(server.tcp()).await;
 
     let e = speak(&ch, None).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
@@ -143,23 +133,21 @@ async fn tls_with_a_generated_certificate() {
         .output()
         .expect("openssl");
     assert!(out.status.success(), "{out:?}");
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let toml = format!(
         "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),
         key.display()
     );
-    let _server = ServeProcess::start_with(
-        &toml,
-        &["--listen", &listen],
-        &[("HERALD_AUTH_TOKEN", TOKEN)],
-    );
+    let server = Serve::new(&toml)
+        .tcp()
+        .env("HERALD_AUTH_TOKEN", TOKEN)
+        .start();
+    let addr = server.tcp();
 
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(std::fs::read(&cert).unwrap()))
         .domain_name("localhost");
-    let endpoint = Endpoint::from_shared(format!("https://127.0.0.1:{port}"))
+    let endpoint = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
         .tls_config(tls)
         .unwrap();
@@ -177,7 +165,7 @@ async fn tls_with_a_generated_certificate() {
     assert!(x.len() > 8000 && voiced_fraction(&x, 16000) > 0.3);
 
     // Plaintext HTTP/2 to the TLS port fails.
-    let plain = tcp_channel(port).await;
+    let plain = tcp_channel(addr).await;
     assert!(speak(&plain, Some(TOKEN)).await.is_err());
 }
 
@@ -231,7 +219,7 @@ fn the_socket_gets_the_configured_group() {
         eprintln!("skipped: changing a file's group to another group needs root here");
         return;
     }
-    let server = ServeProcess::start_with("[server]\nsocket_group = \"nogroup\"\n", &[], &[]);
+    let server = Serve::new("[server]\nsocket_group = \"nogroup\"\n").start();
     let meta = std::fs::metadata(&server.socket).unwrap();
     assert_eq!(meta.gid(), 65534, "nogroup");
     assert_eq!(meta.mode() & 0o777, 0o660);
@@ -239,22 +227,14 @@ fn the_socket_gets_the_configured_group() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_carry_request_ids_and_no_secret() {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
     let api_key = "sk-never-logged-0123456789abcdef";
-    let server = ServeProcess::start_logged(
-        "# defaults\n",
-        &[
-            "--listen",
-            &listen,
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-        ],
-        &[("HERALD_AUTH_TOKEN", TOKEN), ("DASHSCOPE_API_KEY", api_key)],
-    );
-    let ch = tcp_channel(port).await;
+    let server = Serve::new("# defaults\n")
+        .tcp()
+        .args(&["--log-format", "json", "--log-level", "debug"])
+        .env("HERALD_AUTH_TOKEN", TOKEN)
+        .env("DASHSCOPE_API_KEY", api_key)
+        .start();
+    let ch = tcp_channel(server.tcp()).await;
     speak(&ch, Some(TOKEN)).await.expect("right token");
     assert!(
         speak(&ch, Some("wrong-token-0000000000000000"))

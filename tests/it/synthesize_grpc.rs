@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use herald::pb::{self, audio_format::Encoding};
 use tonic::Code;
+
+use crate::support::*;
 
 const PHRASE: &str = "Hello world, this is herald speaking from the test suite.";
 
@@ -203,9 +204,18 @@ async fn volume_scales_the_audio() {
 
 #[tokio::test]
 async fn every_validation_rule_names_the_field_and_the_daemon_keeps_serving() {
+    use Encoding::{Flac, Mp3, OggOpus, PcmS16le, Wav};
+    const MP3_RATES: &str = "8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000";
+    const MP3_BITRATES: &str = "8000, 16000, 24000, 32000, 40000, 48000, 64000";
     let daemon = spawn_daemon_with(&[("HERALD_MAX_TEXT_CHARS", "50")]).await;
     let mut client = daemon.client().await;
     let good = || request("Short and fine.", Encoding::PcmS16le, 0, 0);
+    // A good request changed by `change`.
+    let bad = |change: fn(&mut pb::SynthesizeRequest)| {
+        let mut req = good();
+        change(&mut req);
+        req
+    };
     let fmt = |encoding: Encoding, rate: u32, channels: u32| pb::SynthesizeRequest {
         format: Some(pb::AudioFormat {
             encoding: encoding as i32,
@@ -214,196 +224,51 @@ async fn every_validation_rule_names_the_field_and_the_daemon_keeps_serving() {
         }),
         ..good()
     };
-    let cases: Vec<(pb::SynthesizeRequest, &str, &str)> = vec![
-        (
-            pb::SynthesizeRequest {
-                text: String::new(),
-                ..good()
-            },
-            "text",
-            "empty",
-        ),
-        (
-            pb::SynthesizeRequest {
-                text: "  \n ".into(),
-                ..good()
-            },
-            "text",
-            "empty",
-        ),
-        (
-            pb::SynthesizeRequest {
-                text: "x".repeat(51),
-                ..good()
-            },
-            "text",
-            "50",
-        ),
-        (
-            pb::SynthesizeRequest {
-                model: "no-such-model".into(),
-                ..good()
-            },
-            "model",
-            "no-such-model",
-        ),
-        (
-            pb::SynthesizeRequest {
-                voice: "xx-nonexistent".into(),
-                ..good()
-            },
-            "voice",
-            "xx-nonexistent",
-        ),
-        (
-            fmt(Encoding::PcmS16le, 7_999, 1),
-            "format.sample_rate_hz",
-            "8000..=48000",
-        ),
-        (
-            fmt(Encoding::PcmS16le, 96_000, 1),
-            "format.sample_rate_hz",
-            "8000..=48000",
-        ),
-        (
-            fmt(Encoding::PcmS16le, 16_000, 3),
-            "format.channels",
-            "1..=2",
-        ),
-        (
-            fmt(Encoding::Mp3, 44_000, 1),
-            "format.sample_rate_hz",
-            "8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000",
-        ),
-        (
-            pb::SynthesizeRequest {
-                bitrate_bps: 128_000,
-                ..fmt(Encoding::Mp3, 8_000, 1)
-            },
-            "bitrate_bps",
-            "8000, 16000, 24000, 32000, 40000, 48000, 64000",
-        ),
-        (
-            pb::SynthesizeRequest {
-                bitrate_bps: 1_000_000,
-                ..fmt(Encoding::OggOpus, 16_000, 1)
-            },
-            "bitrate_bps",
-            "6000..=510000",
-        ),
-        (
-            pb::SynthesizeRequest {
-                bitrate_bps: 64_000,
-                ..fmt(Encoding::Wav, 16_000, 1)
-            },
-            "bitrate_bps",
-            "WAV",
-        ),
-        (
-            pb::SynthesizeRequest {
-                bits_per_sample: 20,
-                ..fmt(Encoding::Flac, 16_000, 1)
-            },
-            "bits_per_sample",
-            "16, 24",
-        ),
-        (
-            pb::SynthesizeRequest {
-                bits_per_sample: 24,
-                ..fmt(Encoding::Mp3, 16_000, 1)
-            },
-            "bits_per_sample",
-            "MP3",
-        ),
-        (
-            pb::SynthesizeRequest {
-                format: Some(pb::AudioFormat {
-                    encoding: 99,
-                    sample_rate_hz: 0,
-                    channels: 0,
-                }),
-                ..good()
-            },
-            "format.encoding",
-            "99",
-        ),
-        (
-            pb::SynthesizeRequest {
-                chunk_ms: 9,
-                ..good()
-            },
-            "chunk_ms",
-            "10..=1000",
-        ),
-        (
-            pb::SynthesizeRequest {
-                chunk_ms: 1001,
-                ..good()
-            },
-            "chunk_ms",
-            "10..=1000",
-        ),
-        (
-            pb::SynthesizeRequest {
-                speed: 3.0,
-                ..good()
-            },
-            "speed",
-            "0.5..=2",
-        ),
-        (
-            pb::SynthesizeRequest {
-                pitch: f32::NAN,
-                ..good()
-            },
-            "pitch",
-            "0.5..=2",
-        ),
-        (
-            pb::SynthesizeRequest {
-                volume: -1.0,
-                ..good()
-            },
-            "volume",
-            "4",
-        ),
-        (
-            pb::SynthesizeRequest {
-                language: "en us!".into(),
-                ..good()
-            },
-            "language",
-            "BCP-47",
-        ),
-        (
-            pb::SynthesizeRequest {
-                instructions: "i".repeat(1001),
-                ..good()
-            },
-            "instructions",
-            "1000",
-        ),
-        (
-            pb::SynthesizeRequest {
-                request_id: "r".repeat(129),
-                ..good()
-            },
-            "request_id",
-            "128",
-        ),
+    let bitrate = |bitrate_bps, req| pb::SynthesizeRequest { bitrate_bps, ..req };
+    let bits = |bits_per_sample, req| pb::SynthesizeRequest {
+        bits_per_sample,
+        ..req
+    };
+    // name, (request, the field its message starts with, a word of the limit)
+    #[rustfmt::skip]
+    let rows: [(&str, (pb::SynthesizeRequest, &str, &str)); 23] = [
+        ("empty text",          (bad(|r| r.text = String::new()),                   "text",                  "empty")),
+        ("blank text",          (bad(|r| r.text = "  \n ".into()),                  "text",                  "empty")),
+        ("text over the limit", (bad(|r| r.text = "x".repeat(51)),                  "text",                  "50")),
+        ("unknown model",       (bad(|r| r.model = "no-such-model".into()),         "model",                 "no-such-model")),
+        ("unknown voice",       (bad(|r| r.voice = "xx-nonexistent".into()),        "voice",                 "xx-nonexistent")),
+        ("rate too low",        (fmt(PcmS16le, 7_999, 1),                           "format.sample_rate_hz", "8000..=48000")),
+        ("rate too high",       (fmt(PcmS16le, 96_000, 1),                          "format.sample_rate_hz", "8000..=48000")),
+        ("three channels",      (fmt(PcmS16le, 16_000, 3),                          "format.channels",       "1..=2")),
+        ("an MP3 rate",         (fmt(Mp3, 44_000, 1),                               "format.sample_rate_hz", MP3_RATES)),
+        ("an MP3 bitrate",      (bitrate(128_000, fmt(Mp3, 8_000, 1)),              "bitrate_bps",           MP3_BITRATES)),
+        ("an Opus bitrate",     (bitrate(1_000_000, fmt(OggOpus, 16_000, 1)),       "bitrate_bps",           "6000..=510000")),
+        ("a WAV bitrate",       (bitrate(64_000, fmt(Wav, 16_000, 1)),              "bitrate_bps",           "WAV")),
+        ("FLAC bits",           (bits(20, fmt(Flac, 16_000, 1)),                    "bits_per_sample",       "16, 24")),
+        ("MP3 bits",            (bits(24, fmt(Mp3, 16_000, 1)),                     "bits_per_sample",       "MP3")),
+        ("unknown encoding",    (bad(|r| r.format.as_mut().unwrap().encoding = 99), "format.encoding",       "99")),
+        ("chunk too short",     (bad(|r| r.chunk_ms = 9),                           "chunk_ms",              "10..=1000")),
+        ("chunk too long",      (bad(|r| r.chunk_ms = 1001),                        "chunk_ms",              "10..=1000")),
+        ("speed",               (bad(|r| r.speed = 3.0),                            "speed",                 "0.5..=2")),
+        ("pitch",               (bad(|r| r.pitch = f32::NAN),                       "pitch",                 "0.5..=2")),
+        ("volume",              (bad(|r| r.volume = -1.0),                          "volume",                "4")),
+        ("language",            (bad(|r| r.language = "en us!".into()),             "language",              "BCP-47")),
+        ("instructions",        (bad(|r| r.instructions = "i".repeat(1001)),        "instructions",          "1000")),
+        ("request id",          (bad(|r| r.request_id = "r".repeat(129)),           "request_id",            "128")),
     ];
-    for (req, field, limit) in cases {
+    each_row(rows, async |(req, field, limit)| {
         let status = synthesize(&mut client, req).await.expect_err(field);
-        assert_eq!(status.code(), Code::InvalidArgument, "{field}: {status:?}");
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         let msg = status.message();
-        assert!(msg.starts_with(&format!("{field}:")), "{field}: {msg}");
-        assert!(msg.contains(limit), "{field}: {msg}");
+        assert!(msg.starts_with(&format!("{field}:")), "{msg}");
+        assert!(msg.contains(limit), "{msg}");
         // ... and the next good request is served.
         let ok = synthesize(&mut client, good())
             .await
             .expect("good request after a bad one");
         assert!(ok.summary().samples > 0);
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -10,9 +10,10 @@ use std::{
     time::Duration,
 };
 
-use crate::support::*;
 use herald::pb::{self, audio_format::Encoding};
 use tokio::time::Instant;
+
+use crate::support::*;
 
 /// Datagrams received on `sock` until `until` returns true or `timeout` passes.
 fn collect(

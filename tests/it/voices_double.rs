@@ -1,22 +1,22 @@
-//! The fake DashScope's custom-voice endpoint (tests/support/dashscope_custom.rs) checked
-//! against dashscope-custom-voices.md over raw HTTP (every surface: create, list, query, delete,
-//! its errors), and, as the proof that it speaks the real protocol, the official `dashscope`
-//! Python SDK run against it (tests/python/dashscope_voices_check.py): the 1.x
-//! `VoiceEnrollmentService` and the 2.0 `Voices` / `VoiceDesign` resources.
+//! The DashScope double's custom-voice endpoint (`support::dashscope`'s `custom`) checked
+//! against DashScope's custom-voice API as the project's notes describe it, over raw HTTP
+//! (every surface: create, list, query, delete, its errors), and, as the proof that it speaks
+//! the real protocol, the official `dashscope` Python SDK run against it
+//! (tests/python/dashscope_voices_check.py): the 1.x `VoiceEnrollmentService` and the 2.0
+//! `Voices` / `VoiceDesign` resources.
 //!
 //! The SDK test needs a Python with `dashscope` (pinned in `.ci/setup`): `$HERALD_TEST_PYTHON`,
 //! else `./.venv/bin/python`. Without either it is skipped, unless `CI` is set: then it fails.
 
-use std::{path::PathBuf, time::Duration};
-
-use crate::support::dashscope::*;
 use base64::Engine as _;
 use rustfft::{FftPlanner, num_complex::Complex};
 use serde_json::{Value, json};
 
-const KEY: &str = "sk-fake-voices-0123456789abcdef";
-/// The `dashscope` version `.ci/setup` pins.
-const PINNED_SDK: &str = "2.0.2";
+use crate::support::{
+    API_KEY,
+    dashscope::*,
+    python::{python_with_dashscope, run_sdk_check},
+};
 
 async fn call(ds: &DashScopeDouble, body: Value) -> (u16, Value) {
     let r = reqwest::Client::new()
@@ -24,7 +24,7 @@ async fn call(ds: &DashScopeDouble, body: Value) -> (u16, Value) {
             "{}/services/audio/tts/customization",
             ds.base_url()
         ))
-        .bearer_auth(KEY)
+        .bearer_auth(API_KEY)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -88,7 +88,7 @@ fn silent_wav_uri(rate: u32, seconds: u32) -> String {
 
 #[tokio::test]
 async fn voice_enrollment_create_poll_list_update_delete() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.set_custom_options(CustomOptions {
         deploying_polls: 2,
         ..CustomOptions::default()
@@ -178,7 +178,7 @@ async fn voice_enrollment_create_poll_list_update_delete() {
 
 #[tokio::test]
 async fn qwen_surfaces_create_list_query_delete() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let (st, v) = call(
         &ds,
         json!({"model": "qwen-voice-enrollment", "input": {
@@ -267,7 +267,7 @@ async fn qwen_surfaces_create_list_query_delete() {
 
 #[tokio::test]
 async fn customization_errors() {
-    let ds = DashScopeDouble::start(KEY).await;
+    let ds = DashScopeDouble::start(API_KEY).await;
     let e = |v: &Value| v["code"].as_str().unwrap_or("").to_owned();
     let clone = |url: &str| {
         json!({"model": "voice-enrollment", "input": {
@@ -317,33 +317,12 @@ async fn customization_errors() {
     ds.stop().await;
 }
 
-/// The Python to run, or `None` to skip (only when neither `HERALD_TEST_PYTHON` nor `CI` is set
-/// and `./.venv` has no `dashscope`).
-fn python() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HERALD_TEST_PYTHON") {
-        return Some(PathBuf::from(p));
-    }
-    let venv = PathBuf::from(".venv/bin/python");
-    let usable = venv.exists()
-        && std::process::Command::new(&venv)
-            .args(["-c", "import dashscope"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if usable {
-        return Some(venv);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "CI is set but there is no Python with dashscope: set HERALD_TEST_PYTHON or run `bash .ci/setup`"
-    );
-    eprintln!("skipping the dashscope SDK check: run `bash .ci/setup` to create .venv");
-    None
-}
-
 #[tokio::test]
 async fn official_python_sdk_manages_voices_on_the_double() {
-    let Some(py) = python() else { return };
-    let ds = DashScopeDouble::start(KEY).await;
+    let Some(py) = python_with_dashscope() else {
+        return;
+    };
+    let ds = DashScopeDouble::start(API_KEY).await;
     ds.push_fault(
         Fault::once(FaultKind::HttpError {
             status: 400,
@@ -352,31 +331,7 @@ async fn official_python_sdk_manages_voices_on_the_double() {
         })
         .for_model("qwen-voice-design"),
     );
-    let child = tokio::process::Command::new(&py)
-        .arg("tests/python/dashscope_voices_check.py")
-        .env("DASHSCOPE_HTTP_BASE_URL", ds.base_url())
-        .env("DASHSCOPE_API_KEY", KEY)
-        .env("NO_PROXY", "127.0.0.1,localhost")
-        .env("no_proxy", "127.0.0.1,localhost")
-        .env_remove("DASHSCOPE_API_KEY_FILE_PATH")
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), child)
-        .await
-        .expect("the SDK check finishes within 120 s")
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let summary: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("no JSON summary ({e}):\n{stdout}\n{stderr}"));
-    assert_eq!(
-        summary["failures"],
-        json!([]),
-        "the SDK disagrees with the double:\n{stderr}"
-    );
-    assert!(out.status.success());
-    assert_eq!(summary["sdk_version"], PINNED_SDK);
-    let c = &summary["checks"];
+    let c = run_sdk_check(&py, "dashscope_voices_check.py", &ds).await;
 
     let e = &c["enrollment_1x"];
     assert_eq!(e["statuses"], json!(["DEPLOYING", "OK"]));

@@ -1,4 +1,4 @@
-//! Custom voices through gRPC against the fake DashScope (tests/support/dashscope_custom.rs):
+//! Custom voices through gRPC against the DashScope double (its custom-voice endpoint):
 //! clone then synthesize with the new voice (its own tone from the double), design then fetch
 //! the preview, a voice used with the wrong model refused before any upstream call, delete then
 //! synthesize refused, the registry surviving a daemon restart, the ListVoices merge, and each
@@ -6,15 +6,14 @@
 
 use std::time::Duration;
 
-use crate::support::dashscope::*;
-use crate::support::*;
 use base64::Engine as _;
 use herald::pb::{
     self, audio_format::Encoding, create_voice_request::Source, custom_voice::Status as VStatus,
+    speech_client::SpeechClient,
 };
-use tonic::Code;
+use tonic::{Code, transport::Channel};
 
-const KEY: &str = "sk-test-voices-0123456789abcdef0123";
+use crate::support::{dashscope::*, *};
 
 struct Setup {
     double: DashScopeDouble,
@@ -23,22 +22,17 @@ struct Setup {
 }
 
 async fn start_daemon(double: &DashScopeDouble, state: &std::path::Path) -> TestDaemon {
-    let toml = "[dashscope]\nretry_base_ms = 10\nidle_timeout_ms = 1000\nfirst_event_timeout_ms = 1000\n\
-                [cache]\nenabled = false\n[fallback]\nchain = []\n\
-                [voices]\npoll_initial_ms = 20\npoll_max_ms = 40\n";
-    spawn_daemon_config(
-        toml,
-        &[
-            ("DASHSCOPE_API_KEY", KEY),
-            ("DASHSCOPE_HTTP_BASE_URL", &double.base_url()),
-            ("STATE_DIRECTORY", &state.display().to_string()),
-        ],
-    )
-    .await
+    let toml = layered(&[
+        FAST_UPSTREAM,
+        ENGINES_ONLY,
+        "[voices]\npoll_initial_ms = 20\npoll_max_ms = 40\n",
+    ]);
+    let state = state.display().to_string();
+    spawn_daemon_against(double, &toml, &[("STATE_DIRECTORY", &state)]).await
 }
 
 async fn setup() -> Setup {
-    let double = DashScopeDouble::start(KEY).await;
+    let double = DashScopeDouble::start(API_KEY).await;
     let state = tempfile::tempdir().expect("state dir");
     let daemon = start_daemon(&double, state.path()).await;
     Setup {
@@ -444,7 +438,7 @@ async fn list_voices_merges_the_registry_with_upstream_listings() {
             "{}/services/audio/tts/customization",
             s.double.base_url()
         ))
-        .bearer_auth(KEY)
+        .bearer_auth(API_KEY)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -533,75 +527,25 @@ async fn qwen_clones_get_a_mono_sample_and_surface_the_fallback_warning() {
     s.daemon.stop().await.unwrap();
 }
 
+/// A create the daemon refuses: the request, the status, and words its message holds.
+type Refused = (pb::CreateVoiceRequest, Code, &'static [&'static str]);
+
+async fn assert_refused(client: &mut SpeechClient<Channel>, (req, code, words): Refused) {
+    let e = client.create_voice(req).await.expect_err("an error");
+    assert_eq!(e.code(), code, "{}", e.message());
+    for w in words {
+        assert!(e.message().contains(w), "{w:?} not in {:?}", e.message());
+    }
+}
+
 #[tokio::test]
 async fn each_error_is_mapped() {
+    use Code::{FailedPrecondition, InvalidArgument, ResourceExhausted, Unavailable};
     let s = setup().await;
     let mut client = s.daemon.client().await;
     let good = || wav(16000, 1, 6.0, 0.5);
-    let expect =
-        |r: Result<tonic::Response<pb::CustomVoice>, tonic::Status>, code: Code, words: &[&str]| {
-            let e = r.expect_err("an error");
-            assert_eq!(e.code(), code, "{}", e.message());
-            for w in words {
-                assert!(e.message().contains(w), "{w:?} not in {:?}", e.message());
-            }
-        };
-    // Local checks: nothing reaches upstream.
-    expect(
-        client
-            .create_voice(clone_req(
-                "cosyvoice-v3-flash",
-                "short",
-                wav(16000, 1, 1.0, 0.5),
-                false,
-            ))
-            .await,
-        Code::InvalidArgument,
-        &["clone.audio", "minimum of 5 s"],
-    );
-    expect(
-        client
-            .create_voice(clone_req(
-                "cosyvoice-v3-flash",
-                "lowrate",
-                wav(8000, 1, 5.0, 0.5),
-                false,
-            ))
-            .await,
-        Code::InvalidArgument,
-        &["clone.audio", "16000 Hz"],
-    );
-    expect(
-        client
-            .create_voice(clone_req(
-                "cosyvoice-v3-flash",
-                "ogg",
-                b"OggS0000000000000".to_vec(),
-                false,
-            ))
-            .await,
-        Code::InvalidArgument,
-        &["clone.audio", "WAV, MP3 or M4A"],
-    );
-    expect(
-        client
-            .create_voice(clone_req("cosyvoice-v3-flash", "Upper", good(), false))
-            .await,
-        Code::InvalidArgument,
-        &["name", "1..=9 lowercase"],
-    );
-    expect(
-        client
-            .create_voice(clone_req("qwen3-tts-flash", "x", good(), false))
-            .await,
-        Code::InvalidArgument,
-        &["target_model", "qwen3-tts-vc-2026-01-22"],
-    );
-    expect(
-        client.create_voice(design_req("cosyvoice-v2", "x")).await,
-        Code::InvalidArgument,
-        &["target_model", "cannot design"],
-    );
+    let cosy_clone =
+        |name: &str, sample: Vec<u8>| clone_req("cosyvoice-v3-flash", name, sample, false);
     let long = pb::CreateVoiceRequest {
         source: Some(Source::Design(pb::DesignSource {
             description: "x".repeat(501),
@@ -609,88 +553,69 @@ async fn each_error_is_mapped() {
         })),
         ..design_req("cosyvoice-v3-flash", "long")
     };
-    expect(
-        client.create_voice(long).await,
-        Code::InvalidArgument,
-        &["design.description", "500"],
-    );
+    // Local checks: nothing reaches upstream.
+    // name, (request, status, words of the message)
+    #[rustfmt::skip]
+    let local: [(&str, Refused); 7] = [
+        ("a sample under 5 s",           (cosy_clone("short", wav(16000, 1, 1.0, 0.5)),     InvalidArgument, &["clone.audio", "minimum of 5 s"])),
+        ("a sample under 16 kHz",        (cosy_clone("lowrate", wav(8000, 1, 5.0, 0.5)),    InvalidArgument, &["clone.audio", "16000 Hz"])),
+        ("an Ogg sample",                (cosy_clone("ogg", b"OggS0000000000000".to_vec()), InvalidArgument, &["clone.audio", "WAV, MP3 or M4A"])),
+        ("an upper-case name",           (cosy_clone("Upper", good()),                      InvalidArgument, &["name", "1..=9 lowercase"])),
+        ("a model that does not clone",  (clone_req("qwen3-tts-flash", "x", good(), false), InvalidArgument, &["target_model", "qwen3-tts-vc-2026-01-22"])),
+        ("a model that does not design", (design_req("cosyvoice-v2", "x"),                  InvalidArgument, &["target_model", "cannot design"])),
+        ("a long description",           (long,                                             InvalidArgument, &["design.description", "500"])),
+    ];
+    each_row(local, async |refused| {
+        assert_refused(&mut client, refused).await
+    })
+    .await;
     assert!(
         s.double.customization_requests().is_empty(),
         "refused locally"
     );
 
-    // Upstream's own codes.
-    expect(
-        client
-            .create_voice(clone_req(
-                "cosyvoice-v3-flash",
-                "silent",
-                wav(16000, 1, 6.0, 0.0),
-                false,
-            ))
-            .await,
-        Code::InvalidArgument,
-        &[
-            "sample audio",
-            "Audio.AudioSilentError",
-            "Silent file unsupported.",
-        ],
-    );
-    s.double.set_custom_options(CustomOptions {
+    // Upstream's own codes, with the endpoint's knobs and the fault each row scripts.
+    let defaults = CustomOptions::default;
+    let quota_0 = || CustomOptions {
         quota: 0,
         ..CustomOptions::default()
-    });
-    expect(
-        client
-            .create_voice(clone_req("cosyvoice-v3-flash", "full", good(), false))
-            .await,
-        Code::ResourceExhausted,
-        &["quota", "Throttling.AllocationQuota", "delete"],
-    );
-    expect(
-        client
-            .create_voice(design_req("qwen3-tts-vd-2026-01-26", "full"))
-            .await,
-        Code::ResourceExhausted,
-        &["Maximum voice storage limit exceeded"],
-    );
-    s.double.set_custom_options(CustomOptions::default());
-    for (status, code, want) in [
-        (401, "InvalidApiKey", Code::FailedPrecondition),
-        (429, "Throttling.RateQuota", Code::ResourceExhausted),
-        (503, "ServiceUnavailable", Code::Unavailable),
-    ] {
-        s.double.push_fault(
-            Fault::once(FaultKind::HttpError {
-                status,
-                code: code.into(),
-                message: "scripted".into(),
-            })
-            .for_model("voice-enrollment"),
-        );
-        expect(
-            client
-                .create_voice(url_req("cosyvoice-v3-flash", "fault"))
-                .await,
-            want,
-            &[code],
-        );
-    }
+    };
+    let fault = |status, code: &str| {
+        let kind = FaultKind::HttpError {
+            status,
+            code: code.into(),
+            message: "scripted".into(),
+        };
+        Some(Fault::once(kind).for_model("voice-enrollment"))
+    };
     // A 200 body with a code is an error too (never retried: creates consume quota).
-    s.double.push_fault(
+    let ok_with_code = Some(
         Fault::once(FaultKind::OkWithCode {
             code: "Throttling.AllocationQuota".into(),
             message: "quota in a 200".into(),
         })
         .for_model("qwen-voice-design"),
     );
-    expect(
-        client
-            .create_voice(design_req("qwen3-tts-vd-2026-01-26", "okcode"))
-            .await,
-        Code::ResourceExhausted,
-        &["quota in a 200"],
-    );
+    let by_url = || url_req("cosyvoice-v3-flash", "fault");
+    // name, (knobs, fault, (request, status, words of the message))
+    #[rustfmt::skip]
+    let upstream: [(&str, (CustomOptions, Option<Fault>, Refused)); 7] = [
+        ("a silent sample",       (defaults(), None,                               (cosy_clone("silent", wav(16000, 1, 6.0, 0.0)),   InvalidArgument,    &["sample audio", "Audio.AudioSilentError", "Silent file unsupported."]))),
+        ("the CosyVoice quota",   (quota_0(),  None,                               (cosy_clone("full", good()),                      ResourceExhausted,  &["quota", "Throttling.AllocationQuota", "delete"]))),
+        ("the Qwen design quota", (quota_0(),  None,                               (design_req("qwen3-tts-vd-2026-01-26", "full"),   ResourceExhausted,  &["Maximum voice storage limit exceeded"]))),
+        ("401",                   (defaults(), fault(401, "InvalidApiKey"),        (by_url(),                                        FailedPrecondition, &["InvalidApiKey"]))),
+        ("429",                   (defaults(), fault(429, "Throttling.RateQuota"), (by_url(),                                        ResourceExhausted,  &["Throttling.RateQuota"]))),
+        ("503",                   (defaults(), fault(503, "ServiceUnavailable"),   (by_url(),                                        Unavailable,        &["ServiceUnavailable"]))),
+        ("200 with a code",       (defaults(), ok_with_code,                       (design_req("qwen3-tts-vd-2026-01-26", "okcode"), ResourceExhausted,  &["quota in a 200"]))),
+    ];
+    each_row(upstream, async |(options, fault, refused)| {
+        s.double.set_custom_options(options);
+        if let Some(fault) = fault {
+            s.double.push_fault(fault);
+        }
+        assert_refused(&mut client, refused).await;
+    })
+    .await;
     let creates = s
         .double
         .customization_requests()

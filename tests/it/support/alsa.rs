@@ -17,16 +17,14 @@
 //! between the writes.
 //!
 //! alsa-lib reads its configuration from the environment (`HOME` for `~/.asoundrc`), which a
-//! test cannot change for its own process (`set_var` is unsafe and banned here). So each ALSA
-//! test runs in a child: the parent test calls [`run`], which re-executes this test binary with
-//! `HOME` pointing at a new sandbox and runs one `#[ignore]`d test in it; that test finds the
-//! sandbox with [`Sandbox::from_env`].
-#![allow(dead_code)]
+//! test cannot change for its own process (`set_var` is unsafe and banned here, and the tests
+//! share one process). So each ALSA test runs in a child: the parent test calls [`run`], which
+//! re-executes this test binary with `HOME` pointing at a new sandbox and runs one `#[ignore]`d
+//! test in it; that test finds the sandbox with [`Sandbox::from_env`].
 
-use std::{
-    path::{Path, PathBuf},
-    process::Command,
-};
+use std::path::{Path, PathBuf};
+
+use super::process::run_test_in_child;
 
 /// Names the sandbox directory in the child's environment.
 const SANDBOX_ENV: &str = "HERALD_TEST_ALSA_SANDBOX";
@@ -111,12 +109,13 @@ pcm.tofile16 {{
     )
 }
 
-/// Run the `#[ignore]`d test `name` (its full path, e.g. `sandboxed::plays_a_tone`) of this
-/// test binary in a child process inside a new sandbox, and fail if it fails.
+/// Run the `#[ignore]`d test `path` (`module_path!()` of its module, then its name, e.g.
+/// `concat!(module_path!(), "::sandboxed::plays_a_tone")`) of this test binary in a child
+/// process inside a new sandbox, and fail if it fails.
 ///
 /// The sandbox lives in `/dev/shm` when there is one: the unpaced plugins write silence at
 /// hundreds of MB/s while a stream runs.
-pub fn run(name: &str) {
+pub fn run(path: &str) {
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
         tempfile::Builder::new()
@@ -127,37 +126,13 @@ pub fn run(name: &str) {
     }
     .expect("a temp dir for the ALSA sandbox");
     std::fs::write(dir.path().join(".asoundrc"), asoundrc(dir.path())).expect("write .asoundrc");
-    let exe = std::env::current_exe().expect("the test binary");
-    let output = Command::new(exe)
-        .args([
-            name,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(SANDBOX_ENV, dir.path())
-        // alsa.conf reads ~/.asoundrc and $XDG_CONFIG_HOME/alsa/asoundrc.
-        .env("HOME", dir.path())
-        .env("XDG_CONFIG_HOME", dir.path().join(".config"))
-        .env_remove("ALSA_CONFIG_PATH")
-        .output()
-        .expect("run the test binary");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    // Shown with --nocapture (the numbers the child measured), and on failure; alsa-lib's
-    // complaints on stderr can be long, so only their end.
-    let tail = stderr
-        .char_indices()
-        .rev()
-        .nth(4000)
-        .map_or(&*stderr, |(i, _)| &stderr[i..]);
-    println!("--- {name} in the ALSA sandbox: stdout ---\n{stdout}--- stderr (end) ---\n{tail}");
-    assert!(output.status.success(), "{name} failed in the ALSA sandbox");
-    assert!(
-        stdout.contains("1 passed"),
-        "{name} did not run in the ALSA sandbox (wrong name?)"
-    );
+    run_test_in_child(path, true, |cmd| {
+        cmd.env(SANDBOX_ENV, dir.path())
+            // alsa.conf reads ~/.asoundrc and $XDG_CONFIG_HOME/alsa/asoundrc.
+            .env("HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path().join(".config"))
+            .env_remove("ALSA_CONFIG_PATH");
+    });
 }
 
 /// A sound card stand-in that keeps time: ALSA's `file` plugin over `null`, writing into a FIFO

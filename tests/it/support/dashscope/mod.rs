@@ -251,15 +251,6 @@ impl DashScopeDouble {
         format!("http://{}/api/v1", self.addr)
     }
 
-    /// The environment that points herald's DashScope engines here: the key this double
-    /// expects and its base URL.
-    pub fn env(&self) -> [(&'static str, String); 2] {
-        [
-            ("DASHSCOPE_API_KEY", self.inner.api_key.clone()),
-            ("DASHSCOPE_HTTP_BASE_URL", self.base_url()),
-        ]
-    }
-
     /// Queue a fault; each synthesis request takes the first fault whose `model_prefix` matches.
     pub fn push_fault(&self, fault: Fault) {
         self.inner.state().faults.push(fault);
@@ -273,11 +264,6 @@ impl DashScopeDouble {
     /// Change the behaviour knobs for the requests that follow.
     pub fn set_options(&self, options: Options) {
         self.inner.state().options = options;
-    }
-
-    /// The behaviour knobs in force.
-    pub fn options(&self) -> Options {
-        self.inner.state().options.clone()
     }
 
     /// Every synthesis request received so far, in arrival order.
