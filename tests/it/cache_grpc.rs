@@ -68,6 +68,15 @@ impl Setup {
         results.remove(0)
     }
 
+    async fn clear(&self, include_pinned: bool) -> pb::ClearCacheResponse {
+        self.cache_client()
+            .await
+            .clear_cache(pb::ClearCacheRequest { include_pinned })
+            .await
+            .expect("clear")
+            .into_inner()
+    }
+
     async fn stats(&self) -> pb::CacheStats {
         self.cache_client()
             .await
@@ -415,13 +424,7 @@ async fn a_corrupt_entry_is_removed_and_served_as_a_miss() {
         let c = synthesize(&mut client, phrase(text)).await.unwrap();
         assert!(c.summary().cache_hit, "{damage}: the fresh entry hits");
         // Start the next round from an empty cache.
-        s.cache_client()
-            .await
-            .clear_cache(pb::ClearCacheRequest {
-                include_pinned: true,
-            })
-            .await
-            .unwrap();
+        s.clear(true).await;
     }
     assert_eq!(s.stats().await.corrupt, 2);
 }
@@ -479,13 +482,7 @@ async fn eviction_under_a_tiny_cap_keeps_pinned_entries() {
     let again = s.warm(pinned, false).await;
     assert!(again.was_cached && again.pinned, "{again:?}");
     assert_eq!(s.upstream_calls(), 4);
-    let cleared = cache
-        .clear_cache(pb::ClearCacheRequest {
-            include_pinned: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cleared = s.clear(false).await;
     assert_eq!((cleared.removed_entries, cleared.kept_pinned), (1, 1));
     let unpinned = cache
         .pin_cache(pb::PinCacheRequest {
@@ -497,13 +494,7 @@ async fn eviction_under_a_tiny_cap_keeps_pinned_entries() {
         .into_inner();
     assert!(!unpinned.results[0].pinned && unpinned.results[0].code == 0);
     assert_eq!(unpinned.results[1].code, Code::NotFound as i32);
-    let cleared = cache
-        .clear_cache(pb::ClearCacheRequest {
-            include_pinned: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let cleared = s.clear(false).await;
     assert_eq!((cleared.removed_entries, cleared.kept_pinned), (1, 0));
     assert!(entry_files(s.cache_dir.path()).is_empty());
 }

@@ -20,6 +20,7 @@ use crate::support::{
     API_KEY,
     audio::{s16_to_f32, symphonia_decode},
     dashscope::*,
+    each_row,
     python::{PINNED_SDK, python_with_dashscope, run_sdk_check},
 };
 
@@ -97,6 +98,18 @@ impl Got {
     }
 }
 
+/// The body at `url` (the double's `/oss/` files).
+async fn download(url: &str) -> Bytes {
+    client()
+        .get(url)
+        .send()
+        .await
+        .expect("GET")
+        .bytes()
+        .await
+        .expect("the body")
+}
+
 async fn send(rb: reqwest::RequestBuilder) -> Got {
     let resp = rb.send().await.expect("send");
     let status = resp.status().as_u16();
@@ -121,9 +134,17 @@ async fn send(rb: reqwest::RequestBuilder) -> Got {
     }
 }
 
+/// A request with `body` to the endpoint of its model's family.
+fn to(ds: &DashScopeDouble, body: &Value, sse: bool) -> reqwest::RequestBuilder {
+    request(
+        &url_for(ds, body["model"].as_str().unwrap_or("")),
+        body,
+        sse,
+    )
+}
+
 async fn post(ds: &DashScopeDouble, body: Value, sse: bool) -> Got {
-    let model = body["model"].as_str().unwrap_or("").to_owned();
-    send(request(&url_for(ds, &model), &body, sse)).await
+    send(to(ds, &body, sse)).await
 }
 
 /// One SSE event, parsed strictly: `id:<n>`, `event:<e>`, `:HTTP_STATUS/<s>`, then `data:` lines.
@@ -422,14 +443,7 @@ async fn cosyvoice_non_stream_answers_a_url() {
     }
     let url = j["output"]["audio"]["url"].as_str().unwrap();
     assert!(url.contains(&format!("/oss/{rid}.pcm?")));
-    let pcm = client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let pcm = download(url).await;
     assert_eq!(pcm.len(), pcm_len(audio_ms(text), 8000, 1));
     assert_tone(&s16_to_f32(&pcm), 8000, 440.0);
     // Defaults: mp3 at 22050 Hz.
@@ -573,14 +587,7 @@ async fn qwen3_streams_a_wav_header_then_pcm() {
     assert_eq!(last["output"]["finish_reason"], "stop");
     assert_eq!(last["output"]["audio"]["data"], "");
     let url = last["output"]["audio"]["url"].as_str().unwrap();
-    let file = client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let file = download(url).await;
     assert_eq!(file.to_vec(), all);
     for e in &events[..events.len() - 1] {
         assert_eq!(e.json()["output"]["finish_reason"], "null");
@@ -627,14 +634,7 @@ async fn qwen_non_stream_instructions_and_legacy_usage() {
     assert_eq!(j["output"]["finish_reason"], "stop");
     assert_eq!(j["output"]["audio"]["data"], "");
     assert_eq!(j["usage"], json!({"characters": 14}));
-    let wav = client()
-        .get(j["output"]["audio"]["url"].as_str().unwrap())
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let wav = download(j["output"]["audio"]["url"].as_str().unwrap()).await;
     let (_, _, pcm) = wav_pcm(&wav);
     assert_eq!(pcm.len(), pcm_len(audio_ms(text), 24000, 1));
     // instructions in `parameters` (SDK) or `input` (many clients) are both accepted.
@@ -740,14 +740,7 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
     let j = post(&ds, body, false).await.json();
     let url = j["output"]["data"]["audio"].as_str().unwrap();
     assert!(url.starts_with("http://"));
-    let wav = client()
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let wav = download(url).await;
     let (rate, _, pcm) = wav_pcm(&wav);
     assert_eq!((rate, pcm.len()), (8000, pcm_len(ms, 8000, 1)));
     // The Python SDK's placement: `input.voice`, settings in `parameters`.
@@ -768,7 +761,66 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
 #[tokio::test]
 async fn auth_routing_and_parameter_errors() {
     let ds = DashScopeDouble::start(API_KEY).await;
-    let check = |got: &Got, status: u16, code: &str, message: &str| {
+    // Auth: missing, wrong, wrong scheme — JSON even when SSE is asked for.
+    let body = cosy("Hi.", "wav", 16000);
+    let (tts, mm) = (tts_url(&ds), mm_url(&ds));
+    let no_key = client()
+        .post(&tts)
+        .header("X-DashScope-SSE", "enable")
+        .body(body.to_string());
+    let wrong = client()
+        .post(&tts)
+        .header("Authorization", "Bearer sk-wrong")
+        .header("X-DashScope-SSE", "enable")
+        .body(body.to_string());
+    let basic = client()
+        .post(&tts)
+        .header("Authorization", format!("Basic {API_KEY}"))
+        .body(body.to_string());
+    let not_json = client()
+        .post(&tts)
+        .header("Authorization", format!("Bearer {API_KEY}"))
+        .body("{not json");
+    // Unknown voices, per family.
+    let voice = |model: &str, voice: &str| {
+        if model.starts_with("MiniMax/") {
+            json!({"model": model, "input": {"text": "Hi.", "voice_setting": {"voice_id": voice}}})
+        } else {
+            json!({"model": model, "input": {"text": "Hi.", "voice": voice}})
+        }
+    };
+    // Text limit on SpeechSynthesizer: 20000 units, CJK counting 2.
+    let long = "长".repeat(10_001);
+    let mut qwen_at_22050 = qwen("Hi.");
+    qwen_at_22050["parameters"] = json!({"sample_rate": 22050});
+    // Auth, endpoints that are not interchangeable, the body, unknown voices per family, the
+    // text limit, formats and rates per family.
+    // name, (request, status, code, words of the message)
+    #[rustfmt::skip]
+    let rows: [(&str, (reqwest::RequestBuilder, u16, &str, &str)); 20] = [
+        ("no key",                       (no_key,                                                                       401, "InvalidApiKey",         "Invalid API-key provided.")),
+        ("a wrong key",                  (wrong,                                                                        401, "InvalidApiKey",         "Invalid API-key provided.")),
+        ("the wrong scheme",             (basic,                                                                        401, "InvalidApiKey",         "")),
+        ("CosyVoice on multimodal",      (request(&mm, &body, true),                                                    400, "InvalidParameter",      "url error")),
+        ("Qwen on SpeechSynthesizer",    (request(&tts, &qwen("Hi."), false),                                           400, "InvalidParameter",      "url error")),
+        ("MiniMax on SpeechSynthesizer", (request(&tts, &minimax("Hi.", json!({})), false),                             400, "InvalidParameter",      "url error")),
+        ("an LLM on SpeechSynthesizer",  (request(&tts, &json!({"model": "qwen-plus", "input": {"text": "x"}}), false), 400, "InvalidParameter",      "url error")),
+        ("no model",                     (request(&tts, &json!({"input": {"text": "x"}}), false),                       400, "BadRequest.EmptyModel", "'model'")),
+        ("no input",                     (request(&tts, &json!({"model": "cosyvoice-v3-flash"}), false),                400, "BadRequest.EmptyInput", "")),
+        ("not JSON",                     (not_json,                                                                     400, "InvalidParameter",      "")),
+        ("Qwen voice in lower case",     (to(&ds, &voice("qwen3-tts-flash", "cherry"), false),                          400, "InvalidParameter",      "Invalid voice specified")),
+        ("a v2 voice on v3",             (to(&ds, &voice("cosyvoice-v3-flash", "longxiaochun_v2"), true),               400, "InvalidParameter",      "Engine return error code: 418")),
+        ("a system voice on v3.5",       (to(&ds, &voice("cosyvoice-v3.5-plus", "longanyang"), false),                  400, "InvalidParameter",      "[cosyvoice:]Engine return error code: 418")),
+        ("a Qwen voice on qwen-audio",   (to(&ds, &voice("qwen-audio-3.0-tts-flash", "Cherry"), false),                 400, "InvalidParameter",      "[cosyvoice:]Engine error [411]")),
+        ("an unknown MiniMax voice",     (to(&ds, &voice("MiniMax/speech-2.8-hd", "nobody"), false),                    400, "InvalidParameter",      "")),
+        ("text over 20000 units",        (to(&ds, &cosy(&long, "pcm", 8000), false),                                    400, "InvalidParameter",      "Each request sends text is limited: 20000, current: 20002")),
+        ("ogg",                          (to(&ds, &cosy("Hi.", "ogg", 16000), false),                                   400, "InvalidParameter",      "")),
+        ("a CosyVoice rate",             (to(&ds, &cosy("Hi.", "wav", 32000), false),                                   400, "InvalidParameter",      "sample_rate")),
+        ("a Qwen rate",                  (to(&ds, &qwen_at_22050, false),                                               400, "InvalidParameter",      "sample_rate")),
+        ("a MiniMax rate",               (to(&ds, &minimax("Hi.", json!({"sample_rate": 48000})), false),               400, "InvalidParameter",      "sample_rate")),
+    ];
+    each_row(rows, async |(rb, status, code, message)| {
+        let got = send(rb).await;
         assert_eq!(got.status, status, "{}", got.text());
         assert_eq!(got.header("content-type"), "application/json");
         let j = got.json();
@@ -778,130 +830,8 @@ async fn auth_routing_and_parameter_errors() {
             j["request_id"].as_str().unwrap(),
             got.header("x-request-id")
         );
-    };
-    // Auth: missing, wrong, wrong scheme — JSON even when SSE is asked for.
-    let body = cosy("Hi.", "wav", 16000);
-    let no_key = client()
-        .post(tts_url(&ds))
-        .header("X-DashScope-SSE", "enable")
-        .body(body.to_string());
-    check(
-        &send(no_key).await,
-        401,
-        "InvalidApiKey",
-        "Invalid API-key provided.",
-    );
-    let wrong = client()
-        .post(tts_url(&ds))
-        .header("Authorization", "Bearer sk-wrong")
-        .header("X-DashScope-SSE", "enable")
-        .body(body.to_string());
-    check(
-        &send(wrong).await,
-        401,
-        "InvalidApiKey",
-        "Invalid API-key provided.",
-    );
-    let basic = client()
-        .post(tts_url(&ds))
-        .header("Authorization", format!("Basic {API_KEY}"))
-        .body(body.to_string());
-    check(&send(basic).await, 401, "InvalidApiKey", "");
-    // Endpoints are not interchangeable.
-    check(
-        &send(request(&mm_url(&ds), &body, true)).await,
-        400,
-        "InvalidParameter",
-        "url error",
-    );
-    check(
-        &send(request(&tts_url(&ds), &qwen("Hi."), false)).await,
-        400,
-        "InvalidParameter",
-        "url error",
-    );
-    check(
-        &send(request(&tts_url(&ds), &minimax("Hi.", json!({})), false)).await,
-        400,
-        "InvalidParameter",
-        "url error",
-    );
-    check(
-        &send(request(
-            &tts_url(&ds),
-            &json!({"model": "qwen-plus", "input": {"text": "x"}}),
-            false,
-        ))
-        .await,
-        400,
-        "InvalidParameter",
-        "url error",
-    );
-    check(
-        &send(request(
-            &tts_url(&ds),
-            &json!({"input": {"text": "x"}}),
-            false,
-        ))
-        .await,
-        400,
-        "BadRequest.EmptyModel",
-        "'model'",
-    );
-    check(
-        &send(request(
-            &tts_url(&ds),
-            &json!({"model": "cosyvoice-v3-flash"}),
-            false,
-        ))
-        .await,
-        400,
-        "BadRequest.EmptyInput",
-        "",
-    );
-    let not_json = client()
-        .post(tts_url(&ds))
-        .header("Authorization", format!("Bearer {API_KEY}"))
-        .body("{not json");
-    check(&send(not_json).await, 400, "InvalidParameter", "");
-    // Unknown voices, per family.
-    let voice = |model: &str, voice: &str| {
-        if model.starts_with("MiniMax/") {
-            json!({"model": model, "input": {"text": "Hi.", "voice_setting": {"voice_id": voice}}})
-        } else {
-            json!({"model": model, "input": {"text": "Hi.", "voice": voice}})
-        }
-    };
-    check(
-        &post(&ds, voice("qwen3-tts-flash", "cherry"), false).await,
-        400,
-        "InvalidParameter",
-        "Invalid voice specified",
-    );
-    check(
-        &post(&ds, voice("cosyvoice-v3-flash", "longxiaochun_v2"), true).await,
-        400,
-        "InvalidParameter",
-        "Engine return error code: 418",
-    );
-    check(
-        &post(&ds, voice("cosyvoice-v3.5-plus", "longanyang"), false).await,
-        400,
-        "InvalidParameter",
-        "[cosyvoice:]Engine return error code: 418",
-    );
-    check(
-        &post(&ds, voice("qwen-audio-3.0-tts-flash", "Cherry"), false).await,
-        400,
-        "InvalidParameter",
-        "[cosyvoice:]Engine error [411]",
-    );
-    check(
-        &post(&ds, voice("MiniMax/speech-2.8-hd", "nobody"), false).await,
-        400,
-        "InvalidParameter",
-        "",
-    );
+    })
+    .await;
     // Cloned and designed voices are accepted everywhere they fit.
     for (model, v) in [
         (
@@ -922,41 +852,6 @@ async fn auth_routing_and_parameter_errors() {
             "{model} {v}"
         );
     }
-    // Text limit on SpeechSynthesizer: 20000 units, CJK counting 2.
-    let long = "长".repeat(10_001);
-    check(
-        &post(&ds, cosy(&long, "pcm", 8000), false).await,
-        400,
-        "InvalidParameter",
-        "Each request sends text is limited: 20000, current: 20002",
-    );
-    // Formats and rates per family.
-    check(
-        &post(&ds, cosy("Hi.", "ogg", 16000), false).await,
-        400,
-        "InvalidParameter",
-        "",
-    );
-    check(
-        &post(&ds, cosy("Hi.", "wav", 32000), false).await,
-        400,
-        "InvalidParameter",
-        "sample_rate",
-    );
-    let mut q = qwen("Hi.");
-    q["parameters"] = json!({"sample_rate": 22050});
-    check(
-        &post(&ds, q, false).await,
-        400,
-        "InvalidParameter",
-        "sample_rate",
-    );
-    check(
-        &post(&ds, minimax("Hi.", json!({"sample_rate": 48000})), false).await,
-        400,
-        "InvalidParameter",
-        "sample_rate",
-    );
     // Unknown keys are ignored; any Host, X-DashScope-WorkSpace and the SSE value's case too.
     let mut body = cosy("Hi.", "pcm", 16000);
     body["input"]["no_such_key"] = json!(1);

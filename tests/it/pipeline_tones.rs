@@ -339,20 +339,15 @@ async fn an_mp3_upstream_is_decoded_resampled_and_kept_in_tune() {
     );
 }
 
-#[tokio::test]
-async fn audio_streams_before_the_engine_has_finished() {
-    // The engine sends half its audio, then waits until the client has received audio. If
-    // herald held audio back until the engine finished, this would never complete.
-    let mut d = tone_daemon(None).await;
+/// A 500 Hz `tone-gated-16000` stream in `encoding`, and its first audio chunk: it must arrive
+/// (within 20 s) while the engine still waits at its gate for [`ToneDaemon::gate`].
+async fn audio_before_the_gate(
+    d: &mut ToneDaemon,
+    encoding: Encoding,
+) -> (tonic::Streaming<pb::SynthesizeResponse>, pb::AudioChunk) {
     let mut stream = d
         .client
-        .synthesize(tone_request(
-            500,
-            "tone-gated-16000",
-            Encoding::PcmS16le,
-            0,
-            1,
-        ))
+        .synthesize(tone_request(500, "tone-gated-16000", encoding, 0, 1))
         .await
         .expect("call")
         .into_inner();
@@ -365,7 +360,16 @@ async fn audio_streams_before_the_engine_has_finished() {
         }
     })
     .await
-    .expect("audio arrived while the engine was still waiting");
+    .unwrap_or_else(|_| panic!("{encoding:?}: audio arrived while the engine was still waiting"));
+    (stream, first_audio)
+}
+
+#[tokio::test]
+async fn audio_streams_before_the_engine_has_finished() {
+    // The engine sends half its audio, then waits until the client has received audio. If
+    // herald held audio back until the engine finished, this would never complete.
+    let mut d = tone_daemon(None).await;
+    let (mut stream, first_audio) = audio_before_the_gate(&mut d, Encoding::PcmS16le).await;
     assert_eq!(first_audio.first_frame, 0);
     assert!(first_audio.frames > 0);
     d.gate.notify_one();
@@ -594,22 +598,7 @@ async fn compressed_encodings_decode_back_to_the_tone_to_the_last_sample() {
 async fn compressed_audio_streams_before_the_engine_has_finished() {
     for encoding in [Encoding::Flac, Encoding::Mp3, Encoding::OggOpus] {
         let mut d = tone_daemon(None).await;
-        let mut stream = d
-            .client
-            .synthesize(tone_request(500, "tone-gated-16000", encoding, 0, 1))
-            .await
-            .expect("call")
-            .into_inner();
-        let first_audio = tokio::time::timeout(Duration::from_secs(20), async {
-            loop {
-                let msg = stream.message().await.expect("message").expect("not ended");
-                if let Some(pb::synthesize_response::Payload::Audio(a)) = msg.payload {
-                    return a;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{encoding:?}: audio arrived while the engine was waiting"));
+        let (mut stream, first_audio) = audio_before_the_gate(&mut d, encoding).await;
         assert_eq!(first_audio.first_frame, 0);
         assert!(first_audio.frames > 0);
         assert!(!first_audio.data.is_empty());

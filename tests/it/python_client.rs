@@ -4,21 +4,27 @@
 //! Needs a Python with grpcio and grpcio-tools: `$HERALD_TEST_PYTHON` (set by `.ci/test`),
 //! else `./.venv/bin/python` (created by `.ci/setup`). Without one the test fails and says so.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
 use crate::support::{python::python_with_grpc, *};
 
-fn run_say(server: &ServeProcess, args: &[&str]) -> Value {
-    let out = Command::new(python_with_grpc())
+/// `examples/python/say.py --socket <server> <args>`, as it ran.
+fn say(server: &ServeProcess, args: &[&str]) -> Output {
+    Command::new(python_with_grpc())
         .arg("examples/python/say.py")
         .arg("--socket")
         .arg(&server.socket)
         .args(args)
         .env("HERALD_PY_GEN", server.dir.path().join("gen"))
         .output()
-        .expect("run python");
+        .expect("run python")
+}
+
+/// `say.py` that succeeds: its one JSON line.
+fn run_say(server: &ServeProcess, args: &[&str]) -> Value {
+    let out = say(server, args);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -42,6 +48,7 @@ fn python_client_synthesizes_and_lists_voices() {
     assert!(names.contains(&"en-us".to_owned()), "{names:?}");
 
     let wav = server.dir.path().join("py.wav");
+    let out = wav.to_str().unwrap();
     let result = run_say(
         &server,
         &[
@@ -50,7 +57,7 @@ fn python_client_synthesizes_and_lists_voices() {
             "--rate",
             "16000",
             "-o",
-            wav.to_str().unwrap(),
+            out,
             "Hello from Python.",
         ],
     );
@@ -61,14 +68,8 @@ fn python_client_synthesizes_and_lists_voices() {
     assert_eq!(info["engine"], "espeak-ng");
     let samples_reported = result["summary"]["samples"].as_u64().expect("samples") as usize;
 
-    let bytes = std::fs::read(&wav).unwrap();
-    let mut reader =
-        hound::WavReader::new(std::io::Cursor::new(patch_wav_sizes(bytes))).expect("wav");
-    assert_eq!(reader.spec().sample_rate, 16_000);
-    let samples: Vec<f32> = reader
-        .samples::<i16>()
-        .map(|s| f32::from(s.unwrap()) / 32768.0)
-        .collect();
+    let (spec, samples) = wav_samples(patch_wav_sizes(std::fs::read(&wav).unwrap()));
+    assert_eq!(spec.sample_rate, 16_000);
     assert_eq!(samples.len(), samples_reported);
     assert!((0.8..5.0).contains(&(samples.len() as f64 / 16_000.0)));
     assert!(rms(&samples) > 0.02 && voiced_fraction(&samples, 16_000) > 0.4);
@@ -96,16 +97,17 @@ fn python_client_synthesizes_and_lists_voices() {
     assert!(rms(&data) > 0.02);
 
     // Errors reach Python as gRPC statuses.
-    let out = Command::new(python_with_grpc())
-        .arg("examples/python/say.py")
-        .arg("--socket")
-        .arg(&server.socket)
-        .args(["--rate", "4000", "-o"])
-        .arg(server.dir.path().join("x.wav"))
-        .arg("bad rate")
-        .env("HERALD_PY_GEN", server.dir.path().join("gen"))
-        .output()
-        .unwrap();
+    let bad_file = server.dir.path().join("x.wav");
+    let out = say(
+        &server,
+        &[
+            "--rate",
+            "4000",
+            "-o",
+            bad_file.to_str().unwrap(),
+            "bad rate",
+        ],
+    );
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
