@@ -9,6 +9,7 @@ mod cache_grpc;
 mod cancellation;
 mod cli;
 mod config;
+mod contracts;
 mod dashscope_double;
 mod dashscope_grpc;
 mod fault_storm;

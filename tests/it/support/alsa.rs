@@ -20,11 +20,12 @@
 //! test cannot change for its own process (`set_var` is unsafe and banned here, and the tests
 //! share one process). So each ALSA test runs in a child: the parent test calls [`run`], which
 //! re-executes this test binary with `HOME` pointing at a new sandbox and runs one `#[ignore]`d
-//! test in it; that test finds the sandbox with [`Sandbox::from_env`].
+//! test in it; that test finds the sandbox with [`Sandbox::from_env`]. Or a test begins with
+//! [`sandboxed`], which runs the test itself again, alone, in a child inside a sandbox.
 
 use std::path::{Path, PathBuf};
 
-use super::process::run_test_in_child;
+use super::process::{in_child_for, run_test_in_child};
 
 /// Names the sandbox directory in the child's environment.
 const SANDBOX_ENV: &str = "HERALD_TEST_ALSA_SANDBOX";
@@ -112,10 +113,26 @@ pcm.tofile16 {{
 /// Run the `#[ignore]`d test `path` (`module_path!()` of its module, then its name, e.g.
 /// `concat!(module_path!(), "::sandboxed::plays_a_tone")`) of this test binary in a child
 /// process inside a new sandbox, and fail if it fails.
+pub fn run(path: &str) {
+    run_in_sandbox(path, true);
+}
+
+/// In the child [`sandboxed`] started for the test `path` (`module_path!()::name`): its
+/// sandbox. In the test process: runs that test again in a child inside a new sandbox (failing
+/// if it fails), and gives `None`: the caller returns.
+pub fn sandboxed(path: &str) -> Option<Sandbox> {
+    if in_child_for(path) {
+        return Some(Sandbox::from_env().expect("a sandbox in the child"));
+    }
+    run_in_sandbox(path, false);
+    None
+}
+
+/// Run the test `path` in a child process inside a new sandbox, and fail if it fails.
 ///
 /// The sandbox lives in `/dev/shm` when there is one: the unpaced plugins write silence at
 /// hundreds of MB/s while a stream runs.
-pub fn run(path: &str) {
+fn run_in_sandbox(path: &str, ignored: bool) {
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
         tempfile::Builder::new()
@@ -126,7 +143,7 @@ pub fn run(path: &str) {
     }
     .expect("a temp dir for the ALSA sandbox");
     std::fs::write(dir.path().join(".asoundrc"), asoundrc(dir.path())).expect("write .asoundrc");
-    run_test_in_child(path, true, |cmd| {
+    run_test_in_child(path, ignored, |cmd| {
         cmd.env(SANDBOX_ENV, dir.path())
             // alsa.conf reads ~/.asoundrc and $XDG_CONFIG_HOME/alsa/asoundrc.
             .env("HOME", dir.path())
