@@ -1,9 +1,9 @@
-//! The cache and the fallback chain through gRPC, against the fake DashScope server of
-//! `tests/support/dashscope.rs` on loopback (its request log counts the upstream calls):
-//! hits and misses, every format from one entry (the tone's frequency and length), REFRESH and
-//! BYPASS, single flight, the upstream gone (cached phrases still served, others from the
-//! cache in another voice or from espeak-ng, saying so), corrupt entries, eviction under a tiny
-//! cap with pins, nothing stored after a failure, and the herald.v1.Cache methods.
+//! The cache and the fallback chain through gRPC, against the DashScope double on loopback (its
+//! request log counts the upstream calls): hits and misses, every format from one entry (the
+//! tone's frequency and length), REFRESH and BYPASS, single flight, the upstream gone (cached
+//! phrases still served, others from the cache in another voice or from espeak-ng, saying so),
+//! corrupt entries, eviction under a tiny cap with pins, nothing stored after a failure, and the
+//! herald.v1.Cache methods.
 
 use std::{path::Path, time::Duration};
 

@@ -758,6 +758,9 @@ async fn minimax_streams_hex_chunks_and_an_aggregate() {
 // ---------------------------------------------------------------------------------------------
 // Validation, auth and routing
 
+/// A request and the error it gets: HTTP status, code, and words of the message.
+type ErrorRow = (reqwest::RequestBuilder, u16, &'static str, &'static str);
+
 #[tokio::test]
 async fn auth_routing_and_parameter_errors() {
     let ds = DashScopeDouble::start(API_KEY).await;
@@ -797,7 +800,7 @@ async fn auth_routing_and_parameter_errors() {
     // text limit, formats and rates per family.
     // name, (request, status, code, words of the message)
     #[rustfmt::skip]
-    let rows: [(&str, (reqwest::RequestBuilder, u16, &str, &str)); 20] = [
+    let rows: [(&str, ErrorRow); 20] = [
         ("no key",                       (no_key,                                                                       401, "InvalidApiKey",         "Invalid API-key provided.")),
         ("a wrong key",                  (wrong,                                                                        401, "InvalidApiKey",         "Invalid API-key provided.")),
         ("the wrong scheme",             (basic,                                                                        401, "InvalidApiKey",         "")),

@@ -1,4 +1,4 @@
-//! Fault injection under load: 100 concurrent `Synthesize` streams against the fake DashScope
+//! Fault injection under load: 100 concurrent `Synthesize` streams against the DashScope double
 //! while it injects a seeded, reproducible random mix of every fault it knows. The daemon is
 //! the real binary (`herald serve`), so its file descriptors and threads are its own.
 //!
@@ -6,7 +6,7 @@
 //! arrival order), so the test does not guess; it reads the double's log afterwards. Every
 //! stream has its own text, the log says which fault each upstream request got, and the last
 //! attempt of a stream decides its outcome: audio when that attempt had no fault (or a benign
-//! one), else the status design.md names for that fault.
+//! one), else the status herald's error mapping gives that fault.
 //!
 //! Then the idle baseline: no stream running, no upstream request left open, and once the
 //! double has closed its connections the daemon's open descriptors, alive tokio tasks and
@@ -90,13 +90,13 @@ fn random_fault(rng: &mut StdRng) -> Fault {
     Fault::once(kind)
 }
 
-/// What design.md says the client gets when the last upstream attempt met `fault` (`None`:
-/// audio). `first_event_timeout_ms` is 10 000 below (generous: 100 streams on two shared cores
-/// take seconds to their first byte), so only the 12 s SlowFirstByte fails.
+/// What herald's error mapping gives the client when the last upstream attempt met `fault`
+/// (`None`: audio). `first_event_timeout_ms` is 10 000 below (generous: 100 streams on two
+/// shared cores take seconds to their first byte), so only the 12 s SlowFirstByte fails.
 ///
 /// One exception: Qwen-TTS streams may or may not begin with a WAV header (herald sniffs the
-/// first bytes, dashscope-api.md), so the double's CorruptAudio for Qwen (garbage where the
-/// header would be) is indistinguishable from raw PCM whose first 22 samples are noise: audio.
+/// first bytes), so the double's CorruptAudio for Qwen (garbage where the header would be) is
+/// indistinguishable from raw PCM whose first 22 samples are noise: audio.
 fn expected(fault: Option<&FaultKind>, model: &str) -> Option<Code> {
     let fault = fault?;
     if *fault == FaultKind::CorruptAudio && model.starts_with("qwen") {

@@ -3,7 +3,7 @@
 //! `file` plugin into a FIFO drained at the stream's byte rate; see `support::alsa`), driven
 //! through gRPC `Speak`. The assertions are on what the device played.
 //!
-//! Audio comes from the fake DashScope server: a tone whose frequency the text picks
+//! Audio comes from the DashScope double: a tone whose frequency the text picks
 //! (`@880Hz ...`), 40 ms per character.
 
 use std::time::Duration;

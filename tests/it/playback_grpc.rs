@@ -1,6 +1,6 @@
 //! Speak / StopSpeaking / ListOutputDevices through gRPC, with the real pipeline and the `wav`
 //! device (which plays at real time and writes exactly what a speaker would have sounded).
-//! Audio comes from the fake DashScope server: a tone whose frequency the text picks
+//! Audio comes from the DashScope double: a tone whose frequency the text picks
 //! (`@880Hz ...`), 40 ms per character.
 
 use std::{path::PathBuf, time::Duration};

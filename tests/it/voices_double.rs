@@ -377,7 +377,7 @@ async fn official_python_sdk_manages_voices_on_the_double() {
     assert_eq!(d["got_language"], "en");
     assert_eq!(d["after_delete"]["code"], "VoiceNotFound");
 
-    // What the SDKs sent, as the double logged it (§2.1): 1.x always sends `parameters: {}`.
+    // What the SDKs sent, as the double logged it: 1.x always sends `parameters: {}`.
     let log = ds.customization_requests();
     let first = &log[0];
     assert_eq!(first.body["parameters"], json!({}));

@@ -530,6 +530,9 @@ async fn qwen_clones_get_a_mono_sample_and_surface_the_fallback_warning() {
 /// A create the daemon refuses: the request, the status, and words its message holds.
 type Refused = (pb::CreateVoiceRequest, Code, &'static [&'static str]);
 
+/// A create upstream refuses: the endpoint's knobs and a fault scripted for it, and the create.
+type UpstreamRefused = (CustomOptions, Option<Fault>, Refused);
+
 async fn assert_refused(client: &mut SpeechClient<Channel>, (req, code, words): Refused) {
     let e = client.create_voice(req).await.expect_err("an error");
     assert_eq!(e.code(), code, "{}", e.message());
@@ -599,7 +602,7 @@ async fn each_error_is_mapped() {
     let by_url = || url_req("cosyvoice-v3-flash", "fault");
     // name, (knobs, fault, (request, status, words of the message))
     #[rustfmt::skip]
-    let upstream: [(&str, (CustomOptions, Option<Fault>, Refused)); 7] = [
+    let upstream: [(&str, UpstreamRefused); 7] = [
         ("a silent sample",       (defaults(), None,                               (cosy_clone("silent", wav(16000, 1, 6.0, 0.0)),   InvalidArgument,    &["sample audio", "Audio.AudioSilentError", "Silent file unsupported."]))),
         ("the CosyVoice quota",   (quota_0(),  None,                               (cosy_clone("full", good()),                      ResourceExhausted,  &["quota", "Throttling.AllocationQuota", "delete"]))),
         ("the Qwen design quota", (quota_0(),  None,                               (design_req("qwen3-tts-vd-2026-01-26", "full"),   ResourceExhausted,  &["Maximum voice storage limit exceeded"]))),
@@ -759,7 +762,7 @@ async fn the_voice_command_line() {
     s.daemon.stop().await.unwrap();
 }
 
-/// §6.2: a data URI `voice-enrollment` refuses (HTTP 500, as seen live) is uploaded to
+/// A data URI `voice-enrollment` refuses (HTTP 500, as seen live) is uploaded to
 /// DashScope's temporary storage and the create repeated with `oss://` and the resolve header.
 #[tokio::test]
 async fn a_refused_data_uri_falls_back_to_a_temporary_upload() {
@@ -834,7 +837,7 @@ async fn a_refused_data_uri_falls_back_to_a_temporary_upload() {
     s.daemon.stop().await.unwrap();
 }
 
-/// §10.5: a create whose answer is lost (the double stores the voice, then cuts the connection)
+/// A create whose answer is lost (the double stores the voice, then cuts the connection)
 /// is not sent again; herald finds the voice in upstream's listing and records it.
 #[tokio::test]
 async fn a_create_whose_answer_is_lost_is_adopted_not_repeated() {

@@ -178,7 +178,8 @@ fn b64d(s: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// Inspect a sample given as a data URI (§11 item 4 / 7); `qwen` selects Qwen VC's codes.
+/// Inspect a sample given as a data URI, as DashScope checks uploads; `qwen` selects Qwen VC's
+/// codes.
 fn inspect(uri: &str, qwen: bool) -> Result<(), Err4> {
     let Some(rest) = uri.strip_prefix("data:") else {
         return Ok(());
@@ -761,7 +762,7 @@ pub(super) async fn customization(State(inner): State<Arc<Inner>>, incoming: Inc
     response
 }
 
-/// The synthesis side (§11 item 9): `Err` when a created (or deleted) custom voice is used
+/// The synthesis side: `Err` when a created (or deleted) custom voice is used
 /// wrongly, else the tone to play for it (`None`: not a custom voice the double made).
 pub(super) fn synthesis_voice(
     inner: &Inner,

@@ -357,7 +357,7 @@ fn parse_fmt(s: &str, allowed: &[Fmt]) -> Result<Fmt, Rejection> {
         "mp3" => Fmt::Mp3,
         "opus" | "flac" => {
             return Err(invalid(format!(
-                "format {s} is not implemented by the fake DashScope server"
+                "format {s} is not implemented by the DashScope double"
             )));
         }
         _ => return Err(invalid(format!("Unsupported audio format: {s}"))),

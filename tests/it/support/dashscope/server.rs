@@ -353,7 +353,7 @@ fn body_stream(
     fn abort(e: &mut Emit) -> std::io::Error {
         e.steps.clear();
         e.guard.finish(false);
-        std::io::Error::other("fake DashScope: connection dropped on purpose")
+        std::io::Error::other("DashScope double: connection dropped on purpose")
     }
     let emit = Emit {
         steps: steps.into(),
