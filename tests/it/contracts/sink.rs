@@ -50,6 +50,13 @@ async fn play(sink: &mut dyn Sink, samples: &[f32]) {
     }
 }
 
+/// Play `samples`, wait until they have played, and pause.
+async fn play_out(sink: &mut dyn Sink, samples: &[f32]) {
+    play(sink, samples).await;
+    sink.drain().await.expect("drain");
+    sink.pause().await.expect("pause");
+}
+
 // ---- the properties ----
 
 /// It plays at the spec it was opened at, and has a name.
@@ -72,9 +79,7 @@ async fn accepts_blocks_at_its_spec_and_drains(s: &mut Subject) {
 /// After a pause, it plays again.
 async fn plays_again_after_a_pause(s: &mut Subject) {
     for _ in 0..2 {
-        play(&mut *s.sink, &tone(s.spec, 100)).await;
-        s.sink.drain().await.expect("drain");
-        s.sink.pause().await.expect("pause");
+        play_out(&mut *s.sink, &tone(s.spec, 100)).await;
     }
 }
 
@@ -88,17 +93,13 @@ async fn discard_drops_at_most_what_was_written(s: &mut Subject) {
         "{dropped} frames dropped of {}",
         written.len()
     );
-    play(&mut *s.sink, &tone(s.spec, 40)).await;
-    s.sink.drain().await.expect("drain after the discard");
-    s.sink.pause().await.expect("pause");
+    play_out(&mut *s.sink, &tone(s.spec, 40)).await;
 }
 
 /// What it plays is what it was given: every sample, in order, channels in place.
 async fn plays_what_it_is_given(s: &mut Subject) {
     let written = tone(s.spec, 300);
-    play(&mut *s.sink, &written).await;
-    s.sink.drain().await.expect("drain");
-    s.sink.pause().await.expect("pause");
+    play_out(&mut *s.sink, &written).await;
     let played = s.played.as_ref().expect("a way to hear it")();
     assert_eq!(played.len(), written.len(), "samples played");
     let worst = played

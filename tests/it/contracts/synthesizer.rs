@@ -286,6 +286,20 @@ async fn espeak_dropping_the_stream_stops_the_work() {
     }
 }
 
+/// `contract!` with every property.
+macro_rules! every_property {
+    ($module:ident = $subject:expr) => {
+        contract!($module = $subject;
+            yields_audio_then_one_finished_last,
+            its_audio_decodes_at_one_spec,
+            lists_only_voices_it_serves,
+            refuses_an_unknown_voice_before_any_audio,
+            refuses_an_option_its_model_does_not_take,
+            dropping_the_stream_stops_the_work,
+        );
+    };
+}
+
 /// A DashScope engine (the one serving `model`) calling a double that paces its audio at real
 /// time.
 async fn dashscope(
@@ -335,43 +349,31 @@ fn dashscope_request(model: &str, voice: &str, text: &str) -> SynthesisRequest {
     }
 }
 
-contract!(cosyvoice = dashscope(
+every_property!(
+    cosyvoice = dashscope(
         |text| dashscope_request("cosyvoice-v3-flash", "longanyang", text),
         "no_such_voice",
         (|r| r.emotion = Some("happy".to_owned()), "emotion"),
-    ).await;
-    yields_audio_then_one_finished_last,
-    its_audio_decodes_at_one_spec,
-    lists_only_voices_it_serves,
-    refuses_an_unknown_voice_before_any_audio,
-    refuses_an_option_its_model_does_not_take,
-    dropping_the_stream_stops_the_work,
+    )
+    .await
 );
 
-contract!(qwen_tts = dashscope(
+every_property!(
+    qwen_tts = dashscope(
         |text| dashscope_request("qwen3-tts-flash", "Cherry", text),
         "Nobody",
         (|r| r.seed = Some(5), "seed"),
-    ).await;
-    yields_audio_then_one_finished_last,
-    its_audio_decodes_at_one_spec,
-    lists_only_voices_it_serves,
-    refuses_an_unknown_voice_before_any_audio,
-    refuses_an_option_its_model_does_not_take,
-    dropping_the_stream_stops_the_work,
+    )
+    .await
 );
 
-contract!(minimax = dashscope(
+every_property!(
+    minimax = dashscope(
         |text| dashscope_request("MiniMax/speech-2.8-hd", "male-qn-qingse", text),
         "nobody",
         (|r| r.emotion = Some("whisper".to_owned()), "emotion"),
-    ).await;
-    yields_audio_then_one_finished_last,
-    its_audio_decodes_at_one_spec,
-    lists_only_voices_it_serves,
-    refuses_an_unknown_voice_before_any_audio,
-    refuses_an_option_its_model_does_not_take,
-    dropping_the_stream_stops_the_work,
+    )
+    .await
 );
 
 /// The cache's replay of a stored phrase (`cache::replay`), behind the `Synthesizer` face the
