@@ -13,7 +13,10 @@
 //! runs N = 3 and a few hits as a smoke test that checks only that streams carried audio.
 
 mod common;
-#[path = "../tests/support/dashscope.rs"]
+// The DashScope double of the integration tests (tests/it/support/dashscope); a bench uses
+// only part of it.
+#[path = "../tests/it/support/dashscope/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod dashscope;
 
 use std::{
@@ -24,7 +27,7 @@ use std::{
 };
 
 use common::{bench_mode, percentile, results_dir, round};
-use dashscope::{FakeDashScope, Options, TTS_PATH};
+use dashscope::{DashScopeDouble, Options, TTS_PATH};
 use futures::StreamExt;
 use herald::pb::{self, speech_client::SpeechClient, synthesize_response::Payload};
 use serde_json::{Value, json};
@@ -363,7 +366,7 @@ fn added(h: &Value, d: &Value, p: &str) -> f64 {
 }
 
 async fn run(bench: bool) -> Value {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     double.set_options(Options {
         pace: 1.0,
         ..Options::default()

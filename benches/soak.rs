@@ -23,7 +23,10 @@
 //! late burst of concurrent streams does not). Tolerances: RSS 8 MiB + 5 % of its mean; fds,
 //! threads and tasks 4 + 10 % of their mean.
 
-#[path = "../tests/support/dashscope.rs"]
+// The DashScope double of the integration tests (tests/it/support/dashscope); a bench uses
+// only part of it.
+#[path = "../tests/it/support/dashscope/mod.rs"]
+#[allow(dead_code, unused_imports)]
 mod dashscope;
 
 use std::{
@@ -288,7 +291,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> bool {
-    let double = FakeDashScope::start(KEY).await;
+    let double = DashScopeDouble::start(KEY).await;
     // Streams take real time, so that streams overlap as they would in production.
     double.set_options(Options {
         pace: 1.0,

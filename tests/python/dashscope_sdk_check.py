@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
-"""Drive the fake DashScope server (tests/support/dashscope.rs) with the official `dashscope`
+"""Drive the DashScope double (tests/it/support/dashscope) with the official `dashscope`
 Python SDK, to prove the double speaks the protocol the SDK expects.
 
-Run by tests/dashscope_double.rs against a started double, which has scripted faults for
-the model names used below (e.g. `cosyvoice-v3-flash-throttled` answers 429).
+Run by the integration test `dashscope_double` (tests/it/dashscope_double.rs) against a
+started double, which has scripted faults for the model names used below (e.g.
+`cosyvoice-v3-flash-throttled` answers 429).
 
 Environment (the SDK reads the first two at import):
   DASHSCOPE_HTTP_BASE_URL  the double's base URL, http://127.0.0.1:PORT/api/v1
@@ -18,16 +19,13 @@ exits 1 when a failure was recorded.
 import asyncio
 import base64
 import io
-import json
 import os
-import sys
-import traceback
 import urllib.request
 import wave
 
-import dashscope
 from dashscope import AioMultiModalConversation, MultiModalConversation
 from dashscope.audio.http_tts import HttpSpeechSynthesizer
+from harness import check, expect, report
 
 MS_PER_UNIT = int(os.environ.get("HERALD_DS_MS_PER_UNIT", "40"))
 TONE_HZ = float(os.environ.get("HERALD_DS_TONE_HZ", "440"))
@@ -36,16 +34,6 @@ TEXT = "Hello there. Second sentence!"
 COSY = "cosyvoice-v3-flash"
 QWEN = "qwen3-tts-flash"
 MINIMAX = "MiniMax/speech-2.8-hd"
-
-checks = {}
-failures = []
-_current = [""]
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(f"{_current[0]}: {what}")
-    return cond
 
 
 def units(text):
@@ -89,20 +77,6 @@ def download(url):
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     with opener.open(url, timeout=30) as r:
         return r.read()
-
-
-def check(fn):
-    """Run one check, recording its observations (or the exception it raised)."""
-    _current[0] = fn.__name__
-    try:
-        checks[fn.__name__] = fn()
-    except Exception as e:  # noqa: BLE001 - recorded as a failure
-        failures.append(
-            f"{fn.__name__}: unexpected {type(e).__name__}: {e}\n"
-            + traceback.format_exc(limit=4),
-        )
-        checks[fn.__name__] = {"exception": type(e).__name__}
-    return fn
 
 
 def collect_cosy_stream(**kw):
@@ -581,10 +555,4 @@ def observe_multiline_data():
     }
 
 
-print(
-    json.dumps(
-        {"sdk_version": dashscope.__version__, "checks": checks, "failures": failures},
-        default=str,
-    )
-)
-sys.exit(1 if failures else 0)
+report()

@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
-"""Drive the fake DashScope's custom-voice endpoint (tests/support/dashscope_custom.rs) with the
-official `dashscope` Python SDK: the 1.x `VoiceEnrollmentService` (voice-enrollment) and the 2.0
-`Client().audio.voices` (voice-enrollment) and `Client().audio.voice_design` (qwen-voice-design)
-resources. The SDK has no class for `qwen-voice-enrollment` (Qwen3-TTS-VC); that surface is
-checked over raw HTTP by tests/voices_double.rs.
+"""Drive the DashScope double's custom-voice endpoint (tests/it/support/dashscope/custom.rs)
+with the official `dashscope` Python SDK: the 1.x `VoiceEnrollmentService` (voice-enrollment)
+and the 2.0 `Client().audio.voices` (voice-enrollment) and `Client().audio.voice_design`
+(qwen-voice-design) resources. The SDK has no class for `qwen-voice-enrollment`
+(Qwen3-TTS-VC); that surface is checked over raw HTTP by the integration test `voices_double`.
 
-Run by tests/voices_double.rs against a started double with one scripted fault: the first
-`qwen-voice-design` call answers 400 `Throttling.AllocationQuota`.
+Run by the integration test `voices_double` (tests/it/voices_double.rs) against a started
+double with one scripted fault: the first `qwen-voice-design` call answers 400
+`Throttling.AllocationQuota`.
 
 Environment: DASHSCOPE_HTTP_BASE_URL, DASHSCOPE_API_KEY (read by the SDK at import).
 
@@ -16,40 +17,16 @@ exits 1 when a failure was recorded.
 
 import base64
 import io
-import json
 import os
-import sys
-import traceback
 import wave
 import warnings
 
 import dashscope
 from dashscope.audio.tts_v2 import VoiceEnrollmentException, VoiceEnrollmentService
+from harness import check, expect, raises, report
 
 BASE = os.environ["DASHSCOPE_HTTP_BASE_URL"]
 KEY = os.environ["DASHSCOPE_API_KEY"]
-
-checks = {}
-failures = []
-_current = [""]
-
-
-def expect(cond, what):
-    if not cond:
-        failures.append(f"{_current[0]}: {what}")
-    return cond
-
-
-def check(fn):
-    name = fn.__name__
-    _current[0] = name
-    obs = {}
-    try:
-        fn(obs)
-    except Exception as e:  # noqa: BLE001 - every failure is recorded
-        failures.append(f"{name}: {type(e).__name__}: {e}\n{traceback.format_exc()}")
-        obs["exception"] = type(e).__name__
-    checks[name] = obs
 
 
 def wav_b64(seconds, amp, rate=16000):
@@ -130,15 +107,7 @@ def voices_2x(obs):
     listed = audio.voices.list(prefix="sdktwo")
     obs["listed"] = [x["voice_id"] for x in listed.voices]
     audio.voices.delete(v.voice_id)
-    try:
-        audio.voices.get(v.voice_id)
-        expect(False, "get after delete succeeded")
-    except Exception as e:  # noqa: BLE001
-        obs["after_delete"] = {
-            "class": type(e).__name__,
-            "status": getattr(e, "status_code", None),
-            "code": getattr(e, "code", None),
-        }
+    obs["after_delete"] = raises("get after delete succeeded", audio.voices.get, v.voice_id)
 
 
 def voice_design_2x(obs):
@@ -151,15 +120,9 @@ def voice_design_2x(obs):
         language="en",
         parameters={"sample_rate": 24000, "response_format": "wav"},
     )
-    try:
-        audio.voice_design.create(**args)
-        expect(False, "the scripted quota error did not come")
-    except Exception as e:  # noqa: BLE001
-        obs["quota"] = {
-            "class": type(e).__name__,
-            "status": getattr(e, "status_code", None),
-            "code": getattr(e, "code", None),
-        }
+    obs["quota"] = raises(
+        "the scripted quota error did not come", audio.voice_design.create, **args
+    )
     d = audio.voice_design.create(**args)
     obs["voice"] = d.voice
     obs["target_model"] = d.target_model
@@ -173,24 +136,10 @@ def voice_design_2x(obs):
     obs["got_voice"] = got.voice
     obs["got_language"] = got.language
     audio.voice_design.delete(d.voice)
-    try:
-        audio.voice_design.get(d.voice)
-        expect(False, "get after delete succeeded")
-    except Exception as e:  # noqa: BLE001
-        obs["after_delete"] = {
-            "class": type(e).__name__,
-            "status": getattr(e, "status_code", None),
-            "code": getattr(e, "code", None),
-        }
+    obs["after_delete"] = raises("get after delete succeeded", audio.voice_design.get, d.voice)
 
 
 for fn in (enrollment_1x, voices_2x, voice_design_2x):
     check(fn)
 
-print(
-    json.dumps(
-        {"sdk_version": dashscope.__version__, "checks": checks, "failures": failures},
-        ensure_ascii=False,
-    )
-)
-sys.exit(1 if failures else 0)
+report()

@@ -1,0 +1,31 @@
+//! herald's integration tests, as one binary: each module drives the library, the daemon (in
+//! this process or as the real `herald` binary) or the test double of DashScope from the
+//! outside; `support` holds what they share.
+
+mod support;
+
+mod abuse;
+mod architecture;
+mod cache_grpc;
+mod cancellation;
+mod cli;
+mod config;
+mod contracts;
+mod dashscope_double;
+mod dashscope_grpc;
+mod fault_storm;
+mod fuzz_regressions;
+mod limits;
+mod metrics;
+mod pipeline_tones;
+#[cfg(feature = "playback")]
+mod playback_alsa;
+#[cfg(feature = "playback")]
+mod playback_alsa_queue;
+mod playback_grpc;
+mod python_client;
+mod security;
+mod synthesize_grpc;
+mod systemd;
+mod voices_double;
+mod voices_grpc;
