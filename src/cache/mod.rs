@@ -9,6 +9,7 @@
 //! finished successfully (never after a failure, never when empty). Storage is behind
 //! [`store::Store`]; the daemon uses [`store::DiskStore`].
 
+pub mod entry;
 pub mod flight;
 pub mod key;
 pub mod store;
