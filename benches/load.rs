@@ -434,7 +434,7 @@ async fn run(bench: bool) -> Value {
 
     json!({
         "bench": "load",
-        "upstream": "DashScope test double (tests/support/dashscope.rs), CosyVoice SSE, 100 ms events paced at real time",
+        "upstream": "DashScope test double (tests/it/support/dashscope/), CosyVoice SSE, 100 ms events paced at real time",
         "stream": { "text": TEXT, "audio_s": 2.2, "format": "PCM_S16LE 16000 Hz mono", "model": MODEL },
         "levels": rows,
         "cache_hit": summarize(&hits),

@@ -1,5 +1,5 @@
 //! Soak: mixed traffic at a steady rate against the real binary (`herald serve`) and the fake
-//! DashScope of tests/support, for a long time, with the daemon's RSS, open file descriptors,
+//! DashScope double of tests/it/support, for a long time, with the daemon's RSS, open file descriptors,
 //! threads and alive tokio tasks sampled at a fixed interval into a CSV. The run fails if any
 //! of them trends upward after the warm-up, or if any request ends in a status that its kind
 //! of traffic cannot explain.

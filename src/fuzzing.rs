@@ -1,5 +1,5 @@
 //! The bodies of the fuzz targets of `fuzz/` (cargo-fuzz) and of their regression test
-//! (tests/fuzz_regressions.rs, which replays the committed seeds and every crash found). Not
+//! (tests/it/fuzz_regressions.rs, which replays the committed seeds and every crash found). Not
 //! part of herald's API: hidden from the docs, and free to change with the targets.
 //!
 //! Each function takes arbitrary bytes, drives one parser of bytes that come from a network

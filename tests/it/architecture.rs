@@ -19,7 +19,6 @@ const CORE: &[&str] = &[
     "playback/",
     "voices/",
     "config/",
-    "config.rs",
     "provider.rs",
     "pipeline.rs",
     "error.rs",
