@@ -14,7 +14,10 @@ use secrecy::SecretString;
 use tonic::Status;
 
 use crate::{
-    audio::decode::{Decoder as _, SymphoniaDecoder, WavDecoder, wav_s16_header},
+    audio::{
+        decode::{Decoder as _, SymphoniaDecoder, WavDecoder},
+        wav::s16_header as wav_s16_header,
+    },
     daemon::Daemon,
     engine::{
         Engines,

@@ -121,7 +121,7 @@ pub fn from_f32le(b: &[u8]) -> Vec<f32> {
 /// A 16-bit WAV file of mono `x` (sizes filled in).
 pub fn wav_file(x: &[f32], rate: u32) -> Vec<u8> {
     let spec = AudioSpec::new(rate, 1).expect("spec");
-    let mut out = herald::audio::encode::wav_header(spec).to_vec();
+    let mut out = herald::audio::wav::streaming_header(spec).to_vec();
     let data = to_s16le(x);
     let len = data.len() as u32;
     out[4..8].copy_from_slice(&(36 + len).to_le_bytes());

@@ -20,7 +20,6 @@ pub mod opus;
 
 /// The header the WAV encoder writes once, before the first samples (the same as
 /// [`super::wav::streaming_header`]).
-pub use super::wav::streaming_header as wav_header;
 use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer, wav};
 
 /// Turns PCM into the bytes of one output encoding.
@@ -331,7 +330,10 @@ mod tests {
         let samples = tone(fmt.spec, 22_050, 0.5);
         let bytes = encode_all(fmt, &samples);
         assert_eq!(bytes.len(), HEADER_LEN + samples.len() * 2);
-        assert_eq!(&bytes[..HEADER_LEN], &wav_header(fmt.spec));
+        assert_eq!(
+            &bytes[..HEADER_LEN],
+            &crate::audio::wav::streaming_header(fmt.spec)
+        );
         assert_eq!(&bytes[0..4], b"RIFF");
         assert_eq!(&bytes[4..8], &[0xFF; 4]);
         assert_eq!(&bytes[40..44], &[0xFF; 4]);
@@ -381,7 +383,7 @@ mod tests {
         let mut enc = encoder_for(fmt).expect("encoder");
         let mut out = Vec::new();
         enc.finish(&mut out).expect("finish");
-        assert_eq!(out, wav_header(fmt.spec));
+        assert_eq!(out, crate::audio::wav::streaming_header(fmt.spec));
         // Patched to a real (zero) length, hound reads it as an empty 16 kHz mono file.
         let mut patched = out.clone();
         wav::set_sizes(&mut patched);

@@ -96,10 +96,12 @@ fn custom_voice(r: &Record) -> pb::CustomVoice {
     }
 }
 
-/// The rate field of a RIFF/WAVE header (the preview is upstream's WAV, reported as is).
-fn wav_rate(wav: &[u8]) -> Option<u32> {
-    (wav.len() >= 28 && &wav[..4] == b"RIFF")
-        .then(|| u32::from_le_bytes([wav[24], wav[25], wav[26], wav[27]]))
+/// The rate a WAV header announces (the preview is upstream's WAV, reported as is).
+fn wav_rate(bytes: &[u8]) -> Option<u32> {
+    crate::audio::wav::parse(bytes)
+        .ok()
+        .flatten()
+        .map(|(header, _)| header.spec.sample_rate)
 }
 
 fn delete_response(d: Deleted) -> pb::DeleteVoiceResponse {

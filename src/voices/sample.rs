@@ -8,7 +8,9 @@
 
 use std::io::Cursor;
 
-use crate::audio::{AudioError, InputEncoding, decode::open_decoder, encode::f32_to_i16};
+use crate::audio::{
+    AudioError, AudioSpec, InputEncoding, decode::open_decoder, encode::f32_to_i16, wav,
+};
 
 /// Largest sample, bytes (upstream: ≤ 10 MB; for data URIs, after encoding: herald checks
 /// the raw file against this and the encoded size against [`MAX_DATA_URI_BYTES`]).
@@ -148,28 +150,9 @@ pub enum SampleError {
     },
 }
 
-/// The `fmt ` chunk's (format tag, channels, rate, bits per sample) of a WAV file.
-fn wav_fmt(bytes: &[u8]) -> Option<(u16, u16, u32, u16)> {
-    let mut pos = 12;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().ok()?) as usize;
-        if id == b"fmt " && len >= 16 && pos + 8 + 16 <= bytes.len() {
-            let f = &bytes[pos + 8..];
-            let mut tag = u16::from_le_bytes([f[0], f[1]]);
-            if tag == 0xFFFE && len >= 26 && f.len() >= 26 {
-                tag = u16::from_le_bytes([f[24], f[25]]);
-            }
-            return Some((
-                tag,
-                u16::from_le_bytes([f[2], f[3]]),
-                u32::from_le_bytes([f[4], f[5], f[6], f[7]]),
-                u16::from_le_bytes([f[14], f[15]]),
-            ));
-        }
-        pos = pos.checked_add(8 + len + (len & 1))?;
-    }
-    None
+/// True when `bytes` is a WAV file of 16-bit integer PCM (what every surface takes as is).
+fn is_s16_wav(bytes: &[u8]) -> bool {
+    matches!(wav::s16_header(bytes), Ok(Some(_)))
 }
 
 /// Check `bytes` against the limits and `rules`; convert WAV when the surface needs it.
@@ -251,9 +234,8 @@ pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, SampleError> {
             converted: false,
         });
     }
-    let (tag, _, _, bits) = wav_fmt(bytes).unwrap_or((0, channels, rate, 0));
     let needs_mono = rules.mono && channels > 1;
-    if tag == 1 && bits == 16 && !needs_mono {
+    if is_s16_wav(bytes) && !needs_mono {
         return Ok(Prepared {
             bytes: bytes.to_vec(),
             format,
@@ -281,21 +263,12 @@ pub fn prepare(bytes: &[u8], rules: Rules) -> Result<Prepared, SampleError> {
 
 /// A complete 16-bit PCM WAV file (exact sizes in the header).
 pub fn wav16(rate: u32, channels: u16, pcm: &[i16]) -> Vec<u8> {
-    let data_len = (pcm.len() * 2) as u32;
-    let block = channels * 2;
-    let mut out = Vec::with_capacity(44 + pcm.len() * 2);
-    out.extend_from_slice(b"RIFF");
-    out.extend_from_slice(&(36 + data_len).to_le_bytes());
-    out.extend_from_slice(b"WAVEfmt ");
-    out.extend_from_slice(&16u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&channels.to_le_bytes());
-    out.extend_from_slice(&rate.to_le_bytes());
-    out.extend_from_slice(&(rate * u32::from(block)).to_le_bytes());
-    out.extend_from_slice(&block.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(b"data");
-    out.extend_from_slice(&data_len.to_le_bytes());
+    let spec = AudioSpec {
+        sample_rate: rate,
+        channels,
+    };
+    let mut out = Vec::with_capacity(wav::HEADER_LEN + pcm.len() * 2);
+    out.extend_from_slice(&wav::header(spec, (pcm.len() * 2) as u64));
     for s in pcm {
         out.extend_from_slice(&s.to_le_bytes());
     }
@@ -378,7 +351,16 @@ mod tests {
         w.extend_from_slice(&data);
         let p = prepare(&w, COSY).unwrap();
         assert!(p.converted);
-        assert_eq!(wav_fmt(&p.bytes), Some((1, 1, 16_000, 16)));
+        assert_eq!(
+            wav::s16_header(&p.bytes).unwrap(),
+            Some((
+                AudioSpec {
+                    sample_rate: 16_000,
+                    channels: 1
+                },
+                44
+            ))
+        );
         let back: Vec<i16> = p.bytes[44..]
             .chunks_exact(2)
             .map(|b| i16::from_le_bytes([b[0], b[1]]))
@@ -392,7 +374,16 @@ mod tests {
         let stereo = wav16(24_000, 2, &tone(24_000, 2, 5.0));
         let p = prepare(&stereo, QWEN).unwrap();
         assert!(p.converted);
-        assert_eq!(wav_fmt(&p.bytes), Some((1, 1, 24_000, 16)));
+        assert_eq!(
+            wav::s16_header(&p.bytes).unwrap(),
+            Some((
+                AudioSpec {
+                    sample_rate: 24_000,
+                    channels: 1
+                },
+                44
+            ))
+        );
         assert_eq!(p.bytes.len(), 44 + 24_000 * 5 * 2);
         let kept = prepare(&stereo, COSY).unwrap();
         assert!(!kept.converted, "CosyVoice takes stereo (first channel)");

@@ -23,7 +23,6 @@ use tokio::sync::mpsc;
 
 pub use self::{pcm::PcmDecoder, symphonia::SymphoniaDecoder, wav::WavDecoder};
 /// The 16-bit PCM header sniffer, under its former name (see [`crate::audio::wav::s16_header`]).
-pub use super::wav::s16_header as wav_s16_header;
 use super::{AudioError, InputEncoding, PcmBuffer};
 
 /// Bytes asked from the input per read. A read that returns less (a network chunk, a pipe) is

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::{Family, error::minimax_error, error_in};
 use crate::{
-    audio::{AudioSpec, decode::wav_s16_header},
+    audio::{AudioSpec, wav::s16_header as wav_s16_header},
     engine::{EngineError, WordTiming},
 };
 
