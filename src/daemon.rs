@@ -215,7 +215,7 @@ fn check_defaults(settings: &Settings, engines: &Engines) -> Result<(), ConfigEr
     if let Some(voice) = &settings.default_voice {
         engine
             .check_voice(model, voice)
-            .map_err(|m| ConfigError::invalid("synthesis.default_voice", m))?;
+            .map_err(|refused| ConfigError::invalid("synthesis.default_voice", refused.0))?;
     }
     Ok(())
 }

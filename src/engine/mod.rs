@@ -122,6 +122,19 @@ pub struct VoiceInfo {
     pub native_sample_rate: u32,
 }
 
+/// An engine cannot take a request as asked (a voice it does not have, an option its model
+/// does not take): the reason, for the client. Always the request's fault, so it is an
+/// invalid argument wherever it surfaces.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub String);
+
+impl From<Refused> for crate::error::Error {
+    fn from(refused: Refused) -> Self {
+        Self::invalid(refused.0)
+    }
+}
+
 /// A text-to-speech engine.
 #[async_trait::async_trait]
 pub trait Synthesizer: Send + Sync + 'static {
@@ -142,16 +155,16 @@ pub trait Synthesizer: Send + Sync + 'static {
     fn native_sample_rate(&self, model: &str, voice: &str) -> u32;
 
     /// `Ok` when the engine can honour every option of `req` with `req.model` (emotion, seed,
-    /// instructions, language, ...); otherwise a message for the client that starts with the
-    /// field's name and states the limit. Called after [`Synthesizer::check_voice`].
-    fn check_request(&self, req: &SynthesisRequest) -> Result<(), String> {
+    /// instructions, language, ...); otherwise why not, in a message for the client that starts
+    /// with the field's name and states the limit. Called after [`Synthesizer::check_voice`].
+    fn check_request(&self, req: &SynthesisRequest) -> Result<(), Refused> {
         let _ = req;
         Ok(())
     }
 
-    /// `Ok` when `voice` can be used with `model`; otherwise a message for the client naming the
-    /// voice (and, where short enough, the alternatives).
-    fn check_voice(&self, model: &str, voice: &str) -> Result<(), String> {
+    /// `Ok` when `voice` can be used with `model`; otherwise why not, in a message for the client
+    /// naming the voice (and, where short enough, the alternatives).
+    fn check_voice(&self, model: &str, voice: &str) -> Result<(), Refused> {
         if self
             .voices()
             .iter()
@@ -159,9 +172,9 @@ pub trait Synthesizer: Send + Sync + 'static {
         {
             Ok(())
         } else {
-            Err(format!(
+            Err(Refused(format!(
                 "voice {voice:?} is not a voice of model {model:?} (see ListVoices)"
-            ))
+            )))
         }
     }
 

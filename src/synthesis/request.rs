@@ -150,7 +150,7 @@ impl Core {
         };
         engine
             .check_voice(&model, &voice)
-            .map_err(|m| Error::invalid(format!("voice: {m}")))?;
+            .map_err(|refused| Error::from(refused).prefixed("voice: "))?;
 
         let language = optional(&req.language);
         if let Some(l) = &language
@@ -234,7 +234,7 @@ impl Core {
             output_sample_rate: output.spec.sample_rate,
             deadline: None,
         };
-        engine.check_request(&request).map_err(Error::invalid)?;
+        engine.check_request(&request)?;
         Ok(Job {
             request,
             engine: std::sync::Arc::clone(engine),

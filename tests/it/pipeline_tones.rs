@@ -11,7 +11,8 @@ use herald::{
     config::ListenAddr,
     daemon::Daemon,
     engine::{
-        EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo,
+        EngineError, Engines, Refused, SynthEvent, SynthStream, SynthesisRequest, Synthesizer,
+        VoiceInfo,
     },
     pb::{self, audio_format::Encoding, speech_client::SpeechClient},
     service,
@@ -102,11 +103,11 @@ impl Synthesizer for ToneEngine {
     fn voices(&self) -> Vec<VoiceInfo> {
         Vec::new()
     }
-    fn check_voice(&self, _model: &str, voice: &str) -> Result<(), String> {
+    fn check_voice(&self, _model: &str, voice: &str) -> Result<(), Refused> {
         if voice == "sine" {
             Ok(())
         } else {
-            Err(format!("unknown voice {voice:?}"))
+            Err(Refused(format!("unknown voice {voice:?}")))
         }
     }
     fn native_sample_rate(&self, model: &str, _voice: &str) -> u32 {

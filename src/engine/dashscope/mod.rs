@@ -40,7 +40,7 @@ pub use self::{
     client::{Client, Settings, Tuning},
     family::Family,
 };
-use super::{EngineError, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
+use super::{EngineError, Refused, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
 
 /// One family's engine.
 #[derive(Debug)]
@@ -78,12 +78,12 @@ impl Synthesizer for DashScopeEngine {
         self.family.native_rate()
     }
 
-    fn check_voice(&self, model: &str, voice: &str) -> Result<(), String> {
-        voices::check(self.family, model, voice)
+    fn check_voice(&self, model: &str, voice: &str) -> Result<(), Refused> {
+        voices::check(self.family, model, voice).map_err(Refused)
     }
 
-    fn check_request(&self, req: &SynthesisRequest) -> Result<(), String> {
-        self.family.check(req)
+    fn check_request(&self, req: &SynthesisRequest) -> Result<(), Refused> {
+        self.family.check(req).map_err(Refused)
     }
 
     async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError> {

@@ -24,7 +24,7 @@ use self::{
     run::{Run, excerpt},
     voices::parse_voices,
 };
-use super::{EngineError, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
+use super::{EngineError, Refused, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
 
 /// The model name this engine serves.
 pub const MODEL: &str = "espeak-ng";
@@ -151,24 +151,28 @@ impl Synthesizer for Espeak {
 
     /// Accepts the listed voice names and the languages some voice lists (`en`, `zh`, ...):
     /// the forms `espeak-ng -v` resolves. Exact, case-sensitive match.
-    fn check_voice(&self, model: &str, voice: &str) -> Result<(), String> {
+    fn check_voice(&self, model: &str, voice: &str) -> Result<(), Refused> {
         if !self.serves_model(model) {
-            return Err(format!("model {model:?} is not served by {NAME}"));
+            return Err(Refused(format!("model {model:?} is not served by {NAME}")));
         }
         if self.voice_args.contains_key(voice) {
             Ok(())
         } else {
-            Err(format!(
+            Err(Refused(format!(
                 "voice {voice:?} is not a voice or language of model {MODEL:?} (see ListVoices)"
-            ))
+            )))
         }
     }
 
     /// espeak-ng has no emotions, seeds, dictionaries, instruction rewriting or word timings: asking for them
     /// is an error rather than a silent loss. (`language` and `instructions` are hints it
     /// ignores, as the proto says.)
-    fn check_request(&self, req: &SynthesisRequest) -> Result<(), String> {
-        let refuse = |field: &str| Err(format!("{field}: model {MODEL:?} does not take it"));
+    fn check_request(&self, req: &SynthesisRequest) -> Result<(), Refused> {
+        let refuse = |field: &str| {
+            Err(Refused(format!(
+                "{field}: model {MODEL:?} does not take it"
+            )))
+        };
         if req.emotion.is_some() {
             return refuse("emotion");
         }
