@@ -84,6 +84,19 @@ pub struct Client {
     pub(super) slots: Arc<tokio::sync::Semaphore>,
 }
 
+/// A client whose base URL nothing listens on (nothing may be sent), for unit tests.
+#[cfg(test)]
+pub(crate) fn unreachable_client() -> Arc<Client> {
+    Client::new(Settings {
+        api_key: SecretString::from("k"),
+        api_key_source: "test".to_owned(),
+        base_url: "http://127.0.0.1:9".to_owned(),
+        workspace_id: None,
+        tuning: Tuning::default(),
+    })
+    .expect("a client of the default tuning")
+}
+
 impl Client {
     /// A client (one connection pool for all families).
     pub fn new(settings: Settings) -> Result<Arc<Self>, EngineError> {

@@ -272,14 +272,10 @@ enum Out {
 #[cfg(test)]
 mod tests {
     use futures::StreamExt as _;
-    use secrecy::SecretString;
     use tokio_stream::wrappers::ReceiverStream;
 
     use super::*;
-    use crate::engine::{
-        SynthesisRequest, WordTiming,
-        dashscope::{Client, Family, Settings, Tuning},
-    };
+    use crate::engine::{SynthesisRequest, WordTiming, dashscope::Family};
 
     const MONO: AudioSpec = AudioSpec {
         sample_rate: 16_000,
@@ -288,14 +284,7 @@ mod tests {
 
     /// A driver over `n` pieces whose messages the test sends itself.
     fn driver(n: usize) -> (Driver, Vec<mpsc::Sender<Result<PieceMsg, EngineError>>>) {
-        let client = Client::new(Settings {
-            api_key: SecretString::from("k"),
-            api_key_source: "test".to_owned(),
-            base_url: "http://127.0.0.1:9".to_owned(),
-            workspace_id: None,
-            tuning: Tuning::default(),
-        })
-        .unwrap();
+        let client = super::super::client::unreachable_client();
         let job = Arc::new(Job {
             client,
             family: Family::CosyVoice,

@@ -128,22 +128,14 @@ struct Job {
 
 #[cfg(test)]
 mod tests {
-    use secrecy::SecretString;
 
     use super::*;
     use crate::error::ErrorKind;
 
     #[tokio::test]
     async fn text_with_nothing_to_say_is_the_requests_fault() {
-        let client = Client::new(Settings {
-            api_key: SecretString::from("k"),
-            api_key_source: "test".to_owned(),
-            // Nothing listens here, and nothing may be sent.
-            base_url: "http://127.0.0.1:9".to_owned(),
-            workspace_id: None,
-            tuning: Tuning::default(),
-        })
-        .unwrap();
+        // Nothing listens there, and nothing may be sent.
+        let client = client::unreachable_client();
         let engine = DashScopeEngine::new(Family::CosyVoice, client);
         let req = SynthesisRequest {
             text: " \n\t ".to_owned(),

@@ -128,18 +128,7 @@ fn minimax_pitch(pitch: f32) -> i32 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn req(model: &str) -> SynthesisRequest {
-        SynthesisRequest {
-            text: "hi".into(),
-            voice: "v".into(),
-            model: model.into(),
-            speed: 1.0,
-            pitch: 1.0,
-            ..Default::default()
-        }
-    }
+    use super::{super::test_request as req, *};
 
     #[test]
     fn bodies_follow_the_spec() {

@@ -296,20 +296,22 @@ pub fn minimax_emotions(model: &str) -> &'static [&'static str] {
     }
 }
 
+/// A plain request for `model`, for the family's tests.
+#[cfg(test)]
+pub(super) fn test_request(model: &str) -> SynthesisRequest {
+    SynthesisRequest {
+        text: "hi".into(),
+        voice: "v".into(),
+        model: model.into(),
+        speed: 1.0,
+        pitch: 1.0,
+        ..Default::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    fn req(model: &str) -> SynthesisRequest {
-        SynthesisRequest {
-            text: "hi".into(),
-            voice: "v".into(),
-            model: model.into(),
-            speed: 1.0,
-            pitch: 1.0,
-            ..Default::default()
-        }
-    }
+    use super::{test_request as req, *};
 
     #[test]
     fn routing_by_model_name() {
