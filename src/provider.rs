@@ -14,7 +14,8 @@
 //!    dropped).
 //!
 //! A failure is "before any audio" because [`Provider::open`] waits for the first event of the
-//! stream: an error there has sent nothing to the client yet.
+//! stream: an error there has sent nothing to the client yet. The provider must not run the
+//! pipeline or know the client's format: the synthesis core does.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! systemd integration: readiness, status, stopping and the watchdog (`sd_notify(3)`), for
 //! `Type=notify` units. Every call is a no-op when `NOTIFY_SOCKET` is not set (not under
-//! systemd). Socket activation is [`crate::service::Activation`].
+//! systemd). Socket activation is [`crate::service::Activation`]. Nothing here may block or
+//! fail the daemon: a notification that cannot be sent is logged and dropped.
 
 use sd_notify::NotifyState;
 

@@ -6,7 +6,8 @@
 //! is stored in the cache; when it fails, every subscriber gets the error (shared, as
 //! [`EngineError::Shared`]) and nothing is stored. When the last subscriber leaves before the
 //! end, the call is cancelled at once (the upstream request is dropped) and nothing is stored.
-//! Memory is bounded by the cache's `max_text_chars`: only short phrases fly.
+//! Memory is bounded by the cache's `max_text_chars`: only short phrases fly. A flight must
+//! not decide policy (what is cacheable, when to fall back): that is the provider's.
 
 use std::{
     collections::HashMap,

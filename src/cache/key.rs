@@ -4,7 +4,8 @@
 //! object below, fields in this order, text normalized by [`normalize_text`], floats as their
 //! IEEE-754 bit patterns (so 1.0 and 1.0000001 are different keys, and no float formatting is
 //! involved), dictionaries sorted by key. Output format, volume and chunk size are not in the
-//! key: herald applies them to the stored audio.
+//! key: herald applies them to the stored audio. A key must never contain the text itself,
+//! only its hash.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};

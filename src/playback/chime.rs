@@ -1,6 +1,7 @@
 //! The chime played before an announcement: a WAV file from the configuration, or herald's
 //! built-in two-tone (a falling fifth, 880 Hz then 587 Hz, soft attack and release), rendered
-//! once per device at the device's rate and channel count.
+//! once per device at the device's rate and channel count. It must not be synthesized per
+//! announcement (it is rendered when a device opens).
 
 use std::{f32::consts::PI, path::Path};
 

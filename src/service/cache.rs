@@ -1,7 +1,7 @@
 //! The herald.v1.Cache handlers: warm, stats, clear, pin. Phrases are validated exactly like
 //! `Synthesize` requests (same defaults, same messages), so a phrase warmed here is the entry a
 //! later `Synthesize` with the same fields hits. A phrase that fails gets its own status in its
-//! result; the others go on.
+//! result; the others go on. No cache policy lives here: warming goes through the core.
 
 use std::sync::Arc;
 

@@ -1,6 +1,7 @@
 //! What the gRPC transport says about a call: the client's deadline (`grpc-timeout`) and who
 //! is calling (the TCP peer's address or the unix socket peer's user), for the core's
-//! deadlines and per-caller limits.
+//! deadlines and per-caller limits. It only reads; the core decides what a deadline or a
+//! caller means.
 
 use std::time::Duration;
 

@@ -1,5 +1,6 @@
 //! Speak / StopSpeaking: the playback fields of the requests (the synthesis fields go through
-//! the same validation as Synthesize), and playback events as protobuf.
+//! the same validation as Synthesize), and playback events as protobuf. Queue rules live in
+//! `playback`, never here.
 
 use std::time::Duration;
 

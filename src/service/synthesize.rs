@@ -1,6 +1,6 @@
 //! `Synthesize` at the gRPC door: the wire request → a core [`Request`], and core [`Event`]s
 //! → `SynthesizeResponse`s. Only the translation of enums and messages lives here; every
-//! limit and default is the core's.
+//! limit and default is the core's, and must not be repeated here.
 
 use tonic::Status;
 

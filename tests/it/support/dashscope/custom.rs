@@ -42,7 +42,7 @@ pub struct CustomOptions {
     /// Voices per surface before `Throttling.AllocationQuota`.
     pub quota: usize,
     /// `voice-enrollment` takes a data URI in `url` (`false`: 500 `InternalError` "audio
-    /// preprocess server error", as ANSELM saw live).
+    /// preprocess server error", as observed against the live API in December 2026).
     pub enrollment_data_uri: bool,
     /// Qwen VC creates answer `fallback_mode: true`.
     pub qwen_fallback_mode: bool,
