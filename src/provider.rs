@@ -411,8 +411,8 @@ pub enum WarmError {
     #[error(transparent)]
     Engine(EngineError),
     /// The audio was synthesized but not stored.
-    #[error("not stored: {0}")]
-    NotStored(String),
+    #[error("not stored")]
+    NotStored(#[source] cache::flight::NotStored),
 }
 
 /// Wait for the stream's first event: an error there is returned (nothing has been sent), an

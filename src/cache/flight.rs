@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::store::{Entry, EntryMeta, EntryStatus, Store, StoredWord, now_unix_ms};
+use super::store::{Entry, EntryMeta, EntryStatus, Store, StoreError, StoredWord, now_unix_ms};
 use crate::engine::{EngineError, SynthEvent, SynthStream, SynthesisRequest, Synthesizer};
 
 /// What a new flight runs and where its result goes.
@@ -49,7 +49,7 @@ pub struct Flight {
     /// Bumped on every new event and at the end.
     version: watch::Sender<u64>,
     /// What storing the result gave (`None` while running or storing).
-    stored: watch::Sender<Option<Result<EntryStatus, String>>>,
+    stored: watch::Sender<Option<Result<EntryStatus, NotStored>>>,
     cancel: CancellationToken,
 }
 
@@ -202,7 +202,7 @@ impl Subscription {
     /// nothing was stored. Independent of the subscription's lifetime.
     pub fn stored(
         &self,
-    ) -> impl std::future::Future<Output = Result<EntryStatus, String>> + Send + 'static {
+    ) -> impl std::future::Future<Output = Result<EntryStatus, NotStored>> + Send + 'static {
         let mut rx = self.flight.stored.subscribe();
         async move {
             loop {
@@ -210,11 +210,38 @@ impl Subscription {
                     return result;
                 }
                 if rx.changed().await.is_err() {
-                    return Err("the upstream call was cancelled".to_owned());
+                    return Err(NotStored::Cancelled);
                 }
             }
         }
     }
+}
+
+/// Why a flight stored nothing.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotStored {
+    /// The flight ended before its result was known.
+    #[error("the upstream call was cancelled")]
+    Cancelled,
+    /// The flight's task stopped without saying how it ended.
+    #[error("not stored")]
+    Stopped,
+    /// Every subscriber left before the end, so the call was cancelled.
+    #[error("every client left before the end")]
+    Abandoned,
+    /// The engine failed.
+    #[error("the upstream call failed; nothing cached")]
+    Failed,
+    /// Storing panicked (a bug).
+    #[error("storing panicked")]
+    Panicked,
+    /// The engine finished without audio.
+    #[error("no audio to store")]
+    NoAudio,
+    /// The store refused the entry.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
 }
 
 /// Ends the flight with an error if its task stops without saying how it ended (a panic).
@@ -225,7 +252,7 @@ impl Drop for EndGuard {
         self.0.end(End::Err(Arc::new(EngineError::Truncated)));
         self.0.stored.send_if_modified(|s| {
             s.is_none()
-                .then(|| *s = Some(Err("not stored".into())))
+                .then(|| *s = Some(Err(NotStored::Stopped)))
                 .is_some()
         });
     }
@@ -265,11 +292,11 @@ async fn drive(
         None => {
             tracing::debug!(key = %cache_key, "every client left; upstream call cancelled, nothing cached");
             flight.end(End::Err(Arc::new(EngineError::Truncated)));
-            Err("every client left before the end".to_owned())
+            Err(NotStored::Abandoned)
         }
         Some(Err(error)) => {
             flight.end(End::Err(Arc::new(error)));
-            Err("the upstream call failed; nothing cached".to_owned())
+            Err(NotStored::Failed)
         }
         Some(Ok(())) => {
             flight.end(End::Ok);
@@ -277,12 +304,14 @@ async fn drive(
             let k = cache_key.clone();
             tokio::task::spawn_blocking(move || store_events(&*store, &k, meta, &events))
                 .await
-                .unwrap_or_else(|_| Err("storing panicked".to_owned()))
+                .unwrap_or(Err(NotStored::Panicked))
         }
     };
     match &stored {
         Ok(status) => tracing::debug!(key = %cache_key, bytes = status.bytes, "cached"),
-        Err(why) => tracing::debug!(key = %cache_key, %why, "not cached"),
+        Err(why) => {
+            tracing::debug!(key = %cache_key, why = %crate::error::chain(why), "not cached")
+        }
     }
     flight.stored.send_replace(Some(stored));
     flights.remove(&key, &flight);
@@ -312,9 +341,9 @@ fn store_events(
     key: &str,
     mut meta: EntryMeta,
     events: &[SynthEvent],
-) -> Result<EntryStatus, String> {
+) -> Result<EntryStatus, NotStored> {
     let Some((spec, pcm, frames)) = super::canonical_pcm(events) else {
-        return Err("no audio to store".to_owned());
+        return Err(NotStored::NoAudio);
     };
     for e in events {
         match e {
@@ -337,5 +366,5 @@ fn store_events(
     meta.created_unix_ms = now_unix_ms();
     store
         .put(key, &Entry { meta, pcm })
-        .map_err(|e| crate::error::chain(&e))
+        .map_err(|e| NotStored::Store(Arc::new(e)))
 }

@@ -89,7 +89,7 @@ impl pb::cache_server::Cache for CacheService {
                         Err(e @ WarmError::TooLong(_)) => {
                             return failed(Code::InvalidArgument, format!("phrases[{i}].{e}"));
                         }
-                        Err(e) => return failed(Code::Unavailable, e.to_string()),
+                        Err(e) => return failed(Code::Unavailable, crate::error::chain(&e)),
                     };
                     let mut pinned = warmed.status.pinned;
                     if pin {
