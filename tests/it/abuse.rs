@@ -36,6 +36,7 @@ async fn served(client: &mut pb::speech_client::SpeechClient<Channel>, what: &st
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_text_is_refused_naming_the_field_and_the_limit() {
+    let _exclusive = exclusive().await;
     let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     let mut client = daemon.client().await;
     // One character past synthesis.max_text_chars (20 000), and a 3.9 MB text of 4-byte
@@ -102,6 +103,7 @@ async fn raw_synthesize(channel: Channel, req: RawRequest) -> Result<usize, toni
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_utf8_in_string_fields_is_refused_and_the_daemon_goes_on() {
+    let _exclusive = exclusive().await;
     let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     let channel = daemon.unix_channel().await;
     // Overlong encodings, lone surrogates, truncated sequences, bytes that never occur in
@@ -152,6 +154,7 @@ async fn invalid_utf8_in_string_fields_is_refused_and_the_daemon_goes_on() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_tiny_requests_are_shed_and_another_peer_is_still_served() {
+    let _exclusive = exclusive().await;
     let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     // Tiny, but long enough that they overlap: 4 characters of tone at real time.
     double.set_options(Options {

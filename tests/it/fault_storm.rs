@@ -248,6 +248,7 @@ async fn idle(server: &ServeProcess) -> Idle {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_streams_through_a_storm_of_faults_end_as_design_says_and_leave_nothing_behind() {
+    let _exclusive = exclusive().await;
     let double = DashScopeDouble::start(API_KEY).await;
     let toml = "[dashscope]\nretry_base_ms = 10\nidle_timeout_ms = 10000\n\
                 first_event_timeout_ms = 10000\nmax_concurrent_requests = 128\n\

@@ -63,6 +63,7 @@ fn ms(frames: usize) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_queue_plays_by_priority_on_a_real_time_alsa_device() {
+    let _exclusive = exclusive().await;
     let s = setup().await;
     let mut client = s.server.client().await;
     // 2.16 s of 440 Hz.
@@ -206,6 +207,7 @@ async fn the_queue_plays_by_priority_on_a_real_time_alsa_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leading_silence_chime_and_speech_on_a_real_time_alsa_device() {
+    let _exclusive = exclusive().await;
     let s = setup().await;
     let mut client = s.server.client().await;
     // 20 characters: 800 ms of 440 Hz.

@@ -133,6 +133,8 @@ pub fn sandboxed(path: &str) -> Option<Sandbox> {
 /// The sandbox lives in `/dev/shm` when there is one: the unpaced plugins write silence at
 /// hundreds of MB/s while a stream runs.
 fn run_in_sandbox(path: &str, ignored: bool) {
+    // The child keeps real time: nothing heavy runs beside it (see `exclusive`).
+    let _exclusive = futures::executor::block_on(super::process::exclusive());
     let shm = Path::new("/dev/shm");
     let dir = if shm.is_dir() {
         tempfile::Builder::new()

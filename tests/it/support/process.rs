@@ -312,3 +312,12 @@ impl Drop for ServeProcess {
         }
     }
 }
+
+/// Held by the tests that keep real time (paced ALSA devices, sandboxed cpal streams) and by
+/// the ones that load the machine on purpose (fault storms, request floods), for their whole
+/// run, so that one never distorts the other's clock: since the suite became one binary they
+/// share a process and its two test threads. Every other test runs beside them as before.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static EXCLUSIVE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    EXCLUSIVE.lock().await
+}
