@@ -108,7 +108,7 @@ impl pb::speech_server::Speech for SpeechService {
             .inspect_err(|e| metrics().outcome(&label, "", Err(e.kind())))?;
         let events = self.core.synthesize(request, peer, asked)?;
         Ok(Response::new(Box::pin(
-            ReceiverStream::new(events).map(super::synthesize::response),
+            events.map(super::synthesize::response),
         )))
     }
 

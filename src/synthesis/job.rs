@@ -131,8 +131,48 @@ impl Start {
     }
 }
 
-/// The events of a running job. Dropping it stops the job.
-pub type Events = mpsc::Receiver<Result<Event, Error>>;
+/// The events of a running job, ending after its summary or its error (the audio thread may
+/// still be flushing when a deadline ends the job; nothing of that reaches the reader).
+/// Dropping it stops the job.
+#[derive(Debug)]
+pub struct Events {
+    rx: mpsc::Receiver<Result<Event, Error>>,
+    ended: bool,
+}
+
+impl Events {
+    /// The next event; `None` after the summary or an error.
+    pub async fn recv(&mut self) -> Option<Result<Event, Error>> {
+        std::future::poll_fn(|cx| self.poll_event(cx)).await
+    }
+
+    fn poll_event(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Event, Error>>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        let item = std::task::ready!(self.rx.poll_recv(cx));
+        if matches!(item, None | Some(Err(_)) | Some(Ok(Event::Summary(_)))) {
+            self.ended = true;
+            // Whatever is still on its way can go no further: its senders stop at once.
+            self.rx.close();
+        }
+        std::task::Poll::Ready(item)
+    }
+}
+
+impl futures::Stream for Events {
+    type Item = Result<Event, Error>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.get_mut().poll_event(cx)
+    }
+}
 
 /// Start `job` on `provider`: spawns the job and returns its events.
 pub fn start(provider: Arc<Provider>, job: Job, start: Start) -> Events {
@@ -142,7 +182,7 @@ pub fn start(provider: Arc<Provider>, job: Job, start: Start) -> Events {
         run(provider, job, start, tx),
         span,
     ));
-    rx
+    Events { rx, ended: false }
 }
 
 /// The classified error of a failed job, logged once with its whole chain.

@@ -191,3 +191,289 @@ impl Core {
         self.provider.warm(job.request, job.engine, refresh).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The core on its own: a tone engine that sends 16 kHz s16le in 20 ms pieces, behind a
+    //! provider with no cache and no fallback.
+
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use bytes::Bytes;
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::{
+        audio::{AudioSpec, InputEncoding, encode::negotiate::Codec},
+        engine::{
+            EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo,
+        },
+        error::ErrorKind,
+    };
+
+    const RATE: u32 = 16_000;
+
+    /// `n` × 20 ms of a constant level, then Finished; with `stall`, waits forever after the
+    /// first piece. `dropped` is set when the stream is dropped.
+    struct Tone {
+        pieces: usize,
+        stall: bool,
+        dropped: Arc<AtomicBool>,
+    }
+
+    struct SetOnDrop(Arc<AtomicBool>);
+
+    impl Drop for SetOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Synthesizer for Tone {
+        fn name(&self) -> &'static str {
+            "tone"
+        }
+        fn serves_model(&self, model: &str) -> bool {
+            model == "tone"
+        }
+        fn default_voice(&self, _: &str) -> String {
+            "a".into()
+        }
+        fn voices(&self) -> Vec<VoiceInfo> {
+            vec![VoiceInfo {
+                name: "a".into(),
+                display_name: "A".into(),
+                languages: vec!["en".into()],
+                gender: String::new(),
+                model: "tone".into(),
+                native_sample_rate: RATE,
+            }]
+        }
+        fn native_sample_rate(&self, _: &str, _: &str) -> u32 {
+            RATE
+        }
+        async fn synthesize(&self, _: SynthesisRequest) -> Result<SynthStream, EngineError> {
+            let spec = AudioSpec {
+                sample_rate: RATE,
+                channels: 1,
+            };
+            let piece = Bytes::from(
+                std::iter::repeat_n(8192i16.to_le_bytes(), (RATE / 50) as usize)
+                    .flatten()
+                    .collect::<Vec<u8>>(),
+            );
+            let guard = SetOnDrop(Arc::clone(&self.dropped));
+            let audio = futures::stream::iter((0..self.pieces).map(move |_| {
+                Ok(SynthEvent::Audio {
+                    encoding: InputEncoding::Pcm16Le(spec),
+                    data: piece.clone(),
+                })
+            }));
+            let end = if self.stall {
+                futures::stream::pending().boxed()
+            } else {
+                futures::stream::once(async {
+                    Ok(SynthEvent::Finished {
+                        characters: None,
+                        upstream_request_ids: Vec::new(),
+                    })
+                })
+                .boxed()
+            };
+            Ok(audio
+                .chain(end)
+                .map(move |e| {
+                    let _ = &guard;
+                    e
+                })
+                .boxed())
+        }
+    }
+
+    fn core(pieces: usize, stall: bool, settings: Settings) -> (Core, Arc<AtomicBool>) {
+        let dropped = Arc::new(AtomicBool::new(false));
+        let engine = Tone {
+            pieces,
+            stall,
+            dropped: Arc::clone(&dropped),
+        };
+        let provider = Provider::new(Engines::new(vec![Arc::new(engine)]), None, Vec::new());
+        let core = Core::new(
+            Arc::new(provider),
+            Arc::new(voices::Manager::disabled()),
+            Settings {
+                default_model: "tone".into(),
+                ..settings
+            },
+            CancellationToken::new(),
+        );
+        (core, dropped)
+    }
+
+    fn request(codec: Codec, rate: u32) -> Request {
+        Request {
+            text: "hello".into(),
+            format: crate::audio::encode::negotiate::FormatRequest {
+                codec,
+                sample_rate_hz: rate,
+                ..Default::default()
+            },
+            ..Request::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_job_yields_info_audio_then_a_summary_that_counts_it() {
+        let (core, _) = core(10, false, Settings::default());
+        let mut events = core
+            .synthesize(request(Codec::PcmS16Le, 48_000), "t".into(), None)
+            .unwrap();
+        let Some(Ok(Event::Info(info))) = events.recv().await else {
+            panic!("info first")
+        };
+        assert_eq!(info.output.spec.sample_rate, 48_000);
+        assert_eq!(
+            (info.served.engine.as_str(), info.served.native_sample_rate),
+            ("tone", RATE)
+        );
+        let (mut frames, mut bytes) = (0u64, 0u64);
+        let summary = loop {
+            match events.recv().await {
+                Some(Ok(Event::Audio(chunk))) => {
+                    frames += u64::from(chunk.frames);
+                    bytes += chunk.data.len() as u64;
+                }
+                Some(Ok(Event::Summary(s))) => break s,
+                other => panic!("{other:?}"),
+            }
+        };
+        // 200 ms at 16 kHz, resampled to 48 kHz exactly.
+        assert_eq!(frames, 9_600);
+        assert_eq!((summary.frames, summary.bytes), (frames, bytes));
+        assert_eq!(bytes, frames * 2);
+        assert_eq!(summary.duration_ms, 200);
+        assert_eq!(summary.characters, 5);
+        assert!(events.recv().await.is_none(), "nothing after the summary");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_events_stops_the_engine() {
+        let (core, dropped) = core(1, true, Settings::default());
+        let mut events = core
+            .synthesize(request(Codec::Wav, 0), "t".into(), None)
+            .unwrap();
+        assert!(matches!(events.recv().await, Some(Ok(Event::Info(_)))));
+        drop(events);
+        for _ in 0..200 {
+            if dropped.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the engine stream was not dropped within 1 s of the reader leaving");
+    }
+
+    #[tokio::test]
+    async fn a_deadline_ends_the_job_with_deadline_exceeded() {
+        let (core, dropped) = core(1, true, Settings::default());
+        let mut events = core
+            .synthesize(
+                request(Codec::PcmS16Le, 0),
+                "t".into(),
+                Some(Duration::from_millis(50)),
+            )
+            .unwrap();
+        let last = loop {
+            match events.recv().await {
+                Some(Ok(_)) => {}
+                Some(Err(e)) => break e,
+                None => panic!("the job ended without an error"),
+            }
+        };
+        assert_eq!(last.kind(), ErrorKind::DeadlineExceeded);
+        assert_eq!(
+            last.message(),
+            "deadline exceeded before synthesis finished"
+        );
+        assert!(events.recv().await.is_none());
+        assert!(
+            dropped.load(Ordering::SeqCst),
+            "the engine stream is dropped"
+        );
+    }
+
+    #[tokio::test]
+    async fn admission_is_refused_past_the_per_peer_limit_and_freed_when_a_job_ends() {
+        let (core, _) = core(
+            1,
+            true,
+            Settings {
+                max_concurrent_per_peer: 1,
+                ..Settings::default()
+            },
+        );
+        let first = core
+            .synthesize(request(Codec::PcmS16Le, 0), "p".into(), None)
+            .unwrap();
+        let e = core
+            .synthesize(request(Codec::PcmS16Le, 0), "p".into(), None)
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::ResourceExhausted);
+        assert!(e.message().starts_with("synthesis.max_concurrent_per_peer"));
+        // Another caller is not affected.
+        let _other = core
+            .synthesize(request(Codec::PcmS16Le, 0), "q".into(), None)
+            .unwrap();
+        drop(first);
+        // The slot comes back once the job has seen its reader leave.
+        for _ in 0..200 {
+            if core
+                .synthesize(request(Codec::PcmS16Le, 0), "p".into(), None)
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        panic!("the slot was not freed");
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let (core, _) = core(1, false, Settings::default());
+        let cases = [
+            (Request::default(), "text: must not be empty"),
+            (
+                Request {
+                    model: "nope".into(),
+                    ..request(Codec::Wav, 0)
+                },
+                "model: unknown model \"nope\"",
+            ),
+            (
+                Request {
+                    voice: "b".into(),
+                    ..request(Codec::Wav, 0)
+                },
+                "voice: voice \"b\" is not a voice of model \"tone\"",
+            ),
+            (
+                Request {
+                    chunk_ms: 5,
+                    ..request(Codec::Wav, 0)
+                },
+                "chunk_ms: 5 is outside 10..=1000",
+            ),
+            (
+                request(Codec::Mp3, 12_345),
+                "format.sample_rate_hz: MP3 cannot carry",
+            ),
+        ];
+        for (req, start) in cases {
+            let e = core.prepare(req).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            assert!(e.message().starts_with(start), "{}", e.message());
+        }
+    }
+}
