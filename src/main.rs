@@ -51,6 +51,11 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     })
 }
 
+/// `error` and its causes on one line, each cause once.
+fn render(error: &anyhow::Error) -> String {
+    herald::client::error_line(error.as_ref())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // systemd socket activation: take the passed sockets while the process has one thread
@@ -91,7 +96,7 @@ fn main() -> ExitCode {
         // filter.
         Err(Failure { error, .. }) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(Failure { code, error }) => {
-            eprintln!("herald: {error:#}");
+            eprintln!("herald: {}", render(&error));
             ExitCode::from(code)
         }
     }

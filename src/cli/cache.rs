@@ -94,7 +94,7 @@ fn read_phrases(src: &PhraseSource) -> Result<Vec<pb::SynthesizeRequest>, Failur
 
 async fn connect_cache(
     target: TargetArgs,
-) -> Result<pb::cache_client::CacheClient<tonic::transport::Channel>, Failure> {
+) -> Result<pb::cache_client::CacheClient<herald::client::Channel>, Failure> {
     Ok(pb::cache_client::CacheClient::new(channel(target).await?))
 }
 
@@ -239,7 +239,7 @@ async fn per_phrase<F, Fut>(
 ) -> Result<(), Failure>
 where
     F: FnMut(
-        pb::cache_client::CacheClient<tonic::transport::Channel>,
+        pb::cache_client::CacheClient<herald::client::Channel>,
         Vec<pb::SynthesizeRequest>,
     ) -> Fut,
     Fut: std::future::Future<Output = Result<Vec<pb::CacheEntryResult>, tonic::Status>>,

@@ -15,10 +15,11 @@ pub(crate) mod voices;
 
 use std::path::PathBuf;
 
-use anyhow::Context as _;
+use secrecy::SecretString;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use herald::{
-    client::{self, Target},
+    client::{self, Channel, Target},
     config::{self, Env, LoadOptions, Overrides},
     pb::{self, audio_format::Encoding},
 };
@@ -62,14 +63,43 @@ pub(crate) struct ConfigArgs {
     log_format: Option<String>,
 }
 
+/// The connection settings of every client command: flags here, else `HERALD_*` variables,
+/// else the default socket (resolved by [`Target::resolve`]).
 #[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Connection")]
 pub(crate) struct TargetArgs {
-    /// The daemon's unix socket (default: where `herald serve` puts it).
+    /// The daemon's unix socket [env: HERALD_SOCKET] (default: where `herald serve` puts it).
     #[arg(long, value_name = "PATH", conflicts_with = "addr")]
     socket: Option<PathBuf>,
-    /// The daemon's TCP address, HOST:PORT.
+    /// The daemon's TCP listener, HOST:PORT [env: HERALD_ADDR].
     #[arg(long, value_name = "HOST:PORT")]
     addr: Option<String>,
+    /// The bearer token of a TCP listener [env: HERALD_TOKEN]. Other users can see it in
+    /// the process list: prefer --token-file or HERALD_TOKEN.
+    #[arg(long, value_name = "TOKEN", value_parser = parse_secret, conflicts_with = "token_file")]
+    token: Option<SecretString>,
+    /// A file holding the bearer token (surrounding whitespace ignored).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Use TLS (https) over TCP, trusting this PEM CA certificate [env: HERALD_TLS_CA].
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+}
+
+impl TargetArgs {
+    fn settings(self) -> client::Settings {
+        client::Settings {
+            socket: self.socket,
+            addr: self.addr,
+            token: self.token,
+            token_file: self.token_file,
+            tls_ca: self.tls_ca,
+        }
+    }
+}
+
+fn parse_secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
 }
 
 #[derive(Subcommand, Debug)]
@@ -342,18 +372,22 @@ impl ConfigArgs {
     }
 }
 
-async fn connect(
-    target: TargetArgs,
-) -> Result<pb::speech_client::SpeechClient<tonic::transport::Channel>, Failure> {
+async fn connect(target: TargetArgs) -> Result<pb::speech_client::SpeechClient<Channel>, Failure> {
     Ok(pb::speech_client::SpeechClient::new(channel(target).await?))
 }
 
-async fn channel(target: TargetArgs) -> Result<tonic::transport::Channel, Failure> {
-    let target = Target::resolve(target.socket, target.addr, &Env::from_process())
-        .map_err(|m| fail(EX_UNAVAILABLE, anyhow::anyhow!(m)))?;
+/// A channel to the daemon the connection settings name (exit code EX_USAGE when they are not
+/// usable, EX_UNAVAILABLE when the daemon cannot be reached).
+async fn channel(target: TargetArgs) -> Result<Channel, Failure> {
+    let target = Target::resolve(target.settings(), &Env::from_process()).map_err(|e| {
+        let code = match e {
+            client::SettingsError::NoSocket { .. } => EX_UNAVAILABLE,
+            _ => EX_USAGE,
+        };
+        fail(code, e)
+    })?;
     client::channel(&target)
         .await
-        .with_context(|| format!("cannot connect to herald at {target}"))
         .map_err(|e| fail(EX_UNAVAILABLE, e))
 }
 
