@@ -1,30 +1,39 @@
 //! A Python client (grpcio, stubs generated from proto/ at test time by examples/python/say.py)
-//! against the real `herald serve` binary: herald's first polyglot witness.
+//! against the real `herald serve` binary: herald's first polyglot witness. Over the unix
+//! socket, and over TCP with a bearer token and TLS, in every encoding.
 //!
 //! Needs a Python with grpcio and grpcio-tools: `$HERALD_TEST_PYTHON` (set by `.ci/test`),
 //! else `./.venv/bin/python` (created by `.ci/setup`). Without one the test fails and says so.
 
-use std::process::{Command, Output};
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
 
 use serde_json::Value;
 
 use crate::support::{python::python_with_grpc, *};
 
-/// `examples/python/say.py --socket <server> <args>`, as it ran.
-fn say(server: &ServeProcess, args: &[&str]) -> Output {
-    Command::new(python_with_grpc())
-        .arg("examples/python/say.py")
-        .arg("--socket")
-        .arg(&server.socket)
+/// `examples/python/say.py <args>` (stubs generated under `gen`), with `env` set and none of
+/// the connection variables of the environment the tests run in, as it ran.
+fn say_py(gen_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(python_with_grpc());
+    cmd.arg("examples/python/say.py")
         .args(args)
-        .env("HERALD_PY_GEN", server.dir.path().join("gen"))
-        .output()
-        .expect("run python")
+        .env("HERALD_PY_GEN", gen_dir);
+    for var in [
+        "HERALD_SOCKET",
+        "HERALD_ADDR",
+        "HERALD_TOKEN",
+        "HERALD_TLS_CA",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env.iter().copied()).output().expect("run python")
 }
 
 /// `say.py` that succeeds: its one JSON line.
-fn run_say(server: &ServeProcess, args: &[&str]) -> Value {
-    let out = say(server, args);
+fn json_of(out: Output) -> Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -32,6 +41,29 @@ fn run_say(server: &ServeProcess, args: &[&str]) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_str(stdout.trim()).expect("one JSON line")
+}
+
+/// `say.py` that fails: its one line of stderr, with no traceback.
+fn error_of(out: Output) -> String {
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr).trim_end().to_owned();
+    assert!(!err.contains("Traceback"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("say.py: "), "{err}");
+    err
+}
+
+/// `say.py --socket <server> <args>`, as it ran.
+fn say(server: &ServeProcess, args: &[&str]) -> Output {
+    let socket = server.socket.to_str().unwrap();
+    let mut all = vec!["--socket", socket];
+    all.extend_from_slice(args);
+    say_py(&server.dir.path().join("gen"), &all, &[])
+}
+
+/// `say.py` that succeeds: its one JSON line.
+fn run_say(server: &ServeProcess, args: &[&str]) -> Value {
+    json_of(say(server, args))
 }
 
 #[test]
@@ -68,7 +100,8 @@ fn python_client_synthesizes_and_lists_voices() {
     assert_eq!(info["engine"], "espeak-ng");
     let samples_reported = result["summary"]["samples"].as_u64().expect("samples") as usize;
 
-    let (spec, samples) = wav_samples(patch_wav_sizes(std::fs::read(&wav).unwrap()));
+    // say.py patched the header's sizes: hound (strict) reads the file as it is.
+    let (spec, samples) = wav_samples(std::fs::read(&wav).unwrap());
     assert_eq!(spec.sample_rate, 16_000);
     assert_eq!(samples.len(), samples_reported);
     assert!((0.8..5.0).contains(&(samples.len() as f64 / 16_000.0)));
@@ -79,7 +112,7 @@ fn python_client_synthesizes_and_lists_voices() {
         &server,
         &[
             "--format",
-            "pcm_f32le",
+            "f32",
             "--rate",
             "48000",
             "--channels",
@@ -96,9 +129,9 @@ fn python_client_synthesizes_and_lists_voices() {
     );
     assert!(rms(&data) > 0.02);
 
-    // Errors reach Python as gRPC statuses.
+    // Errors are one line on stderr, with the gRPC code, and no traceback.
     let bad_file = server.dir.path().join("x.wav");
-    let out = say(
+    let err = error_of(say(
         &server,
         &[
             "--rate",
@@ -107,11 +140,141 @@ fn python_client_synthesizes_and_lists_voices() {
             bad_file.to_str().unwrap(),
             "bad rate",
         ],
-    );
-    assert!(!out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
+    ));
     assert!(
-        text.contains("INVALID_ARGUMENT") && text.contains("format.sample_rate_hz"),
-        "{text}"
+        err.starts_with("say.py: INVALID_ARGUMENT: ") && err.contains("format.sample_rate_hz"),
+        "{err}"
     );
+}
+
+const TOKEN: &str = "py-token-5c1e9a7b3d2f8e4a6c0b";
+
+#[test]
+fn python_client_over_tls_with_a_token_in_every_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    let toml = format!(
+        "[server]\nauth_token = \"{TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+        cert.display(),
+        key.display()
+    );
+    let server = Serve::new(&toml).tcp().start();
+    let addr = server.tcp().to_string();
+    let cert = cert.to_str().unwrap();
+    let gen_dir = server.dir.path().join("gen");
+    let say = |args: &[&str]| {
+        let mut all = vec!["--addr", addr.as_str(), "--tls-ca", cert, "--token", TOKEN];
+        all.extend_from_slice(args);
+        say_py(&gen_dir, &all, &[])
+    };
+
+    // Every encoding: the file holds exactly the bytes the summary counts.
+    let mut files = Vec::new();
+    for (format, encoding, rate) in [
+        ("wav", "WAV", 16_000),
+        ("pcm", "PCM_S16LE", 16_000),
+        ("f32", "PCM_F32LE", 16_000),
+        ("mulaw", "MULAW", 8_000),
+        ("alaw", "ALAW", 8_000),
+        ("mp3", "MP3", 24_000),
+        ("opus", "OGG_OPUS", 48_000),
+        ("flac", "FLAC", 16_000),
+    ] {
+        let path = server.dir.path().join(format!("tls.{format}"));
+        let rate_arg = rate.to_string();
+        let result = json_of(say(&[
+            "--format",
+            format,
+            "--rate",
+            &rate_arg,
+            "-o",
+            path.to_str().unwrap(),
+            "Secure speech from Python.",
+        ]));
+        assert_eq!(result["info"]["encoding"], encoding, "{format}");
+        assert_eq!(result["info"]["sample_rate_hz"], rate, "{format}");
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(
+            bytes.len() as u64,
+            result["summary"]["bytes"].as_u64().expect("bytes"),
+            "{format}"
+        );
+        let samples = result["summary"]["samples"].as_u64().expect("samples") as usize;
+        assert!(samples > rate as usize, "{format}: {samples} samples");
+        files.push((format, bytes, samples));
+    }
+    for (format, bytes, samples) in files {
+        match format {
+            // A header whose sizes say what the file holds.
+            "wav" => {
+                let data = u32::from_le_bytes(bytes[40..44].try_into().unwrap()) as usize;
+                let riff = u32::from_le_bytes(bytes[4..8].try_into().unwrap()) as usize;
+                assert_eq!((data, riff), (bytes.len() - 44, bytes.len() - 8));
+                let (spec, x) = wav_samples(bytes);
+                assert_eq!((spec.sample_rate, x.len()), (16_000, samples));
+                assert!(voiced_fraction(&x, 16_000) > 0.3);
+            }
+            "pcm" => assert_eq!(bytes.len(), samples * 2),
+            "f32" => assert_eq!(bytes.len(), samples * 4),
+            "mulaw" | "alaw" => assert_eq!(bytes.len(), samples),
+            // Lossless: every sample comes back.
+            "flac" => {
+                let (rate, channels, x) = symphonia_decode(bytes, "flac");
+                assert_eq!((rate, channels, x.len()), (16_000, 1, samples));
+                assert!(voiced_fraction(&x, 16_000) > 0.3);
+            }
+            "mp3" => assert_eq!(&bytes[..1], &[0xff], "an MP3 frame sync"),
+            "opus" => assert_eq!(&bytes[..4], b"OggS"),
+            _ => unreachable!(),
+        }
+    }
+
+    // The variables instead of the flags.
+    let voices = json_of(say_py(
+        &gen_dir,
+        &["--voices"],
+        &[
+            ("HERALD_ADDR", addr.as_str()),
+            ("HERALD_TLS_CA", cert),
+            ("HERALD_TOKEN", TOKEN),
+        ],
+    ));
+    assert!(voices["voices"].as_array().is_some_and(|v| !v.is_empty()));
+
+    // No token: UNAUTHENTICATED, one line, no traceback.
+    let err = error_of(say_py(
+        &gen_dir,
+        &["--addr", addr.as_str(), "--tls-ca", cert, "--voices"],
+        &[],
+    ));
+    assert!(err.starts_with("say.py: UNAUTHENTICATED: "), "{err}");
+    // No CA: the handshake fails (UNAVAILABLE), one line, no traceback.
+    let err = error_of(say_py(
+        &gen_dir,
+        &[
+            "--addr",
+            addr.as_str(),
+            "--token",
+            TOKEN,
+            "--voices",
+            "--timeout",
+            "5",
+        ],
+        &[],
+    ));
+    assert!(err.starts_with("say.py: UNAVAILABLE: "), "{err}");
 }
