@@ -46,6 +46,8 @@ pub const ENV_TLS_CA: &str = "HERALD_TLS_CA";
 
 /// How long opening a connection (TCP, TLS, HTTP/2) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long asking a listener whether it speaks TLS may take (after a failure).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// The connection settings given on the command line (`None`: not given). What is not given
 /// comes from the environment, then the defaults ([`Target::resolve`]).
@@ -340,7 +342,9 @@ impl Target {
     /// protocol error or a reset connection, depending on timing).
     async fn explain(&self, error: tonic::transport::Error) -> ConnectError {
         match (self.classify(error), &self.address) {
-            (ConnectError::Other { target, error }, Address::Tcp(addr)) if self.tls.is_none() => {
+            (ConnectError::Other { target, error }, Address::Tcp(addr))
+                if self.tls.is_none() && !unreachable(&error) =>
+            {
                 if speaks_tls(addr).await {
                     ConnectError::ExpectedTls { target }
                 } else {
@@ -352,6 +356,17 @@ impl Target {
     }
 }
 
+/// Whether `error` says the host could not be reached at all (no listener to ask about TLS).
+fn unreachable(error: &tonic::transport::Error) -> bool {
+    use io::ErrorKind::*;
+    find::<io::Error>(error).is_some_and(|io| {
+        matches!(
+            io.kind(),
+            TimedOut | HostUnreachable | NetworkUnreachable | AddrNotAvailable | NotFound
+        )
+    }) || error_line(error).contains("timed out")
+}
+
 /// Whether the listener at `addr` answers a TLS handshake with a certificate (one no CA is
 /// trusted for: the handshake fails either way; how it fails tells).
 async fn speaks_tls(addr: &str) -> bool {
@@ -360,7 +375,7 @@ async fn speaks_tls(addr: &str) -> bool {
     else {
         return false;
     };
-    match endpoint.connect_timeout(CONNECT_TIMEOUT).connect().await {
+    match endpoint.connect_timeout(PROBE_TIMEOUT).connect().await {
         Ok(_) => true,
         Err(e) => matches!(
             find_io_inner::<rustls::Error>(&e),

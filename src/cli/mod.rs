@@ -400,7 +400,16 @@ async fn response<T>(
         .map_err(rpc_error)
 }
 
+/// A call's status as a failure: exit code 1, or EX_UNAVAILABLE when the call never reached
+/// the daemon (the channel says why, e.g. a TLS mismatch found by the first call).
 fn rpc_error(status: tonic::Status) -> Failure {
+    use std::error::Error as _;
+    let unreached = status
+        .source()
+        .is_some_and(|e| e.is::<client::ConnectError>());
+    if unreached {
+        return fail(EX_UNAVAILABLE, anyhow::anyhow!("{}", status.message()));
+    }
     fail(
         1,
         anyhow::anyhow!("{:?}: {}", status.code(), status.message()),
