@@ -15,6 +15,7 @@ mod authority;
 pub mod cache;
 mod deadline;
 mod listen;
+mod oversize;
 mod speak;
 pub mod speech;
 pub mod status;
@@ -85,7 +86,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server over `speech`, with no token, no TLS and 4 MiB messages. Shutdown cancels
+    /// A server over `speech`, with no token, no TLS and 16 MiB messages. Shutdown cancels
     /// `jobs` and waits up to `grace` for connections to close.
     pub fn new(speech: SpeechService, jobs: CancellationToken, grace: Duration) -> Self {
         Self {
@@ -103,7 +104,7 @@ impl Server {
         &self.speech
     }
 
-    /// The largest request message accepted (default 4 MiB).
+    /// The largest request message accepted (default 16 MiB).
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
@@ -159,6 +160,7 @@ impl Server {
                     .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
             }
             let router = builder
+                .layer(oversize::layer())
                 .add_service(health.clone())
                 .add_service(InterceptedService::new(reflection_v1.clone(), auth.clone()))
                 .add_service(InterceptedService::new(
