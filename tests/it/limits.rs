@@ -215,7 +215,8 @@ async fn an_oversized_message_is_refused_and_the_daemon_goes_on() {
     // tonic's code for an oversized message; the message names the limit and its setting.
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
     assert!(
-        e.message().contains("exceeds the limit of 65536 bytes (server.max_message_bytes)"),
+        e.message()
+            .contains("exceeds the limit of 65536 bytes (server.max_message_bytes)"),
         "{}",
         e.message()
     );
