@@ -16,6 +16,7 @@ mod dashscope_grpc;
 mod fault_storm;
 mod fuzz_regressions;
 mod go_client;
+mod grpcurl;
 mod limits;
 mod metrics;
 mod pipeline_tones;
