@@ -11,6 +11,7 @@
 //! cache, playback and custom voices are composed by [`crate::daemon`], which sits above it.
 
 mod auth;
+mod authority;
 pub mod cache;
 mod deadline;
 mod listen;
@@ -24,7 +25,7 @@ use std::{future::Future, path::PathBuf, time::Duration};
 
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server as Transport, server::TcpIncoming};
@@ -192,7 +193,10 @@ impl Server {
                     {
                         socket_files.push(path.clone());
                     }
-                    let incoming = UnixListenerStream::new(l);
+                    // Unix clients of gRPC core, grpc-java and grpcurl name the socket path
+                    // as :authority, which h2 refuses (see `authority`).
+                    let incoming = UnixListenerStream::new(l)
+                        .map(|conn| conn.map(authority::AuthorityFix::new));
                     servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
                 }
             }
