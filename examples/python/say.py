@@ -67,14 +67,8 @@ def main():
     pb, rpc = load_stubs()
     import grpc
 
-    if args.addr:
-        target, options = args.addr, []
-    else:
-        # gRPC core derives the HTTP/2 :authority of a unix target from the (percent-encoded)
-        # socket path, which herald's HTTP/2 stack rejects as malformed; name a plain one.
-        target = f"unix://{os.path.abspath(args.socket)}"
-        options = [("grpc.default_authority", "localhost")]
-    with grpc.insecure_channel(target, options=options) as channel:
+    target = args.addr or f"unix://{os.path.abspath(args.socket)}"
+    with grpc.insecure_channel(target) as channel:
         stub = rpc.SpeechStub(channel)
         if args.voices:
             resp = stub.ListVoices(pb.ListVoicesRequest(model=args.model), timeout=args.timeout)

@@ -15,6 +15,8 @@ mod dashscope_double;
 mod dashscope_grpc;
 mod fault_storm;
 mod fuzz_regressions;
+mod go_client;
+mod grpcurl;
 mod limits;
 mod metrics;
 mod pipeline_tones;
