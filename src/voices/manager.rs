@@ -48,6 +48,16 @@ pub struct ListedVoice {
     pub status: VoiceStatus,
 }
 
+/// What ListVoices gets from the manager.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listing {
+    /// The custom voices found.
+    pub voices: Vec<ListedVoice>,
+    /// Upstream listings that failed, one line each naming the surface and the failure;
+    /// empty when every listing answered (or none was asked).
+    pub missing: Vec<String>,
+}
+
 /// The custom-voice service state: the registry and the upstream client.
 #[derive(Debug)]
 pub struct Manager {
@@ -117,9 +127,10 @@ impl Manager {
     }
 
     /// Custom voices for ListVoices: the registry's, plus upstream's listings (voices made
-    /// elsewhere with the same key). An upstream listing that fails is logged and skipped.
-    /// `model`: the request's filter; a model DashScope does not serve skips the listings.
-    pub async fn list(&self, model: &str) -> Vec<ListedVoice> {
+    /// elsewhere with the same key). An upstream listing that fails is logged, skipped and
+    /// named in [`Listing::missing`]. `model`: the request's filter; a model DashScope does
+    /// not serve skips the listings.
+    pub async fn list(&self, model: &str) -> Listing {
         let mut out: Vec<ListedVoice> = self
             .registry
             .live()
@@ -136,11 +147,12 @@ impl Manager {
                 status: r.status,
             })
             .collect();
+        let mut missing = Vec::new();
         let Some(client) = &self.client else {
-            return out;
+            return Listing { voices: out, missing };
         };
         if !model.is_empty() && dashscope::Family::for_model(model).is_none() {
-            return out;
+            return Listing { voices: out, missing };
         }
         let deadline = Instant::now() + LIST_TIMEOUT;
         for surface in Surface::ALL {
@@ -162,10 +174,17 @@ impl Manager {
                 }
                 Err(e) => {
                     tracing::warn!(surface = surface.model(), error = %crate::error::chain(&e), "cannot list custom voices upstream");
+                    let status = classify(&e);
+                    missing.push(format!(
+                        "custom voices of {}: {:?}: {}",
+                        surface.model(),
+                        status.kind(),
+                        status.message()
+                    ));
                 }
             }
         }
-        out
+        Listing { voices: out, missing }
     }
 
     /// GetVoice: the record, its status refreshed from upstream while DEPLOYING.
@@ -480,8 +499,9 @@ pub(super) mod tests {
             unnamed,
         ]);
         let listed = m.list("").await;
+        assert!(listed.missing.is_empty(), "no upstream, nothing missing");
         assert_eq!(
-            listed,
+            listed.voices,
             vec![
                 ListedVoice {
                     name: "a".to_owned(),
