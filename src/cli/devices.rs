@@ -40,7 +40,7 @@ pub(crate) async fn list(args: ListingArgs) -> Result<(), Failure> {
         t.row(vec![
             format!("{} {}", if d.is_default { "*" } else { " " }, d.name),
             table::list(&d.sample_rates_hz),
-            table::list(&d.channels),
+            table::runs(&d.channels),
             d.description.clone(),
         ]);
     }

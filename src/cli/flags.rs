@@ -152,7 +152,10 @@ mod tests {
                 "voice (-v/--voice): custom voice \"v\" works only with model \"m\"",
             ),
             // Not about a field: unchanged.
-            ("upstream unavailable: HTTP 503", "upstream unavailable: HTTP 503"),
+            (
+                "upstream unavailable: HTTP 503",
+                "upstream unavailable: HTTP 503",
+            ),
             ("x.voice: y", "x.voice: y"),
             ("request_id: too long", "request_id: too long"),
             ("语音 voice: 龙", "语音 voice (-v/--voice): 龙"),
@@ -163,7 +166,9 @@ mod tests {
 
     #[test]
     fn a_status_keeps_its_code() {
-        let s = status(tonic::Status::invalid_argument("seed: 70000 is outside 0..=65535"));
+        let s = status(tonic::Status::invalid_argument(
+            "seed: 70000 is outside 0..=65535",
+        ));
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert_eq!(s.message(), "seed (--seed): 70000 is outside 0..=65535");
     }

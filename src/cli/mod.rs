@@ -261,7 +261,10 @@ impl Format {
         let Some(ext) = ext else {
             return Ok(explicit.unwrap_or(Self::Wav));
         };
-        let path = output.map(Path::display).map(|p| p.to_string()).unwrap_or_default();
+        let path = output
+            .map(Path::display)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
         match (EXTENSIONS.iter().find(|(e, _)| *e == ext), explicit) {
             (Some((_, formats)), None) => Ok(formats[0]),
             (Some((_, formats)), Some(f)) if formats.contains(&f) => Ok(f),
@@ -269,7 +272,11 @@ impl Format {
                 "--format {} does not match the extension of {path} (.{ext} holds {}): \
                  change one of them",
                 f.name(),
-                formats.iter().map(|f| f.name()).collect::<Vec<_>>().join(" or ")
+                formats
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
             )),
             (None, Some(f)) => Ok(f),
             (None, None) => Err(format!(

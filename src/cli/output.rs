@@ -136,16 +136,14 @@ impl OutputFile {
                 wav::patch_sizes(&mut self.file, bytes.saturating_sub(wav::HEADER_LEN as u64))
                     .with_context(what)?;
             }
-            Format::Flac => flac::patch_total_samples(&mut self.file, samples).with_context(what)?,
+            Format::Flac => {
+                flac::patch_total_samples(&mut self.file, samples).with_context(what)?
+            }
             _ => {}
         }
         self.file.sync_data().with_context(what)?;
         std::fs::rename(&temp, &self.path).with_context(|| {
-            format!(
-                "cannot move {} to {}",
-                temp.display(),
-                self.path.display()
-            )
+            format!("cannot move {} to {}", temp.display(), self.path.display())
         })?;
         self.temp = None;
         Ok(())
@@ -172,7 +170,10 @@ mod tests {
             PathBuf::from(format!("/tmp/x/.out.wav.herald-tmp-{}", std::process::id()))
         );
         let t = temp_path(Path::new("out.mp3")).unwrap();
-        assert!(t.to_string_lossy().starts_with(".out.mp3.herald-tmp-"), "{t:?}");
+        assert!(
+            t.to_string_lossy().starts_with(".out.mp3.herald-tmp-"),
+            "{t:?}"
+        );
     }
 
     #[test]
@@ -184,12 +185,20 @@ mod tests {
         out.write_all(b"new audio").unwrap();
         drop(out);
         assert_eq!(std::fs::read(&target).unwrap(), b"old");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
 
         let mut out = Output::File(OutputFile::create(&target).unwrap());
         out.write_all(b"new audio").unwrap();
         out.finish(Format::Pcm, 9, 4).unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"new audio");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no temp left");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 }

@@ -25,27 +25,27 @@ pub(super) async fn run(args: SayArgs, request: pb::SynthesizeRequest) -> Result
     };
     let mut stream = client
         .speak(pb::SpeakRequest {
-        text: request.text,
-        voice: request.voice,
-        model: request.model,
-        language: request.language,
-        instructions: request.instructions,
-        speed: request.speed,
-        pitch: request.pitch,
-        volume: request.volume,
-        priority: priority as i32,
-        device: args.device.clone().unwrap_or_default(),
-        chime: if args.chime {
-            pb::Chime::Play
-        } else {
-            pb::Chime::Default
-        } as i32,
-        leading_silence_ms: args.leading_silence.unwrap_or(0),
-        expires_after_ms: args.expires_after.unwrap_or(0),
-        // The CLI waits for the announcement: Ctrl-C stops it.
-        cancel_on_disconnect: true,
-        id: String::new(),
-    })
+            text: request.text,
+            voice: request.voice,
+            model: request.model,
+            language: request.language,
+            instructions: request.instructions,
+            speed: request.speed,
+            pitch: request.pitch,
+            volume: request.volume,
+            priority: priority as i32,
+            device: args.device.clone().unwrap_or_default(),
+            chime: if args.chime {
+                pb::Chime::Play
+            } else {
+                pb::Chime::Default
+            } as i32,
+            leading_silence_ms: args.leading_silence.unwrap_or(0),
+            expires_after_ms: args.expires_after.unwrap_or(0),
+            // The CLI waits for the announcement: Ctrl-C stops it.
+            cancel_on_disconnect: true,
+            id: String::new(),
+        })
         .await
         .map_err(status_failure)?
         .into_inner();

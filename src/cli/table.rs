@@ -105,6 +105,30 @@ pub(super) fn list<T: ToString>(list: &[T]) -> String {
     }
 }
 
+/// `list` as runs ("1-64", "1,2" stays "1,2", "8000,16000"), or "-" when empty: a run of three
+/// or more consecutive numbers is written FIRST-LAST.
+pub(super) fn runs(list: &[u32]) -> String {
+    let mut parts = Vec::new();
+    let mut i = 0;
+    while i < list.len() {
+        let mut j = i;
+        while j + 1 < list.len() && list[j + 1] == list[j] + 1 {
+            j += 1;
+        }
+        if j >= i + 2 {
+            parts.push(format!("{}-{}", list[i], list[j]));
+        } else {
+            parts.extend(list[i..=j].iter().map(u32::to_string));
+        }
+        i = j + 1;
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(",")
+    }
+}
+
 /// `s`, or "-" when empty.
 pub(super) fn or_dash(s: &str) -> String {
     if s.is_empty() { "-" } else { s }.to_owned()
@@ -129,6 +153,15 @@ mod tests {
              longxiaochun  24000  龙小淳\n\
              x               800\n"
         );
+    }
+
+    #[test]
+    fn consecutive_numbers_become_runs() {
+        assert_eq!(runs(&[]), "-");
+        assert_eq!(runs(&[1, 2]), "1,2");
+        assert_eq!(runs(&(1..=64).collect::<Vec<_>>()), "1-64");
+        assert_eq!(runs(&[1, 2, 3, 6, 8, 9]), "1-3,6,8,9");
+        assert_eq!(runs(&[8000, 16000]), "8000,16000");
     }
 
     #[test]

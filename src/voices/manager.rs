@@ -149,10 +149,16 @@ impl Manager {
             .collect();
         let mut missing = Vec::new();
         let Some(client) = &self.client else {
-            return Listing { voices: out, missing };
+            return Listing {
+                voices: out,
+                missing,
+            };
         };
         if !model.is_empty() && dashscope::Family::for_model(model).is_none() {
-            return Listing { voices: out, missing };
+            return Listing {
+                voices: out,
+                missing,
+            };
         }
         let deadline = Instant::now() + LIST_TIMEOUT;
         for surface in Surface::ALL {
@@ -184,7 +190,10 @@ impl Manager {
                 }
             }
         }
-        Listing { voices: out, missing }
+        Listing {
+            voices: out,
+            missing,
+        }
     }
 
     /// GetVoice: the record, its status refreshed from upstream while DEPLOYING.

@@ -245,7 +245,11 @@ mod tests {
         let mut out = Vec::new();
         enc.encode(&pcm, &mut out).unwrap();
         enc.finish(&mut out).unwrap();
-        assert_eq!(declared_frames(out.clone()), None, "streamed: unknown length");
+        assert_eq!(
+            declared_frames(out.clone()),
+            None,
+            "streamed: unknown length"
+        );
         let original = out.clone();
 
         let mut file = Cursor::new(out);
