@@ -161,8 +161,19 @@ impl Manager {
         let listings = Surface::ALL.map(|surface| async move {
             let listed = tokio::time::timeout_at(deadline, client.list_voices(surface, deadline))
                 .await
-                .map_err(|_| format!("no answer within {} ms", LIST_TIMEOUT.as_millis()))
-                .and_then(|r| r.map_err(|e| crate::error::chain(&e)));
+                .map_err(|_| {
+                    format!(
+                        "DeadlineExceeded: no answer within {} ms",
+                        LIST_TIMEOUT.as_millis()
+                    )
+                })
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        tracing::debug!(error = %crate::error::chain(&e), "listing failed");
+                        let status = classify(&e);
+                        format!("{:?}: {}", status.kind(), status.message())
+                    })
+                });
             (surface, listed)
         });
         for (surface, listed) in futures::future::join_all(listings).await {
@@ -185,10 +196,8 @@ impl Manager {
                 }
                 Err(error) => {
                     tracing::warn!(surface = surface.model(), %error, "cannot list custom voices upstream");
-                    out.missing.push(format!(
-                        "custom voices of DashScope {}: {error}",
-                        surface.model()
-                    ));
+                    out.missing
+                        .push(format!("custom voices of {}: {error}", surface.model()));
                 }
             }
         }

@@ -9,6 +9,7 @@ mod architecture;
 mod cache_grpc;
 mod cancellation;
 mod cli;
+mod cli_ux;
 mod config;
 mod contracts;
 mod dashscope_double;
