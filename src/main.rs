@@ -57,7 +57,19 @@ fn render(error: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version print to stdout and succeed; a bad command line (unknown or
+        // conflicting flags, a missing argument) is a usage error: EX_USAGE, not clap's 2.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EX_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
     // systemd socket activation: take the passed sockets while the process has one thread
     // (taking them clears LISTEN_FDS / LISTEN_PID from the environment).
     let activation = matches!(cli.command, Command::Serve(_)).then(service::Activation::from_env);

@@ -106,7 +106,7 @@ def parse_args():
 
 
 def settings(args):
-    """(target, channel options, TLS CA PEM or None, token or None): flags, else variables."""
+    """(gRPC target, TLS CA PEM or None, token or None): flags, else variables."""
     addr, socket = args.addr, args.socket
     if not addr and not socket:
         addr, socket = os.environ.get("HERALD_ADDR"), os.environ.get("HERALD_SOCKET")
@@ -131,11 +131,7 @@ def settings(args):
             ca = pathlib.Path(ca_file).read_bytes()
         except OSError as e:
             raise Failure("USAGE", f"cannot read the TLS CA {ca_file}: {e.strerror}")
-    if addr:
-        return addr, [], ca, token
-    # gRPC core derives the HTTP/2 :authority of a unix target from the (percent-encoded)
-    # socket path, which herald's HTTP/2 stack rejects as malformed; name a plain one.
-    return f"unix://{os.path.abspath(socket)}", [("grpc.default_authority", "localhost")], None, token
+    return addr or f"unix://{os.path.abspath(socket)}", ca, token
 
 
 def patch_wav(path):
@@ -155,15 +151,15 @@ def patch_wav(path):
 
 
 def run(args):
-    target, options, ca, token = settings(args)
+    target, ca, token = settings(args)
     pb, rpc = load_stubs()
     import grpc
 
     metadata = [("authorization", f"Bearer {token}")] if token else []
     if ca is not None:
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca), options=options)
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=ca))
     else:
-        channel = grpc.insecure_channel(target, options=options)
+        channel = grpc.insecure_channel(target)
     try:
         with channel:
             stub = rpc.SpeechStub(channel)

@@ -9,7 +9,9 @@ use std::io::Write;
 use anyhow::Context as _;
 use herald::{pb, service};
 
-use super::{CacheCommand, PhraseArgs, PhraseSource, TargetArgs, channel, response, rpc_error};
+use super::{
+    CacheCommand, PhraseArgs, PhraseSource, TargetArgs, channel, response, rpc_error, table,
+};
 use crate::{EX_USAGE, Failure, fail};
 
 /// One `[[phrase]]` of a TOML phrase file.
@@ -169,6 +171,10 @@ pub(crate) async fn run(command: CacheCommand) -> Result<(), Failure> {
             let mut client = connect_cache(args.target).await?;
             let s = response(client.get_cache_stats(pb::GetCacheStatsRequest {})).await?;
             let mut out = std::io::stdout().lock();
+            if args.json {
+                table::write_json(&mut out, &stats_json(&s))?;
+                return Ok(());
+            }
             writeln!(out, "directory       {}", s.directory)?;
             writeln!(out, "entries         {}", s.entries)?;
             writeln!(out, "bytes           {} of {}", s.bytes, s.max_bytes)?;
@@ -211,6 +217,26 @@ pub(crate) async fn run(command: CacheCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// The cache's statistics as one JSON object: the CacheStats fields, by their proto names.
+fn stats_json(s: &pb::CacheStats) -> serde_json::Value {
+    serde_json::json!({
+        "directory": s.directory,
+        "entries": s.entries,
+        "bytes": s.bytes,
+        "max_bytes": s.max_bytes,
+        "pinned_entries": s.pinned_entries,
+        "pinned_bytes": s.pinned_bytes,
+        "max_age_s": s.max_age_s,
+        "hits": s.hits,
+        "misses": s.misses,
+        "shared_calls": s.shared_calls,
+        "stored": s.stored,
+        "evicted": s.evicted,
+        "expired": s.expired,
+        "corrupt": s.corrupt,
+    })
 }
 
 async fn pin(args: PhraseArgs, pinned: bool) -> Result<(), Failure> {

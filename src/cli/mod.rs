@@ -8,12 +8,15 @@
 
 pub(crate) mod cache;
 pub(crate) mod devices;
+mod flags;
+mod output;
 mod play;
 pub(crate) mod say;
+mod table;
 pub(crate) mod voice;
 pub(crate) mod voices;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use secrecy::SecretString;
 
@@ -113,7 +116,7 @@ pub(crate) enum Command {
     /// List the daemon's voices.
     Voices(VoicesArgs),
     /// List the output devices the daemon can play on.
-    Devices(TargetOnly),
+    Devices(ListingArgs),
     /// Stop announcements playing or queued on a device.
     Stop(StopArgs),
     /// Manage the daemon's audio cache: warm, stats, clear, pin, unpin.
@@ -129,7 +132,7 @@ pub(crate) enum CacheCommand {
     /// Synthesize the phrases of FILE into the cache (skipping those already cached).
     Warm(WarmArgs),
     /// Print the cache's size, limits and counters.
-    Stats(TargetOnly),
+    Stats(ListingArgs),
     /// Remove every entry (pinned ones only with --include-pinned).
     Clear(ClearArgs),
     /// Pin cached phrases: never evicted, never expired.
@@ -196,8 +199,12 @@ pub(crate) enum PriorityArg {
     Progress,
 }
 
+/// A command that prints a listing: a table, or JSON with `--json`.
 #[derive(clap::Args, Debug)]
-pub(crate) struct TargetOnly {
+pub(crate) struct ListingArgs {
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -217,22 +224,103 @@ pub(crate) struct StopArgs {
     target: TargetArgs,
 }
 
-#[derive(Clone, Copy, Debug, ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Format {
+    /// WAV, 16-bit (.wav).
     Wav,
+    /// Raw signed 16-bit little-endian PCM (.pcm, .raw).
     Pcm,
+    /// Raw 32-bit float little-endian PCM (.f32).
     F32,
+    /// G.711 mu-law, no header (.ulaw, .mulaw, .mu).
     Mulaw,
+    /// G.711 A-law, no header (.alaw, .al).
     Alaw,
-    /// MP3 (CBR; `--bitrate`).
+    /// MP3, constant bitrate (`--bitrate`) (.mp3).
     Mp3,
-    /// Opus in Ogg (`--bitrate`).
+    /// Opus in Ogg (`--bitrate`) (.opus, .ogg).
     Opus,
-    /// FLAC (`--bits 16|24`).
+    /// FLAC (`--bits 16|24`) (.flac).
     Flac,
 }
 
+/// Output file extensions and the formats each may hold, the one inferred first (`.raw` is
+/// any headerless format, as for sox).
+const EXTENSIONS: &[(&str, &[Format])] = &[
+    ("wav", &[Format::Wav]),
+    ("pcm", &[Format::Pcm]),
+    (
+        "raw",
+        &[Format::Pcm, Format::F32, Format::Mulaw, Format::Alaw],
+    ),
+    ("f32", &[Format::F32]),
+    ("ulaw", &[Format::Mulaw]),
+    ("mulaw", &[Format::Mulaw]),
+    ("mu", &[Format::Mulaw]),
+    ("alaw", &[Format::Alaw]),
+    ("al", &[Format::Alaw]),
+    ("mp3", &[Format::Mp3]),
+    ("opus", &[Format::Opus]),
+    ("ogg", &[Format::Opus]),
+    ("flac", &[Format::Flac]),
+];
+
 impl Format {
+    /// The name `--format` takes.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Wav => "wav",
+            Self::Pcm => "pcm",
+            Self::F32 => "f32",
+            Self::Mulaw => "mulaw",
+            Self::Alaw => "alaw",
+            Self::Mp3 => "mp3",
+            Self::Opus => "opus",
+            Self::Flac => "flac",
+        }
+    }
+
+    /// The format of an output: `--format` when given (it must agree with a known extension
+    /// of `output`), else the one `output`'s extension names, else WAV (stdout, or a file
+    /// without an extension such as /dev/null). An unknown extension needs `--format`.
+    fn resolve(explicit: Option<Self>, output: Option<&Path>) -> Result<Self, String> {
+        let ext = output
+            .filter(|p| p.as_os_str() != "-")
+            .and_then(Path::extension)
+            .map(|e| e.to_string_lossy().to_ascii_lowercase());
+        let Some(ext) = ext else {
+            return Ok(explicit.unwrap_or(Self::Wav));
+        };
+        let path = output
+            .map(Path::display)
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        match (EXTENSIONS.iter().find(|(e, _)| *e == ext), explicit) {
+            (Some((_, formats)), None) => Ok(formats[0]),
+            (Some((_, formats)), Some(f)) if formats.contains(&f) => Ok(f),
+            (Some((_, formats)), Some(f)) => Err(format!(
+                "--format {} does not match the extension of {path} (.{ext} holds {}): \
+                 change one of them",
+                f.name(),
+                formats
+                    .iter()
+                    .map(|f| f.name())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )),
+            (None, Some(f)) => Ok(f),
+            (None, None) => Err(format!(
+                "cannot tell the format of {path} from its extension .{ext}: use --format, \
+                 or one of the extensions {}",
+                EXTENSIONS
+                    .iter()
+                    .map(|(e, _)| format!(".{e}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            )),
+        }
+    }
+
     fn encoding(self) -> Encoding {
         match self {
             Self::Wav => Encoding::Wav,
@@ -247,15 +335,43 @@ impl Format {
     }
 }
 
+/// `--cache`: what the request does with the daemon's cache.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub(crate) enum CacheArg {
+    /// Serve from the cache when the phrase is there; store what is synthesized.
+    Use,
+    /// Synthesize anew and replace the stored entry.
+    Refresh,
+    /// Neither read nor write the cache.
+    Bypass,
+}
+
+/// The flags `--play` has no use for (Speak plays at the device's format, through the
+/// daemon's defaults).
+const NOT_WITH_PLAY: [&str; 10] = [
+    "output",
+    "format",
+    "rate",
+    "channels",
+    "bitrate",
+    "bits",
+    "chunk_ms",
+    "word_timestamps",
+    "cache",
+    "no_fallback",
+];
+
 #[derive(clap::Args, Debug)]
 pub(crate) struct SayArgs {
-    /// The text to speak; "-" reads it from stdin.
-    text: String,
-    /// Output file; "-" = stdout (the default when stdout is not a terminal).
+    /// The text to speak; read from stdin when absent or "-".
+    text: Option<String>,
+    /// Output file, written whole or not at all (a failure leaves no partial file and an
+    /// existing file untouched); "-" = stdout (the default when stdout is not a terminal).
+    /// The extension picks the format (see --format).
     #[arg(short = 'o', long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Voice name (see `herald voices`).
-    #[arg(long)]
+    #[arg(short = 'v', long)]
     voice: Option<String>,
     /// Model name (e.g. espeak-ng).
     #[arg(long)]
@@ -293,9 +409,10 @@ pub(crate) struct SayArgs {
     /// Gain multiplier, up to 4.0.
     #[arg(long)]
     volume: Option<f32>,
-    /// Output encoding.
-    #[arg(long, value_enum, default_value = "wav")]
-    format: Format,
+    /// Output encoding (default: the one -o's extension names, else wav). Must agree with
+    /// -o's extension.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Output sample rate in Hz, 8000..=48000 (default: the engine's native rate).
     #[arg(long, value_name = "HZ")]
     rate: Option<u32>,
@@ -312,6 +429,13 @@ pub(crate) struct SayArgs {
     /// Chunk duration in ms, 10..=1000.
     #[arg(long, value_name = "MS")]
     chunk_ms: Option<u32>,
+    /// Cache policy: use (default), refresh or bypass.
+    #[arg(long, value_enum, value_name = "POLICY")]
+    cache: Option<CacheArg>,
+    /// Fail with the requested engine's error instead of letting a fallback (the cache in
+    /// another voice, or espeak-ng) serve the request.
+    #[arg(long)]
+    no_fallback: bool,
     /// Give up after this many seconds (sent as the gRPC deadline).
     #[arg(long, value_name = "SECS", default_value_t = 120.0)]
     timeout: f64,
@@ -320,7 +444,7 @@ pub(crate) struct SayArgs {
     quiet: bool,
     /// Play it on the daemon's output device (through its announcement queue) instead of
     /// writing audio; waits until it has played and prints its events.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = NOT_WITH_PLAY)]
     play: bool,
     /// With --play: priority class.
     #[arg(long, value_enum, requires = "play")]
@@ -349,6 +473,9 @@ pub(crate) struct VoicesArgs {
     /// Only voices speaking this language (BCP-47 prefix).
     #[arg(long)]
     language: Option<String>,
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: TargetArgs,
 }

@@ -7,7 +7,7 @@ use std::io::Write;
 
 use herald::pb;
 
-use super::{PriorityArg, SayArgs, connect, response, rpc_error};
+use super::{PriorityArg, SayArgs, connect, flags, say::status_failure};
 use crate::{Failure, fail};
 
 /// `herald say --play`: Speak `request`'s text with its voice settings, printing events to
@@ -23,31 +23,34 @@ pub(super) async fn run(args: SayArgs, request: pb::SynthesizeRequest) -> Result
         Some(PriorityArg::Notification) => pb::Priority::Notification,
         Some(PriorityArg::Progress) => pb::Priority::Progress,
     };
-    let mut stream = response(client.speak(pb::SpeakRequest {
-        text: request.text,
-        voice: request.voice,
-        model: request.model,
-        language: request.language,
-        instructions: request.instructions,
-        speed: request.speed,
-        pitch: request.pitch,
-        volume: request.volume,
-        priority: priority as i32,
-        device: args.device.clone().unwrap_or_default(),
-        chime: if args.chime {
-            pb::Chime::Play
-        } else {
-            pb::Chime::Default
-        } as i32,
-        leading_silence_ms: args.leading_silence.unwrap_or(0),
-        expires_after_ms: args.expires_after.unwrap_or(0),
-        // The CLI waits for the announcement: Ctrl-C stops it.
-        cancel_on_disconnect: true,
-        id: String::new(),
-    }))
-    .await?;
+    let mut stream = client
+        .speak(pb::SpeakRequest {
+            text: request.text,
+            voice: request.voice,
+            model: request.model,
+            language: request.language,
+            instructions: request.instructions,
+            speed: request.speed,
+            pitch: request.pitch,
+            volume: request.volume,
+            priority: priority as i32,
+            device: args.device.clone().unwrap_or_default(),
+            chime: if args.chime {
+                pb::Chime::Play
+            } else {
+                pb::Chime::Default
+            } as i32,
+            leading_silence_ms: args.leading_silence.unwrap_or(0),
+            expires_after_ms: args.expires_after.unwrap_or(0),
+            // The CLI waits for the announcement: Ctrl-C stops it.
+            cancel_on_disconnect: true,
+            id: String::new(),
+        })
+        .await
+        .map_err(status_failure)?
+        .into_inner();
     let mut err = std::io::stderr().lock();
-    while let Some(event) = stream.message().await.map_err(rpc_error)? {
+    while let Some(event) = stream.message().await.map_err(status_failure)? {
         let (text, done, ok) = match event.event {
             Some(E::Queued(q)) => (
                 format!("queued on {} at position {}", q.device, q.position),
@@ -75,7 +78,11 @@ pub(super) async fn run(args: SayArgs, request: pb::SynthesizeRequest) -> Result
                 false,
             ),
             Some(E::Expired(_)) => ("expired before it could start".to_owned(), true, false),
-            Some(E::Failed(f)) => (format!("failed: {}", f.message), true, false),
+            Some(E::Failed(f)) => (
+                format!("failed: {}", flags::name_flags(&f.message)),
+                true,
+                false,
+            ),
             None => continue,
         };
         if !args.quiet || !ok {

@@ -9,7 +9,11 @@ use anyhow::Context as _;
 use clap::Subcommand;
 use herald::pb::{self, create_voice_request::Source};
 
-use super::{TargetArgs, connect, response};
+use super::{
+    TargetArgs, connect, response,
+    table::{self, Table},
+    voices::{status_name, voice_json, warn_missing},
+};
 use crate::{EX_USAGE, Failure, fail};
 
 /// Preview text of `herald voice design` without --preview-text.
@@ -87,6 +91,9 @@ pub(crate) struct ListArgs {
     /// Only voices of this model.
     #[arg(long)]
     model: Option<String>,
+    /// Print one JSON document on stdout instead of a table.
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     target: TargetArgs,
 }
@@ -98,15 +105,6 @@ pub(crate) struct NameArgs {
     name: String,
     #[command(flatten)]
     target: TargetArgs,
-}
-
-fn status_name(s: i32) -> &'static str {
-    match pb::custom_voice::Status::try_from(s) {
-        Ok(pb::custom_voice::Status::Ready) => "READY",
-        Ok(pb::custom_voice::Status::Deploying) => "DEPLOYING",
-        Ok(pb::custom_voice::Status::Failed) => "FAILED",
-        _ => "-",
-    }
 }
 
 fn print_voice(v: &pb::CustomVoice) -> Result<(), Failure> {
@@ -179,27 +177,7 @@ pub(crate) async fn run(command: VoiceCommand) -> Result<(), Failure> {
             }
             print_voice(&v)
         }
-        VoiceCommand::List(args) => {
-            let mut client = connect(args.target).await?;
-            let voices = response(client.list_voices(pb::ListVoicesRequest {
-                model: args.model.unwrap_or_default(),
-                language: String::new(),
-            }))
-            .await?
-            .voices;
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{:<64} {:<28} STATUS", "VOICE", "MODEL")?;
-            for v in voices.iter().filter(|v| v.custom) {
-                writeln!(
-                    out,
-                    "{:<64} {:<28} {}",
-                    v.name,
-                    v.model,
-                    status_name(v.custom_status)
-                )?;
-            }
-            Ok(())
-        }
+        VoiceCommand::List(args) => list(args).await,
         VoiceCommand::Status(args) => {
             let mut client = connect(args.target).await?;
             let v = response(client.get_voice(pb::GetVoiceRequest { name: args.name })).await?;
@@ -218,4 +196,43 @@ pub(crate) async fn run(command: VoiceCommand) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+/// `herald voice list`: the custom voices; exit 1 (after printing those it has) when the daemon
+/// could not list them all (DashScope's listings missing).
+async fn list(args: ListArgs) -> Result<(), Failure> {
+    let mut client = connect(args.target).await?;
+    let listed = response(client.list_voices(pb::ListVoicesRequest {
+        model: args.model.unwrap_or_default(),
+        language: String::new(),
+    }))
+    .await?;
+    let custom = listed.voices.iter().filter(|v| v.custom);
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let list = custom.map(voice_json).collect();
+        table::write_json(&mut out, &serde_json::Value::Array(list))?;
+    } else {
+        let mut t = Table::new(&["VOICE", "MODEL", "STATUS", "NAME"]);
+        for v in custom {
+            t.row(vec![
+                v.name.clone(),
+                v.model.clone(),
+                status_name(v.custom_status).to_owned(),
+                table::or_dash(&v.display_name),
+            ]);
+        }
+        t.write(&mut out)?;
+    }
+    out.flush()?;
+    if listed.missing.is_empty() {
+        return Ok(());
+    }
+    warn_missing(&listed.missing);
+    Err(fail(
+        1,
+        anyhow::anyhow!(
+            "the list is incomplete: upstream's custom voices could not be listed (see above)"
+        ),
+    ))
 }

@@ -55,7 +55,7 @@ use crate::{
 /// threads available, one per stream in flight).
 pub const MAX_CONCURRENT_LIMIT: usize = 4096;
 /// The largest gRPC request message accepted when `server.max_message_bytes` is not set.
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 << 20;
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 16 << 20;
 /// The default model when a DashScope key is configured and `synthesis.default_model` is not.
 pub const DASHSCOPE_DEFAULT_MODEL: &str = "cosyvoice-v3-flash";
 /// The config file read when `--config` is not given and the file exists.

@@ -193,7 +193,7 @@ pub struct ServerSection {
     pub tls_cert: String,
     /// PEM private key for `tls_cert`.
     pub tls_key: String,
-    /// Largest gRPC request message, bytes. Default 4194304, range 65536..=67108864.
+    /// Largest gRPC request message, bytes. Default 16777216 (16 MiB: a 10 MB voice sample fits), range 65536..=67108864.
     pub max_message_bytes: u64,
     /// `IP:PORT` of the Prometheus metrics listener (`/metrics`). Empty = none.
     pub metrics_listen: String,

@@ -11,9 +11,11 @@
 //! cache, playback and custom voices are composed by [`crate::daemon`], which sits above it.
 
 mod auth;
+mod authority;
 pub mod cache;
 mod deadline;
 mod listen;
+mod oversize;
 mod speak;
 pub mod speech;
 pub mod status;
@@ -24,7 +26,7 @@ use std::{future::Future, path::PathBuf, time::Duration};
 
 use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
-use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server as Transport, server::TcpIncoming};
@@ -84,7 +86,7 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server over `speech`, with no token, no TLS and 4 MiB messages. Shutdown cancels
+    /// A server over `speech`, with no token, no TLS and 16 MiB messages. Shutdown cancels
     /// `jobs` and waits up to `grace` for connections to close.
     pub fn new(speech: SpeechService, jobs: CancellationToken, grace: Duration) -> Self {
         Self {
@@ -102,7 +104,7 @@ impl Server {
         &self.speech
     }
 
-    /// The largest request message accepted (default 4 MiB).
+    /// The largest request message accepted (default 16 MiB).
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
         self
@@ -158,6 +160,7 @@ impl Server {
                     .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
             }
             let router = builder
+                .layer(oversize::layer())
                 .add_service(health.clone())
                 .add_service(InterceptedService::new(reflection_v1.clone(), auth.clone()))
                 .add_service(InterceptedService::new(
@@ -192,7 +195,10 @@ impl Server {
                     {
                         socket_files.push(path.clone());
                     }
-                    let incoming = UnixListenerStream::new(l);
+                    // Unix clients of gRPC core, grpc-java and grpcurl name the socket path
+                    // as :authority, which h2 refuses (see `authority`).
+                    let incoming = UnixListenerStream::new(l)
+                        .map(|conn| conn.map(authority::AuthorityFix::new));
                     servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
                 }
             }

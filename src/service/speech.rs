@@ -132,14 +132,14 @@ impl pb::speech_server::Speech for SpeechService {
             .filter(|(_, v)| speaks(&v.languages, &language))
             .map(|(engine, v)| voice_to_pb(engine, v))
             .collect();
-        let custom = super::voices::list(self.core.voices(), &req.model).await;
+        let (custom, missing) = super::voices::list(self.core.voices(), &req.model).await;
         voices.extend(
             custom
                 .into_iter()
                 .filter(|v| req.model.is_empty() || v.model == req.model)
                 .filter(|v| speaks(&v.languages, &language)),
         );
-        Ok(Response::new(pb::ListVoicesResponse { voices }))
+        Ok(Response::new(pb::ListVoicesResponse { voices, missing }))
     }
 
     async fn speak(

@@ -44,9 +44,14 @@ pub async fn delete(
     Ok(delete_response(deleted))
 }
 
-/// The custom voices of a ListVoices answer (before the request's filters).
-pub async fn list(voices: &Manager, model: &str) -> Vec<pb::Voice> {
-    voices.list(model).await.into_iter().map(voice).collect()
+/// The custom voices of a ListVoices answer (before the request's filters), and the listings
+/// that failed (`ListVoicesResponse.missing`).
+pub async fn list(voices: &Manager, model: &str) -> (Vec<pb::Voice>, Vec<String>) {
+    let listing = voices.list(model).await;
+    (
+        listing.voices.into_iter().map(voice).collect(),
+        listing.missing,
+    )
 }
 
 /// The domain request of a CreateVoice.

@@ -476,4 +476,24 @@ mod tests {
             assert!(e.message().starts_with(start), "{}", e.message());
         }
     }
+
+    #[test]
+    fn a_cloud_model_without_its_key_names_the_key() {
+        let (core, _) = core(1, false, Settings::default());
+        let e = core
+            .prepare(Request {
+                model: "cosyvoice-v3-flash".into(),
+                ..request(Codec::Wav, 0)
+            })
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::FailedPrecondition);
+        assert!(
+            e.message().starts_with(
+                "model: \"cosyvoice-v3-flash\" is a DashScope (cosyvoice) model, and this \
+                 daemon has no DashScope API key (set dashscope.api_key_file, DASHSCOPE_API_KEY"
+            ),
+            "{}",
+            e.message()
+        );
+    }
 }

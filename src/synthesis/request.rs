@@ -137,6 +137,16 @@ impl Core {
         let engines = self.provider.engines();
         let Some(engine) = engines.for_model(&model) else {
             let known: Vec<&str> = engines.all().iter().map(|e| e.name()).collect();
+            if let Some(family) = crate::engine::dashscope::Family::for_model(&model) {
+                return Err(Error::failed_precondition(format!(
+                    "model: {:?} is a DashScope ({}) model, and this daemon has no DashScope API \
+                     key (set dashscope.api_key_file, DASHSCOPE_API_KEY or the systemd \
+                     credential dashscope_api_key); this daemon serves: {}",
+                    truncate(&model, 64),
+                    family.engine_name(),
+                    known.join(", ")
+                )));
+            }
             return Err(Error::invalid(format!(
                 "model: unknown model {:?}; this daemon serves: {}",
                 truncate(&model, 64),

@@ -21,8 +21,10 @@ use crate::{
     error::Error,
 };
 
-/// How long ListVoices waits for upstream's listings.
-const LIST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long ListVoices waits for upstream's listings (all at once): a daemon whose upstream is
+/// down or unreachable still answers its local voices in well under a second, and says which
+/// listing is missing.
+const LIST_TIMEOUT: Duration = Duration::from_millis(800);
 
 /// What a DeleteVoice did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -31,6 +33,15 @@ pub struct Deleted {
     pub name: String,
     /// Upstream no longer had it (deleted elsewhere, or never finished).
     pub already_gone_upstream: bool,
+}
+
+/// The custom voices of a ListVoices answer, and the upstream listings it lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// The voices.
+    pub voices: Vec<ListedVoice>,
+    /// Each listing that failed or did not answer in time, as "SOURCE: why".
+    pub missing: Vec<String>,
 }
 
 /// A custom voice as ListVoices shows it.
@@ -117,25 +128,29 @@ impl Manager {
     }
 
     /// Custom voices for ListVoices: the registry's, plus upstream's listings (voices made
-    /// elsewhere with the same key). An upstream listing that fails is logged and skipped.
+    /// elsewhere with the same key), asked for at once and awaited at most [`LIST_TIMEOUT`]. A
+    /// listing that fails or is late is logged and named in [`Listing::missing`].
     /// `model`: the request's filter; a model DashScope does not serve skips the listings.
-    pub async fn list(&self, model: &str) -> Vec<ListedVoice> {
-        let mut out: Vec<ListedVoice> = self
-            .registry
-            .live()
-            .into_iter()
-            .map(|r| ListedVoice {
-                display_name: if r.requested_name.is_empty() {
-                    r.name.clone()
-                } else {
-                    r.requested_name
-                },
-                name: r.name,
-                model: r.target_model,
-                language: r.language,
-                status: r.status,
-            })
-            .collect();
+    pub async fn list(&self, model: &str) -> Listing {
+        let mut out = Listing {
+            voices: self
+                .registry
+                .live()
+                .into_iter()
+                .map(|r| ListedVoice {
+                    display_name: if r.requested_name.is_empty() {
+                        r.name.clone()
+                    } else {
+                        r.requested_name
+                    },
+                    name: r.name,
+                    model: r.target_model,
+                    language: r.language,
+                    status: r.status,
+                })
+                .collect(),
+            missing: Vec::new(),
+        };
         let Some(client) = &self.client else {
             return out;
         };
@@ -143,15 +158,34 @@ impl Manager {
             return out;
         }
         let deadline = Instant::now() + LIST_TIMEOUT;
-        for surface in Surface::ALL {
-            match client.list_voices(surface, deadline).await {
+        let listings = Surface::ALL.map(|surface| async move {
+            let listed = tokio::time::timeout_at(deadline, client.list_voices(surface, deadline))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "DeadlineExceeded: no answer within {} ms",
+                        LIST_TIMEOUT.as_millis()
+                    )
+                })
+                .and_then(|r| {
+                    r.map_err(|e| {
+                        tracing::debug!(error = %crate::error::chain(&e), "listing failed");
+                        let status = classify(&e);
+                        format!("{:?}: {}", status.kind(), status.message())
+                    })
+                });
+            (surface, listed)
+        });
+        for (surface, listed) in futures::future::join_all(listings).await {
+            match listed {
                 Ok(items) => {
                     for v in items {
-                        if self.registry.get(&v.id).is_some() || out.iter().any(|o| o.name == v.id)
+                        if self.registry.get(&v.id).is_some()
+                            || out.voices.iter().any(|o| o.name == v.id)
                         {
                             continue;
                         }
-                        out.push(ListedVoice {
+                        out.voices.push(ListedVoice {
                             display_name: v.id.clone(),
                             name: v.id,
                             model: v.target_model,
@@ -160,8 +194,10 @@ impl Manager {
                         });
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(surface = surface.model(), error = %crate::error::chain(&e), "cannot list custom voices upstream");
+                Err(error) => {
+                    tracing::warn!(surface = surface.model(), %error, "cannot list custom voices upstream");
+                    out.missing
+                        .push(format!("custom voices of {}: {error}", surface.model()));
                 }
             }
         }
@@ -480,8 +516,9 @@ pub(super) mod tests {
             unnamed,
         ]);
         let listed = m.list("").await;
+        assert!(listed.missing.is_empty());
         assert_eq!(
-            listed,
+            listed.voices,
             vec![
                 ListedVoice {
                     name: "a".to_owned(),

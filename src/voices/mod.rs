@@ -22,7 +22,7 @@ use std::{path::PathBuf, time::Duration};
 
 pub use self::{
     create::{CreateVoice, Sample, Source},
-    manager::{Deleted, ListedVoice, Manager, classify},
+    manager::{Deleted, ListedVoice, Listing, Manager, classify},
     registry::{Record, VoiceKind, VoiceStatus},
     surface::Surface,
 };

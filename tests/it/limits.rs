@@ -212,9 +212,14 @@ async fn an_oversized_message_is_refused_and_the_daemon_goes_on() {
         ..tone(400)
     };
     let e = synthesize(&mut client, huge).await.unwrap_err();
-    // tonic's code for an oversized message; the message names the limit.
+    // tonic's code for an oversized message; the message names the limit and its setting.
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
-    assert!(e.message().contains("65536"), "{}", e.message());
+    assert!(
+        e.message()
+            .contains("exceeds the limit of 65536 bytes (server.max_message_bytes)"),
+        "{}",
+        e.message()
+    );
     let c = synthesize(&mut client, tone(450))
         .await
         .expect("still serving");

@@ -1,6 +1,8 @@
 //! A Python client (grpcio, stubs generated from proto/ at test time by examples/python/say.py)
 //! against the real `herald serve` binary: herald's first polyglot witness. Over the unix
-//! socket, and over TCP with a bearer token and TLS, in every encoding.
+//! socket, and over TCP with a bearer token and TLS, in every encoding. The channels have no
+//! options, as integrators make them, so gRPC core picks the :authority it derives from the
+//! socket path (tests/python/unix_default_channel.py tries each unix target form).
 //!
 //! Needs a Python with grpcio and grpcio-tools: `$HERALD_TEST_PYTHON` (set by `.ci/test`),
 //! else `./.venv/bin/python` (created by `.ci/setup`). Without one the test fails and says so.
@@ -277,4 +279,53 @@ fn python_client_over_tls_with_a_token_in_every_encoding() {
         &[],
     ));
     assert!(err.starts_with("say.py: UNAVAILABLE: "), "{err}");
+}
+
+/// `grpc.insecure_channel(target)` with no options, as an integrator writes it: gRPC core then
+/// derives the :authority from the socket path (`tmp%2Fdir%2Fherald.sock` for `unix:///tmp/dir/
+/// herald.sock`, the bare name for a relative `unix:herald.sock`). Every target form grpcio
+/// accepts for a unix socket must reach health, reflection and synthesis.
+#[test]
+fn python_default_channel_reaches_every_unix_target_form() {
+    let server = ServeProcess::start(&[]);
+    let out = Command::new(python_with_grpc())
+        .arg("tests/python/unix_default_channel.py")
+        .arg(&server.socket)
+        .arg(server.dir.path())
+        .env("HERALD_PY_GEN", server.dir.path().join("gen"))
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "one JSON line ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // An RST_STREAM (error code 1, PROTOCOL_ERROR) here means herald rejected the authority.
+    assert!(out.status.success(), "a target form failed: {result:#}");
+    for form in ["unix_abs", "unix_path", "unix_relative"] {
+        let seen = &result[form];
+        assert_eq!(seen["health"], "SERVING", "{form}: {seen}");
+        assert!(
+            seen["services"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|n| n == "herald.v1.Speech")),
+            "{form}: {seen}"
+        );
+        let synth = &seen["synthesize"];
+        assert_eq!(synth["engine"], "espeak-ng", "{form}: {seen}");
+        assert_eq!(synth["sample_rate_hz"], 16_000, "{form}: {seen}");
+        let wav = std::fs::read(synth["file"].as_str().expect("file")).expect("the WAV");
+        assert_eq!(wav.len() as u64, synth["bytes"].as_u64().expect("bytes"));
+        let (spec, samples) = wav_samples(patch_wav_sizes(wav));
+        assert_eq!((spec.sample_rate, spec.channels), (16_000, 1), "{form}");
+        assert_eq!(
+            samples.len() as u64,
+            synth["samples"].as_u64().expect("samples")
+        );
+        let seconds = samples.len() as f64 / 16_000.0;
+        assert!((1.0..6.0).contains(&seconds), "{form}: {seconds} s");
+        assert!(rms(&samples) > 0.02, "{form}: silence");
+    }
 }

@@ -891,3 +891,79 @@ async fn a_create_whose_answer_is_lost_is_adopted_not_repeated() {
     );
     s.daemon.stop().await.unwrap();
 }
+
+/// An upstream that accepts connections and never answers: ListVoices still answers with the
+/// local voices, without waiting for it past its 0.8 s budget, and names the listings it lacks.
+#[tokio::test]
+async fn a_hung_upstream_leaves_the_local_voices_listed_and_names_what_is_missing() {
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base_url = format!("http://{}/api/v1", hole.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((conn, _)) = hole.accept().await {
+            held.push(conn);
+        }
+    });
+    let daemon = spawn_daemon_config(
+        "",
+        &[
+            ("DASHSCOPE_API_KEY", API_KEY),
+            ("DASHSCOPE_HTTP_BASE_URL", base_url.as_str()),
+        ],
+    )
+    .await;
+    let mut client = daemon.client().await;
+    let started = std::time::Instant::now();
+    let listed = client
+        .list_voices(pb::ListVoicesRequest::default())
+        .await
+        .expect("ListVoices answers")
+        .into_inner();
+    let took = started.elapsed();
+    assert!(
+        listed.voices.iter().any(|v| v.engine == "espeak-ng"),
+        "local voices listed"
+    );
+    assert!(
+        listed
+            .voices
+            .iter()
+            .any(|v| v.model == "cosyvoice-v3-flash"),
+        "catalogue voices listed"
+    );
+    assert_eq!(listed.missing.len(), 3, "{:?}", listed.missing);
+    assert!(
+        listed
+            .missing
+            .iter()
+            .all(|m| m.starts_with("custom voices of ")),
+        "{:?}",
+        listed.missing
+    );
+    // The budget is 0.8 s; a listing that waited for upstream's own timeouts would take 10 s
+    // or more. The bound is loose: this machine is shared.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    daemon.stop().await.unwrap();
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_dashscope_model_without_a_key_names_the_key() {
+    let daemon = spawn_daemon_with(&[]).await;
+    let mut client = daemon.client().await;
+    let err = client
+        .synthesize(pb::SynthesizeRequest {
+            text: "hello".into(),
+            model: "qwen3-tts-flash".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    assert!(
+        err.message().contains("DASHSCOPE_API_KEY"),
+        "{}",
+        err.message()
+    );
+    daemon.stop().await.unwrap();
+}

@@ -5,6 +5,9 @@
 //! It owns the FLAC header, the float → 16/24-bit conversion and the block buffering: samples
 //! wait until a block is full (at most [`block_size`] frames, about 100 ms), and
 //! [`Encoder::finish`] encodes the last, shorter block. It must not resample or remix.
+//! [`patch_total_samples`] lets a client that wrote the stream to a file fill in the length.
+
+use std::io::{self, Read, Seek, SeekFrom, Write};
 
 use flacenc::{
     component::{BitRepr, StreamInfo},
@@ -26,6 +29,44 @@ pub fn block_size(sample_rate: u32) -> usize {
         16_000..32_000 => 2_048,
         _ => 4_096,
     }
+}
+
+/// Where STREAMINFO's packed rate / channels / bits / total samples (8 bytes, big-endian)
+/// start in a FLAC stream this module wrote: after `fLaC`, the block header and four 16/24-bit
+/// size fields.
+const PACKED_OFFSET: u64 = 18;
+
+/// Writes `total_samples` (frames per channel; 36 bits) into the STREAMINFO of the FLAC stream
+/// at the start of `file` (as [`FlacEncoder`] wrote it, with total samples 0 = unknown), then
+/// seeks back to the end. The MD5 stays 0 (unknown), which decoders accept. An `InvalidData`
+/// error when the file does not start with `fLaC` and a STREAMINFO block, or the count does
+/// not fit.
+pub fn patch_total_samples<F: Read + Write + Seek>(
+    file: &mut F,
+    total_samples: u64,
+) -> io::Result<()> {
+    if total_samples >= 1 << 36 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{total_samples} samples do not fit FLAC's 36-bit count"),
+        ));
+    }
+    let mut head = [0u8; 26];
+    file.seek(SeekFrom::Start(0))?;
+    file.read_exact(&mut head)?;
+    if &head[..4] != b"fLaC" || head[4] & 0x7f != 0 || head[5..8] != [0, 0, 34] {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "not a FLAC stream starting with STREAMINFO",
+        ));
+    }
+    let mut packed = [0u8; 8];
+    packed.copy_from_slice(&head[18..26]);
+    let packed = (u64::from_be_bytes(packed) & !((1 << 36) - 1)) | total_samples;
+    file.seek(SeekFrom::Start(PACKED_OFFSET))?;
+    file.write_all(&packed.to_be_bytes())?;
+    file.seek(SeekFrom::End(0))?;
+    Ok(())
 }
 
 /// A streaming FLAC encoder for one response.
@@ -156,5 +197,74 @@ impl Encoder for FlacEncoder {
             self.encode_block(frames, out)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::audio::test_util::spec;
+
+    /// The track's frame count as symphonia reads it from STREAMINFO (`None`: unknown).
+    fn declared_frames(bytes: Vec<u8>) -> Option<u64> {
+        use symphonia::core::{
+            formats::{FormatOptions, TrackType, probe::Hint},
+            io::MediaSourceStream,
+            meta::MetadataOptions,
+        };
+        let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+        let mut hint = Hint::new();
+        hint.with_extension("flac");
+        let format = symphonia::default::get_probe()
+            .probe(
+                &hint,
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
+            .expect("a FLAC stream symphonia reads");
+        format
+            .default_track(TrackType::Audio)
+            .expect("a track")
+            .num_frames
+    }
+
+    #[test]
+    fn a_patched_stream_declares_its_length_and_keeps_its_format() {
+        let sp = spec(22_050, 2);
+        let mut enc = FlacEncoder::new(sp, 24).unwrap();
+        let frames = 5_000;
+        let pcm = PcmBuffer {
+            spec: sp,
+            samples: (0..frames * 2)
+                .map(|i| ((i / 2) as f32 * 0.05).sin() * 0.5)
+                .collect(),
+        };
+        let mut out = Vec::new();
+        enc.encode(&pcm, &mut out).unwrap();
+        enc.finish(&mut out).unwrap();
+        assert_eq!(
+            declared_frames(out.clone()),
+            None,
+            "streamed: unknown length"
+        );
+        let original = out.clone();
+
+        let mut file = Cursor::new(out);
+        patch_total_samples(&mut file, frames as u64).unwrap();
+        assert_eq!(file.position(), original.len() as u64, "back at the end");
+        let patched = file.into_inner();
+        assert_eq!(declared_frames(patched.clone()), Some(frames as u64));
+        // Only the 36-bit count changed: rate, channels and bits are as they were.
+        let diff: Vec<usize> = (0..patched.len())
+            .filter(|&i| patched[i] != original[i])
+            .collect();
+        assert!(diff.iter().all(|i| (21..26).contains(i)), "{diff:?}");
+        assert_eq!(patched[21] & 0xf0, original[21] & 0xf0);
+
+        assert!(patch_total_samples(&mut Cursor::new(b"RIFF....".repeat(8)), 1).is_err());
+        assert!(patch_total_samples(&mut Cursor::new(patched), 1 << 36).is_err());
     }
 }
