@@ -18,14 +18,13 @@ pub(crate) mod voices;
 
 use std::path::{Path, PathBuf};
 
-use secrecy::SecretString;
-
 use clap::{Parser, Subcommand, ValueEnum};
 use herald::{
     client::{self, Channel, Target},
     config::{self, Env, LoadOptions, Overrides},
     pb::{self, audio_format::Encoding},
 };
+use secrecy::SecretString;
 
 use crate::{EX_UNAVAILABLE, EX_USAGE, Failure, fail};
 
