@@ -40,7 +40,7 @@ async fn huge_text_is_refused_naming_the_field_and_the_limit() {
     let (double, daemon) = spawn_daemon_with_double(ENGINES_ONLY).await;
     let mut client = daemon.client().await;
     // One character past synthesis.max_text_chars (20 000), and a 3.9 MB text of 4-byte
-    // characters (under the 4 MiB message limit, far over the character limit).
+    // characters (under the 16 MiB message limit, far over the character limit).
     for text in ["a".repeat(20_001), "😀".repeat(975_000)] {
         let chars = text.chars().count();
         let e = synthesize(&mut client, cosy(&text)).await.unwrap_err();
@@ -55,11 +55,17 @@ async fn huge_text_is_refused_naming_the_field_and_the_limit() {
         );
         assert!(e.message().len() < 200, "no echo of the text");
     }
-    // Past the message size limit: tonic refuses it before herald sees it.
-    let e = synthesize(&mut client, cosy(&"a".repeat(5 << 20)))
+    // Past the message size limit (server.max_message_bytes, 16 MiB by default): refused
+    // before herald decodes it, naming the setting.
+    let e = synthesize(&mut client, cosy(&"a".repeat(17 << 20)))
         .await
         .unwrap_err();
     assert_eq!(e.code(), Code::OutOfRange, "{e:?}");
+    assert!(
+        e.message().contains("(server.max_message_bytes)"),
+        "{}",
+        e.message()
+    );
     assert!(double.requests().is_empty(), "nothing went upstream");
     served(&mut client, "huge text").await;
 }

@@ -913,7 +913,7 @@ async fn a_hung_upstream_leaves_the_local_voices_listed_and_names_what_is_missin
     )
     .await;
     let mut client = daemon.client().await;
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let listed = client
         .list_voices(pb::ListVoicesRequest::default())
         .await
