@@ -17,11 +17,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::Cache,
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, TcpAuth},
     engine::{EngineError, Engines, Synthesizer, dashscope, espeak::Espeak},
     playback::{PipelineSource, Playback, PlaybackSettings, Registry},
     provider::{FallbackStep, Provider},
-    service::{Access, BoundListener, ServeError, Server, SpeechService},
+    service::{Access, BoundListener, Refused, ServeError, Server, SpeechService},
     synthesis::{Core, Settings},
 };
 
@@ -39,6 +39,9 @@ pub enum StartError {
     /// The custom-voice registry could not be read.
     #[error("voices.directory: cannot read the voice registry")]
     Registry(#[source] std::io::Error),
+    /// The access policy refuses the configuration (TLS rustls does not take).
+    #[error(transparent)]
+    Access(#[from] Refused),
     /// A set-up task (opening the voice registry or the cache) panicked.
     #[error("{task}")]
     Task {
@@ -50,6 +53,15 @@ pub enum StartError {
     },
 }
 
+/// What `serve` refuses about a validated configuration before building anything, beyond what
+/// validation refuses: a TLS certificate and key rustls does not take. `check-config` runs this
+/// (so that it refuses what `serve` would), and [`Daemon::from_config`] runs it first. It
+/// creates nothing and starts nothing.
+pub fn preflight(config: &Config) -> Result<(), StartError> {
+    Access::from_config(config).check_tls()?;
+    Ok(())
+}
+
 /// The daemon: the gRPC server over the composed engines, cache, playback and custom voices.
 pub struct Daemon {
     server: Server,
@@ -59,6 +71,13 @@ pub struct Daemon {
 impl Daemon {
     /// Build the engines the configuration asks for and check the default model and voice.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
+        preflight(config)?;
+        if let TcpAuth::InsecureLoopbackOnly = config.tcp_auth {
+            tracing::warn!(
+                "--insecure-no-auth (server.insecure_no_auth): loopback TCP listeners are served \
+                 without a bearer token; any local user or process can use them"
+            );
+        }
         let mut engines: Vec<Arc<dyn Synthesizer>> = Vec::new();
         if let Some(settings) = &config.espeak {
             engines.push(Arc::new(Espeak::new(settings.clone()).await?));
@@ -190,6 +209,12 @@ impl Daemon {
                     .set(i64::try_from(stats.store.entries).unwrap_or(i64::MAX));
             }
         })
+    }
+
+    /// Refuse `listeners` the server would not serve (a TCP listener without a token, passed by
+    /// socket activation): see [`Server::check`]. Call it before reporting ready.
+    pub fn check(&self, listeners: &[BoundListener]) -> Result<(), ServeError> {
+        self.server.check(listeners)
     }
 
     /// Serve on `listeners` until `shutdown` resolves: see [`Server::serve`].

@@ -97,8 +97,11 @@ fn main() -> ExitCode {
     }
 }
 
+/// What `serve` checks before building anything, and nothing more: it creates no file or
+/// directory and starts nothing (it runs as `ExecStartPre=`, and by hand).
 fn check_config(args: ConfigArgs) -> Result<(), Failure> {
     let config = args.load()?;
+    herald::daemon::preflight(&config).map_err(|e| fail(EX_USAGE, e))?;
     print!("{}", config.render());
     Ok(())
 }
@@ -122,6 +125,10 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         None => service::bind_with(&config.listen, config.socket_mode, config.socket_group).await,
     }
     .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+    // A listener this configuration may not serve (a TCP socket passed by socket activation
+    // without a token) is a configuration error: refused before READY=1, so that systemd sees a
+    // failed start and not a service that dies after starting.
+    daemon.check(&listeners).map_err(|e| fail(EX_USAGE, e))?;
     let metrics_stop = shutdown::CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
