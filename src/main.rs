@@ -74,7 +74,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args, activation).await,
-            Command::CheckConfig(args) => check_config(args),
+            Command::CheckConfig(args) => check_config(args).await,
             Command::Say(args) => cli::say::run(*args).await,
             Command::Voices(args) => cli::voices::run(args).await,
             Command::Devices(args) => cli::devices::list(args).await,
@@ -97,11 +97,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// What `serve` checks before building anything, and nothing more: it creates no file or
-/// directory and starts nothing (it runs as `ExecStartPre=`, and by hand).
-fn check_config(args: ConfigArgs) -> Result<(), Failure> {
+/// What `serve` checks before opening anything, and nothing more: it creates no file or
+/// directory and binds nothing (it runs as `ExecStartPre=`, and by hand).
+async fn check_config(args: ConfigArgs) -> Result<(), Failure> {
     let config = args.load()?;
-    herald::daemon::preflight(&config).map_err(|e| fail(EX_USAGE, e))?;
+    herald::daemon::preflight(&config)
+        .await
+        .map_err(|e| fail(EX_USAGE, e))?;
     print!("{}", config.render());
     Ok(())
 }

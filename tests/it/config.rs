@@ -167,3 +167,18 @@ fn check_config_creates_nothing() {
         missing.display()
     );
 }
+
+#[test]
+fn check_config_refuses_defaults_no_engine_serves_as_serve_does() {
+    // No DashScope key: only espeak-ng is built.
+    both_refuse(
+        &[],
+        &[("HERALD_DEFAULT_MODEL", "cosyvoice-v3-flash")],
+        &["synthesis.default_model", "cosyvoice-v3-flash"],
+    );
+    both_refuse(
+        &[],
+        &[("HERALD_DEFAULT_VOICE", "no-such-voice-xq")],
+        &["synthesis.default_voice"],
+    );
+}
