@@ -3,7 +3,8 @@
 //! [`Daemon::from_config`] builds the engines the configuration enables (espeak-ng, the
 //! DashScope families over one client), opens the custom-voice registry and the audio cache,
 //! keeps the fallback steps some engine serves, checks the default model and voice against the
-//! built engines, and wires the provider, playback and the gRPC [`Server`] together. It sits
+//! built engines, and wires the provider, playback and the gRPC [`Server`] together;
+//! [`preflight`] runs the same checks without opening anything, for `check-config`. It sits
 //! above every door, next to `main`: the doors and the core never build their own
 //! dependencies.
 //!
@@ -17,11 +18,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     cache::Cache,
-    config::{Config, ConfigError},
+    config::{Config, ConfigError, TcpAuth},
     engine::{EngineError, Engines, Synthesizer, dashscope, espeak::Espeak},
     playback::{PipelineSource, Playback, PlaybackSettings, Registry},
     provider::{FallbackStep, Provider},
-    service::{Access, BoundListener, ServeError, Server, SpeechService},
+    service::{Access, BoundListener, Refused, ServeError, Server, SpeechService},
     synthesis::{Core, Settings},
 };
 
@@ -39,6 +40,9 @@ pub enum StartError {
     /// The custom-voice registry could not be read.
     #[error("voices.directory: cannot read the voice registry")]
     Registry(#[source] std::io::Error),
+    /// The access policy refuses the configuration (TLS rustls does not take).
+    #[error(transparent)]
+    Access(#[from] Refused),
     /// A set-up task (opening the voice registry or the cache) panicked.
     #[error("{task}")]
     Task {
@@ -50,6 +54,37 @@ pub enum StartError {
     },
 }
 
+/// What `serve` refuses about a validated configuration beyond what validation refuses, checked
+/// before anything is opened or bound: a TLS certificate and key rustls does not take, an engine
+/// that cannot be set up (espeak-ng that does not run or lacks the default voice), a default
+/// model no configured engine serves, a default voice its engine does not have. `check-config`
+/// runs this (so that it refuses what `serve` would), and [`Daemon::from_config`] runs the same
+/// checks first. It creates nothing: it builds the engines (espeak-ng lists its voices; the
+/// DashScope client sends nothing) and drops them.
+pub async fn preflight(config: &Config) -> Result<(), StartError> {
+    checked_engines(config).await.map(drop)
+}
+
+/// The checks of [`preflight`], keeping what they built: the engines and the DashScope client.
+async fn checked_engines(
+    config: &Config,
+) -> Result<(Engines, Option<Arc<dashscope::Client>>), StartError> {
+    Access::from_config(config).check_tls()?;
+    let mut engines: Vec<Arc<dyn Synthesizer>> = Vec::new();
+    if let Some(settings) = &config.espeak {
+        engines.push(Arc::new(Espeak::new(settings.clone()).await?));
+    }
+    let mut upstream = None;
+    if let Some(settings) = &config.dashscope {
+        let client = dashscope::Client::new(settings.clone())?;
+        engines.extend(client.engines());
+        upstream = Some(client);
+    }
+    let engines = Engines::new(engines);
+    check_defaults(&config.synthesis, &engines)?;
+    Ok((engines, upstream))
+}
+
 /// The daemon: the gRPC server over the composed engines, cache, playback and custom voices.
 pub struct Daemon {
     server: Server,
@@ -57,17 +92,15 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Build the engines the configuration asks for and check the default model and voice.
+    /// Build the engines the configuration asks for and check the default model and voice
+    /// ([`preflight`]), then open the voice registry and the cache.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
-        let mut engines: Vec<Arc<dyn Synthesizer>> = Vec::new();
-        if let Some(settings) = &config.espeak {
-            engines.push(Arc::new(Espeak::new(settings.clone()).await?));
-        }
-        let mut upstream = None;
-        if let Some(settings) = &config.dashscope {
-            let client = dashscope::Client::new(settings.clone())?;
-            engines.extend(client.engines());
-            upstream = Some(client);
+        let (engines, upstream) = checked_engines(config).await?;
+        if let TcpAuth::InsecureLoopbackOnly = config.tcp_auth {
+            tracing::warn!(
+                "--insecure-no-auth (server.insecure_no_auth): loopback TCP listeners are served \
+                 without a bearer token; any local user or process can use them"
+            );
         }
         let voices_settings = config.voices.clone();
         let voices = tokio::task::spawn_blocking(move || {
@@ -79,8 +112,6 @@ impl Daemon {
             source,
         })?
         .map_err(StartError::Registry)?;
-        let engines = Engines::new(engines);
-        check_defaults(&config.synthesis, &engines)?;
         let mut fallback = Vec::new();
         for step in &config.fallback {
             match step {
@@ -190,6 +221,12 @@ impl Daemon {
                     .set(i64::try_from(stats.store.entries).unwrap_or(i64::MAX));
             }
         })
+    }
+
+    /// Refuse `listeners` the server would not serve (a TCP listener without a token, passed by
+    /// socket activation): see [`Server::check`]. Call it before reporting ready.
+    pub fn check(&self, listeners: &[BoundListener]) -> Result<(), ServeError> {
+        self.server.check(listeners)
     }
 
     /// Serve on `listeners` until `shutdown` resolves: see [`Server::serve`].

@@ -91,7 +91,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => serve(args, activation).await,
-            Command::CheckConfig(args) => check_config(args),
+            Command::CheckConfig(args) => check_config(args).await,
             Command::Say(args) => cli::say::run(*args).await,
             Command::Voices(args) => cli::voices::run(args).await,
             Command::Devices(args) => cli::devices::list(args).await,
@@ -114,8 +114,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(args: ConfigArgs) -> Result<(), Failure> {
+/// What `serve` checks before opening anything, and nothing more: it creates no file or
+/// directory and binds nothing (it runs as `ExecStartPre=`, and by hand).
+async fn check_config(args: ConfigArgs) -> Result<(), Failure> {
     let config = args.load()?;
+    herald::daemon::preflight(&config)
+        .await
+        .map_err(|e| fail(EX_USAGE, e))?;
     print!("{}", config.render());
     Ok(())
 }
@@ -139,6 +144,10 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         None => service::bind_with(&config.listen, config.socket_mode, config.socket_group).await,
     }
     .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+    // A listener this configuration may not serve (a TCP socket passed by socket activation
+    // without a token) is a configuration error: refused before READY=1, so that systemd sees a
+    // failed start and not a service that dies after starting.
+    daemon.check(&listeners).map_err(|e| fail(EX_USAGE, e))?;
     let metrics_stop = shutdown::CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)

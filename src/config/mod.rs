@@ -13,8 +13,9 @@
 //! (the espeak-ng and DashScope engine settings, the synthesis limits, playback, cache and
 //! custom voices), so each setting has one type and its default is written once. It must not
 //! build engines or open the cache, the voice registry or listeners (it reads only the config
-//! file, secret files, TLS PEMs and `/etc/group`), and must not depend on a door: no tonic,
-//! prost or `pb` types, no listener or handler code.
+//! file, secret files, TLS PEMs and `/etc/group`, looks for the espeak-ng binary, and creates
+//! nothing), and must not depend on a door: no tonic, prost or `pb` types, no listener or
+//! handler code.
 //!
 //! - `env`: the environment snapshot, the variable → key table and the flag overrides;
 //! - `raw`: every `[section]` as written, with its serde defaults;

@@ -4,9 +4,10 @@
 //! Every error names the key at fault and the limit; every "`x` is outside `a..=b`" comes from
 //! one helper, [`in_range`]. Checks run in a fixed order, so the first problem reported does not
 //! depend on anything but the input. Validation reads the secret files, the TLS PEMs and
-//! `/etc/group`; it must not build engines, open the cache or the voice registry, or bind
-//! anything (the daemon does, and checks what needs the built engines, such as whether the
-//! default model is served).
+//! `/etc/group`, and looks for the espeak-ng binary; it creates nothing, and must not build
+//! engines, open the cache or the voice registry, or bind anything (the daemon does, and checks
+//! what needs the built engines, such as whether the default model is served, or rustls, such
+//! as whether it takes the TLS certificate and key: [`crate::daemon::preflight`]).
 
 use std::{
     fmt,
@@ -25,7 +26,9 @@ use super::{
     MAX_CONCURRENT_LIMIT, PlaybackSection, RawConfig, ServerSection, SynthesisSection, TcpAuth,
     TlsFiles, VoicesSection,
     env::Env,
-    paths::{default_cache_dir, default_socket_path, default_state_dir, read_secret_file},
+    paths::{
+        default_cache_dir, default_socket_path, default_state_dir, find_program, read_secret_file,
+    },
 };
 use crate::{
     engine::{
@@ -176,7 +179,7 @@ impl RawConfig {
             "",
         )?;
 
-        let espeak = validate_espeak(&self.espeak)?;
+        let espeak = validate_espeak(&self.espeak, env)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -279,13 +282,24 @@ fn validate_tls(s: &ServerSection) -> Result<Option<TlsFiles>, ConfigError> {
     })
 }
 
-fn validate_espeak(e: &EspeakSection) -> Result<Option<EspeakConfig>, ConfigError> {
+fn validate_espeak(e: &EspeakSection, env: &Env) -> Result<Option<EspeakConfig>, ConfigError> {
     if !e.enabled {
         return Ok(None);
     }
     if e.binary.trim().is_empty() {
         return Err(invalid("espeak.binary", "must not be empty"));
     }
+    // The engine runs the binary as given (found on PATH at each run); that it can be found at
+    // all is checked here, so that check-config refuses what serve would.
+    find_program(Path::new(&e.binary), env).map_err(|why| {
+        invalid(
+            "espeak.binary",
+            format!(
+                "{why}; install the Debian package espeak-ng, set espeak.binary to its path, \
+                 or set espeak.enabled = false"
+            ),
+        )
+    })?;
     if e.default_voice.trim().is_empty() {
         return Err(invalid("espeak.default_voice", "must not be empty"));
     }

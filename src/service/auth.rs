@@ -25,6 +25,10 @@ pub enum Refused {
         /// The listener.
         addr: SocketAddr,
     },
+    /// rustls does not take the configured certificate and key (`Transport::tls_config`
+    /// parses them; serving would fail on the first TCP listener).
+    #[error("server.tls_cert, server.tls_key: the TLS certificate and key are not usable")]
+    Tls(#[source] tonic::transport::Error),
     /// `--insecure-no-auth` serves loopback listeners only.
     #[error(
         "TCP listener {addr} is not loopback: --insecure-no-auth applies to loopback \
@@ -96,6 +100,26 @@ impl Access {
             return Err(Refused::NotLoopback { addr: *addr });
         }
         Ok(())
+    }
+
+    /// `builder` with the TLS identity of TCP listeners, when one is configured.
+    pub(super) fn with_tls(
+        &self,
+        builder: tonic::transport::Server,
+    ) -> Result<tonic::transport::Server, Refused> {
+        let Some((cert, key)) = &self.tls else {
+            return Ok(builder);
+        };
+        let identity = tonic::transport::Identity::from_pem(cert, key.expose_secret());
+        builder
+            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .map_err(Refused::Tls)
+    }
+
+    /// Refuse a TLS certificate and key rustls would not take, with the same call that sets up
+    /// a TCP listener ([`Self::with_tls`]); nothing when no TLS is configured.
+    pub fn check_tls(&self) -> Result<(), Refused> {
+        self.with_tls(tonic::transport::Server::builder()).map(drop)
     }
 
     /// The interceptor of one listener: the token check on TCP, none on unix sockets.

@@ -24,7 +24,6 @@ mod voices;
 
 use std::{future::Future, path::PathBuf, time::Duration};
 
-use secrecy::ExposeSecret;
 use tokio::task::JoinSet;
 use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
 use tokio_util::sync::CancellationToken;
@@ -116,6 +115,26 @@ impl Server {
         self
     }
 
+    /// Refuse `listeners` this server would not serve, before any is served (and before the
+    /// daemon reports ready): a TCP listener the access policy does not allow (socket
+    /// activation can pass any socket), or a TLS certificate and key rustls does not take.
+    /// [`Self::serve`] checks the same first.
+    pub fn check(&self, listeners: &[BoundListener]) -> Result<(), ServeError> {
+        let mut tcp = false;
+        for listener in listeners {
+            if let ListenerKind::Tcp(_) = listener.kind
+                && let ListenAddr::Tcp(addr) = &listener.addr
+            {
+                self.access.check(addr)?;
+                tcp = true;
+            }
+        }
+        if tcp {
+            self.access.check_tls()?;
+        }
+        Ok(())
+    }
+
     /// Serve on `listeners` until `shutdown` resolves (or a listener fails). Then: report
     /// NOT_SERVING, stop accepting, cancel every job (their clients get UNAVAILABLE), and wait
     /// up to the grace period for connections to close. Unix socket files are removed.
@@ -141,23 +160,15 @@ impl Server {
         let stop_accepting = CancellationToken::new();
         let mut servers = JoinSet::new();
         let mut socket_files: Vec<PathBuf> = Vec::new();
-        for listener in &listeners {
-            if let ListenerKind::Tcp(_) = listener.kind
-                && let ListenAddr::Tcp(addr) = &listener.addr
-            {
-                self.access.check(addr)?;
-            }
-        }
+        self.check(&listeners)?;
         for listener in listeners {
             let tcp = matches!(listener.kind, ListenerKind::Tcp(_));
             let auth = self.access.interceptor(tcp);
             let mut builder = Transport::builder()
                 .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
-            if tcp && let Some((cert, key)) = &self.access.tls {
-                let identity = tonic::transport::Identity::from_pem(cert, key.expose_secret());
-                builder = builder
-                    .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))?;
+            if tcp {
+                builder = self.access.with_tls(builder)?;
             }
             let router = builder
                 .layer(oversize::layer())

@@ -214,15 +214,56 @@ fn unsafe_configurations_are_refused_before_serving() {
 
 #[test]
 fn the_socket_gets_the_configured_group() {
-    let uid = Command::new("id").arg("-u").output().unwrap();
-    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
-        eprintln!("skipped: changing a file's group to another group needs root here");
-        return;
-    }
-    let server = Serve::new("[server]\nsocket_group = \"nogroup\"\n").start();
+    let id = |arg: &str| -> Vec<u32> {
+        let out = Command::new("id").arg(arg).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect()
+    };
+    let (uid, primary, groups) = (id("-u")[0], id("-g")[0], id("-G"));
+    // A group that is not the process's own, so that the socket's group shows the setting
+    // and not a default: root may give a file to any group (nogroup); anyone else to a group
+    // they belong to (a supplementary one when they have one, else their primary group).
+    let gid = if uid == 0 {
+        65534
+    } else {
+        groups
+            .iter()
+            .copied()
+            .find(|g| *g != primary)
+            .unwrap_or(primary)
+    };
+    let server = Serve::new(&format!("[server]\nsocket_group = \"{gid}\"\n")).start();
     let meta = std::fs::metadata(&server.socket).unwrap();
-    assert_eq!(meta.gid(), 65534, "nogroup");
+    assert_eq!(meta.gid(), gid);
     assert_eq!(meta.mode() & 0o777, 0o660);
+    // By name, as the unit sets it (HERALD_SOCKET_GROUP=herald).
+    if uid == 0 {
+        let server = Serve::new("# defaults\n")
+            .env("HERALD_SOCKET_GROUP", "nogroup")
+            .start();
+        assert_eq!(std::fs::metadata(&server.socket).unwrap().gid(), 65534);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insecure_no_auth_is_logged_as_a_warning() {
+    let mut server = Serve::new("# defaults\n")
+        .tcp()
+        .args(&["--insecure-no-auth"])
+        .start();
+    // Served without a token on loopback.
+    let ch = tcp_channel(server.tcp()).await;
+    speak(&ch, None).await.expect("no token needed");
+    assert!(server.terminate().success());
+    let log = server.log();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("insecure-no-auth"))
+        .unwrap_or_else(|| panic!("no warning about --insecure-no-auth:\n{log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(warning.contains("without a bearer token"), "{warning}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -182,3 +182,142 @@ fn the_unit_files_pass_systemd_analyze_verify() {
         );
     }
 }
+
+#[test]
+fn a_passed_tcp_socket_without_a_token_is_refused_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    // A free loopback port for the activator (released, then bound by it).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut activator = Command::new("systemd-socket-activate")
+        .args(["-l", &addr, "--fdname=herald-tcp"])
+        .args(["-E", "CACHE_DIRECTORY", "-E", "NOTIFY_SOCKET"])
+        .env("CACHE_DIRECTORY", dir.path().join("cache"))
+        .env("NOTIFY_SOCKET", &notify_path)
+        .arg(env!("CARGO_BIN_EXE_herald"))
+        // Only a unix socket is configured, and no token: a passed TCP socket is not servable.
+        .args(["serve", "--listen"])
+        .arg(format!("unix:{}", dir.path().join("unused.sock").display()))
+        .env_remove("DASHSCOPE_API_KEY")
+        .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_AUTH_TOKEN")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("systemd-socket-activate (package systemd)");
+    // The first connection starts herald.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let _conn = loop {
+        match std::net::TcpStream::connect(&addr) {
+            Ok(c) => break c,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "activator did not listen: {e}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = activator.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = activator.kill();
+            panic!("herald did not refuse the passed TCP socket");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut activator.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(64), "EX_USAGE: {stderr}");
+    assert!(
+        stderr.contains(&addr) && stderr.contains("bearer token"),
+        "{stderr}"
+    );
+    notify.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    let mut got = Vec::new();
+    while let Ok(n) = notify.recv(&mut buf) {
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(
+        !got.iter().any(|m| m.contains("READY=1")),
+        "refused before READY=1: {got:?}"
+    );
+}
+
+/// The unit settings that make the socket reachable by group herald and keep socket activation
+/// working across restarts, read from the shipped files (systemd-analyze cannot tell whether
+/// two units agree).
+#[test]
+fn the_units_agree_on_the_socket_and_its_group() {
+    let read = |f: &str| std::fs::read_to_string(Path::new("systemd").join(f)).unwrap();
+    let settings = |text: &str| -> Vec<String> {
+        text.lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#') && l.contains('='))
+            .map(str::to_owned)
+            .collect()
+    };
+    let service = settings(&read("herald.service"));
+    let socket = settings(&read("herald.socket"));
+    let has = |unit: &[String], line: &str| unit.iter().any(|l| l == line);
+    for line in [
+        "User=herald",
+        "Group=herald",
+        "SupplementaryGroups=audio",
+        "RuntimeDirectory=herald",
+        "RuntimeDirectoryPreserve=yes",
+        "Environment=HERALD_SOCKET_GROUP=herald",
+    ] {
+        assert!(has(&service, line), "herald.service lacks {line}");
+    }
+    assert!(
+        !service.iter().any(|l| l.contains("DynamicUser=yes")),
+        "a dynamic user's group cannot be joined"
+    );
+    assert!(
+        !service.iter().any(|l| l.contains("network-online")),
+        "an offline kiosk must not wait for the network"
+    );
+    for line in [
+        "ListenStream=/run/herald/herald.sock",
+        "SocketGroup=herald",
+        "SocketMode=0660",
+        "Service=herald.service",
+    ] {
+        assert!(has(&socket, line), "herald.socket lacks {line}");
+    }
+    // herald's own default under the service: $RUNTIME_DIRECTORY/herald.sock, mode 0660.
+    let config = herald::config::load(
+        &herald::config::LoadOptions {
+            config_path: Some("systemd/herald.example.toml".into()),
+            ..Default::default()
+        },
+        &herald::config::Env::from_pairs([
+            ("RUNTIME_DIRECTORY", "/run/herald"),
+            ("CACHE_DIRECTORY", "/var/cache/herald"),
+        ]),
+    )
+    .expect("the example config loads");
+    assert_eq!(
+        config.listen,
+        [herald::config::ListenAddr::Unix(
+            "/run/herald/herald.sock".into()
+        )]
+    );
+    assert_eq!(config.socket_mode, 0o660);
+    let sysusers = read("herald.sysusers");
+    assert!(
+        sysusers
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["u", "herald"])),
+        "{sysusers}"
+    );
+}
