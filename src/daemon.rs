@@ -203,6 +203,11 @@ impl Daemon {
         }
     }
 
+    /// The synthesis core every door calls (the Wyoming door is served next to the gRPC one).
+    pub fn core(&self) -> Arc<Core> {
+        Arc::clone(self.server.speech().core())
+    }
+
     /// The Speech service (the fuzz targets reach request validation through it).
     pub(crate) fn speech(&self) -> &SpeechService {
         self.server.speech()

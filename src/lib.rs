@@ -14,6 +14,9 @@
 //! - [`service`]: the gRPC door (herald.v1.Speech, herald.v1.Cache, health, reflection) on unix
 //!   sockets and TCP: listeners, bearer-token auth, the thin handlers, and [`service::status`],
 //!   the one mapping from domain errors to gRPC statuses.
+//! - [`wyoming`]: the Wyoming door (Home Assistant): `describe` → `info`, `synthesize` and the
+//!   streaming `synthesize-start`/`-chunk`/`-stop` → audio events, domain errors → `error`
+//!   events, on TCP and unix sockets.
 //! - [`daemon`]: the composition root: builds engines, cache, fallback chain, custom voices,
 //!   playback and the synthesis core from a [`config::Config`], and serves them.
 //! - [`client`]: the gRPC client side used by the CLI's client commands (`src/cli/`, in the
@@ -68,3 +71,4 @@ pub mod synthesis;
 pub mod systemd;
 pub mod telemetry;
 pub mod voices;
+pub mod wyoming;

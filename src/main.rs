@@ -166,17 +166,49 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
             }
         });
     }
+    let wyoming_stop = shutdown::CancellationToken::new();
+    let wyoming = if config.wyoming.listen.is_empty() {
+        None
+    } else {
+        let bound = herald::wyoming::bind(&config.wyoming, config.socket_mode, config.socket_group)
+            .await
+            .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+        if config
+            .wyoming
+            .listen
+            .iter()
+            .any(|a| matches!(a, herald::config::ListenAddr::Tcp(t) if !t.ip().is_loopback()))
+        {
+            tracing::warn!(
+                "wyoming.allow_remote: the Wyoming door is served without authentication on a \
+                 non-loopback address"
+            );
+        }
+        let (core, settings) = (daemon.core(), config.wyoming.clone());
+        let stop = wyoming_stop.clone().cancelled_owned();
+        Some(tokio::spawn(herald::wyoming::serve(
+            core, settings, bound, stop,
+        )))
+    };
     let addrs: Vec<String> = listeners.iter().map(|l| l.addr().to_string()).collect();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), listen = %addrs.join(", "), "herald ready");
     // Every listener is bound (connections queue from now on): tell systemd (Type=notify).
     systemd::ready(&format!("serving on {}", addrs.join(", ")));
     let watchdog = systemd::watchdog();
-    let stop = async move {
-        stop.await;
-        systemd::stopping();
+    let stop = {
+        let wyoming_stop = wyoming_stop.clone();
+        async move {
+            stop.await;
+            systemd::stopping();
+            wyoming_stop.cancel();
+        }
     };
     let result = daemon.serve(listeners, stop).await;
     metrics_stop.cancel();
+    wyoming_stop.cancel();
+    if let Some(w) = wyoming {
+        let _ = w.await;
+    }
     if let Some(w) = watchdog {
         w.abort();
     }

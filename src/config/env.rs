@@ -77,6 +77,7 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_CACHE_MAX_BYTES", "cache.max_bytes", Kind::Int),
     ("HERALD_FALLBACK", "fallback.chain", Kind::List),
     ("HERALD_VOICES_DIR", "voices.directory", Kind::Str),
+    ("HERALD_WYOMING_LISTEN", "wyoming.listen", Kind::List),
     (ENV_DASHSCOPE_API_KEY, "dashscope.api_key", Kind::Str),
     (
         ENV_DASHSCOPE_API_KEY_FILE,
@@ -139,6 +140,8 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     /// `--log-format`.
     pub log_format: Option<String>,
+    /// `--wyoming-listen`, repeatable; replaces `wyoming.listen` when not empty.
+    pub wyoming_listen: Vec<String>,
 }
 
 /// The TOML value of variable `var` holding `value`, read as `kind`.

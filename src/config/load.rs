@@ -46,6 +46,15 @@ pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigErr
         let list = o.listen.iter().cloned().map(toml::Value::String).collect();
         set_key(&mut table, "server.listen", toml::Value::Array(list));
     }
+    if !o.wyoming_listen.is_empty() {
+        let list = o
+            .wyoming_listen
+            .iter()
+            .cloned()
+            .map(toml::Value::String)
+            .collect();
+        set_key(&mut table, "wyoming.listen", toml::Value::Array(list));
+    }
     if let Some(format) = &o.log_format {
         set_key(
             &mut table,

@@ -44,7 +44,7 @@ pub use self::{
     paths::{client_socket_candidates, default_cache_dir, default_socket_path, default_state_dir},
     raw::{
         CacheSection, DashscopeSection, EspeakSection, FallbackSection, LogSection,
-        PlaybackSection, RawConfig, ServerSection, SynthesisSection, VoicesSection,
+        PlaybackSection, RawConfig, ServerSection, SynthesisSection, VoicesSection, WyomingSection,
     },
 };
 use crate::{
@@ -189,6 +189,17 @@ impl fmt::Display for ListenAddr {
     }
 }
 
+/// The Wyoming door's settings, validated: where it listens and the audio it sends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WyomingSettings {
+    /// Listeners (empty = no Wyoming door). TCP ones are loopback unless `allow_remote`.
+    pub listen: Vec<ListenAddr>,
+    /// Output rate, Hz (0 = the voice's native rate).
+    pub sample_rate: u32,
+    /// Output channels (1 or 2).
+    pub channels: u16,
+}
+
 /// Who may use herald's TCP listeners (unix sockets are guarded by their mode and group).
 #[derive(Clone, Debug)]
 pub enum TcpAuth {
@@ -270,6 +281,8 @@ pub struct Config {
     /// The DashScope base URL with the region and `{WorkspaceId}` resolved, kept for
     /// `check-config` also when no key is set.
     dashscope_base_url: String,
+    /// The Wyoming door.
+    pub wyoming: WyomingSettings,
     /// The merged raw configuration (for `check-config`; secrets masked by [`Config::render`]).
     raw: RawConfig,
 }

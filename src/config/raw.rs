@@ -34,6 +34,8 @@ pub struct RawConfig {
     pub voices: VoicesSection,
     /// Logging.
     pub log: LogSection,
+    /// The Wyoming door (Home Assistant).
+    pub wyoming: WyomingSection,
 }
 
 /// A duration as the whole milliseconds a config key holds.
@@ -164,6 +166,35 @@ impl Default for FallbackSection {
     fn default() -> Self {
         Self {
             chain: vec!["cache".to_owned(), crate::engine::espeak::MODEL.to_owned()],
+        }
+    }
+}
+
+/// `[wyoming]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WyomingSection {
+    /// Where the Wyoming door listens: `tcp://IP:PORT` or `unix://PATH`, any number. Empty = no
+    /// Wyoming door (default).
+    pub listen: Vec<String>,
+    /// Serve the Wyoming door on a non-loopback TCP address. Wyoming has no authentication:
+    /// anyone who reaches the port can make herald speak (and spend DashScope credit). Default
+    /// false.
+    pub allow_remote: bool,
+    /// Rate of the audio sent, Hz (0 = the voice's native rate, the default; else
+    /// 8000..=48000).
+    pub sample_rate: u32,
+    /// Channels of the audio sent (1..=2). Default 1.
+    pub channels: u16,
+}
+
+impl Default for WyomingSection {
+    fn default() -> Self {
+        Self {
+            listen: Vec::new(),
+            allow_remote: false,
+            sample_rate: 0,
+            channels: 1,
         }
     }
 }

@@ -8,6 +8,14 @@ use secrecy::ExposeSecret;
 
 use super::{Config, MASK, TcpAuth};
 
+/// A Wyoming listener as `wyoming.listen` writes it.
+fn wyoming_addr(addr: &super::ListenAddr) -> String {
+    match addr {
+        super::ListenAddr::Tcp(a) => format!("tcp://{a}"),
+        super::ListenAddr::Unix(p) => format!("unix://{}", p.display()),
+    }
+}
+
 impl Config {
     /// The effective configuration as TOML, with every secret masked.
     pub fn render(&self) -> String {
@@ -19,6 +27,7 @@ impl Config {
             raw.server.auth_token = Some(MASK.to_owned());
         }
         raw.server.listen = self.listen.iter().map(ToString::to_string).collect();
+        raw.wyoming.listen = self.wyoming.listen.iter().map(wyoming_addr).collect();
         let mut text =
             toml::to_string_pretty(&raw).unwrap_or_else(|e| format!("# cannot render: {e}\n"));
         text.push_str("\n# resolved\n");

@@ -24,7 +24,7 @@ use super::{
     DASHSCOPE_DEFAULT_MODEL, DEFAULT_DASHSCOPE_BASE_URL, DashscopeSection,
     ENV_CREDENTIALS_DIRECTORY, ENV_DASHSCOPE_API_KEY, EspeakSection, FallbackSection, ListenAddr,
     MAX_CONCURRENT_LIMIT, PlaybackSection, RawConfig, ServerSection, SynthesisSection, TcpAuth,
-    TlsFiles, VoicesSection,
+    TlsFiles, VoicesSection, WyomingSection, WyomingSettings,
     env::Env,
     paths::{
         default_cache_dir, default_socket_path, default_state_dir, find_program, read_secret_file,
@@ -197,6 +197,7 @@ impl RawConfig {
         };
         let fallback = validate_fallback(&self.fallback)?;
         let voices = validate_voices(&self.voices, env)?;
+        let wyoming = validate_wyoming(&self.wyoming)?;
         if dashscope.is_none() && espeak.is_none() {
             return Err(invalid(
                 "espeak.enabled",
@@ -240,10 +241,73 @@ impl RawConfig {
             voices,
             log_level: self.log.level.clone(),
             log_format,
+            wyoming,
             dashscope_base_url,
             raw: self,
         })
     }
+}
+
+/// `[wyoming]`: `tcp://IP:PORT` or `unix://PATH` listeners, loopback TCP only unless
+/// `allow_remote` (Wyoming has no authentication), and the output format.
+fn validate_wyoming(w: &WyomingSection) -> Result<WyomingSettings, ConfigError> {
+    let mut listen = Vec::with_capacity(w.listen.len());
+    for text in &w.listen {
+        let text = text.trim();
+        let addr = if let Some(rest) = text.strip_prefix("tcp://") {
+            rest.parse::<SocketAddr>()
+                .map(ListenAddr::Tcp)
+                .map_err(|_| {
+                    invalid(
+                        "wyoming.listen",
+                        format!("{text:?}: not tcp://IP:PORT (e.g. tcp://127.0.0.1:10200)"),
+                    )
+                })?
+        } else if text.starts_with("unix:") {
+            ListenAddr::parse(text).map_err(|m| invalid("wyoming.listen", m))?
+        } else {
+            return Err(invalid(
+                "wyoming.listen",
+                format!(
+                    "{text:?} is neither tcp://IP:PORT nor unix://PATH (e.g. tcp://127.0.0.1:10200)"
+                ),
+            ));
+        };
+        if let ListenAddr::Tcp(a) = &addr
+            && !a.ip().is_loopback()
+            && !w.allow_remote
+        {
+            return Err(invalid(
+                "wyoming.listen",
+                format!(
+                    "{text:?} is not a loopback address, and Wyoming has no authentication: \
+                     anyone who reaches it can use herald; set wyoming.allow_remote = true to \
+                     serve it anyway (Home Assistant on another host needs this)"
+                ),
+            ));
+        }
+        listen.push(addr);
+    }
+    if w.sample_rate != 0 && !(8_000..=48_000).contains(&w.sample_rate) {
+        return Err(invalid(
+            "wyoming.sample_rate",
+            format!(
+                "{} is outside 8000..=48000 (0 = the voice's native rate)",
+                w.sample_rate
+            ),
+        ));
+    }
+    if !(1..=2).contains(&w.channels) {
+        return Err(invalid(
+            "wyoming.channels",
+            format!("{} is outside 1..=2", w.channels),
+        ));
+    }
+    Ok(WyomingSettings {
+        listen,
+        sample_rate: w.sample_rate,
+        channels: w.channels,
+    })
 }
 
 /// The configured default model, else DashScope's when a key is configured (`cloud`: the

@@ -39,6 +39,23 @@ impl BoundListener {
     pub fn addr(&self) -> &ListenAddr {
         &self.addr
     }
+
+    /// The socket, for a door that serves it itself (Wyoming).
+    pub fn into_socket(self) -> Socket {
+        match self.kind {
+            ListenerKind::Tcp(l) => Socket::Tcp(l),
+            ListenerKind::Unix(l) => Socket::Unix(l),
+        }
+    }
+}
+
+/// An open socket of a [`BoundListener`].
+#[derive(Debug)]
+pub enum Socket {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A unix domain socket.
+    Unix(UnixListener),
 }
 
 /// Open every listener. Unix sockets get `socket_mode`; a stale socket file left by an earlier

@@ -33,7 +33,7 @@ use tonic::transport::{Server as Transport, server::TcpIncoming};
 use self::listen::ListenerKind;
 pub use self::{
     auth::{Access, Refused},
-    listen::{Activation, BoundListener, bind, bind_with},
+    listen::{Activation, BoundListener, Socket, bind, bind_with},
     speech::SpeechService,
 };
 use crate::{

@@ -2,7 +2,7 @@
 //!
 //! - The core (`engine/`, `audio/`, `cache/`, `synthesis/`, `playback/`, `voices/`, `config/`,
 //!   and the provider, pipeline and error modules) knows no wire format: no `tonic`, no
-//!   `prost`, no generated `pb` types, and no door module (`service`, `cli`, `client`).
+//!   `prost`, no generated `pb` types, and no door module (`service`, `wyoming`, `cli`, `client`).
 //! - No channel in `src/` is unbounded (back-pressure everywhere).
 //!
 //! The rules are read from the code with comments removed, so a doc comment may name what it
@@ -35,6 +35,7 @@ const WIRE: &[&str] = &[
     "crate::service",
     "crate::cli",
     "crate::client",
+    "crate::wyoming",
 ];
 
 /// What no file in `src/` may name.

@@ -33,3 +33,4 @@ mod synthesize_grpc;
 mod systemd;
 mod voices_double;
 mod voices_grpc;
+mod wyoming;

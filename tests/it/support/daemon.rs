@@ -54,6 +54,9 @@ pub fn layered(layers: &[&str]) -> String {
 pub struct TestDaemon {
     pub tcp: SocketAddr,
     pub unix: PathBuf,
+    /// The Wyoming door's listeners (`[wyoming] listen` of the configuration), as bound.
+    pub wyoming: Vec<ListenAddr>,
+    wyoming_stop: tokio_util::sync::CancellationToken,
     shutdown: Option<oneshot::Sender<()>>,
     join: Option<JoinHandle<Result<(), ServeError>>>,
     _dir: tempfile::TempDir,
@@ -132,6 +135,20 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
             ListenAddr::Unix(_) => None,
         })
         .expect("tcp listener");
+    let wyoming_stop = tokio_util::sync::CancellationToken::new();
+    let mut wyoming = Vec::new();
+    if !config.wyoming.listen.is_empty() {
+        let bound = herald::wyoming::bind(&config.wyoming, config.socket_mode, None)
+            .await
+            .expect("bind wyoming");
+        wyoming = bound.addrs();
+        tokio::spawn(herald::wyoming::serve(
+            daemon.core(),
+            config.wyoming.clone(),
+            bound,
+            wyoming_stop.clone().cancelled_owned(),
+        ));
+    }
     let (tx, rx) = oneshot::channel::<()>();
     let join = tokio::spawn(daemon.serve(listeners, async {
         let _ = rx.await;
@@ -139,6 +156,8 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
     TestDaemon {
         tcp,
         unix: sock,
+        wyoming,
+        wyoming_stop,
         shutdown: Some(tx),
         join: Some(join),
         _dir: dir,
@@ -172,6 +191,7 @@ impl TestDaemon {
 
     /// Signal shutdown and wait for `serve` to return (bounded).
     pub async fn stop(mut self) -> Result<(), ServeError> {
+        self.wyoming_stop.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -185,6 +205,7 @@ impl TestDaemon {
 
 impl Drop for TestDaemon {
     fn drop(&mut self) {
+        self.wyoming_stop.cancel();
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
