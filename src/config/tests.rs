@@ -356,3 +356,60 @@ fn tcp_listeners_need_a_token_unless_loopback_and_insecure() {
         "{rendered}"
     );
 }
+
+#[test]
+fn wyoming_listeners_are_loopback_unless_allowed_remote() {
+    // Off by default.
+    let c = load_with(None, &env(&[]), Overrides::default()).expect("config");
+    assert!(c.wyoming.listen.is_empty());
+    assert_eq!((c.wyoming.sample_rate, c.wyoming.channels), (0, 1));
+    // File, then environment, then flag.
+    let file = "[wyoming]\nlisten = [\"tcp://127.0.0.1:10200\", \"unix:///run/w.sock\"]\nsample_rate = 22050\n";
+    let c = load_with(Some(file), &env(&[]), Overrides::default()).expect("config");
+    assert_eq!(
+        c.wyoming.listen,
+        vec![
+            ListenAddr::Tcp("127.0.0.1:10200".parse().unwrap()),
+            ListenAddr::Unix("/run/w.sock".into())
+        ]
+    );
+    assert_eq!(c.wyoming.sample_rate, 22050);
+    assert!(
+        c.render().contains("\"tcp://127.0.0.1:10200\""),
+        "{}",
+        c.render()
+    );
+    let e = env(&[("HERALD_WYOMING_LISTEN", "tcp://[::1]:1,unix:///tmp/a")]);
+    let c = load_with(Some(file), &e, Overrides::default()).expect("config");
+    assert_eq!(c.wyoming.listen.len(), 2);
+    let o = Overrides {
+        wyoming_listen: vec!["tcp://127.0.0.1:3".into()],
+        ..Overrides::default()
+    };
+    let c = load_with(Some(file), &e, o).expect("config");
+    assert_eq!(
+        c.wyoming.listen,
+        vec![ListenAddr::Tcp("127.0.0.1:3".parse().unwrap())]
+    );
+    // Wyoming has no authentication: a remote address needs the explicit opt-in.
+    let remote = "[wyoming]\nlisten = [\"tcp://0.0.0.0:10200\"]\n";
+    let e = load_with(Some(remote), &env(&[]), Overrides::default()).unwrap_err();
+    assert!(
+        e.to_string().contains("wyoming.listen")
+            && e.to_string().contains("wyoming.allow_remote = true"),
+        "{e}"
+    );
+    let allowed = format!("{remote}allow_remote = true\n");
+    let c = load_with(Some(&allowed), &env(&[]), Overrides::default()).expect("config");
+    assert_eq!(c.wyoming.listen.len(), 1);
+    for (bad, key) in [
+        ("listen = [\"127.0.0.1:10200\"]", "wyoming.listen"),
+        ("listen = [\"tcp://localhost:1\"]", "wyoming.listen"),
+        ("sample_rate = 100", "wyoming.sample_rate"),
+        ("channels = 3", "wyoming.channels"),
+    ] {
+        let text = format!("[wyoming]\n{bad}\n");
+        let e = load_with(Some(&text), &env(&[]), Overrides::default()).unwrap_err();
+        assert!(e.to_string().contains(key), "{bad}: {e}");
+    }
+}

@@ -174,7 +174,7 @@ mod tests {
 
     #[tokio::test]
     async fn inline_and_extra_data_are_merged() {
-        let text = b"{\"type\":\"synthesize\",\"data\":{\"a\":1},\"data_length\":9}\n{\"b\": 2}";
+        let text = b"{\"type\":\"synthesize\",\"data\":{\"a\":1},\"data_length\":8}\n{\"b\": 2}";
         let e = read(&mut &text[..]).await.unwrap().unwrap();
         assert_eq!(Value::Object(e.data), json!({"a": 1, "b": 2}));
     }

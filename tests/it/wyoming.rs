@@ -130,6 +130,11 @@ async fn describe_lists_herald_voices_with_streaming() {
     for uri in s.uris() {
         let info = client(&uri, "describe", json!({})).await;
         assert_eq!(info["type"], "info", "{uri}");
+        assert_eq!(
+            info["package"],
+            herald::wyoming::wire::VERSION,
+            "the pinned package"
+        );
         let tts = info["tts"].as_array().unwrap();
         assert_eq!(tts.len(), 1);
         let p = &tts[0];

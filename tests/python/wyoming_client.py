@@ -11,6 +11,8 @@ import base64
 import json
 import sys
 
+import wyoming
+
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.client import AsyncClient
 from wyoming.error import Error
@@ -115,7 +117,7 @@ async def main():
                 }
                 for p in info.tts
             ]
-            print(json.dumps({"type": event.type, "tts": tts}))
+            print(json.dumps({"type": event.type, "tts": tts, "package": wyoming.__version__}))
         elif scenario == "synthesize":
             c = await synthesize(client, args["text"], voice_of(args))
             print(json.dumps(c.result()))
