@@ -2,7 +2,8 @@
 //!
 //! The reader task parses events into a bounded channel; this loop answers them and writes the
 //! audio of the job in flight, one job at a time, in order. While a one-shot `synthesize`
-//! runs, nothing more is read (clients send one request at a time); during a streaming session
+//! runs, at most one more event is read and held until it ends (clients send one request at a
+//! time; reading on notices a client that leaves); during a streaming session
 //! text keeps arriving while a sentence is spoken, and the text waiting is bounded by
 //! `synthesis.max_text_chars`.
 
@@ -157,8 +158,17 @@ impl Session {
             }
         }));
         let mut out = BufWriter::new(w);
+        // An event that arrived while a `synthesize` was answered: handled after it. Reading
+        // goes on meanwhile (for one event), so a client that leaves stops its job at once.
+        let mut deferred: Option<wire::Event> = None;
         loop {
-            let reading = !matches!(self.mode, Mode::Single);
+            let single = matches!(self.mode, Mode::Single);
+            if !single && let Some(event) = deferred.take() {
+                self.on_event(event, &mut out).await?;
+                self.advance(&mut out).await?;
+                continue;
+            }
+            let reading = deferred.is_none();
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return Ok(()),
@@ -175,6 +185,7 @@ impl Session {
                         send_error(&mut out, &Error::invalid(text)).await?;
                         return Ok(());
                     }
+                    Some(Ok(event)) if matches!(self.mode, Mode::Single) => deferred = Some(event),
                     Some(Ok(event)) => self.on_event(event, &mut out).await?,
                 },
             }

@@ -316,3 +316,100 @@ async fn an_unknown_voice_is_an_error_event_and_the_connection_serves_on() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_with_an_unknown_voice_answers_an_error_then_stopped() {
+    let s = setup().await;
+    for uri in s.uris() {
+        let args = json!({"voice": "espeak-ng/no-such-voice", "first": "Hi. T", "rest": ["here."]});
+        let r = client(&uri, "stream", args).await;
+        assert_eq!(types(&r), ["error", "synthesize-stopped"], "{uri}");
+        assert_eq!(r["events"][0]["data"]["code"], "invalid_argument");
+        assert_eq!(r["next"], "info", "{uri}: the connection serves on");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_stops_its_job_and_shutdown_removes_the_socket() {
+    use tokio::io::AsyncWriteExt;
+    let s = setup().await;
+    // Long audio at the double's pace: the job is still running when the client leaves.
+    s.double.set_options(Options {
+        pace: 1.0,
+        ..Options::default()
+    });
+    let ListenAddr::Tcp(addr) = s.daemon.wyoming[0] else {
+        panic!("tcp first")
+    };
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let text = "A long announcement. ".repeat(20);
+    let data = json!({"text": text, "voice": {"name": VOICE}}).to_string();
+    let header = json!({"type": "synthesize", "data_length": data.len()}).to_string();
+    stream
+        .write_all(format!("{header}\n{data}").as_bytes())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(stream);
+    let ended = s
+        .double
+        .wait_ended(0, Duration::from_secs(5))
+        .await
+        .expect("the upstream request ends once the client has left");
+    assert!(
+        ended.disconnected && !ended.completed,
+        "it was cut short: {ended:?}"
+    );
+    let Setup { daemon, _dir, .. } = s;
+    let ListenAddr::Unix(path) = daemon.wyoming[1].clone() else {
+        panic!("unix second")
+    };
+    assert!(path.exists());
+    daemon.stop().await.expect("stops");
+    for _ in 0..100 {
+        if !path.exists() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the Wyoming socket file is left after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_wyoming_with_espeak_and_refuses_remote_without_opt_in() {
+    let _guard = exclusive().await;
+    let mut server = Serve::new("# defaults\n")
+        .args(&["--wyoming-listen", "tcp://127.0.0.1:0"])
+        .logged()
+        .start();
+    let uri = format!("tcp://{}", server.wyoming());
+    let info = client(&uri, "describe", json!({})).await;
+    assert_eq!(info["tts"][0]["supports_synthesize_streaming"], true);
+    // No key: espeak-ng is the default model; Home Assistant sends a language.
+    let r = client(
+        &uri,
+        "synthesize",
+        json!({"text": "Dinner is ready.", "language": "en_US"}),
+    )
+    .await;
+    let (x, rate) = audio(&r);
+    assert!(voiced_fraction(&x, rate) > 0.3, "speech");
+    assert!(server.terminate().success());
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, "").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args([
+            "--listen",
+            &format!("unix:{}", dir.path().join("h.sock").display()),
+        ])
+        .args(["--wyoming-listen", "tcp://0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wyoming.allow_remote = true"), "{err}");
+}

@@ -246,6 +246,12 @@ impl ServeProcess {
         self.logged_addr("herald ready")
     }
 
+    /// Its Wyoming listener (started with `--wyoming-listen tcp://127.0.0.1:0` and
+    /// [`Serve::logged`]).
+    pub fn wyoming(&self) -> SocketAddr {
+        self.logged_addr("wyoming door listening")
+    }
+
     /// Its metrics listener (started with [`Serve::metrics`]).
     pub fn metrics(&self) -> SocketAddr {
         self.logged_addr("metrics at /metrics")
