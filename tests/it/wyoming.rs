@@ -256,6 +256,10 @@ async fn a_stream_speaks_each_sentence_once_it_is_complete() {
             r["chunks_before_stop"].as_u64().unwrap() >= 1,
             "{uri}: the first sentence is heard before the text is complete"
         );
+        eprintln!(
+            "{uri}: first audio {:.1} ms after the chunk that completed the first sentence",
+            r["first_audio_ms"].as_f64().unwrap()
+        );
         let t = types(&r);
         assert_eq!(t.first().map(String::as_str), Some("audio-start"), "{t:?}");
         assert_eq!(t.iter().filter(|t| *t == "audio-start").count(), 1);

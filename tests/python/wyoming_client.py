@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import sys
+import time
 
 import wyoming
 
@@ -131,9 +132,11 @@ async def main():
             voice = voice_of(args)
             first, rest = args["first"], args["rest"]
             await client.write_event(SynthesizeStart(voice=voice).event())
+            sent = time.monotonic()
             await client.write_event(SynthesizeChunk(text=first).event())
             # The first sentence is complete: its audio comes before anything more is sent.
             await c.until(client, lambda e: AudioChunk.is_type(e.type) or Error.is_type(e.type))
+            first_audio_ms = (time.monotonic() - sent) * 1000
             before_stop = sum(1 for e in c.events if e["type"] == "audio-chunk")
             for piece in rest:
                 await client.write_event(SynthesizeChunk(text=piece).event())
@@ -146,7 +149,15 @@ async def main():
             # Nothing more follows: a describe is answered next.
             await client.write_event(Describe().event())
             after = await asyncio.wait_for(client.read_event(), TIMEOUT)
-            print(json.dumps(c.result(chunks_before_stop=before_stop, next=after.type)))
+            print(
+                json.dumps(
+                    c.result(
+                        chunks_before_stop=before_stop,
+                        first_audio_ms=first_audio_ms,
+                        next=after.type,
+                    )
+                )
+            )
         else:
             raise SystemExit(f"unknown scenario {scenario}")
 
