@@ -208,6 +208,12 @@ impl Daemon {
         self.server.speech()
     }
 
+    /// The synthesis core every door calls (the OpenAI-compatible HTTP door is built over it:
+    /// [`crate::openai::Door`]).
+    pub fn core(&self) -> std::sync::Arc<Core> {
+        std::sync::Arc::clone(self.server.speech().core())
+    }
+
     /// What refreshes the metrics that mirror state (cache size) before a scrape.
     pub fn metrics_refresh(&self) -> Arc<dyn Fn() + Send + Sync> {
         let cache = self.provider.cache().cloned();

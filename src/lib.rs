@@ -14,6 +14,9 @@
 //! - [`service`]: the gRPC door (herald.v1.Speech, herald.v1.Cache, health, reflection) on unix
 //!   sockets and TCP: listeners, bearer-token auth, the thin handlers, and [`service::status`],
 //!   the one mapping from domain errors to gRPC statuses.
+//! - [`openai`]: the OpenAI-compatible HTTP door (`POST /v1/audio/speech`, `GET /v1/models`,
+//!   `GET /v1/audio/voices`) over the same core, with the bearer-token and TLS rules of gRPC's
+//!   TCP listeners, and its one mapping from domain errors to HTTP statuses.
 //! - [`daemon`]: the composition root: builds engines, cache, fallback chain, custom voices,
 //!   playback and the synthesis core from a [`config::Config`], and serves them.
 //! - [`client`]: the gRPC client side used by the CLI's client commands (`src/cli/`, in the
@@ -58,6 +61,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod openai;
 pub mod pb;
 pub mod pipeline;
 pub mod playback;

@@ -63,6 +63,10 @@ pub(crate) struct ConfigArgs {
     /// Log format: text (default) or json. Replaces log.format.
     #[arg(long, value_name = "FORMAT")]
     log_format: Option<String>,
+    /// Serve the OpenAI-compatible HTTP API (POST /v1/audio/speech) here, repeatable:
+    /// IP:PORT or unix:PATH. Replaces http.listen.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Vec<String>,
 }
 
 /// The connection settings of every client command: flags here, else `HERALD_*` variables,
@@ -492,6 +496,7 @@ impl ConfigArgs {
                 insecure_no_auth: self.insecure_no_auth,
                 metrics_listen: self.metrics_listen,
                 log_format: self.log_format,
+                http_listen: self.http_listen,
             },
         };
         config::load(&options, &Env::from_process()).map_err(|e| fail(EX_USAGE, e))

@@ -29,6 +29,7 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_SOCKET_MODE", "server.socket_mode", Kind::Str),
     ("HERALD_SOCKET_GROUP", "server.socket_group", Kind::Str),
     ("HERALD_METRICS_LISTEN", "server.metrics_listen", Kind::Str),
+    ("HERALD_HTTP_LISTEN", "http.listen", Kind::List),
     ("HERALD_AUTH_TOKEN", "server.auth_token", Kind::Str),
     (
         "HERALD_AUTH_TOKEN_FILE",
@@ -139,6 +140,8 @@ pub struct Overrides {
     pub metrics_listen: Option<String>,
     /// `--log-format`.
     pub log_format: Option<String>,
+    /// `--http-listen`, repeatable; replaces `http.listen` when not empty.
+    pub http_listen: Vec<String>,
 }
 
 /// The TOML value of variable `var` holding `value`, read as `kind`.

@@ -92,7 +92,7 @@ impl Access {
 
     /// Refuse to serve a TCP listener the policy does not allow (socket activation can pass
     /// any socket).
-    pub(super) fn check(&self, addr: &SocketAddr) -> Result<(), Refused> {
+    pub fn check(&self, addr: &SocketAddr) -> Result<(), Refused> {
         if self.refuse_tcp {
             return Err(Refused::NoToken { addr: *addr });
         }
@@ -120,6 +120,38 @@ impl Access {
     /// a TCP listener ([`Self::with_tls`]); nothing when no TLS is configured.
     pub fn check_tls(&self) -> Result<(), Refused> {
         self.with_tls(tonic::transport::Server::builder()).map(drop)
+    }
+
+    /// The PEM certificate chain and private key of TCP listeners, when TLS is configured
+    /// (the HTTP door builds its own rustls acceptor from them).
+    pub fn tls_pem(&self) -> Option<(&[u8], &SecretString)> {
+        self.tls
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_ref()))
+    }
+
+    /// Whether a TCP client presenting `authorization` (the header's value) may proceed: true
+    /// when no token is configured, else when it is `Bearer <token>` (compared in constant
+    /// time). Unix clients are not asked.
+    pub fn authorizes(&self, authorization: Option<&[u8]>) -> Result<(), &'static str> {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let Some(value) = authorization else {
+            return Err(
+                "authorization: missing; send \"Authorization: Bearer <token>\" (server.auth_token)",
+            );
+        };
+        let presented = value
+            .strip_prefix(b"Bearer ")
+            .or_else(|| value.strip_prefix(b"bearer "))
+            .unwrap_or_default();
+        if bool::from(presented.ct_eq(token.expose_secret().as_bytes())) {
+            Ok(())
+        } else {
+            Err("authorization: the bearer token is not valid")
+        }
     }
 
     /// The interceptor of one listener: the token check on TCP, none on unix sockets.

@@ -29,8 +29,10 @@ pub struct BoundListener {
 
 /// The socket under a [`BoundListener`].
 #[derive(Debug)]
-pub(super) enum ListenerKind {
+pub enum ListenerKind {
+    /// A TCP listener.
     Tcp(TcpListener),
+    /// A unix stream socket listener.
     Unix(UnixListener),
 }
 
@@ -38,6 +40,12 @@ impl BoundListener {
     /// The address actually bound (with the real port when port 0 was asked for).
     pub fn addr(&self) -> &ListenAddr {
         &self.addr
+    }
+
+    /// The socket, for a door that serves it itself (the OpenAI-compatible HTTP door), and
+    /// whether it was passed by systemd (its socket file is then not ours to remove).
+    pub fn into_kind(self) -> (ListenerKind, bool) {
+        (self.kind, self.activated)
     }
 }
 
