@@ -226,7 +226,9 @@ async fn speech(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    match speak(&door, peer, &headers, body).await {
+    // Every log line of the job carries the door and the caller.
+    let span = tracing::info_span!("http", peer = %peer.name);
+    match tracing::Instrument::instrument(speak(&door, peer, &headers, body), span).await {
         Ok(response) => response,
         Err(e) => {
             tracing::debug!(status = %e.status, message = %e.message, "http: speech refused");
@@ -250,8 +252,18 @@ async fn speak(
         }
     })?;
     let engines = door.core.provider().engines();
-    let speech = wire::speech(&body, &door.names, |m| engines.for_model(m).is_some())?;
-    let mut events = door.core.synthesize(speech.request, peer.name, None)?;
+    let speech =
+        wire::speech(&body, &door.names, |m| engines.for_model(m).is_some()).inspect_err(|_| {
+            crate::metrics::metrics().door_outcome(
+                crate::metrics::DOOR_HTTP,
+                "unknown",
+                "",
+                Err(crate::error::ErrorKind::InvalidArgument),
+            );
+        })?;
+    let mut events =
+        door.core
+            .synthesize_via(crate::metrics::DOOR_HTTP, speech.request, peer.name, None)?;
     // The status waits for the source to accept the job: an upstream refusal is its own status.
     let info = match events.recv().await {
         Some(Ok(Event::Info(info))) => info,

@@ -443,3 +443,111 @@ async fn mapped_names_and_a_refused_listener() {
     .unwrap_err();
     assert!(e.to_string().contains("requires a bearer token"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_per_peer_limit_and_the_metrics_are_the_cores() {
+    let (_double, daemon) = setup("[synthesis]\nmax_concurrent_per_peer = 1\n", 1.0).await;
+    // A paced stream holds this peer's one slot while it runs.
+    let running = post(
+        &daemon,
+        json!({"model": "cosyvoice-v3-flash", "input": LONG, "response_format": "pcm"}),
+    )
+    .await;
+    assert_eq!(running.status(), 200);
+    let r = post(&daemon, json!({"input": TEXT, "response_format": "pcm"})).await;
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v = error_body(r).await;
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("synthesis.max_concurrent_per_peer"),
+        "{v}"
+    );
+    let audio = running.bytes().await.unwrap();
+    assert_tone("held", &s16_to_f32(&audio), 24_000, want_ms(LONG), 1.0);
+
+    // Counted in the same series as gRPC's, under door="http".
+    let text = herald::metrics::metrics().encode();
+    let counted = |code: &str| {
+        text.lines().any(|l| {
+            l.starts_with("herald_synthesize_requests_total{")
+                && l.contains(&format!("code=\"{code}\""))
+                && l.contains("door=\"http\"")
+        })
+    };
+    assert!(counted("OK"), "{text}");
+    assert!(counted("RESOURCE_EXHAUSTED"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_on_tcp_and_no_token_on_the_unix_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .args(["-addext", "extendedKeyUsage=serverAuth"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{out:?}");
+    let socket = dir.path().join("http.sock");
+    let toml = format!(
+        "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[http]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n",
+        cert.display(),
+        key.display(),
+        socket.display()
+    );
+    let daemon = spawn_daemon_config(&toml, &[("HERALD_AUTH_TOKEN", TOKEN)]).await;
+    let addr = daemon.http.unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&cert).unwrap()).unwrap();
+    let tls = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let r = tls
+        .post(format!("https://{addr}/v1/audio/speech"))
+        .bearer_auth(TOKEN)
+        .body(
+            json!({"model": "espeak-ng", "input": "Hello.", "response_format": "wav"}).to_string(),
+        )
+        .send()
+        .await
+        .expect("https");
+    assert_eq!(r.status(), 200);
+    let (spec, x) = wav_samples(patch_wav_sizes(r.bytes().await.unwrap().to_vec()));
+    assert_eq!(spec.channels, 1);
+    assert!(rms(&x) > 0.01, "espeak-ng spoke");
+    // Plain HTTP to the TLS port is not served.
+    assert!(
+        http()
+            .get(format!("http://{addr}/v1/models"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .is_err()
+    );
+
+    // The unix socket: its mode and group guard it, no token is asked (curl, as scripts use it).
+    let out = tokio::process::Command::new("curl")
+        .args(["-sS", "--unix-socket"])
+        .arg(&socket)
+        .args(["http://localhost/v1/models"])
+        .output()
+        .await
+        .expect("curl");
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["object"], "list");
+    daemon.stop().await.unwrap();
+    assert!(!socket.exists(), "the door removes its socket file");
+}
