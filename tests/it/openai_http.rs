@@ -446,7 +446,7 @@ async fn mapped_names_and_a_refused_listener() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_per_peer_limit_and_the_metrics_are_the_cores() {
-    let (_double, daemon) = setup("[synthesis]\nmax_concurrent_per_peer = 1\n", 1.0).await;
+    let (double, daemon) = setup("[synthesis]\nmax_concurrent_per_peer = 1\n", 1.0).await;
     // A paced stream holds this peer's one slot while it runs.
     let running = post(
         &daemon,
@@ -467,6 +467,30 @@ async fn the_per_peer_limit_and_the_metrics_are_the_cores() {
     );
     let audio = running.bytes().await.unwrap();
     assert_tone("held", &s16_to_f32(&audio), 24_000, want_ms(LONG), 1.0);
+
+    // A client that leaves mid-stream: the upstream request is dropped, the slot comes back.
+    let mut leaving = post(
+        &daemon,
+        json!({"model": "cosyvoice-v3-flash", "input": LONG, "response_format": "pcm"}),
+    )
+    .await;
+    assert!(leaving.chunk().await.unwrap().is_some(), "audio started");
+    drop(leaving);
+    let upstream = double
+        .wait_ended(1, Duration::from_secs(5))
+        .await
+        .expect("the upstream request ends");
+    assert!(upstream.disconnected, "{upstream:?}");
+    let mut freed = false;
+    for _ in 0..100 {
+        let r = post(&daemon, json!({"input": TEXT, "response_format": "pcm"})).await;
+        if r.status() == 200 {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "the slot is freed when the client leaves");
 
     // Counted in the same series as gRPC's, under door="http".
     let text = herald::metrics::metrics().encode();
@@ -550,4 +574,46 @@ async fn tls_on_tcp_and_no_token_on_the_unix_socket() {
     assert_eq!(v["object"], "list");
     daemon.stop().await.unwrap();
     assert!(!socket.exists(), "the door removes its socket file");
+}
+
+#[tokio::test]
+async fn herald_serve_http_listen_follows_the_tcp_rules_and_stops_with_the_daemon() {
+    // No token and no --insecure-no-auth: refused before anything is bound (EX_USAGE).
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["serve", "--listen"])
+        .arg(format!("unix:{}", dir.path().join("h.sock").display()))
+        .args(["--http-listen", "127.0.0.1:0"])
+        .env_remove("HERALD_CONFIG")
+        .env_remove("HERALD_AUTH_TOKEN")
+        .env_remove("DASHSCOPE_API_KEY")
+        .env("CACHE_DIRECTORY", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("requires a bearer token"), "{stderr}");
+
+    // Loopback with --insecure-no-auth: served, and SIGTERM stops it.
+    let mut server = Serve::new("# defaults\n")
+        .args(&["--http-listen", "127.0.0.1:0", "--insecure-no-auth"])
+        .logged()
+        .start();
+    let addr = server.http();
+    let r = http()
+        .post(format!("http://{addr}/v1/audio/speech"))
+        .body(json!({"input": "Hello.", "voice": "alloy", "response_format": "flac"}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-herald-model"], "espeak-ng");
+    let (rate, _, x) = symphonia_decode(r.bytes().await.unwrap().to_vec(), "flac");
+    assert_eq!(rate, 22_050, "espeak-ng's native rate");
+    assert!(rms(&x) > 0.01);
+    assert!(server.terminate().success());
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the HTTP listener is closed"
+    );
 }
