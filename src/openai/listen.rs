@@ -89,8 +89,18 @@ pub struct Tls {
 }
 
 impl Tls {
-    /// `listener` with the certificate chain and key of gRPC's TCP listeners.
-    pub fn new(listener: TcpListener, cert: &[u8], key: &SecretString) -> Result<Self, TlsError> {
+    /// `listener`, its connections accepted by `acceptor`.
+    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> Self {
+        Self {
+            listener,
+            acceptor,
+            handshakes: JoinSet::new(),
+        }
+    }
+
+    /// The acceptor of the certificate chain and key of gRPC's TCP listeners (HTTP/1.1 by
+    /// ALPN).
+    pub fn acceptor(cert: &[u8], key: &SecretString) -> Result<TlsAcceptor, TlsError> {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
         let chain = CertificateDer::pem_slice_iter(cert)
             .collect::<Result<Vec<_>, _>>()
@@ -105,11 +115,7 @@ impl Tls {
             .with_single_cert(chain, key)
             .map_err(|e| TlsError(e.to_string()))?;
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Self {
-            listener,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
-            handshakes: JoinSet::new(),
-        })
+        Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }
 

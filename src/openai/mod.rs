@@ -93,15 +93,15 @@ impl Door {
     /// Refuse listeners this door would not serve: a TCP listener the access policy does not
     /// allow, or TLS rustls does not take. [`Self::serve`] checks the same first.
     pub fn check(&self, listeners: &[BoundListener]) -> Result<(), DoorError> {
+        let mut tcp = false;
         for l in listeners {
             if let ListenAddr::Tcp(addr) = l.addr() {
                 self.shared.access.check(addr)?;
-                if let Some((cert, key)) = self.shared.access.tls_pem() {
-                    let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-                    probe.set_nonblocking(true)?;
-                    listen::Tls::new(tokio::net::TcpListener::from_std(probe)?, cert, key)?;
-                }
+                tcp = true;
             }
+        }
+        if tcp && let Some((cert, key)) = self.shared.access.tls_pem() {
+            listen::Tls::acceptor(cert, key)?;
         }
         Ok(())
     }
@@ -140,7 +140,7 @@ impl Door {
             match kind {
                 ListenerKind::Tcp(l) => match tls {
                     Some((cert, key)) => {
-                        let l = listen::Tls::new(l, cert, key)?;
+                        let l = listen::Tls::new(l, listen::Tls::acceptor(cert, key)?);
                         servers.spawn(
                             axum::serve(l, app)
                                 .with_graceful_shutdown(stop)

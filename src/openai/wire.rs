@@ -145,13 +145,24 @@ pub fn speech(
     names: &Names,
     serves: impl Fn(&str) -> bool,
 ) -> Result<Speech, ApiError> {
-    let body: SpeechBody = serde_json::from_slice(body).map_err(|e| {
-        let message = format!("the body is not a valid speech request: {e}");
-        let param = ["input", "model", "voice", "speed", "response_format"]
-            .into_iter()
-            .find(|f| e.to_string().contains(&format!("`{f}`")))
-            .unwrap_or("body");
-        ApiError::invalid(param, message)
+    let body: SpeechBody = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_slice(body),
+    )
+    .map_err(|e| {
+        let message = format!("the body is not a valid speech request: {}", e.inner());
+        // A wrong type names its field by path; a missing field only in the message.
+        let path = e.path().to_string();
+        let param = if path != "." && !path.is_empty() {
+            path
+        } else {
+            let text = e.inner().to_string();
+            ["input", "model", "voice"]
+                .into_iter()
+                .find(|f| text.contains(&format!("missing field `{f}`")))
+                .unwrap_or("body")
+                .to_owned()
+        };
+        ApiError::invalid(&param, message)
     })?;
     let format = body.response_format.as_deref().unwrap_or("mp3").trim();
     let (format, codec): (&'static str, Codec) = match format {
@@ -355,9 +366,15 @@ mod tests {
             ),
             (
                 r#"{"input":5}"#,
-                "body",
+                "input",
+                "the body is not a valid speech request: invalid type",
+            ),
+            (
+                r#"{"input":"hi","speed":"fast"}"#,
+                "speed",
                 "the body is not a valid speech request",
             ),
+            (r#"["#, "body", "the body is not a valid speech request"),
         ] {
             let e = parse(json).unwrap_err();
             assert_eq!(e.status.as_u16(), 400, "{json}");
