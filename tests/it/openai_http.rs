@@ -617,3 +617,25 @@ async fn herald_serve_http_listen_follows_the_tcp_rules_and_stops_with_the_daemo
         "the HTTP listener is closed"
     );
 }
+
+#[test]
+fn check_config_refuses_an_openai_name_mapped_to_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("herald.toml");
+    std::fs::write(&config, "[http.models]\n\"tts-1\" = \"no-such-model\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_herald"))
+        .args(["check-config", "--listen"])
+        .arg(format!("unix:{}", dir.path().join("h.sock").display()))
+        .arg("--config")
+        .arg(&config)
+        .env_remove("DASHSCOPE_API_KEY")
+        .env("CACHE_DIRECTORY", dir.path().join("cache"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("http.models: \"tts-1\" = \"no-such-model\": no configured engine"),
+        "{stderr}"
+    );
+}
