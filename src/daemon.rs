@@ -58,9 +58,8 @@ pub enum StartError {
 /// before anything is opened or bound: a TLS certificate and key rustls does not take, an engine
 /// that cannot be set up (espeak-ng that does not run or lacks the default voice), a default
 /// model no configured engine serves (or an `[http.models]` entry naming one), a default voice its
-/// engine does not have. `check-config`
-/// runs this (so that it refuses what `serve` would), and [`Daemon::from_config`] runs the same
-/// checks first. It creates nothing: it builds the engines (espeak-ng lists its voices; the
+/// engine does not have. `check-config` runs this (so that it refuses what `serve` would), and
+/// [`Daemon::from_config`] runs the same checks first. It creates nothing: it builds the engines (espeak-ng lists its voices; the
 /// DashScope client sends nothing) and drops them.
 pub async fn preflight(config: &Config) -> Result<(), StartError> {
     checked_engines(config).await.map(drop)

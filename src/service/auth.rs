@@ -134,7 +134,6 @@ impl Access {
     /// when no token is configured, else when it is `Bearer <token>` (compared in constant
     /// time). Unix clients are not asked.
     pub fn authorizes(&self, authorization: Option<&[u8]>) -> Result<(), &'static str> {
-        use subtle::ConstantTimeEq;
         let Some(token) = &self.token else {
             return Ok(());
         };
@@ -143,11 +142,7 @@ impl Access {
                 "authorization: missing; send \"Authorization: Bearer <token>\" (server.auth_token)",
             );
         };
-        let presented = value
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.strip_prefix(b"bearer "))
-            .unwrap_or_default();
-        if bool::from(presented.ct_eq(token.expose_secret().as_bytes())) {
+        if presents(token, value) {
             Ok(())
         } else {
             Err("authorization: the bearer token is not valid")
@@ -166,7 +161,6 @@ pub(super) struct BearerAuth(Option<Arc<SecretString>>);
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        use subtle::ConstantTimeEq;
         let Some(token) = &self.0 else {
             return Ok(request);
         };
@@ -175,12 +169,7 @@ impl tonic::service::Interceptor for BearerAuth {
                 "authorization: missing; send \"authorization: Bearer <token>\" (server.auth_token)",
             ));
         };
-        let presented = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
-            .unwrap_or_default();
-        if bool::from(presented.ct_eq(token.expose_secret().as_bytes())) {
+        if presents(token, value.as_bytes()) {
             Ok(request)
         } else {
             Err(tonic::Status::unauthenticated(
@@ -188,4 +177,15 @@ impl tonic::service::Interceptor for BearerAuth {
             ))
         }
     }
+}
+
+/// Whether an `authorization` value is `Bearer <token>` (either case of "Bearer"), compared in
+/// constant time.
+fn presents(token: &SecretString, authorization: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = authorization
+        .strip_prefix(b"Bearer ")
+        .or_else(|| authorization.strip_prefix(b"bearer "))
+        .unwrap_or_default();
+    bool::from(presented.ct_eq(token.expose_secret().as_bytes()))
 }
