@@ -57,9 +57,9 @@ pub enum StartError {
 /// What `serve` refuses about a validated configuration beyond what validation refuses, checked
 /// before anything is opened or bound: a TLS certificate and key rustls does not take, an engine
 /// that cannot be set up (espeak-ng that does not run or lacks the default voice), a default
-/// model no configured engine serves, a default voice its engine does not have. `check-config`
-/// runs this (so that it refuses what `serve` would), and [`Daemon::from_config`] runs the same
-/// checks first. It creates nothing: it builds the engines (espeak-ng lists its voices; the
+/// model no configured engine serves (or an `[http.models]` entry naming one), a default voice its
+/// engine does not have. `check-config` runs this (so that it refuses what `serve` would), and
+/// [`Daemon::from_config`] runs the same checks first. It creates nothing: it builds the engines (espeak-ng lists its voices; the
 /// DashScope client sends nothing) and drops them.
 pub async fn preflight(config: &Config) -> Result<(), StartError> {
     checked_engines(config).await.map(drop)
@@ -82,6 +82,16 @@ async fn checked_engines(
     }
     let engines = Engines::new(engines);
     check_defaults(&config.synthesis, &engines)?;
+    // An OpenAI model name mapped to a model nothing serves would fail every request using it.
+    for (alias, model) in &config.http.models {
+        if engines.for_model(model).is_none() {
+            return Err(ConfigError::invalid(
+                "http.models",
+                format!("{alias:?} = {model:?}: no configured engine serves this model"),
+            )
+            .into());
+        }
+    }
     Ok((engines, upstream))
 }
 
@@ -203,7 +213,8 @@ impl Daemon {
         }
     }
 
-    /// The synthesis core every door calls (the Wyoming door is served next to the gRPC one).
+    /// The synthesis core every door calls: the Wyoming door and the OpenAI-compatible HTTP door
+    /// ([`crate::openai::Door`]) are served next to the gRPC one over it.
     pub fn core(&self) -> Arc<Core> {
         Arc::clone(self.server.speech().core())
     }

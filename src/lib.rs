@@ -17,6 +17,9 @@
 //! - [`wyoming`]: the Wyoming door (Home Assistant): `describe` → `info`, `synthesize` and the
 //!   streaming `synthesize-start`/`-chunk`/`-stop` → audio events, domain errors → `error`
 //!   events, on TCP and unix sockets.
+//! - [`openai`]: the OpenAI-compatible HTTP door (`POST /v1/audio/speech`, `GET /v1/models`,
+//!   `GET /v1/audio/voices`) over the same core, with the bearer-token and TLS rules of gRPC's
+//!   TCP listeners, and its one mapping from domain errors to HTTP statuses.
 //! - [`daemon`]: the composition root: builds engines, cache, fallback chain, custom voices,
 //!   playback and the synthesis core from a [`config::Config`], and serves them.
 //! - [`client`]: the gRPC client side used by the CLI's client commands (`src/cli/`, in the
@@ -61,6 +64,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod metrics;
+pub mod openai;
 pub mod pb;
 pub mod pipeline;
 pub mod playback;

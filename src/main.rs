@@ -148,6 +148,25 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
     // without a token) is a configuration error: refused before READY=1, so that systemd sees a
     // failed start and not a service that dies after starting.
     daemon.check(&listeners).map_err(|e| fail(EX_USAGE, e))?;
+    // The OpenAI-compatible HTTP door: bound and checked before READY=1 like gRPC's listeners,
+    // stopped when shutdown begins.
+    let http_stop = shutdown::CancellationToken::new();
+    let http = if config.http.listen.is_empty() {
+        None
+    } else {
+        let door = herald::openai::Door::new(
+            daemon.core(),
+            service::Access::from_config(&config),
+            &config.http,
+            config.max_message_bytes,
+        );
+        let bound =
+            service::bind_with(&config.http.listen, config.socket_mode, config.socket_group)
+                .await
+                .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+        door.check(&bound).map_err(|e| fail(EX_USAGE, e))?;
+        Some(tokio::spawn(door.serve(bound, http_stop.clone())))
+    };
     let metrics_stop = shutdown::CancellationToken::new();
     if let Some(addr) = config.metrics_listen {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -197,13 +216,23 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
     let watchdog = systemd::watchdog();
     let stop = {
         let wyoming_stop = wyoming_stop.clone();
+        let stop_http = http_stop.clone();
         async move {
             stop.await;
             systemd::stopping();
             wyoming_stop.cancel();
+            stop_http.cancel();
         }
     };
     let result = daemon.serve(listeners, stop).await;
+    http_stop.cancel();
+    if let Some(http) = http {
+        match tokio::time::timeout(config.shutdown_grace, http).await {
+            Ok(Ok(Err(error))) => tracing::error!(error = %error, "the HTTP door failed"),
+            Ok(_) => {}
+            Err(_) => tracing::warn!("HTTP responses still open after the grace period"),
+        }
+    }
     metrics_stop.cancel();
     wyoming_stop.cancel();
     if let Some(w) = wyoming {

@@ -31,7 +31,16 @@ pub struct RequestLabels {
     pub engine: String,
     /// gRPC status code name ("OK", "INVALID_ARGUMENT", ...).
     pub code: String,
+    /// The door the request came through: "grpc", "http" (OpenAI-compatible).
+    pub door: String,
 }
+
+/// The `door` label of requests that came through gRPC.
+pub const DOOR_GRPC: &str = "grpc";
+/// The `door` label of requests that came through the OpenAI-compatible HTTP door.
+pub const DOOR_HTTP: &str = "http";
+/// The Wyoming door's label.
+pub const DOOR_WYOMING: &str = "wyoming";
 
 /// Labels of a time to first audio.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -120,7 +129,8 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "herald_synthesize_requests",
-            "Synthesize calls by requested model, serving engine and gRPC status code",
+            "Synthesize calls (and OpenAI-compatible speech requests) by requested model, serving \
+             engine, gRPC status code and door",
             requests.clone(),
         );
         let time_to_first_audio: Histograms<TtfaLabels> =
@@ -243,6 +253,7 @@ impl Metrics {
                 model: model.to_owned(),
                 engine: engine.to_owned(),
                 code: code_name(code).to_owned(),
+                door: DOOR_GRPC.to_owned(),
             })
             .inc();
     }
@@ -250,6 +261,17 @@ impl Metrics {
     /// Count one finished (or refused) request by the domain outcome: the same series as
     /// [`Metrics::request`], labelled with the gRPC code name of the kind.
     pub fn outcome(&self, model: &str, engine: &str, outcome: Result<(), ErrorKind>) {
+        self.door_outcome(DOOR_GRPC, model, engine, outcome);
+    }
+
+    /// [`Metrics::outcome`] of a request that came through `door`.
+    pub fn door_outcome(
+        &self,
+        door: &str,
+        model: &str,
+        engine: &str,
+        outcome: Result<(), ErrorKind>,
+    ) {
         let code = match outcome {
             Ok(()) => "OK",
             Err(kind) => kind_name(kind),
@@ -259,6 +281,7 @@ impl Metrics {
                 model: model.to_owned(),
                 engine: engine.to_owned(),
                 code: code.to_owned(),
+                door: door.to_owned(),
             })
             .inc();
     }

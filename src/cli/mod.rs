@@ -67,6 +67,10 @@ pub(crate) struct ConfigArgs {
     /// Replaces wyoming.listen.
     #[arg(long, value_name = "ADDR")]
     wyoming_listen: Vec<String>,
+    /// Serve the OpenAI-compatible HTTP API (POST /v1/audio/speech) here, repeatable:
+    /// IP:PORT or unix:PATH. Replaces http.listen.
+    #[arg(long, value_name = "ADDR")]
+    http_listen: Vec<String>,
 }
 
 /// The connection settings of every client command: flags here, else `HERALD_*` variables,
@@ -497,6 +501,7 @@ impl ConfigArgs {
                 metrics_listen: self.metrics_listen,
                 log_format: self.log_format,
                 wyoming_listen: self.wyoming_listen,
+                http_listen: self.http_listen,
             },
         };
         config::load(&options, &Env::from_process()).map_err(|e| fail(EX_USAGE, e))

@@ -29,6 +29,7 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_SOCKET_MODE", "server.socket_mode", Kind::Str),
     ("HERALD_SOCKET_GROUP", "server.socket_group", Kind::Str),
     ("HERALD_METRICS_LISTEN", "server.metrics_listen", Kind::Str),
+    ("HERALD_HTTP_LISTEN", "http.listen", Kind::List),
     ("HERALD_AUTH_TOKEN", "server.auth_token", Kind::Str),
     (
         "HERALD_AUTH_TOKEN_FILE",
@@ -142,6 +143,8 @@ pub struct Overrides {
     pub log_format: Option<String>,
     /// `--wyoming-listen`, repeatable; replaces `wyoming.listen` when not empty.
     pub wyoming_listen: Vec<String>,
+    /// `--http-listen`, repeatable; replaces `http.listen` when not empty.
+    pub http_listen: Vec<String>,
 }
 
 /// The TOML value of variable `var` holding `value`, read as `kind`.

@@ -86,6 +86,15 @@ pub fn load_raw(options: &LoadOptions, env: &Env) -> Result<RawConfig, ConfigErr
             toml::Value::String(model.clone()),
         );
     }
+    if !o.http_listen.is_empty() {
+        let list = o
+            .http_listen
+            .iter()
+            .cloned()
+            .map(toml::Value::String)
+            .collect();
+        set_key(&mut table, "http.listen", toml::Value::Array(list));
+    }
     deserialize_table(table, "config")
 }
 

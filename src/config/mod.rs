@@ -43,7 +43,7 @@ pub use self::{
     load::{LoadOptions, load_raw, parse_str},
     paths::{client_socket_candidates, default_cache_dir, default_socket_path, default_state_dir},
     raw::{
-        CacheSection, DashscopeSection, EspeakSection, FallbackSection, LogSection,
+        CacheSection, DashscopeSection, EspeakSection, FallbackSection, HttpSection, LogSection,
         PlaybackSection, RawConfig, ServerSection, SynthesisSection, VoicesSection, WyomingSection,
     },
 };
@@ -217,6 +217,19 @@ pub enum TcpAuth {
     Refuse,
 }
 
+/// The OpenAI-compatible HTTP door: where it listens, and how OpenAI's model and voice names
+/// map to herald's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HttpSettings {
+    /// Its listeners (empty = not served). TCP ones follow the bearer-token and TLS rules of
+    /// gRPC's TCP listeners.
+    pub listen: Vec<ListenAddr>,
+    /// OpenAI model name → herald model (explicit entries of `[http.models]`).
+    pub models: std::collections::BTreeMap<String, String>,
+    /// OpenAI voice name → herald voice (explicit entries of `[http.voices]`).
+    pub voices: std::collections::BTreeMap<String, String>,
+}
+
 /// TLS certificate and key, read at start.
 #[derive(Clone)]
 pub struct TlsFiles {
@@ -278,6 +291,8 @@ pub struct Config {
     pub log_level: String,
     /// Log output format.
     pub log_format: crate::telemetry::LogFormat,
+    /// The OpenAI-compatible HTTP door.
+    pub http: HttpSettings,
     /// The DashScope base URL with the region and `{WorkspaceId}` resolved, kept for
     /// `check-config` also when no key is set.
     dashscope_base_url: String,

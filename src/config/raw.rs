@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub log: LogSection,
     /// The Wyoming door (Home Assistant).
     pub wyoming: WyomingSection,
+    /// The OpenAI-compatible HTTP door.
+    pub http: HttpSection,
 }
 
 /// A duration as the whole milliseconds a config key holds.
@@ -417,4 +419,18 @@ impl Default for LogSection {
             format: "text".to_owned(),
         }
     }
+}
+
+/// `[http]`: the OpenAI-compatible HTTP door (`POST /v1/audio/speech`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Where to serve it: `IP:PORT` or `unix:PATH`, any number. Empty = not served (default).
+    pub listen: Vec<String>,
+    /// OpenAI model name → herald model. `tts-1`, `tts-1-hd` and `gpt-4o-mini-tts` not listed
+    /// here are the default model (`synthesis.default_model`).
+    pub models: std::collections::BTreeMap<String, String>,
+    /// OpenAI voice name → herald voice. OpenAI's voices (`alloy`, `nova`, ...) not listed
+    /// here are the model's default voice.
+    pub voices: std::collections::BTreeMap<String, String>,
 }

@@ -22,9 +22,9 @@ use secrecy::{ExposeSecret, SecretString};
 use super::{
     CREDENTIAL_AUTH_TOKEN, CREDENTIAL_DASHSCOPE_API_KEY, CacheSection, Config, ConfigError,
     DASHSCOPE_DEFAULT_MODEL, DEFAULT_DASHSCOPE_BASE_URL, DashscopeSection,
-    ENV_CREDENTIALS_DIRECTORY, ENV_DASHSCOPE_API_KEY, EspeakSection, FallbackSection, ListenAddr,
-    MAX_CONCURRENT_LIMIT, PlaybackSection, RawConfig, ServerSection, SynthesisSection, TcpAuth,
-    TlsFiles, VoicesSection, WyomingSection, WyomingSettings,
+    ENV_CREDENTIALS_DIRECTORY, ENV_DASHSCOPE_API_KEY, EspeakSection, FallbackSection, HttpSection,
+    HttpSettings, ListenAddr, MAX_CONCURRENT_LIMIT, PlaybackSection, RawConfig, ServerSection,
+    SynthesisSection, TcpAuth, TlsFiles, VoicesSection, WyomingSection, WyomingSettings,
     env::Env,
     paths::{
         default_cache_dir, default_socket_path, default_state_dir, find_program, read_secret_file,
@@ -130,7 +130,9 @@ impl RawConfig {
                     .ok_or_else(|| invalid("server.socket_group", format!("no group {g:?}")))?,
             ),
         };
-        let tcp_auth = validate_auth(s, &listen, env)?;
+        let http = validate_http(&self.http)?;
+        let every_listener: Vec<ListenAddr> = listen.iter().chain(&http.listen).cloned().collect();
+        let tcp_auth = validate_auth(s, &every_listener, env)?;
         let metrics_listen = match s.metrics_listen.trim() {
             "" => None,
             a => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -242,6 +244,7 @@ impl RawConfig {
             log_level: self.log.level.clone(),
             log_format,
             wyoming,
+            http,
             dashscope_base_url,
             raw: self,
         })
@@ -307,6 +310,29 @@ fn validate_wyoming(w: &WyomingSection) -> Result<WyomingSettings, ConfigError> 
         listen,
         sample_rate: w.sample_rate,
         channels: w.channels,
+    })
+}
+
+/// `[http]`: its listeners parsed, its maps without empty names. TCP listeners count with
+/// `server.listen`'s for the token rules ([`validate_auth`]).
+fn validate_http(h: &HttpSection) -> Result<HttpSettings, ConfigError> {
+    let listen = h
+        .listen
+        .iter()
+        .map(|l| ListenAddr::parse(l).map_err(|m| invalid("http.listen", m)))
+        .collect::<Result<_, _>>()?;
+    let map = |key: &str, m: &std::collections::BTreeMap<String, String>| {
+        m.iter()
+            .map(|(k, v)| match (k.trim(), v.trim()) {
+                ("", _) | (_, "") => Err(invalid(key, format!("{k:?} = {v:?}: empty name"))),
+                (k, v) => Ok((k.to_owned(), v.to_owned())),
+            })
+            .collect::<Result<_, _>>()
+    };
+    Ok(HttpSettings {
+        listen,
+        models: map("http.models", &h.models)?,
+        voices: map("http.voices", &h.voices)?,
     })
 }
 

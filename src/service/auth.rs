@@ -92,7 +92,7 @@ impl Access {
 
     /// Refuse to serve a TCP listener the policy does not allow (socket activation can pass
     /// any socket).
-    pub(super) fn check(&self, addr: &SocketAddr) -> Result<(), Refused> {
+    pub fn check(&self, addr: &SocketAddr) -> Result<(), Refused> {
         if self.refuse_tcp {
             return Err(Refused::NoToken { addr: *addr });
         }
@@ -122,6 +122,33 @@ impl Access {
         self.with_tls(tonic::transport::Server::builder()).map(drop)
     }
 
+    /// The PEM certificate chain and private key of TCP listeners, when TLS is configured
+    /// (the HTTP door builds its own rustls acceptor from them).
+    pub fn tls_pem(&self) -> Option<(&[u8], &SecretString)> {
+        self.tls
+            .as_ref()
+            .map(|(cert, key)| (cert.as_slice(), key.as_ref()))
+    }
+
+    /// Whether a TCP client presenting `authorization` (the header's value) may proceed: true
+    /// when no token is configured, else when it is `Bearer <token>` (compared in constant
+    /// time). Unix clients are not asked.
+    pub fn authorizes(&self, authorization: Option<&[u8]>) -> Result<(), &'static str> {
+        let Some(token) = &self.token else {
+            return Ok(());
+        };
+        let Some(value) = authorization else {
+            return Err(
+                "authorization: missing; send \"Authorization: Bearer <token>\" (server.auth_token)",
+            );
+        };
+        if presents(token, value) {
+            Ok(())
+        } else {
+            Err("authorization: the bearer token is not valid")
+        }
+    }
+
     /// The interceptor of one listener: the token check on TCP, none on unix sockets.
     pub(super) fn interceptor(&self, tcp: bool) -> BearerAuth {
         BearerAuth(self.token.clone().filter(|_| tcp))
@@ -134,7 +161,6 @@ pub(super) struct BearerAuth(Option<Arc<SecretString>>);
 
 impl tonic::service::Interceptor for BearerAuth {
     fn call(&mut self, request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        use subtle::ConstantTimeEq;
         let Some(token) = &self.0 else {
             return Ok(request);
         };
@@ -143,12 +169,7 @@ impl tonic::service::Interceptor for BearerAuth {
                 "authorization: missing; send \"authorization: Bearer <token>\" (server.auth_token)",
             ));
         };
-        let presented = value
-            .as_bytes()
-            .strip_prefix(b"Bearer ")
-            .or_else(|| value.as_bytes().strip_prefix(b"bearer "))
-            .unwrap_or_default();
-        if bool::from(presented.ct_eq(token.expose_secret().as_bytes())) {
+        if presents(token, value.as_bytes()) {
             Ok(request)
         } else {
             Err(tonic::Status::unauthenticated(
@@ -156,4 +177,15 @@ impl tonic::service::Interceptor for BearerAuth {
             ))
         }
     }
+}
+
+/// Whether an `authorization` value is `Bearer <token>` (either case of "Bearer"), compared in
+/// constant time.
+fn presents(token: &SecretString, authorization: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    let presented = authorization
+        .strip_prefix(b"Bearer ")
+        .or_else(|| authorization.strip_prefix(b"bearer "))
+        .unwrap_or_default();
+    bool::from(presented.ct_eq(token.expose_secret().as_bytes()))
 }

@@ -29,8 +29,10 @@ pub struct BoundListener {
 
 /// The socket under a [`BoundListener`].
 #[derive(Debug)]
-pub(super) enum ListenerKind {
+pub enum ListenerKind {
+    /// A TCP listener.
     Tcp(TcpListener),
+    /// A unix stream socket listener.
     Unix(UnixListener),
 }
 
@@ -46,6 +48,12 @@ impl BoundListener {
             ListenerKind::Tcp(l) => Socket::Tcp(l),
             ListenerKind::Unix(l) => Socket::Unix(l),
         }
+    }
+
+    /// The socket, for a door that serves it itself (the OpenAI-compatible HTTP door), and
+    /// whether it was passed by systemd (its socket file is then not ours to remove).
+    pub fn into_kind(self) -> (ListenerKind, bool) {
+        (self.kind, self.activated)
     }
 }
 

@@ -30,10 +30,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Server as Transport, server::TcpIncoming};
 
-use self::listen::ListenerKind;
 pub use self::{
     auth::{Access, Refused},
-    listen::{Activation, BoundListener, Socket, bind, bind_with},
+    listen::{Activation, BoundListener, ListenerKind, Socket, bind, bind_with},
     speech::SpeechService,
 };
 use crate::{

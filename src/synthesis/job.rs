@@ -113,6 +113,8 @@ pub struct Start {
     pub buffer: usize,
     /// Count the job in `herald_requests_total` under this model label.
     pub metrics_model: Option<String>,
+    /// The door the job is counted under (`metrics::DOOR_GRPC`, `metrics::DOOR_HTTP`).
+    pub door: &'static str,
     /// Admission slots, held until the job ends.
     pub slots: Option<Slots>,
 }
@@ -126,6 +128,7 @@ impl Start {
             received: Instant::now(),
             buffer,
             metrics_model: None,
+            door: metrics::DOOR_GRPC,
             slots: None,
         }
     }
@@ -219,6 +222,7 @@ async fn run(provider: Arc<Provider>, job: Job, start: Start, tx: Sender) {
         received,
         buffer: _,
         metrics_model,
+        door,
         slots,
     } = start;
     // Held until this job ends, whatever way it ends.
@@ -228,7 +232,7 @@ async fn run(provider: Arc<Provider>, job: Job, start: Start, tx: Sender) {
         .map(|_| metrics::ActiveStream::start());
     let count = |engine: &str, outcome: Result<(), ErrorKind>| {
         if let Some(model) = &metrics_model {
-            metrics().outcome(model, engine, outcome);
+            metrics().door_outcome(door, model, engine, outcome);
         }
     };
     let (deadline, deadline_message) = match deadline {

@@ -144,14 +144,26 @@ impl Core {
         peer: String,
         asked: Option<Duration>,
     ) -> Result<Events, Error> {
+        self.synthesize_via(crate::metrics::DOOR_GRPC, request, peer, asked)
+    }
+
+    /// [`Core::synthesize`] for a request that came through `door` (its metrics label).
+    pub fn synthesize_via(
+        &self,
+        door: &'static str,
+        request: Request,
+        peer: String,
+        asked: Option<Duration>,
+    ) -> Result<Events, Error> {
         let received = Instant::now();
         let label = self.model_label(&request.model);
-        self.admit(request, peer, asked, received, label.clone())
-            .inspect_err(|e| metrics().outcome(&label, "", Err(e.kind())))
+        self.admit(door, request, peer, asked, received, label.clone())
+            .inspect_err(|e| metrics().door_outcome(door, &label, "", Err(e.kind())))
     }
 
     fn admit(
         &self,
+        door: &'static str,
         request: Request,
         peer: String,
         asked: Option<Duration>,
@@ -181,6 +193,7 @@ impl Core {
                 received,
                 buffer: EVENTS_IN_FLIGHT,
                 metrics_model: Some(label),
+                door,
                 slots: Some(slots),
             },
         ))

@@ -208,7 +208,12 @@ impl Session {
             },
             ..Request::default()
         };
-        self.door.core.synthesize(request, self.peer.clone(), None)
+        self.door.core.synthesize_via(
+            crate::metrics::DOOR_WYOMING,
+            request,
+            self.peer.clone(),
+            None,
+        )
     }
 
     async fn on_event<S: AsyncWrite>(

@@ -2,7 +2,8 @@
 //!
 //! - The core (`engine/`, `audio/`, `cache/`, `synthesis/`, `playback/`, `voices/`, `config/`,
 //!   and the provider, pipeline and error modules) knows no wire format: no `tonic`, no
-//!   `prost`, no generated `pb` types, and no door module (`service`, `wyoming`, `cli`, `client`).
+//!   `prost`, no HTTP framework (`axum`), no generated `pb` types, and no door module
+//!   (`service`, `wyoming`, `openai`, `cli`, `client`).
 //! - No channel in `src/` is unbounded (back-pressure everywhere).
 //!
 //! The rules are read from the code with comments removed, so a doc comment may name what it
@@ -32,7 +33,10 @@ const WIRE: &[&str] = &[
     "use prost",
     "crate::pb",
     "pb::",
+    "axum::",
+    "use axum",
     "crate::service",
+    "crate::openai",
     "crate::cli",
     "crate::client",
     "crate::wyoming",

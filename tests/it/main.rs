@@ -21,6 +21,7 @@ mod go_client;
 mod grpcurl;
 mod limits;
 mod metrics;
+mod openai_http;
 mod pipeline_tones;
 #[cfg(feature = "playback")]
 mod playback_alsa;

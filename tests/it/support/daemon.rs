@@ -53,6 +53,9 @@ pub fn layered(layers: &[&str]) -> String {
 /// A daemon running in this process.
 pub struct TestDaemon {
     pub tcp: SocketAddr,
+    /// The OpenAI-compatible HTTP door's TCP address, when the configuration has
+    /// `[http] listen` (`127.0.0.1:0` picks a port).
+    pub http: Option<SocketAddr>,
     pub unix: PathBuf,
     /// The Wyoming door's listeners (`[wyoming] listen` of the configuration), as bound.
     pub wyoming: Vec<ListenAddr>,
@@ -149,12 +152,32 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
             wyoming_stop.clone().cancelled_owned(),
         ));
     }
+    let http_stop = tokio_util::sync::CancellationToken::new();
+    let mut http = None;
+    if !config.http.listen.is_empty() {
+        let door = herald::openai::Door::new(
+            daemon.core(),
+            service::Access::from_config(&config),
+            &config.http,
+            config.max_message_bytes,
+        );
+        let bound = service::bind(&config.http.listen, config.socket_mode)
+            .await
+            .expect("bind http");
+        http = bound.iter().find_map(|l| match l.addr() {
+            ListenAddr::Tcp(a) => Some(*a),
+            ListenAddr::Unix(_) => None,
+        });
+        tokio::spawn(door.serve(bound, http_stop.clone()));
+    }
     let (tx, rx) = oneshot::channel::<()>();
-    let join = tokio::spawn(daemon.serve(listeners, async {
+    let join = tokio::spawn(daemon.serve(listeners, async move {
         let _ = rx.await;
+        http_stop.cancel();
     }));
     TestDaemon {
         tcp,
+        http,
         unix: sock,
         wyoming,
         wyoming_stop,

@@ -252,6 +252,12 @@ impl ServeProcess {
         self.logged_addr("wyoming door listening")
     }
 
+    /// Its OpenAI-compatible HTTP listener (started with `--http-listen 127.0.0.1:0` and
+    /// [`Serve::logged`]).
+    pub fn http(&self) -> SocketAddr {
+        self.logged_addr("OpenAI-compatible HTTP at /v1")
+    }
+
     /// Its metrics listener (started with [`Serve::metrics`]).
     pub fn metrics(&self) -> SocketAddr {
         self.logged_addr("metrics at /metrics")
