@@ -42,28 +42,11 @@ impl BoundListener {
         &self.addr
     }
 
-    /// The socket, for a door that serves it itself (Wyoming).
-    pub fn into_socket(self) -> Socket {
-        match self.kind {
-            ListenerKind::Tcp(l) => Socket::Tcp(l),
-            ListenerKind::Unix(l) => Socket::Unix(l),
-        }
-    }
-
-    /// The socket, for a door that serves it itself (the OpenAI-compatible HTTP door), and
+    /// The socket, for a door that serves it itself (the HTTP and Wyoming doors), and
     /// whether it was passed by systemd (its socket file is then not ours to remove).
     pub fn into_kind(self) -> (ListenerKind, bool) {
         (self.kind, self.activated)
     }
-}
-
-/// An open socket of a [`BoundListener`].
-#[derive(Debug)]
-pub enum Socket {
-    /// TCP.
-    Tcp(TcpListener),
-    /// A unix domain socket.
-    Unix(UnixListener),
 }
 
 /// Open every listener. Unix sockets get `socket_mode`; a stale socket file left by an earlier

@@ -32,7 +32,7 @@ use tonic::transport::{Server as Transport, server::TcpIncoming};
 
 pub use self::{
     auth::{Access, Refused},
-    listen::{Activation, BoundListener, ListenerKind, Socket, bind, bind_with},
+    listen::{Activation, BoundListener, ListenerKind, bind, bind_with},
     speech::SpeechService,
 };
 use crate::{

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 pub use self::sentences::Sentences;
 use crate::{
     config::{ListenAddr, WyomingSettings},
-    service::{self, BoundListener, ServeError},
+    service::{self, BoundListener, ListenerKind, ServeError},
     synthesis::Core,
 };
 
@@ -81,15 +81,15 @@ pub async fn serve(
     for listener in listeners.0 {
         let addr = listener.addr().clone();
         tracing::info!(%addr, "wyoming door listening");
-        match listener.into_socket() {
-            service::Socket::Tcp(l) => {
-                tasks.spawn(accept_tcp(l, Arc::clone(&door), stop.clone()));
+        match listener.into_kind().0 {
+            ListenerKind::Tcp(l) => {
+                tasks.spawn(accept_loop(l, Arc::clone(&door), stop.clone()));
             }
-            service::Socket::Unix(l) => {
+            ListenerKind::Unix(l) => {
                 if let ListenAddr::Unix(p) = addr {
                     sockets.push(p);
                 }
-                tasks.spawn(accept_unix(l, Arc::clone(&door), stop.clone()));
+                tasks.spawn(accept_loop(l, Arc::clone(&door), stop.clone()));
             }
         }
     }
@@ -101,42 +101,46 @@ pub async fn serve(
     }
 }
 
-async fn accept_tcp(listener: TcpListener, door: Arc<session::Door>, stop: CancellationToken) {
-    let mut connections = JoinSet::new();
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => break,
-            a = listener.accept(), if connections.len() < MAX_CONNECTIONS => a,
-            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
-        };
-        match accepted {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
-                let peer = format!("ip:{}", addr.ip());
-                connections.spawn(run(stream, peer, Arc::clone(&door), stop.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "wyoming: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
-    }
-    connections.shutdown().await;
+/// A listener of the Wyoming door: what it accepts, and how the peer is named for the core's
+/// per-peer limits (a TCP client's address, a unix socket's user).
+trait Accept: Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Send + 'static;
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
 }
 
-async fn accept_unix(listener: UnixListener, door: Arc<session::Door>, stop: CancellationToken) {
+impl Accept for TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, addr) = TcpListener::accept(self).await?;
+        let _ = stream.set_nodelay(true);
+        Ok((stream, format!("ip:{}", addr.ip())))
+    }
+}
+
+impl Accept for UnixListener {
+    type Stream = tokio::net::UnixStream;
+
+    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
+        let (stream, _) = UnixListener::accept(self).await?;
+        let peer = stream
+            .peer_cred()
+            .map_or_else(|_| "local".to_owned(), |c| format!("uid:{}", c.uid()));
+        Ok((stream, peer))
+    }
+}
+
+/// Serve `listener`'s connections, at most [`MAX_CONNECTIONS`] at once, until `stop`.
+async fn accept_loop<L: Accept>(listener: L, door: Arc<session::Door>, stop: CancellationToken) {
     let mut connections = JoinSet::new();
     loop {
         let accepted = tokio::select! {
             () = stop.cancelled() => break,
-            a = listener.accept(), if connections.len() < MAX_CONNECTIONS => a,
+            a = Accept::accept(&listener), if connections.len() < MAX_CONNECTIONS => a,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
         match accepted {
-            Ok((stream, _)) => {
-                let peer = stream
-                    .peer_cred()
-                    .map_or_else(|_| "local".to_owned(), |c| format!("uid:{}", c.uid()));
+            Ok((stream, peer)) => {
                 connections.spawn(run(stream, peer, Arc::clone(&door), stop.clone()));
             }
             Err(error) => {

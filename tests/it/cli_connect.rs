@@ -5,7 +5,7 @@
 //! the user may not open, each printed once.
 
 use std::{
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Output},
 };
 
@@ -63,27 +63,6 @@ fn fails(cmd: &mut Command) -> (Option<i32>, String) {
     (out.status.code(), err)
 }
 
-/// A self-signed server certificate for localhost and 127.0.0.1, and its key, in `dir`.
-fn certificate(dir: &Path) -> (PathBuf, PathBuf) {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        // A server certificate, not a CA (rustls refuses a CA as an end entity).
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{out:?}");
-    (cert, key)
-}
-
 /// `herald serve` with a TCP listener that needs [`TOKEN`] and speaks TLS with `cert`/`key`.
 fn tls_daemon(cert: &Path, key: &Path) -> ServeProcess {
     let toml = format!(
@@ -97,7 +76,7 @@ fn tls_daemon(cert: &Path, key: &Path) -> ServeProcess {
 #[test]
 fn every_client_command_over_tls_with_a_token() {
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = certificate(certs.path());
+    let (cert, key) = crate::support::tls::certificate(certs.path());
     let server = tls_daemon(&cert, &key);
     let addr = server.tcp().to_string();
     let token_file = certs.path().join("token");
@@ -214,7 +193,7 @@ fn every_client_command_over_tls_with_a_token() {
 
     // A CA that did not sign the daemon's certificate.
     let other = tempfile::tempdir().unwrap();
-    let (other_cert, _) = certificate(other.path());
+    let (other_cert, _) = crate::support::tls::certificate(other.path());
     let mut cmd = herald();
     cmd.args(["voices", "--addr", &addr, "--tls-ca"])
         .arg(&other_cert)
@@ -230,7 +209,7 @@ fn every_client_command_over_tls_with_a_token() {
 #[test]
 fn tls_to_a_plaintext_listener_is_a_tls_mismatch() {
     let certs = tempfile::tempdir().unwrap();
-    let (cert, _) = certificate(certs.path());
+    let (cert, _) = crate::support::tls::certificate(certs.path());
     let server = Serve::new(&format!("[server]\nauth_token = \"{TOKEN}\"\n"))
         .tcp()
         .start();

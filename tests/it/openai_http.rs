@@ -508,21 +508,7 @@ async fn the_per_peer_limit_and_the_metrics_are_the_cores() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_on_tcp_and_no_token_on_the_unix_socket() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let out = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{out:?}");
+    let (cert, key) = crate::support::tls::certificate(dir.path());
     let socket = dir.path().join("http.sock");
     let toml = format!(
         "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[http]\nlisten = [\"127.0.0.1:0\", \"unix:{}\"]\n",

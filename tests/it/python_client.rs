@@ -154,21 +154,7 @@ const TOKEN: &str = "py-token-5c1e9a7b3d2f8e4a6c0b";
 #[test]
 fn python_client_over_tls_with_a_token_in_every_encoding() {
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
-        .args(["-subj", "/CN=localhost"])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .args(["-addext", "extendedKeyUsage=serverAuth"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "{out:?}");
+    let (cert, key) = crate::support::tls::certificate(dir.path());
     let toml = format!(
         "[server]\nauth_token = \"{TOKEN}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
         cert.display(),

@@ -11,6 +11,7 @@
 //! - [`logs`]: one process-wide log capture that watches for secrets;
 //! - [`python`]: the Python interpreters the polyglot tests run, and the SDK check runner;
 //! - [`rows`]: table-driven tests whose failures name their row;
+//! - [`tls`]: a self-signed server certificate for the TLS tests;
 //! - [`alsa`]: ALSA sandboxes for the cpal sink (feature `playback`).
 
 #[cfg(feature = "playback")]
@@ -23,6 +24,7 @@ pub mod logs;
 pub mod process;
 pub mod python;
 pub mod rows;
+pub mod tls;
 
 pub use audio::*;
 pub use daemon::*;
