@@ -313,7 +313,10 @@ async fn error_body(r: reqwest::Response) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_failures_and_limits_get_their_http_status() {
     let (double, daemon) = setup(
-        "[synthesis]\nmax_deadline_ms = 1000\n[server]\nmax_message_bytes = 65536\n",
+        // The upstream's first-event timeout well past the deadline, so that the 504 case
+        // is the deadline's and never a race with the timeout (UNAVAILABLE, 503).
+        "[synthesis]\nmax_deadline_ms = 1000\n[server]\nmax_message_bytes = 65536\n\
+         [dashscope]\nfirst_event_timeout_ms = 5000\n",
         0.0,
     )
     .await;
