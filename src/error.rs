@@ -77,12 +77,26 @@ pub struct Error {
     message: String,
 }
 
+/// Longest message a client is sent, in characters: messages quote client input (a voice
+/// name, a model), and a status must stay small whatever the client sent (a gRPC status rides
+/// in a header; a huge one is refused by the client's transport as RESOURCE_EXHAUSTED).
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+
+/// `message` cut to [`MAX_MESSAGE_CHARS`], saying so.
+fn bounded(mut message: String) -> String {
+    if let Some((at, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        message.truncate(at);
+        message.push_str("… (truncated)");
+    }
+    message
+}
+
 impl Error {
-    /// An error of `kind` with `message`.
+    /// An error of `kind` with `message` (cut to [`MAX_MESSAGE_CHARS`]).
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
-            message: message.into(),
+            message: bounded(message.into()),
         }
     }
 
@@ -140,6 +154,7 @@ impl Error {
     #[must_use]
     pub fn prefixed(mut self, prefix: &str) -> Self {
         self.message.insert_str(0, prefix);
+        self.message = bounded(self.message);
         self
     }
 }

@@ -7,17 +7,22 @@
 //! 1. the cache (policy USE): a hit is replayed from disk, with no upstream call;
 //! 2. the requested engine, through the cache's single flight when the phrase is cacheable (so
 //!    concurrent identical requests share one upstream call and the result is stored once);
-//! 3. the fallback chain (`[fallback] chain`), only when step 2 failed before any audio with a
-//!    status a retry elsewhere can fix (UNAVAILABLE, RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED) and
-//!    the request allows it: `cache` (the same text in any voice), then models such as
-//!    `espeak-ng` (the voice matching the request's language, options it cannot honour
-//!    dropped).
+//! 3. the fallback chain (`[fallback] chain`), when the request allows it and step 2 either
+//!    failed before any audio with a status a retry elsewhere can fix (UNAVAILABLE,
+//!    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED), or sent no audio within its budget ([`fallback_at`]:
+//!    `fallback.first_audio_budget_ms`, or half the time left before the deadline, whichever is
+//!    first; a hung upstream must not mean silence): `cache` (the same text in any voice), then
+//!    models such as `espeak-ng` (the voice matching the request's language, options it cannot
+//!    honour dropped). A fallback that opens drops the engine's attempt and its upstream
+//!    request.
 //!
 //! A failure is "before any audio" because [`Provider::open`] waits for the first event of the
 //! stream: an error there has sent nothing to the client yet. The provider must not run the
 //! pipeline or know the client's format: the synthesis core does.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
+
+use tokio::time::Instant;
 
 use crate::{
     cache::{self, Cache, store::EntryStatus},
@@ -59,14 +64,35 @@ pub struct Options {
     pub cache: CachePolicy,
     /// Whether the fallback chain may serve the request.
     pub fallback: bool,
+    /// How long the requested engine may go without audio before the fallback chain is tried
+    /// (`fallback.first_audio_budget_ms`).
+    pub first_audio_budget: Duration,
 }
+
+/// Default of `fallback.first_audio_budget_ms`: DashScope's first audio normally comes
+/// 0.4–0.7 s after the request (measured, see `dashscope-api.md`), so 1.5 s is under a second
+/// beyond it.
+pub const DEFAULT_FIRST_AUDIO_BUDGET: Duration = Duration::from_millis(1500);
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             cache: CachePolicy::Use,
             fallback: true,
+            first_audio_budget: DEFAULT_FIRST_AUDIO_BUDGET,
         }
+    }
+}
+
+/// When the fallback chain starts for an attempt that began at `started` and has sent no
+/// audio: after `budget`, or after half the time left before `deadline`, whichever is first (so
+/// that waiting on the engine, its retries included, never spends the whole deadline and the
+/// fallback has time to speak).
+pub fn fallback_at(started: Instant, budget: Duration, deadline: Option<Instant>) -> Instant {
+    let by_budget = started + budget;
+    match deadline {
+        Some(d) => by_budget.min(started + d.saturating_duration_since(started) / 2),
+        None => by_budget,
     }
 }
 
@@ -152,20 +178,55 @@ impl Provider {
     }
 
     /// Open `request` on `engine` (which serves `request.model`), falling back as configured.
+    ///
+    /// When a fallback may serve the request, the requested engine gets until
+    /// [`Provider::fallback_at`] to produce its first audio: past it the chain is tried while
+    /// the engine keeps going, and the first step that opens wins; the engine's attempt is then
+    /// dropped, which drops its upstream request (a late answer is never used). When no step
+    /// opens, the engine's attempt is awaited as if nothing had happened.
     pub async fn open(
         &self,
         request: SynthesisRequest,
         engine: Arc<dyn Synthesizer>,
         options: Options,
     ) -> Result<Opened, EngineError> {
-        let error = match self
-            .attempt(request.clone(), Arc::clone(&engine), options.cache)
-            .await
-        {
-            Ok(opened) => return Ok(opened),
-            Err(e) => e,
+        let may_fall_back = options.fallback && !self.fallback.is_empty();
+        let mut primary =
+            Box::pin(self.attempt(request.clone(), Arc::clone(&engine), options.cache));
+        let error = if may_fall_back {
+            let started = Instant::now();
+            let at = fallback_at(started, options.first_audio_budget, request.deadline);
+            tokio::select! {
+                result = &mut primary => match result {
+                    Ok(opened) => return Ok(opened),
+                    Err(e) => e,
+                },
+                () = tokio::time::sleep_until(at) => {
+                    let waited = at.saturating_duration_since(started);
+                    let reason = format!(
+                        "{} ({}) sent no audio within {} ms (fallback.first_audio_budget_ms, \
+                         or half the time left before the deadline)",
+                        request.model,
+                        engine.name(),
+                        waited.as_millis()
+                    );
+                    tracing::warn!(request_id = %request.request_id, %reason, "trying the fallback chain while the engine goes on");
+                    if let Some(opened) = self.fall_back(&request, &engine, options, reason).await {
+                        // Dropping `primary` drops the engine's stream and its upstream request.
+                        drop(primary);
+                        return Ok(opened);
+                    }
+                    // No step could serve: the engine's attempt is all there is.
+                    return primary.await;
+                }
+            }
+        } else {
+            match primary.await {
+                Ok(opened) => return Ok(opened),
+                Err(e) => e,
+            }
         };
-        if !options.fallback || self.fallback.is_empty() {
+        if !may_fall_back {
             return Err(error);
         }
         let Some(classified) = falls_back(&error) else {
@@ -179,6 +240,21 @@ impl Provider {
             classified.message()
         );
         tracing::warn!(request_id = %request.request_id, %reason, "trying the fallback chain");
+        match self.fall_back(&request, &engine, options, reason).await {
+            Some(opened) => Ok(opened),
+            None => Err(error),
+        }
+    }
+
+    /// The first step of the fallback chain that opens `request` (which `engine` did not serve
+    /// for `reason`), or `None`.
+    async fn fall_back(
+        &self,
+        request: &SynthesisRequest,
+        engine: &Arc<dyn Synthesizer>,
+        options: Options,
+        reason: String,
+    ) -> Option<Opened> {
         for step in &self.fallback {
             match step {
                 FallbackStep::Cache => {
@@ -199,7 +275,7 @@ impl Provider {
                             cache_hit: true,
                             fallback_reason: Some(reason),
                         };
-                        return Ok(Opened {
+                        return Some(Opened {
                             served,
                             stream: cache::replay(entry, false),
                         });
@@ -209,7 +285,7 @@ impl Provider {
                     let Some(alt) = self.engines.for_model(model) else {
                         continue;
                     };
-                    let Some(alt_request) = self.adapt(&request, &engine, alt, model, voice) else {
+                    let Some(alt_request) = self.adapt(request, engine, alt, model, voice) else {
                         continue;
                     };
                     if alt.name() == engine.name()
@@ -225,7 +301,7 @@ impl Provider {
                     match self.attempt(alt_request, Arc::clone(alt), policy).await {
                         Ok(mut opened) => {
                             opened.served.fallback_reason = Some(reason);
-                            return Ok(opened);
+                            return Some(opened);
                         }
                         Err(e) => {
                             tracing::warn!(
@@ -239,7 +315,7 @@ impl Provider {
                 }
             }
         }
-        Err(error)
+        None
     }
 
     /// `request` rewritten for the fallback model `model` on `alt`: the step's voice, else one
@@ -410,6 +486,10 @@ pub enum WarmError {
     /// The engine failed.
     #[error(transparent)]
     Engine(EngineError),
+    /// herald's own admission limits refused the phrase (RESOURCE_EXHAUSTED naming the
+    /// setting).
+    #[error(transparent)]
+    Refused(crate::error::Error),
     /// The audio was synthesized but not stored.
     #[error("not stored")]
     NotStored(#[source] cache::flight::NotStored),

@@ -26,6 +26,10 @@ const MAX_HEADER: usize = 1 << 20;
 /// What an entry knows about its audio. Never the text: only its hash.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EntryMeta {
+    /// The cache key the entry was stored under: an entry found under another key (a file
+    /// copied or linked there) is foreign and never served.
+    #[serde(default)]
+    pub key: String,
     /// The engine that made the audio ("cosyvoice", "espeak-ng", ...).
     pub engine: String,
     /// Its model.
@@ -124,9 +128,46 @@ pub enum Corruption {
         /// Bytes announced.
         expected: u64,
     },
+    /// Not a regular file (a FIFO, a device, a directory): never opened for reading.
+    #[error("not a regular file")]
+    NotAFile,
+    /// A valid entry, but of another key.
+    #[error("an entry of another key ({0:?})")]
+    ForeignKey(String),
     /// The file could not be read.
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// Open `path` for reading without blocking on it and make sure it is a regular file: a FIFO
+/// put at an entry's path would otherwise block the reading thread forever (`O_NONBLOCK`
+/// makes the open return at once; the file-type check refuses it before any read).
+pub(super) fn open_regular(path: &Path) -> Result<fs::File, Corruption> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let f = fs::File::options()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.file_type().is_file() {
+        return Err(Corruption::NotAFile);
+    }
+    Ok(f)
+}
+
+/// Read the entry file at `path` (a regular file only, see [`open_regular`]) and check that it
+/// is the entry of `key`.
+pub(super) fn read_entry(path: &Path, key: &str) -> Result<(Entry, u64), Corruption> {
+    let mut f = open_regular(path)?;
+    let mut bytes = Vec::new();
+    f.read_to_end(&mut bytes)?;
+    let entry = decode_entry(&bytes)?;
+    if entry.meta.key != key {
+        return Err(Corruption::ForeignKey(crate::synthesis::truncate(
+            &entry.meta.key,
+            80,
+        )));
+    }
+    Ok((entry, bytes.len() as u64))
 }
 
 /// Encode an entry file.
@@ -200,7 +241,7 @@ fn parse_header(body: &[u8]) -> Result<(EntryMeta, usize), Corruption> {
 
 /// The header of an entry file (without reading its audio), its size and modification time.
 pub(super) fn read_header(path: &Path) -> Result<(EntryMeta, u64, SystemTime), Corruption> {
-    let mut f = fs::File::open(path)?;
+    let mut f = open_regular(path)?;
     let md = f.metadata()?;
     let mut prefix = [0u8; 12];
     f.read_exact(&mut prefix)?;

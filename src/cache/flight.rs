@@ -272,6 +272,7 @@ async fn drive(
         key: cache_key,
     } = start;
     let meta = EntryMeta {
+        key: cache_key.clone(),
         engine: engine.name().to_owned(),
         model: request.model.clone(),
         voice: request.voice.clone(),
@@ -309,6 +310,11 @@ async fn drive(
     };
     match &stored {
         Ok(status) => tracing::debug!(key = %cache_key, bytes = status.bytes, "cached"),
+        // A write that failed (disk full, permissions, a foreign file in the way) is the
+        // operator's to see, with its cause; the other reasons are normal.
+        Err(why @ (NotStored::Store(_) | NotStored::Panicked)) => {
+            tracing::warn!(key = %cache_key, error = %crate::error::chain(why), "cache write failed; the phrase is not cached")
+        }
         Err(why) => {
             tracing::debug!(key = %cache_key, why = %crate::error::chain(why), "not cached")
         }

@@ -21,8 +21,8 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use super::entry::read_header;
 pub use super::entry::{Corruption, Entry, EntryMeta, StoredWord, decode_entry, encode_entry};
+use super::entry::{read_entry, read_header};
 
 /// File name extension of entries.
 const EXT: &str = "hac";
@@ -182,7 +182,13 @@ impl DiskStore {
                 else {
                     continue;
                 };
-                match read_header(&path) {
+                match read_header(&path).and_then(|h| {
+                    if h.0.key == key {
+                        Ok(h)
+                    } else {
+                        Err(Corruption::ForeignKey(h.0.key))
+                    }
+                }) {
                     Ok((meta, len, modified)) => {
                         index.bytes += len;
                         index.entries.insert(
@@ -335,30 +341,32 @@ impl Store for DiskStore {
             }
         }
         let path = self.path(key);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let mut index = self.lock();
-                self.remove_locked(&mut index, key);
-                index.stats.corrupt += 1;
-                return Err(corrupt(key, Corruption::Missing));
-            }
-            Err(e) => return Err(e.into()),
-        };
-        match decode_entry(&bytes) {
-            Ok(entry) => {
+        match read_entry(&path, key) {
+            Ok((entry, bytes)) => {
                 // Recency for LRU, kept by the file system across restarts (best effort).
-                if let Ok(f) = fs::File::options().write(true).open(&path) {
+                if let Ok(f) = {
+                    use std::os::unix::fs::OpenOptionsExt as _;
+                    fs::File::options()
+                        .write(true)
+                        .custom_flags(libc::O_NONBLOCK)
+                        .open(&path)
+                } {
                     let _ = f.set_modified(now);
                 }
                 let mut index = self.lock();
                 let pinned = index.pins.contains(key);
-                let bytes = bytes.len() as u64;
                 if let Some(e) = index.entries.get_mut(key) {
                     e.last_used = now;
                 }
                 Ok(Some((entry, EntryStatus { bytes, pinned })))
             }
+            Err(Corruption::Io(e)) if e.kind() == io::ErrorKind::NotFound => {
+                let mut index = self.lock();
+                self.remove_locked(&mut index, key);
+                index.stats.corrupt += 1;
+                Err(corrupt(key, Corruption::Missing))
+            }
+            Err(Corruption::Io(e)) => Err(e.into()),
             Err(reason) => {
                 let mut index = self.lock();
                 self.remove_locked(&mut index, key);
@@ -372,7 +380,14 @@ impl Store for DiskStore {
         if !valid_key(key) {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "bad cache key").into());
         }
-        let file = encode_entry(entry);
+        // The entry names its key, so that it is never served under another one.
+        let file = if entry.meta.key == key {
+            encode_entry(entry)
+        } else {
+            let mut keyed = entry.clone();
+            key.clone_into(&mut keyed.meta.key);
+            encode_entry(&keyed)
+        };
         let size = file.len() as u64;
         if size > self.limits.max_bytes {
             return Err(StoreError::TooLarge {
@@ -485,6 +500,7 @@ mod tests {
     fn entry(frames: u64, text_hash: &str) -> Entry {
         Entry {
             meta: EntryMeta {
+                key: String::new(),
                 engine: "e".into(),
                 model: "m".into(),
                 voice: "v".into(),

@@ -162,12 +162,18 @@ pub struct FallbackSection {
     /// model ("espeak-ng"), or "MODEL/VOICE". Empty = no fallback. Default
     /// `["cache", "espeak-ng"]`.
     pub chain: Vec<String>,
+    /// How long the requested engine may go without sending audio before the chain is tried
+    /// (while the engine goes on; the first to open wins, the other is dropped), in ms. Half the
+    /// time left before the request's deadline is used when that is sooner. Default 1500 (the
+    /// cloud's first audio normally comes within 0.4–0.7 s), range 100..=600000.
+    pub first_audio_budget_ms: u64,
 }
 
 impl Default for FallbackSection {
     fn default() -> Self {
         Self {
             chain: vec!["cache".to_owned(), crate::engine::espeak::MODEL.to_owned()],
+            first_audio_budget_ms: millis(crate::provider::DEFAULT_FIRST_AUDIO_BUDGET),
         }
     }
 }
@@ -300,6 +306,9 @@ pub struct EspeakSection {
     pub default_voice: String,
     /// Upper bound on one espeak-ng run, in ms. Default 60000, range 100..=600000.
     pub timeout_ms: u64,
+    /// Most espeak-ng processes at once (requests, fallbacks and cache warming together); one
+    /// more is refused at once with RESOURCE_EXHAUSTED. Default 16, range 1..=1024.
+    pub max_processes: u32,
 }
 
 impl Default for EspeakSection {
@@ -310,6 +319,7 @@ impl Default for EspeakSection {
             binary: d.binary.display().to_string(),
             default_voice: d.default_voice,
             timeout_ms: millis(d.timeout),
+            max_processes: narrow(d.max_processes),
         }
     }
 }

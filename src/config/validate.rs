@@ -231,6 +231,11 @@ impl RawConfig {
                 max_concurrent,
                 max_concurrent_per_peer,
                 max_deadline,
+                first_audio_budget: millis_in(
+                    "fallback.first_audio_budget_ms",
+                    self.fallback.first_audio_budget_ms,
+                    100..=600_000,
+                )?,
             },
             max_message_bytes,
             metrics_listen,
@@ -397,6 +402,12 @@ fn validate_espeak(e: &EspeakSection, env: &Env) -> Result<Option<EspeakConfig>,
         binary: PathBuf::from(&e.binary),
         default_voice: e.default_voice.clone(),
         timeout: millis_in("espeak.timeout_ms", e.timeout_ms, 100..=600_000)?,
+        max_processes: count_in(
+            "espeak.max_processes",
+            u64::from(e.max_processes),
+            1..=1024,
+            "",
+        )?,
     }))
 }
 

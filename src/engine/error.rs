@@ -71,6 +71,16 @@ pub enum EngineError {
         /// The wait (`dashscope.queue_timeout_ms`).
         waited: Duration,
     },
+    /// A local engine already runs as many processes as its setting allows.
+    #[error("{limit} {engine} processes are already running")]
+    Busy {
+        /// Engine name.
+        engine: &'static str,
+        /// The setting that bounds them (`espeak.max_processes`).
+        setting: &'static str,
+        /// Its value.
+        limit: usize,
+    },
     /// The request's text holds nothing an engine can speak (no piece survived splitting:
     /// only whitespace, say): a request problem, not an upstream one.
     #[error("the text has nothing to say")]
@@ -103,6 +113,7 @@ impl EngineError {
             | Self::Interrupted(_)
             | Self::Unavailable { .. }
             | Self::Saturated { .. }
+            | Self::Busy { .. }
             | Self::NothingToSay
             | Self::Failed { .. }
             | Self::TimedOut { .. } => false,
@@ -171,6 +182,9 @@ impl EngineError {
             Self::Saturated { .. } => Error::resource_exhausted(format!(
                 "dashscope.max_concurrent_requests: {self}; retry later (dashscope.queue_timeout_ms)"
             )),
+            Self::Busy { setting, .. } => {
+                Error::resource_exhausted(format!("{setting}: {self}; retry later"))
+            }
             Self::Unavailable { .. } | Self::TimedOut { .. } => {
                 Error::new(ErrorKind::Unavailable, self.to_string())
             }

@@ -63,6 +63,7 @@ impl pb::cache_server::Cache for CacheService {
         &self,
         request: Request<pb::WarmCacheRequest>,
     ) -> Result<Response<pb::WarmCacheResponse>, Status> {
+        let peer = super::deadline::peer_of(&request);
         let req = request.into_inner();
         let cache = Arc::clone(self.cache()?);
         check_count(&req.phrases)?;
@@ -73,6 +74,7 @@ impl pb::cache_server::Cache for CacheService {
                 let prepared = self.speech.prepare(phrase);
                 let core = Arc::clone(&core);
                 let cache = Arc::clone(&cache);
+                let peer = peer.clone();
                 async move {
                     let job = match prepared {
                         Ok(job) => job,
@@ -80,8 +82,12 @@ impl pb::cache_server::Cache for CacheService {
                             return failed(s.code(), format!("phrases[{i}].{}", s.message()));
                         }
                     };
-                    let warmed = match core.warm(job, refresh).await {
+                    let warmed = match core.warm(job, refresh, peer).await {
                         Ok(w) => w,
+                        Err(WarmError::Refused(e)) => {
+                            let s = status::status(&e);
+                            return failed(s.code(), s.message());
+                        }
                         Err(WarmError::Engine(e)) => {
                             let s = status::engine_status(&e);
                             return failed(s.code(), s.message());

@@ -53,6 +53,9 @@ pub struct Settings {
     pub max_concurrent_per_peer: usize,
     /// Longest request deadline (also the deadline of requests that set none).
     pub max_deadline: Duration,
+    /// How long the requested engine may go without audio before the fallback chain is tried
+    /// (`fallback.first_audio_budget_ms`).
+    pub first_audio_budget: Duration,
 }
 
 impl Default for Settings {
@@ -64,6 +67,7 @@ impl Default for Settings {
             max_concurrent: 64,
             max_concurrent_per_peer: 32,
             max_deadline: Duration::from_secs(300),
+            first_audio_budget: crate::provider::DEFAULT_FIRST_AUDIO_BUDGET,
         }
     }
 }
@@ -199,8 +203,12 @@ impl Core {
         ))
     }
 
-    /// Put `job`'s audio in the cache unless it is there (or `refresh`): `WarmCache`.
-    pub async fn warm(&self, job: Job, refresh: bool) -> Result<Warmed, WarmError> {
+    /// Put `job`'s audio in the cache unless it is there (or `refresh`): `WarmCache`. Each
+    /// phrase being synthesized is admitted for `peer` like a `Synthesize` stream
+    /// (`synthesis.max_concurrent`, `synthesis.max_concurrent_per_peer`): warming cannot run
+    /// more syntheses (or espeak-ng processes) than clients could.
+    pub async fn warm(&self, job: Job, refresh: bool, peer: String) -> Result<Warmed, WarmError> {
+        let _slots = self.limits.admit(peer).map_err(WarmError::Refused)?;
         self.provider.warm(job.request, job.engine, refresh).await
     }
 }

@@ -211,6 +211,7 @@ impl Core {
         let options = provider::Options {
             cache: req.cache,
             fallback: req.fallback,
+            first_audio_budget: settings.first_audio_budget,
         };
 
         let emotion = optional(&req.emotion);

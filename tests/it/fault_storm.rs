@@ -115,7 +115,9 @@ fn expected(fault: Option<&FaultKind>, model: &str) -> Option<Code> {
             1002 => Code::ResourceExhausted,
             _ => Code::InvalidArgument,
         },
-        FaultKind::DropAfter { .. } | FaultKind::StallAfter { .. } => Code::Unavailable,
+        FaultKind::DropAfter { .. } | FaultKind::StallAfter { .. } | FaultKind::Frozen => {
+            Code::Unavailable
+        }
         FaultKind::SlowFirstByte { delay } if *delay >= Duration::from_secs(10) => {
             Code::Unavailable
         }

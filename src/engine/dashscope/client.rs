@@ -34,9 +34,12 @@ pub struct Tuning {
     pub qwen_piece_units: usize,
     /// Longest piece for MiniMax, in billed units.
     pub minimax_piece_units: usize,
-    /// Most upstream HTTP requests at once, over all families and calls.
+    /// Most upstream HTTP requests at once, over all families. A synthesis holds one of these
+    /// slots from its admission to its end (its pieces take turns on it, so an admitted text is
+    /// never starved by newcomers); its look-ahead pieces use spare slots only.
     pub max_concurrent_requests: usize,
-    /// Longest wait for one of those slots.
+    /// Longest wait of a new synthesis for its slot (never more than half the time left before
+    /// its deadline); past it, RESOURCE_EXHAUSTED before any audio.
     pub queue_timeout: Duration,
 }
 
@@ -128,6 +131,30 @@ impl Client {
                 Arc::new(DashScopeEngine::new(family, Arc::clone(self))) as Arc<dyn Synthesizer>
             })
             .collect()
+    }
+
+    /// Admit a new synthesis: the request slot it holds until it ends, or
+    /// [`EngineError::Saturated`] when none frees up within `queue_timeout` (or half the time
+    /// left before `deadline`).
+    pub(super) async fn admit(
+        &self,
+        deadline: Option<tokio::time::Instant>,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, EngineError> {
+        let tuning = self.tuning();
+        let now = tokio::time::Instant::now();
+        let wait = match deadline {
+            Some(d) => tuning
+                .queue_timeout
+                .min(d.saturating_duration_since(now) / 2),
+            None => tuning.queue_timeout,
+        };
+        match tokio::time::timeout(wait, Arc::clone(&self.slots).acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => Err(EngineError::Saturated {
+                limit: tuning.max_concurrent_requests,
+                waited: wait,
+            }),
+        }
     }
 
     /// Timeouts, retries and limits.

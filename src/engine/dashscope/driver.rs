@@ -14,12 +14,12 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 
 use super::{
     Job,
     family::s16_ms,
-    piece::{PieceMsg, run_piece},
+    piece::{PieceMsg, run_piece, upstream_outcome},
 };
 use crate::{
     audio::{AudioSpec, InputEncoding},
@@ -31,9 +31,11 @@ type PieceRx = mpsc::Receiver<Result<PieceMsg, EngineError>>;
 /// What the engine's stream carries.
 type EventTx = mpsc::Sender<Result<SynthEvent, EngineError>>;
 
-/// A running piece: its messages, and its task (aborted when dropped).
+/// A running piece: its messages, whether it is the one being forwarded (it then runs on the
+/// synthesis's own request slot), and its task (aborted when dropped).
 struct Running {
     rx: PieceRx,
+    front: watch::Sender<bool>,
     _task: AbortOnDrop,
 }
 
@@ -48,6 +50,9 @@ impl Drop for AbortOnDrop {
 /// Runs the pieces with look-ahead and forwards their audio in order.
 pub(super) struct Driver {
     job: Arc<Job>,
+    /// The upstream request slot this synthesis holds from admission to its end
+    /// (`dashscope.max_concurrent_requests`): the front piece runs on it.
+    slot: Option<OwnedSemaphorePermit>,
     pending: VecDeque<String>,
     running: VecDeque<Running>,
     /// The spec of the stream (that of its first audio).
@@ -71,6 +76,7 @@ impl Driver {
         Self {
             pieces: pieces.len(),
             job,
+            slot: None,
             pending: pieces.into(),
             running: VecDeque::new(),
             spec: None,
@@ -91,20 +97,32 @@ impl Driver {
                 break;
             };
             let (tx, rx) = mpsc::channel(32);
+            let (front, front_rx) = watch::channel(self.running.is_empty());
             let job = Arc::clone(&self.job);
-            let task = tokio::spawn(async move { run_piece(job, text, tx).await });
+            let task = tokio::spawn(async move { run_piece(job, text, tx, front_rx).await });
             self.running.push_back(Running {
                 rx,
+                front,
                 _task: AbortOnDrop(task),
             });
         }
     }
 
-    /// Starts the pieces and waits for the first message of the first one: its error is the
-    /// call's error (request errors arrive before any audio).
+    /// Admits the synthesis (its request slot, [`super::Client::admit`]), starts the pieces and
+    /// waits for the first message of the first one: its error is the call's error (request
+    /// errors and a refused admission arrive before any audio).
     pub(super) async fn first(
         &mut self,
     ) -> Result<Option<Result<PieceMsg, EngineError>>, EngineError> {
+        if self.slot.is_none() {
+            let slot = self
+                .job
+                .client
+                .admit(self.job.req.deadline)
+                .await
+                .inspect_err(|_| upstream_outcome(self.job.family, "saturated"))?;
+            self.slot = Some(slot);
+        }
         self.start_pieces();
         let Some(front) = self.running.front_mut() else {
             return Err(EngineError::Protocol(
@@ -215,6 +233,10 @@ impl Driver {
     /// after the last piece, the end of the stream.
     fn piece_done(&mut self) -> Out {
         self.running.pop_front();
+        if let Some(next) = self.running.front() {
+            // Its turn: it may run on the synthesis's own slot now.
+            next.front.send_replace(true);
+        }
         self.index += 1;
         if self.index == self.pieces {
             // The stream's last bytes go out as they are, a partial frame included: the
@@ -299,6 +321,7 @@ mod tests {
             txs.push(tx);
             d.running.push_back(Running {
                 rx,
+                front: watch::channel(false).0,
                 _task: AbortOnDrop(tokio::spawn(async {})),
             });
         }

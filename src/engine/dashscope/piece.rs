@@ -15,7 +15,10 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use rand::Rng;
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{mpsc, watch},
+    time::Instant,
+};
 
 use super::{
     Family, Job, Tuning,
@@ -26,6 +29,10 @@ use crate::{
     audio::AudioSpec,
     engine::{EngineError, WordTiming},
 };
+
+/// The least time a retry must have before the request's deadline: DashScope's first audio
+/// normally comes 0.4–0.7 s after a request.
+const MIN_TRY: Duration = Duration::from_secs(1);
 
 /// What a piece task sends to the driver.
 #[derive(Debug)]
@@ -45,12 +52,22 @@ pub(super) enum PieceMsg {
 pub(super) type PieceTx = mpsc::Sender<Result<PieceMsg, EngineError>>;
 
 /// Run one piece with retries, sending its audio and end to `tx`.
-pub(super) async fn run_piece(job: Arc<Job>, text: String, tx: PieceTx) {
+///
+/// `front` says whether the piece is the one the driver forwards: it then runs on the
+/// synthesis's own request slot; until then it needs a spare one, and waits for whichever
+/// comes first (it never fails for want of a slot, so an admitted text is never cut by
+/// newcomers).
+pub(super) async fn run_piece(
+    job: Arc<Job>,
+    text: String,
+    tx: PieceTx,
+    mut front: watch::Receiver<bool>,
+) {
     let tuning = job.client.tuning();
     let mut attempt = 1;
     loop {
         let mut sent = false;
-        let result = attempt_piece(&job, &text, &tx, &mut sent).await;
+        let result = attempt_piece(&job, &text, &tx, &mut sent, &mut front).await;
         let error = match result {
             Ok(()) => return,
             Err(e) => e,
@@ -60,7 +77,12 @@ pub(super) async fn run_piece(job: Arc<Job>, text: String, tx: PieceTx) {
         }
         let retry = !sent && error.is_retryable() && attempt < tuning.max_attempts;
         let delay = backoff(tuning, attempt);
-        let in_time = job.req.deadline.is_none_or(|d| Instant::now() + delay < d);
+        // A retry needs time to produce audio: with less than MIN_TRY left after the backoff,
+        // the error goes out now, so the fallback (or the client) still has the rest.
+        let in_time = job
+            .req
+            .deadline
+            .is_none_or(|d| Instant::now() + delay + MIN_TRY < d);
         if !(retry && in_time) {
             let _ = tx.send(Err(error)).await;
             return;
@@ -84,7 +106,7 @@ pub(super) async fn run_piece(job: Arc<Job>, text: String, tx: PieceTx) {
 }
 
 /// Count one upstream request's outcome.
-fn upstream_outcome(family: Family, outcome: &str) {
+pub(super) fn upstream_outcome(family: Family, outcome: &str) {
     crate::metrics::metrics()
         .upstream_requests
         .get_or_create(&crate::metrics::UpstreamLabels {
@@ -110,23 +132,25 @@ async fn attempt_piece(
     text: &str,
     tx: &PieceTx,
     sent: &mut bool,
+    front: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
     let client = &job.client;
     let tuning = client.tuning();
-    // Held for the whole attempt: at most max_concurrent_requests upstream requests at once.
-    let _slot = match tokio::time::timeout(
-        tuning.queue_timeout,
-        Arc::clone(&client.slots).acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(permit)) => permit,
-        _ => {
-            upstream_outcome(job.family, "saturated");
-            return Err(EngineError::Saturated {
-                limit: tuning.max_concurrent_requests,
-                waited: tuning.queue_timeout,
-            });
+    // Held for the whole attempt, unless the piece runs on its synthesis's slot: at most
+    // max_concurrent_requests upstream requests at once.
+    let _spare = if *front.borrow() {
+        None
+    } else {
+        tokio::select! {
+            biased;
+            turn = front.wait_for(|f| *f) => {
+                if turn.is_err() {
+                    // The driver is gone: so is the synthesis.
+                    return Err(EngineError::Protocol("the synthesis was dropped".to_owned()));
+                }
+                None
+            }
+            permit = Arc::clone(&client.slots).acquire_owned() => permit.ok(),
         }
     };
     let body = job.family.body(&job.req, text, job.rate);

@@ -16,9 +16,9 @@
 mod run;
 mod voices;
 
-use std::{collections::HashMap, path::PathBuf, process::Stdio, time::Duration};
+use std::{collections::HashMap, path::PathBuf, process::Stdio, sync::Arc, time::Duration};
 
-use tokio::{process::Command, time::timeout};
+use tokio::{process::Command, sync::Semaphore, time::timeout};
 
 use self::{
     run::{Run, excerpt},
@@ -49,6 +49,8 @@ pub struct EspeakConfig {
     /// Upper bound on the time one run spends waiting on espeak-ng (the child is killed past
     /// it). Time the consumer takes between reads is not counted.
     pub timeout: Duration,
+    /// Most `espeak-ng` processes at once (`espeak.max_processes`); one more is refused.
+    pub max_processes: usize,
 }
 
 impl Default for EspeakConfig {
@@ -57,6 +59,7 @@ impl Default for EspeakConfig {
             binary: PathBuf::from("espeak-ng"),
             default_voice: "en".to_owned(),
             timeout: Duration::from_secs(60),
+            max_processes: 16,
         }
     }
 }
@@ -72,6 +75,8 @@ pub struct Espeak {
     /// only in "Other Languages" (`en`, `zh`, `fr`, ...) map to themselves, and `espeak-ng`
     /// picks the voice with the best priority for them.
     voice_args: HashMap<String, String>,
+    /// One permit per running child (`espeak.max_processes`).
+    processes: Arc<Semaphore>,
 }
 
 // === impl Espeak ===
@@ -120,6 +125,7 @@ impl Espeak {
         }
         tracing::debug!(binary = %binary, voices = voices.len(), "espeak-ng ready");
         Ok(Self {
+            processes: Arc::new(Semaphore::new(config.max_processes.max(1))),
             config,
             voices,
             voice_args,
@@ -159,7 +165,8 @@ impl Synthesizer for Espeak {
             Ok(())
         } else {
             Err(Refused(format!(
-                "voice {voice:?} is not a voice or language of model {MODEL:?} (see ListVoices)"
+                "voice {:?} is not a voice or language of model {MODEL:?} (see ListVoices)",
+                crate::synthesis::truncate(voice, 64)
             )))
         }
     }
@@ -202,7 +209,24 @@ impl Synthesizer for Espeak {
                 reason: format!("unknown voice {:?}", req.voice),
             });
         };
-        Ok(Run::spawn(&self.config.binary, self.config.timeout, &req, voice_arg)?.into_stream())
+        // Refused at once rather than queued: a child lives as long as its reader reads (real
+        // time for playback), so a queue would have no useful bound; RESOURCE_EXHAUSTED tells
+        // the client to retry, and the fallback chain to try its next step.
+        let permit = Arc::clone(&self.processes)
+            .try_acquire_owned()
+            .map_err(|_| EngineError::Busy {
+                engine: NAME,
+                setting: "espeak.max_processes",
+                limit: self.config.max_processes,
+            })?;
+        Ok(Run::spawn(
+            &self.config.binary,
+            self.config.timeout,
+            &req,
+            voice_arg,
+            Some(permit),
+        )?
+        .into_stream())
     }
 }
 

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWriteExt},
     process::{Child, ChildStdout, Command},
+    sync::OwnedSemaphorePermit,
     task::JoinHandle,
     time::{Instant, timeout},
 };
@@ -58,6 +59,8 @@ pub(super) struct Run {
     waited: Duration,
     limit: Duration,
     characters: u32,
+    /// This run's share of `espeak.max_processes`, given back once the child is reaped.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Run {
@@ -68,6 +71,7 @@ impl Run {
         limit: Duration,
         req: &SynthesisRequest,
         voice_arg: &str,
+        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Self, EngineError> {
         let wpm = words_per_minute(req.speed);
         let pitch = pitch_value(req.pitch);
@@ -133,6 +137,7 @@ impl Run {
             waited: Duration::ZERO,
             limit,
             characters: u32::try_from(req.text.chars().count()).unwrap_or(u32::MAX),
+            permit,
         })
     }
 
@@ -240,6 +245,7 @@ impl Drop for Run {
         if let Some(task) = self.stderr_task.take() {
             task.abort();
         }
+        let permit = self.permit.take();
         let Some(mut child) = self.child.take() else {
             return;
         };
@@ -255,6 +261,8 @@ impl Drop for Run {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
                 let _ = child.wait().await;
+                // The process slot is free once the child is gone, not before.
+                drop(permit);
             });
         }
     }
@@ -314,7 +322,7 @@ mod tests {
 
     /// A run of `config`'s binary, as the engine starts one.
     fn spawn(config: &EspeakConfig, req: &SynthesisRequest, voice_arg: &str) -> Run {
-        Run::spawn(&config.binary, config.timeout, req, voice_arg).expect("espeak-ng starts")
+        Run::spawn(&config.binary, config.timeout, req, voice_arg, None).expect("espeak-ng starts")
     }
 
     fn long_text(min_chars: usize) -> String {

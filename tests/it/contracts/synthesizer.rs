@@ -413,6 +413,7 @@ async fn cache_replay() -> Subject {
         canonical_pcm(&events).expect("canonical PCM");
     let entry = Entry {
         meta: EntryMeta {
+            key: String::new(),
             engine: "espeak-ng".to_owned(),
             model: "espeak-ng".to_owned(),
             voice: "en".to_owned(),

@@ -145,6 +145,9 @@ pub enum FaultKind {
     StallAfter { frames: usize },
     /// Wait this long before sending the response head.
     SlowFirstByte { delay: Duration },
+    /// A hung upstream: accept the request and never answer (no response head, no byte) until
+    /// the client goes away (logged as `disconnected`) or the double is killed.
+    Frozen,
     /// An extra event whose `data:` line is not JSON, inserted after `frames` audio events; the
     /// stream then goes on normally. Non-streaming: a truncated JSON body.
     BadJsonAfter { frames: usize },

@@ -312,6 +312,10 @@ async fn synthesize(State(inner): State<Arc<Inner>>, incoming: Incoming) -> Resp
     if let Some(FaultKind::SlowFirstByte { delay }) = fault {
         tokio::time::sleep(delay).await;
     }
+    if let Some(FaultKind::Frozen) = fault {
+        // Dropped here when the client leaves: `guard` logs the disconnect.
+        inner.kill.cancelled().await;
+    }
 
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let content_type = if reply.sse_body {
