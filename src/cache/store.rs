@@ -539,7 +539,10 @@ mod tests {
     #[test]
     fn lru_eviction_keeps_pins_and_survives_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let size = encode_entry(&entry(1000, "t")).len() as u64;
+        // Stored entries carry their key (all keys have the same length).
+        let mut keyed = entry(1000, "t");
+        keyed.meta.key = k(1);
+        let size = encode_entry(&keyed).len() as u64;
         let limits = Limits {
             max_bytes: size * 3,
             max_age: None,
@@ -563,6 +566,42 @@ mod tests {
         assert_eq!(s.find_text("t").len(), 3);
         assert_eq!(s.clear(false).unwrap(), (2, size * 2, 1));
         assert_eq!(s.clear(true).unwrap(), (1, size, 0));
+    }
+
+    #[test]
+    fn a_foreign_entry_or_a_fifo_at_an_entry_path_is_never_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            max_age: None,
+        };
+        let s = DiskStore::open(dir.path(), limits.clone()).unwrap();
+        s.put(&k(1), &entry(100, "a")).unwrap();
+        s.put(&k(2), &entry(200, "b")).unwrap();
+        // k(1)'s entry copied over k(2)'s file: damaged, not k(1)'s audio served as k(2).
+        fs::copy(s.path(&k(1)), s.path(&k(2))).unwrap();
+        assert!(matches!(s.get(&k(2)), Err(StoreError::Corrupt { .. })));
+        assert!(s.get(&k(2)).unwrap().is_none(), "removed from the index");
+        assert_eq!(s.get(&k(1)).unwrap().unwrap().0.meta.key, k(1));
+        // Reopening drops a foreign entry too.
+        fs::copy(s.path(&k(1)), s.path(&k(3))).unwrap();
+        drop(s);
+        let s = DiskStore::open(dir.path(), limits).unwrap();
+        assert_eq!(s.stats().entries, 1);
+        assert!(!s.path(&k(3)).exists());
+        // A FIFO in place of an entry: refused without blocking.
+        let path = s.path(&k(1));
+        fs::remove_file(&path).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(matches!(
+            read_entry(&path, &k(1)),
+            Err(Corruption::NotAFile)
+        ));
+        assert!(s.get(&k(1)).is_err());
     }
 
     #[test]
