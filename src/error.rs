@@ -184,6 +184,21 @@ pub fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn messages_are_cut_to_a_bound_saying_so() {
+        let e = Error::invalid(format!("voice: {:?} is unknown", "v".repeat(100_000)));
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+        assert!(e.message().starts_with("voice: \"vvv"));
+        assert!(e.message().ends_with("… (truncated)"));
+        assert_eq!(
+            e.message().chars().count(),
+            MAX_MESSAGE_CHARS + "… (truncated)".chars().count()
+        );
+        let e = Error::invalid("é".repeat(MAX_MESSAGE_CHARS)).prefixed("x: ");
+        assert!(e.message().ends_with("… (truncated)"), "{}", e.message());
+        assert_eq!(Error::invalid("short").message(), "short");
+    }
+
     #[derive(Debug, thiserror::Error)]
     #[error("outer")]
     struct Outer(#[source] std::io::Error);

@@ -508,3 +508,210 @@ async fn first_event(mut stream: SynthStream) -> Result<SynthStream, EngineError
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The first-audio budget on its own, in paused time: an engine that never answers, and a
+    //! fallback engine that answers at once (or cannot serve).
+
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::{
+        audio::{AudioSpec, InputEncoding},
+        engine::{SynthEvent, VoiceInfo},
+    };
+
+    /// Serves `model`: either one 20 ms piece of audio then the end, or (`hang`) a stream that
+    /// never yields; `refuse` makes every call fail with RESOURCE_EXHAUSTED. `dropped` counts
+    /// streams dropped.
+    struct Fake {
+        model: &'static str,
+        hang: bool,
+        refuse: bool,
+        dropped: Arc<AtomicUsize>,
+    }
+
+    struct OnDrop(Arc<AtomicUsize>);
+
+    impl Drop for OnDrop {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Synthesizer for Fake {
+        fn name(&self) -> &'static str {
+            self.model
+        }
+        fn serves_model(&self, model: &str) -> bool {
+            model == self.model
+        }
+        fn default_voice(&self, _: &str) -> String {
+            "v".into()
+        }
+        fn voices(&self) -> Vec<VoiceInfo> {
+            vec![VoiceInfo {
+                name: "v".into(),
+                display_name: "V".into(),
+                languages: vec!["en".into()],
+                gender: String::new(),
+                model: self.model.into(),
+                native_sample_rate: 16_000,
+            }]
+        }
+        fn native_sample_rate(&self, _: &str, _: &str) -> u32 {
+            16_000
+        }
+        async fn synthesize(&self, _: SynthesisRequest) -> Result<SynthStream, EngineError> {
+            if self.refuse {
+                return Err(EngineError::Busy {
+                    engine: "fake",
+                    setting: "fake.max",
+                    limit: 0,
+                });
+            }
+            let guard = OnDrop(Arc::clone(&self.dropped));
+            if self.hang {
+                return Ok(futures::stream::pending()
+                    .map(move |e| {
+                        let _ = &guard;
+                        e
+                    })
+                    .boxed());
+            }
+            let spec = AudioSpec {
+                sample_rate: 16_000,
+                channels: 1,
+            };
+            let events = vec![
+                Ok(SynthEvent::Audio {
+                    encoding: InputEncoding::Pcm16Le(spec),
+                    data: Bytes::from(vec![0u8; 640]),
+                }),
+                Ok(SynthEvent::Finished {
+                    characters: None,
+                    upstream_request_ids: Vec::new(),
+                }),
+            ];
+            Ok(futures::stream::iter(events)
+                .map(move |e| {
+                    let _ = &guard;
+                    e
+                })
+                .boxed())
+        }
+    }
+
+    fn provider(refuse_fallback: bool) -> (Provider, Arc<dyn Synthesizer>, Arc<AtomicUsize>) {
+        let dropped = Arc::new(AtomicUsize::new(0));
+        let cloud: Arc<dyn Synthesizer> = Arc::new(Fake {
+            model: "cloud",
+            hang: true,
+            refuse: false,
+            dropped: Arc::clone(&dropped),
+        });
+        let local: Arc<dyn Synthesizer> = Arc::new(Fake {
+            model: "local",
+            hang: false,
+            refuse: refuse_fallback,
+            dropped: Arc::new(AtomicUsize::new(0)),
+        });
+        let p = Provider::new(
+            Engines::new(vec![Arc::clone(&cloud), local]),
+            None,
+            vec![FallbackStep::Model {
+                model: "local".into(),
+                voice: None,
+            }],
+        );
+        (p, cloud, dropped)
+    }
+
+    fn request(deadline: Option<Duration>) -> SynthesisRequest {
+        SynthesisRequest {
+            text: "hello".into(),
+            model: "cloud".into(),
+            voice: "v".into(),
+            deadline: deadline.map(|d| Instant::now() + d),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_fallback_starts_at_the_budget_or_half_the_deadline() {
+        let t = Instant::now();
+        let budget = Duration::from_millis(1500);
+        let at = |d: Option<u64>| fallback_at(t, budget, d.map(|s| t + Duration::from_secs(s)));
+        assert_eq!(at(None), t + budget);
+        assert_eq!(at(Some(2)), t + Duration::from_secs(1));
+        assert_eq!(at(Some(10)), t + budget);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_engine_falls_back_after_the_budget_and_is_dropped() {
+        let (p, cloud, dropped) = provider(false);
+        let started = Instant::now();
+        let opened = p
+            .open(
+                request(Some(Duration::from_secs(10))),
+                cloud,
+                Options::default(),
+            )
+            .await
+            .expect("the fallback serves");
+        assert_eq!(started.elapsed(), DEFAULT_FIRST_AUDIO_BUDGET);
+        assert_eq!(opened.served.engine, "local");
+        assert!(
+            opened
+                .served
+                .fallback_reason
+                .as_deref()
+                .is_some_and(|r| r.contains("sent no audio within 1500 ms")),
+            "{:?}",
+            opened.served.fallback_reason
+        );
+        assert_eq!(
+            dropped.load(Ordering::SeqCst),
+            1,
+            "the hung stream is dropped"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_fallback_the_engine_keeps_waiting() {
+        let (p, cloud, dropped) = provider(true);
+        let open = p.open(
+            request(Some(Duration::from_secs(10))),
+            cloud,
+            Options::default(),
+        );
+        // The fallback cannot serve: the engine's attempt is still awaited (here: forever).
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), open)
+                .await
+                .is_err()
+        );
+        assert_eq!(dropped.load(Ordering::SeqCst), 1, "dropped with the call");
+        let (p, cloud, _) = provider(false);
+        let forbidden = Options {
+            fallback: false,
+            ..Options::default()
+        };
+        let waited = AtomicBool::new(false);
+        let open = async {
+            let r = p.open(request(None), cloud, forbidden).await;
+            waited.store(true, Ordering::SeqCst);
+            r
+        };
+        assert!(
+            tokio::time::timeout(Duration::from_secs(60), open)
+                .await
+                .is_err()
+        );
+        assert!(!waited.load(Ordering::SeqCst));
+    }
+}

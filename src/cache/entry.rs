@@ -162,10 +162,9 @@ pub(super) fn read_entry(path: &Path, key: &str) -> Result<(Entry, u64), Corrupt
     f.read_to_end(&mut bytes)?;
     let entry = decode_entry(&bytes)?;
     if entry.meta.key != key {
-        return Err(Corruption::ForeignKey(crate::synthesis::truncate(
-            &entry.meta.key,
-            80,
-        )));
+        return Err(Corruption::ForeignKey(
+            entry.meta.key.chars().take(80).collect(),
+        ));
     }
     Ok((entry, bytes.len() as u64))
 }

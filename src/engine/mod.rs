@@ -172,8 +172,10 @@ pub trait Synthesizer: Send + Sync + 'static {
         {
             Ok(())
         } else {
+            // The name is the client's: quoted, but cut short.
             Err(Refused(format!(
-                "voice {voice:?} is not a voice of model {model:?} (see ListVoices)"
+                "voice {:?} is not a voice of model {model:?} (see ListVoices)",
+                voice.chars().take(64).collect::<String>()
             )))
         }
     }

@@ -166,7 +166,7 @@ impl Synthesizer for Espeak {
         } else {
             Err(Refused(format!(
                 "voice {:?} is not a voice or language of model {MODEL:?} (see ListVoices)",
-                crate::synthesis::truncate(voice, 64)
+                voice.chars().take(64).collect::<String>()
             )))
         }
     }
@@ -255,6 +255,41 @@ mod tests {
             request_id: "test".to_owned(),
             ..SynthesisRequest::default()
         }
+    }
+
+    #[tokio::test]
+    async fn processes_past_max_processes_are_refused_naming_the_setting() {
+        let engine = Espeak::new(EspeakConfig {
+            max_processes: 1,
+            ..EspeakConfig::default()
+        })
+        .await
+        .expect("espeak-ng is installed");
+        let held = engine
+            .synthesize(request(&PHRASE.repeat(50), "en", 1.0))
+            .await
+            .expect("the first runs");
+        let Err(e) = engine.synthesize(request(PHRASE, "en", 1.0)).await else {
+            panic!("a second process ran past max_processes = 1");
+        };
+        let e = e.classify();
+        assert_eq!(e.kind(), crate::error::ErrorKind::ResourceExhausted);
+        assert!(
+            e.message()
+                .starts_with("espeak.max_processes: 1 espeak-ng processes"),
+            "{}",
+            e.message()
+        );
+        // The slot comes back once the first child is reaped.
+        drop(held);
+        for _ in 0..200 {
+            if let Ok(stream) = engine.synthesize(request(PHRASE, "en", 1.0)).await {
+                drop(stream);
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("the process slot never came back");
     }
 
     async fn engine() -> Espeak {
