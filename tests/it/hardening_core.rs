@@ -162,6 +162,25 @@ async fn a_hung_cloud_falls_back_within_the_first_audio_budget() {
     for (d, ttfa) in &measured {
         eprintln!("frozen upstream, deadline {d} s: first audio after {ttfa:?}");
     }
+    drop(server);
+
+    // The same with the cache on (the default): the engine's attempt is a shared flight, and
+    // leaving it still drops the hung upstream request.
+    let server = Serve::new("# defaults: cache on, chain [\"cache\", \"espeak-ng\"]\n")
+        .double(&double)
+        .start();
+    let mut client = server.client().await;
+    let before = double.synthesis_requests().len();
+    let r = run(&mut client, cloud("Mind the gap."), Duration::from_secs(5)).await;
+    assert!(r.error.is_none(), "{:?}", r.error);
+    assert_eq!(r.info.expect("info").engine, "espeak-ng");
+    let ttfa = r.first_audio.expect("audio");
+    assert!(ttfa < Duration::from_secs(3), "{ttfa:?}");
+    let logged = double
+        .wait_ended(before, Duration::from_secs(5))
+        .await
+        .expect("the hung upstream request was dropped");
+    assert!(logged.disconnected, "{logged:?}");
 }
 
 // === item 5: admission ===
