@@ -531,6 +531,7 @@ async fn a_failed_cache_write_is_logged_with_its_cause() {
     loop {
         let log = server.log();
         if let Some(line) = log.lines().find(|l| l.contains("cache write failed")) {
+            eprintln!("{line}");
             assert!(line.contains("WARN"), "{line}");
             assert!(
                 line.to_ascii_lowercase().contains("not a directory"),
