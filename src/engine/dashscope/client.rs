@@ -1,8 +1,9 @@
 //! The shared DashScope client: its settings ([`Settings`], [`Tuning`]), one pooled HTTP
 //! client, the API key and the cap on concurrent upstream requests.
 //!
-//! It owns the connection pool and the request slots every upstream call takes (synthesis
-//! pieces and custom-voice calls alike). It must not know what a request means: building
+//! It owns the connection pool and the upstream request slots (`max_concurrent_requests`): a
+//! synthesis is admitted by taking one ([`Client::admit`]) and holds it to its end; its
+//! look-ahead pieces take spare ones. It must not know what a request means: building
 //! bodies and reading answers belongs to the engine (`family`, `piece`) and to `custom`.
 
 use std::{sync::Arc, time::Duration};

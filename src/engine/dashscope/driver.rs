@@ -8,6 +8,13 @@
 //! piece's word timings by the audio before it, sums the billed characters, and turns a failure
 //! after audio went out into [`EngineError::Interrupted`].
 //!
+//! Admission: [`Driver::first`] takes the synthesis's upstream request slot
+//! ([`super::Client::admit`]) before any piece starts, and the driver holds it to the end. The
+//! front piece runs on it; each later piece waits for a spare slot or for its turn, whichever
+//! comes first (`front`, a `watch` flag the driver raises when the piece becomes the front
+//! one). So a text that has started can always go on: newcomers wait for, or are refused, a
+//! slot of their own at their start, and never take an admitted text's turn.
+//!
 //! It must not touch samples (no DSP on the tokio task) and must not retry: retries belong to
 //! the piece tasks, which know whether they sent audio.
 

@@ -3,10 +3,12 @@
 //!
 //! [`run_piece`] runs on its own task and sends [`PieceMsg`]s to the driver: the piece's audio
 //! as the family's decoder yields it, its word timings, and its end (or one error). A try
-//! ([`attempt_piece`]) takes a request slot, posts the family's body, and reads the SSE stream
-//! (or the one JSON body of an upstream that ignored the SSE header) within the first-event and
-//! idle timeouts. Retries use jittered exponential [`backoff`], never past the client's
-//! deadline, and stop for good once audio has gone to the driver (audio is never duplicated).
+//! ([`attempt_piece`]) runs on its synthesis's request slot when it is the front piece, or else
+//! takes a spare one (waiting for whichever comes first; see `driver`), posts the family's
+//! body, and reads the SSE stream (or the one JSON body of an upstream that ignored the SSE
+//! header) within the first-event and idle timeouts. Retries use jittered exponential
+//! [`backoff`], only while at least [`MIN_TRY`] would be left before the client's deadline, and
+//! stop for good once audio has gone to the driver (audio is never duplicated).
 //!
 //! This module must not order pieces or touch audio samples: ordering and joins belong to the
 //! driver and to the audio stage after it.
