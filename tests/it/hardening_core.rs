@@ -146,7 +146,7 @@ async fn a_hung_cloud_falls_back_within_the_first_audio_budget() {
         let starts = Duration::from_millis(1500).min(deadline / 2);
         assert!(ttfa >= starts, "{deadline_s} s: first audio after {ttfa:?}");
         assert!(
-            ttfa < starts + Duration::from_millis(1500),
+            ttfa < starts + Duration::from_millis(2000),
             "{deadline_s} s: first audio after {ttfa:?}, the fallback starts at {starts:?}"
         );
         assert!(r.bytes > 16_000, "{deadline_s} s: {} bytes", r.bytes);
