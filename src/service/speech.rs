@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 use super::deadline::{call_deadline, grpc_timeout, peer_of};
 use crate::{
     engine::VoiceInfo,
-    error::Error,
     metrics::metrics,
     pb,
     playback::{Announcement, Playback, StopScope},
@@ -177,13 +176,7 @@ impl pb::speech_server::Speech for SpeechService {
                     expires_at: speak.expires_at,
                     events: events_tx,
                 },
-            )
-            .map_err(|e| {
-                Error::failed_precondition(format!(
-                    "device: no usable output device: {}",
-                    crate::error::chain(&e)
-                ))
-            })?;
+            )?;
         tracing::debug!(%id, %device, "speak queued");
         let (tx, rx) = mpsc::channel(8);
         let cancel_on_disconnect = req.cancel_on_disconnect;
