@@ -638,4 +638,70 @@ pub(super) mod tests {
             ]
         );
     }
+
+    #[test]
+    fn adopted_voices_get_their_kind_and_requested_name_from_the_id() {
+        let (m, dir) = manager(vec![]);
+        let listed = |id: &str, model: &str| UpstreamVoice {
+            id: id.to_owned(),
+            target_model: model.to_owned(),
+            status: VoiceStatus::Deploying,
+        };
+        let cases = [
+            (
+                Surface::Enrollment,
+                listed("cosyvoice-v3-flash-kiosk-0123abcd", "cosyvoice-v3-flash"),
+                VoiceKind::Clone,
+                "kiosk",
+            ),
+            (
+                Surface::Enrollment,
+                listed("cosyvoice-v3-flash-vd-calm-0123abcd", "cosyvoice-v3-flash"),
+                VoiceKind::Design,
+                "calm",
+            ),
+            (
+                Surface::QwenClone,
+                listed(
+                    "qwen-tts-vc-my_voice-voice-20261207-1a2b",
+                    "qwen3-tts-vc-2026-01-22",
+                ),
+                VoiceKind::Clone,
+                "my_voice",
+            ),
+            (
+                Surface::QwenDesign,
+                listed("qwen-tts-vd-x-voice-1-ff", "qwen3-tts-vd-2026-01-26"),
+                VoiceKind::Design,
+                "x",
+            ),
+            (
+                Surface::Enrollment,
+                listed("odd", "cosyvoice-v2"),
+                VoiceKind::Clone,
+                "",
+            ),
+        ];
+        for (surface, v, kind, name) in cases {
+            assert_eq!(Surface::of_id(&v.id), surface, "{}", v.id);
+            assert!(adopt(&m.registry, surface, &v), "{}", v.id);
+            assert!(!adopt(&m.registry, surface, &v), "once: {}", v.id);
+            let r = m.registry.get(&v.id).unwrap();
+            assert_eq!((r.kind, r.requested_name.as_str()), (kind, name), "{}", v.id);
+            assert_eq!((r.surface, r.status), (surface, VoiceStatus::Deploying));
+            assert_eq!(r.warning, ADOPTED_WARNING);
+        }
+        // Persisted; a tombstone is never adopted again.
+        let reopened = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert_eq!(reopened.live().len(), 5);
+        m.registry
+            .update("odd", |r| r.deleted_at_ms = Some(1))
+            .unwrap();
+        assert!(!adopt(
+            &m.registry,
+            Surface::Enrollment,
+            &listed("odd", "cosyvoice-v2")
+        ));
+        assert!(m.registry.get("odd").unwrap().deleted_at_ms.is_some());
+    }
 }

@@ -364,4 +364,40 @@ mod tests {
             assert!(text.contains(s), "{s} not in {text}");
         }
     }
+
+    #[test]
+    fn a_change_the_file_cannot_take_is_kept_in_memory_and_written_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(Some(dir.path().to_owned())).unwrap();
+        r.put(record("a")).unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(r.put(record("b")).is_err());
+        assert!(r.update("a", |x| x.status = VoiceStatus::Ready).is_err());
+        assert!(r.get("b").is_some(), "kept in memory");
+        assert_eq!(r.get("a").unwrap().status, VoiceStatus::Ready);
+        std::fs::remove_dir(&file).unwrap();
+        assert!(!r.put_new(record("b")).unwrap(), "b is known");
+        r.update("a", |x| x.warning = "w".to_owned()).unwrap();
+        let again = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert_eq!(again.live().len(), 2, "both written with the next change");
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_crash_are_removed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::open(Some(dir.path().to_owned()))
+            .unwrap()
+            .put(record("a"))
+            .unwrap();
+        let tmp = dir.path().join(format!("{TMP_PREFIX}1-2"));
+        std::fs::write(&tmp, b"{torn").unwrap();
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, b"mine").unwrap();
+        let r = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert!(!tmp.exists());
+        assert!(other.exists(), "only the registry's temporary files");
+        assert!(r.get("a").is_some());
+    }
 }
