@@ -172,6 +172,8 @@ impl Playback {
             commands: rx,
             shutdown: self.shutdown.clone(),
             underruns_seen: 0,
+            trouble_since: None,
+            frames_since_failure: 0,
         };
         tokio::spawn(task.run());
         let held = Arc::new(AtomicUsize::new(0));

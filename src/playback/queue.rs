@@ -92,7 +92,17 @@ pub(super) struct DeviceTask {
     pub(super) shutdown: CancellationToken,
     /// The sink's underrun count last reported to the metrics.
     pub(super) underruns_seen: u64,
+    /// When the device's current run of failures began: `None` once it has played
+    /// [`SOUND_AGAIN`] since its last failure, or finished an announcement.
+    pub(super) trouble_since: Option<Instant>,
+    /// Frames the sink accepted since its last failure.
+    pub(super) frames_since_failure: u64,
 }
+
+/// Audio a device must take after a failure before it counts as sound again (a device that
+/// opens but fails again at once stays in the same run of failures, bounded by
+/// `reopen_timeout`).
+const SOUND_AGAIN: Duration = Duration::from_secs(1);
 
 /// Frames per block the task writes between looking at its commands.
 pub(super) const BLOCK_MS: u32 = 20;
@@ -440,8 +450,13 @@ impl DeviceTask {
         self.sink.write(samples).await?;
         let rate = u64::from(self.sink.spec().sample_rate);
         let replay_frames = (self.replay_within.as_secs_f64() * rate as f64) as u64;
+        let frames = (samples.len() / usize::from(self.sink.spec().channels)) as u64;
+        self.frames_since_failure += frames;
+        if self.frames_since_failure >= (SOUND_AGAIN.as_secs_f64() * rate as f64) as u64 {
+            self.trouble_since = None;
+        }
         if let Some(p) = &mut self.current {
-            p.frames += (samples.len() / usize::from(self.sink.spec().channels)) as u64;
+            p.frames += frames;
             if p.frames >= replay_frames {
                 p.replay = None;
             }
@@ -468,6 +483,7 @@ impl DeviceTask {
         } else if !follows {
             self.sink.drain().await?;
         }
+        self.trouble_since = None;
         if let Some(p) = self.current.take() {
             let played_ms = p.frames * 1000 / u64::from(self.sink.spec().sample_rate);
             report(&p.item.ann, Event::Finished { played_ms });
@@ -504,17 +520,32 @@ impl DeviceTask {
         Ok(())
     }
 
-    /// The device failed: it is reopened (tried again for up to `reopen_timeout`), and the
+    /// The device failed: it is reopened (tried again every [`REOPEN_RETRY`]), and the
     /// announcement playing goes on on the new device: from its beginning if it had played
     /// less than `replay_within`, else where it was (what the failed device held but had not
-    /// played is lost). It fails only when the device cannot be reopened in time.
+    /// played is lost). It fails only when the device has not been sound again within
+    /// `reopen_timeout` of the first failure of this run: it could not be reopened, or it
+    /// failed again after each reopening.
     async fn device_failed(&mut self, error: SinkError) {
         let error = crate::error::chain(&error);
+        let again = self.trouble_since.is_some();
+        let since = *self.trouble_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.reopen_timeout;
+        self.frames_since_failure = 0;
+        tracing::warn!(device = %self.name, %error, "output device failed; reopening it");
+        if again {
+            // It failed again right after a reopening: not in a tight loop.
+            let wait = REOPEN_RETRY.min(deadline.saturating_duration_since(Instant::now()));
+            self.serve_commands_for(wait).await;
+        }
+        let gave_up = again && Instant::now() >= deadline;
         let spec = self.sink.spec();
         let frames_of =
             |d: Duration| (d.as_secs_f64() * f64::from(spec.sample_rate)).round() as usize;
         let mut replayed = None;
-        if let Some(p) = self.current.as_mut() {
+        if let Some(p) = self.current.as_mut()
+            && !gave_up
+        {
             replayed = Some((p.item.ann.id.clone(), p.replay.is_some()));
             if let Some(all) = &p.replay {
                 // From the beginning: leading silence, chime and every sample taken so far.
@@ -525,41 +556,61 @@ impl DeviceTask {
                 p.frames = 0;
             }
         }
-        tracing::warn!(device = %self.name, %error, "output device failed; reopening it");
-        match self.reopen().await {
-            Ok(()) => match replayed {
-                Some((id, true)) => {
-                    tracing::info!(device = %self.name, %id, "device reopened; replaying the announcement from its beginning");
+        let reopened = self.reopen(deadline).await;
+        let why = match (&reopened, gave_up) {
+            (Err(why), _) => why.clone(),
+            (Ok(()), true) => "it failed again after each reopening".to_owned(),
+            (Ok(()), false) => {
+                match replayed {
+                    Some((id, true)) => {
+                        tracing::info!(device = %self.name, %id, "device reopened; replaying the announcement from its beginning");
+                    }
+                    Some((id, false)) => {
+                        tracing::info!(device = %self.name, %id, "device reopened; the announcement goes on where it was");
+                    }
+                    None => tracing::info!(device = %self.name, "device reopened"),
                 }
-                Some((id, false)) => {
-                    tracing::info!(device = %self.name, %id, "device reopened; the announcement goes on where it was");
-                }
-                None => tracing::info!(device = %self.name, "device reopened"),
-            },
-            Err(why) => {
-                tracing::error!(device = %self.name, %why, "cannot reopen the output device");
-                if let Some(p) = self.current.take() {
-                    report(
-                        &p.item.ann,
-                        Event::Failed {
-                            error: Error::unavailable(format!(
-                                "output device failed: {error}; it could not be reopened within \
-                                 playback.reopen_timeout_ms ({} ms): {why}",
-                                self.reopen_timeout.as_millis()
-                            )),
-                        },
-                    );
-                }
+                return;
+            }
+        };
+        tracing::error!(device = %self.name, %why, "the output device is not sound again in time");
+        // The next announcement gets a run of its own.
+        self.trouble_since = None;
+        if let Some(p) = self.current.take() {
+            report(
+                &p.item.ann,
+                Event::Failed {
+                    error: Error::unavailable(format!(
+                        "output device failed: {error}; it was not sound again within \
+                         playback.reopen_timeout_ms ({} ms): {why}",
+                        self.reopen_timeout.as_millis()
+                    )),
+                },
+            );
+        }
+    }
+
+    /// Serve commands for `wait` (or until shutdown).
+    async fn serve_commands_for(&mut self, wait: Duration) {
+        let until = tokio::time::sleep(wait);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => return,
+                () = self.shutdown.cancelled() => return,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => { (&mut until).await; return; }
+                },
             }
         }
     }
 
-    /// Open the device again, every [`REOPEN_RETRY`] until `reopen_timeout` has passed
-    /// (commands are served meanwhile). `Err`: why the last attempt failed. A device that
+    /// Open the device again, every [`REOPEN_RETRY`] until `deadline` (at least once;
+    /// commands are served meanwhile). `Err`: why the last attempt failed. A device that
     /// comes back at another rate or channel count is no use to the synthesis under way: the
     /// old sink is kept (its next write fails again, or reopens it itself).
-    async fn reopen(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + self.reopen_timeout;
+    async fn reopen(&mut self, deadline: Instant) -> Result<(), String> {
         loop {
             let why = match self.factory.open(&self.name) {
                 Ok(sink) if sink.spec() == self.sink.spec() => {
@@ -579,18 +630,7 @@ impl DeviceTask {
                 return Err(why);
             }
             tracing::debug!(device = %self.name, %why, "cannot reopen the output device yet");
-            let retry = tokio::time::sleep(REOPEN_RETRY);
-            tokio::pin!(retry);
-            loop {
-                tokio::select! {
-                    () = &mut retry => break,
-                    () = self.shutdown.cancelled() => return Err(why),
-                    cmd = self.commands.recv() => match cmd {
-                        Some(cmd) => self.command(cmd),
-                        None => { (&mut retry).await; break; }
-                    },
-                }
-            }
+            self.serve_commands_for(REOPEN_RETRY).await;
         }
     }
 }

@@ -496,6 +496,8 @@ struct Breaking {
     fail_after: Option<usize>,
     fail_on_resume: bool,
     refuse: usize,
+    /// Every sink breaks as the first does (a device that opens but never plays).
+    every_sink: bool,
     opened: Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>,
     opens: Arc<Mutex<usize>>,
 }
@@ -506,6 +508,7 @@ impl Breaking {
             fail_after,
             fail_on_resume,
             refuse,
+            every_sink: false,
             opened: Arc::default(),
             opens: Arc::default(),
         }
@@ -567,7 +570,11 @@ impl SinkFactory for Breaking {
         opened.push(captured);
         Ok(Box::new(BreakingSink {
             inner: Box::new(sink),
-            left: if first { self.fail_after } else { None },
+            left: if first || self.every_sink {
+                self.fail_after
+            } else {
+                None
+            },
             fail_on_resume: first && self.fail_on_resume,
             wrote: false,
             paused: false,
@@ -702,6 +709,42 @@ async fn an_announcement_fails_only_when_the_device_cannot_be_reopened_within_th
         assert!(error.message().contains(word), "{word}: {}", error.message());
     }
     assert_eq!(played_by(&opened).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_that_opens_but_fails_at_once_every_time_fails_the_announcement_within_the_bound()
+{
+    let (h, opened) = breaking(Breaking {
+        every_sink: true,
+        ..Breaking::new(Some(0), false, 0)
+    });
+    let t0 = Instant::now();
+    let mut doomed = h.say("doomed", Priority::Message, "440:1000");
+    let ev = events(&mut doomed).await;
+    let Some(Event::Failed { error }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert!(
+        error.message().contains("failed again after each reopening"),
+        "{}",
+        error.message()
+    );
+    let bound = PlaybackSettings::default().reopen_timeout;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= bound && waited <= bound + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    // Reopened at the retry pace, not in a tight loop.
+    let opens = played_by(&opened).len();
+    let most = (bound.as_millis() / REOPEN_RETRY.as_millis()) as usize + 2;
+    assert!((2..=most).contains(&opens), "{opens} opens");
+    // The next announcement gets a run of its own (and fails the same way).
+    let mut next = h.say("next", Priority::Message, "660:100");
+    assert!(matches!(
+        events(&mut next).await.last(),
+        Some(Event::Failed { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]
