@@ -16,8 +16,8 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Announcement, AudioSource, Event, Priority, REOPEN_RETRY, Report, Sink, SinkError,
-    SinkFactory, StopScope, Synthesis,
+    Announcement, AudioSource, Event, Priority, REOPEN_RETRY, Report, Sink, SinkError, SinkFactory,
+    StopScope, Synthesis,
 };
 use crate::error::Error;
 
@@ -305,9 +305,11 @@ impl DeviceTask {
     /// expiry passes there when its synthesis is late).
     fn expire(&mut self) {
         let now = Instant::now();
-        if self.current.as_ref().is_some_and(|p| {
-            !p.started && p.item.ann.expires_at.is_some_and(|t| t <= now)
-        }) && let Some(p) = self.current.take()
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|p| !p.started && p.item.ann.expires_at.is_some_and(|t| t <= now))
+            && let Some(p) = self.current.take()
         {
             report(&p.item.ann, Event::Expired);
         }

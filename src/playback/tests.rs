@@ -498,7 +498,7 @@ struct Breaking {
     refuse: usize,
     /// Every sink breaks as the first does (a device that opens but never plays).
     every_sink: bool,
-    opened: Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>,
+    opened: Opened,
     opens: Arc<Mutex<usize>>,
 }
 
@@ -582,8 +582,11 @@ impl SinkFactory for Breaking {
     }
 }
 
+/// What each sink a factory opened captures.
+type Opened = Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>;
+
 /// What each opened sink played.
-fn played_by(opened: &Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>) -> Vec<Vec<f32>> {
+fn played_by(opened: &Opened) -> Vec<Vec<f32>> {
     let opened = opened.lock().unwrap();
     opened
         .iter()
@@ -591,7 +594,7 @@ fn played_by(opened: &Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>) -> Vec<Vec<f3
         .collect()
 }
 
-fn breaking(factory: Breaking) -> (Harness, Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>) {
+fn breaking(factory: Breaking) -> (Harness, Opened) {
     let opened = Arc::clone(&factory.opened);
     let h = Harness::with_factory(settings(), Arc::new(factory), Arc::default());
     (h, opened)
@@ -686,7 +689,11 @@ async fn a_device_that_fails_when_resumed_after_idle_plays_the_next_announcement
 
 #[tokio::test(start_paused = true)]
 async fn an_announcement_fails_only_when_the_device_cannot_be_reopened_within_the_bound() {
-    let (h, opened) = breaking(Breaking::new(Some(RATE as usize / 5), false, usize::MAX - 1));
+    let (h, opened) = breaking(Breaking::new(
+        Some(RATE as usize / 5),
+        false,
+        usize::MAX - 1,
+    ));
     let t0 = Instant::now();
     let mut broken = h.say("broken", Priority::Message, "440:1000");
     let ev = events(&mut broken).await;
@@ -706,7 +713,11 @@ async fn an_announcement_fails_only_when_the_device_cannot_be_reopened_within_th
         "playback.reopen_timeout_ms",
         "Device or resource busy",
     ] {
-        assert!(error.message().contains(word), "{word}: {}", error.message());
+        assert!(
+            error.message().contains(word),
+            "{word}: {}",
+            error.message()
+        );
     }
     assert_eq!(played_by(&opened).len(), 1);
 }
@@ -725,7 +736,9 @@ async fn a_device_that_opens_but_fails_at_once_every_time_fails_the_announcement
         panic!("{ev:?}")
     };
     assert!(
-        error.message().contains("failed again after each reopening"),
+        error
+            .message()
+            .contains("failed again after each reopening"),
         "{}",
         error.message()
     );
@@ -756,7 +769,10 @@ async fn an_announcement_whose_synthesis_is_late_on_an_idle_device_expires() {
         a.expires_at = Some(Instant::now() + Duration::from_millis(500));
     });
     let ev = events(&mut late).await;
-    assert!(matches!(ev.as_slice(), [Event::Queued { .. }, Event::Expired]), "{ev:?}");
+    assert!(
+        matches!(ev.as_slice(), [Event::Queued { .. }, Event::Expired]),
+        "{ev:?}"
+    );
     let mut next = h.say("next", Priority::Message, "660:200");
     assert!(matches!(
         events(&mut next).await.last(),
@@ -786,13 +802,23 @@ async fn the_queue_of_a_device_is_bounded_and_refusals_name_the_setting() {
     // Announcements whose client left still count, and still play.
     drop(accepted.pop());
     for rx in &mut accepted {
-        assert!(matches!(events(rx).await.last(), Some(Event::Finished { .. })));
+        assert!(matches!(
+            events(rx).await.last(),
+            Some(Event::Finished { .. })
+        ));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(segments(&h.played()).len(), 3, "the third played with no listener");
+    assert_eq!(
+        segments(&h.played()).len(),
+        3,
+        "the third played with no listener"
+    );
     // Room again once they are done.
     let mut again = h.say("again", Priority::Message, "440:100");
-    assert!(matches!(events(&mut again).await.last(), Some(Event::Finished { .. })));
+    assert!(matches!(
+        events(&mut again).await.last(),
+        Some(Event::Finished { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]

@@ -163,20 +163,19 @@ impl pb::speech_server::Speech for SpeechService {
         })?;
         let (events_tx, mut events) = mpsc::channel(SPEAK_EVENTS);
         let id = speak.id.clone();
-        playback
-            .enqueue(
-                &device,
-                Announcement {
-                    id: speak.id,
-                    priority: speak.priority,
-                    job,
-                    volume: speak.volume,
-                    chime: speak.chime,
-                    leading_silence: speak.leading_silence,
-                    expires_at: speak.expires_at,
-                    events: events_tx,
-                },
-            )?;
+        playback.enqueue(
+            &device,
+            Announcement {
+                id: speak.id,
+                priority: speak.priority,
+                job,
+                volume: speak.volume,
+                chime: speak.chime,
+                leading_silence: speak.leading_silence,
+                expires_at: speak.expires_at,
+                events: events_tx,
+            },
+        )?;
         tracing::debug!(%id, %device, "speak queued");
         let (tx, rx) = mpsc::channel(8);
         let cancel_on_disconnect = req.cancel_on_disconnect;

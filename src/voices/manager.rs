@@ -151,12 +151,7 @@ impl Manager {
     /// `model`: the request's filter; a model DashScope does not serve skips the listings.
     pub async fn list(&self, model: &str) -> Listing {
         let mut out = Listing {
-            voices: self
-                .registry
-                .live()
-                .into_iter()
-                .map(listed_voice)
-                .collect(),
+            voices: self.registry.live().into_iter().map(listed_voice).collect(),
             missing: Vec::new(),
         };
         let Some(client) = &self.client else {
@@ -188,7 +183,9 @@ impl Manager {
             match listed {
                 Ok(items) => {
                     for v in items {
-                        if out.voices.iter().any(|o| o.name == v.id) || !adopt(&self.registry, surface, &v) {
+                        if out.voices.iter().any(|o| o.name == v.id)
+                            || !adopt(&self.registry, surface, &v)
+                        {
                             continue;
                         }
                         if let Some(r) = self.registry.get(&v.id) {
@@ -687,7 +684,12 @@ pub(super) mod tests {
             assert!(adopt(&m.registry, surface, &v), "{}", v.id);
             assert!(!adopt(&m.registry, surface, &v), "once: {}", v.id);
             let r = m.registry.get(&v.id).unwrap();
-            assert_eq!((r.kind, r.requested_name.as_str()), (kind, name), "{}", v.id);
+            assert_eq!(
+                (r.kind, r.requested_name.as_str()),
+                (kind, name),
+                "{}",
+                v.id
+            );
             assert_eq!((r.surface, r.status), (surface, VoiceStatus::Deploying));
             assert_eq!(r.warning, ADOPTED_WARNING);
         }

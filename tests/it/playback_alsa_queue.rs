@@ -333,7 +333,10 @@ async fn after_an_idle_gap_and_a_device_hiccup_every_announcement_plays_whole() 
             h.await.unwrap();
         }
     }
-    let want: Vec<u64> = texts.iter().map(|t| t.chars().count() as u64 * 40).collect();
+    let want: Vec<u64> = texts
+        .iter()
+        .map(|t| t.chars().count() as u64 * 40)
+        .collect();
     assert_eq!(played_ms, want, "herald's account");
     let played = s.finish();
     let mut runs = tone_runs(&played, &[440.0, 660.0, 880.0]);

@@ -293,7 +293,11 @@ async fn the_speak_queue_of_a_device_is_bounded() {
     let s = setup("max_queued = 3\n").await;
     let mut client = s.daemon.client().await;
     let mut a = client
-        .speak(speak_request("a", "@440Hz first, playing", pb::Priority::Message))
+        .speak(speak_request(
+            "a",
+            "@440Hz first, playing",
+            pb::Priority::Message,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -304,7 +308,11 @@ async fn the_speak_queue_of_a_device_is_bounded() {
         .unwrap()
         .into_inner();
     let mut c = client
-        .speak(speak_request("c", "@660Hz third, left", pb::Priority::Message))
+        .speak(speak_request(
+            "c",
+            "@660Hz third, left",
+            pb::Priority::Message,
+        ))
         .await
         .unwrap()
         .into_inner();
@@ -336,7 +344,11 @@ async fn the_speak_queue_of_a_device_is_bounded() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut e = loop {
         match client
-            .speak(speak_request("e", "@880Hz room again", pb::Priority::Message))
+            .speak(speak_request(
+                "e",
+                "@880Hz room again",
+                pb::Priority::Message,
+            ))
             .await
         {
             Ok(stream) => break stream.into_inner(),
@@ -368,11 +380,17 @@ async fn the_speak_queue_of_a_device_is_bounded() {
 async fn an_announcement_that_cannot_start_before_its_expiry_on_an_idle_device_expires() {
     let s = setup("").await;
     let double = s.double.as_ref().unwrap();
-    double.push_fault(dashscope::Fault::once(dashscope::FaultKind::SlowFirstByte {
-        delay: Duration::from_secs(2),
-    }));
+    double.push_fault(dashscope::Fault::once(
+        dashscope::FaultKind::SlowFirstByte {
+            delay: Duration::from_secs(2),
+        },
+    ));
     let mut client = s.daemon.client().await;
-    let mut req = speak_request("late", "@440Hz stale by the time it could start", pb::Priority::Message);
+    let mut req = speak_request(
+        "late",
+        "@440Hz stale by the time it could start",
+        pb::Priority::Message,
+    );
     req.expires_after_ms = 500;
     let mut late = client.speak(req).await.unwrap().into_inner();
     let ev = speak_events(&mut late).await;
@@ -382,7 +400,11 @@ async fn an_announcement_that_cannot_start_before_its_expiry_on_an_idle_device_e
     );
     // The device goes on with the next one.
     let mut next = client
-        .speak(speak_request("next", "@660Hz on time", pb::Priority::Message))
+        .speak(speak_request(
+            "next",
+            "@660Hz on time",
+            pb::Priority::Message,
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -59,9 +59,7 @@ async fn a_create_the_registry_cannot_record_answers_with_the_voice_and_a_warnin
         .expect("the voice exists upstream: answered, not UNAVAILABLE")
         .into_inner();
     assert!(
-        voice
-            .warning
-            .contains("could not write its voice registry"),
+        voice.warning.contains("could not write its voice registry"),
         "{}",
         voice.warning
     );
