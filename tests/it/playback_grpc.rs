@@ -295,7 +295,8 @@ async fn the_speak_queue_of_a_device_is_bounded() {
     let mut a = client
         .speak(speak_request(
             "a",
-            "@440Hz first, playing",
+            // 3.1 s: it is still playing when the refused calls come, even on a loaded machine.
+            "@440Hz first, and long enough to be playing still when the last calls come in",
             pb::Priority::Message,
         ))
         .await
