@@ -535,6 +535,8 @@ impl DeviceTask {
         let deadline = since + self.reopen_timeout;
         self.frames_since_failure = 0;
         tracing::warn!(device = %self.name, %error, "output device failed; reopening it");
+        // Free the device first: a stream still open on it would make it busy.
+        self.sink.close().await;
         if again {
             // It failed again right after a reopening: not in a tight loop.
             let wait = REOPEN_RETRY.min(deadline.saturating_duration_since(Instant::now()));
