@@ -101,6 +101,16 @@ pub struct PlaybackSection {
     pub leading_silence_ms: u64,
     /// Silence between announcements that follow each other, ms (0..=5000).
     pub pause_ms: u64,
+    /// Announcements a device holds at most, queued and playing (1..=10000); more Speak
+    /// calls are refused with RESOURCE_EXHAUSTED. Default 64.
+    pub max_queued: u64,
+    /// After a device failure, an announcement that had played less than this many ms is
+    /// replayed from its beginning on the reopened device; one that had played more goes on
+    /// where it was (0..=60000). Default 1000.
+    pub replay_within_ms: u64,
+    /// How long a failed device is tried again (every 200 ms) before the announcement playing
+    /// on it fails, ms (0..=60000). Default 5000.
+    pub reopen_timeout_ms: u64,
 }
 
 impl Default for PlaybackSection {
@@ -117,6 +127,9 @@ impl Default for PlaybackSection {
             chime_by_default: d.chime_by_default,
             leading_silence_ms: millis(d.leading_silence),
             pause_ms: millis(d.pause),
+            max_queued: d.max_queued as u64,
+            replay_within_ms: millis(d.replay_within),
+            reopen_timeout_ms: millis(d.reopen_timeout),
         }
     }
 }

@@ -643,6 +643,13 @@ fn validate_playback(
             0..=5_000,
         )?,
         pause: millis_in("playback.pause_ms", p.pause_ms, 0..=5_000)?,
+        max_queued: count_in("playback.max_queued", p.max_queued, 1..=10_000, "")?,
+        replay_within: millis_in("playback.replay_within_ms", p.replay_within_ms, 0..=60_000)?,
+        reopen_timeout: millis_in(
+            "playback.reopen_timeout_ms",
+            p.reopen_timeout_ms,
+            0..=60_000,
+        )?,
     })
 }
 

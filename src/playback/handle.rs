@@ -7,7 +7,10 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::sync::mpsc;
@@ -16,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     Announcement, AudioSource, DeviceInfo, PlaybackSettings, SinkError, SinkFactory, StopScope,
     chime,
-    queue::{Command, DeviceTask},
+    queue::{Command, DeviceTask, Slot},
 };
 use crate::error::{Error, lock};
 
@@ -24,12 +27,20 @@ use crate::error::{Error, lock};
 /// 20 ms block).
 const COMMANDS: usize = 256;
 
+/// A device's task, as the handle sees it.
+struct Device {
+    commands: mpsc::Sender<Command>,
+    /// Announcements the device holds (queued, playing, or in a command on their way); each
+    /// is counted by its [`Slot`].
+    held: Arc<AtomicUsize>,
+}
+
 /// The playback handle: devices by name, each with its queue task.
 pub struct Playback {
     settings: PlaybackSettings,
     factory: Arc<dyn SinkFactory>,
     source: Arc<dyn AudioSource>,
-    devices: Mutex<HashMap<String, mpsc::Sender<Command>>>,
+    devices: Mutex<HashMap<String, Device>>,
     shutdown: CancellationToken,
 }
 
@@ -88,18 +99,37 @@ impl Playback {
         )))
     }
 
-    /// The device's spec, opening it (and starting its queue) on first use.
-    pub fn enqueue(&self, device: &str, announcement: Announcement) -> Result<(), SinkError> {
-        let tx = self.device(device)?;
-        tx.try_send(Command::Enqueue(Box::new(announcement)))
+    /// Queue `announcement` on `device`, opening it (and starting its queue) on first use.
+    /// FAILED_PRECONDITION when the device cannot be opened; RESOURCE_EXHAUSTED (naming
+    /// `playback.max_queued`) when it already holds that many announcements.
+    pub fn enqueue(&self, device: &str, announcement: Announcement) -> Result<(), Error> {
+        let (tx, held) = self.device(device).map_err(|e| {
+            Error::failed_precondition(format!(
+                "device: no usable output device: {}",
+                crate::error::chain(&e)
+            ))
+        })?;
+        let max = self.settings.max_queued;
+        if held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(Error::resource_exhausted(format!(
+                "playback.max_queued: device {device:?} already holds {max} announcements \
+                 (queued or playing), the limit; try again later"
+            )));
+        }
+        let slot = Slot::new(held);
+        tx.try_send(Command::Enqueue(Box::new(announcement), slot))
             .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => SinkError::new(
-                    device,
-                    format!("the device's queue has {COMMANDS} commands waiting"),
-                ),
-                mpsc::error::TrySendError::Closed(_) => {
-                    SinkError::new(device, "the device's queue has stopped")
-                }
+                mpsc::error::TrySendError::Full(_) => Error::resource_exhausted(format!(
+                    "device {device:?}: {COMMANDS} commands are waiting for its queue; try again later"
+                )),
+                mpsc::error::TrySendError::Closed(_) => Error::failed_precondition(format!(
+                    "device: no usable output device: {device}: the device's queue has stopped"
+                )),
             })
     }
 
@@ -107,7 +137,7 @@ impl Playback {
     pub async fn stop(&self, device: &str, scope: StopScope) -> Vec<String> {
         let tx = {
             let devices = lock(&self.devices);
-            devices.get(device).cloned()
+            devices.get(device).map(|d| d.commands.clone())
         };
         let Some(tx) = tx else { return Vec::new() };
         let (reply, rx) = tokio::sync::oneshot::channel();
@@ -117,12 +147,12 @@ impl Playback {
         rx.await.unwrap_or_default()
     }
 
-    fn device(&self, name: &str) -> Result<mpsc::Sender<Command>, SinkError> {
+    fn device(&self, name: &str) -> Result<(mpsc::Sender<Command>, Arc<AtomicUsize>), SinkError> {
         let mut devices = lock(&self.devices);
-        if let Some(tx) = devices.get(name)
-            && !tx.is_closed()
+        if let Some(d) = devices.get(name)
+            && !d.commands.is_closed()
         {
-            return Ok(tx.clone());
+            return Ok((d.commands.clone(), Arc::clone(&d.held)));
         }
         let sink = self.factory.open(name)?;
         let chime = chime::load(self.settings.chime_file.as_deref(), sink.spec())
@@ -135,14 +165,25 @@ impl Playback {
             source: Arc::clone(&self.source),
             chime: Arc::new(chime),
             pause: self.settings.pause,
+            replay_within: self.settings.replay_within,
+            reopen_timeout: self.settings.reopen_timeout,
             queue: VecDeque::new(),
             current: None,
             commands: rx,
             shutdown: self.shutdown.clone(),
             underruns_seen: 0,
+            trouble_since: None,
+            frames_since_failure: 0,
         };
         tokio::spawn(task.run());
-        devices.insert(name.to_owned(), tx.clone());
-        Ok(tx)
+        let held = Arc::new(AtomicUsize::new(0));
+        devices.insert(
+            name.to_owned(),
+            Device {
+                commands: tx.clone(),
+                held: Arc::clone(&held),
+            },
+        );
+        Ok((tx, held))
     }
 }

@@ -24,7 +24,18 @@
 //! - PROGRESS queues FIFO, and a new PROGRESS drops a queued one (latest wins).
 //!
 //! An interrupted announcement is not resumed. Expired announcements (not started within their
-//! `expires_after`) are removed when they would start, or by a timer.
+//! `expires_after`) are removed when they would start, while they wait for their prebuffer, or
+//! by a timer.
+//!
+//! A device holds at most [`PlaybackSettings::max_queued`] announcements (queued and playing);
+//! more are refused with RESOURCE_EXHAUSTED. An announcement whose client left still counts and
+//! still plays (unless the client asked `cancel_on_disconnect`).
+//!
+//! When the device fails (a write or drain error, e.g. a device that cannot pause failing to
+//! resume after an idle gap), the task reopens it, trying again every [`REOPEN_RETRY`] for up to
+//! [`PlaybackSettings::reopen_timeout`]. The announcement playing then is replayed from its
+//! beginning if it had played less than [`PlaybackSettings::replay_within`], else it goes on
+//! where it was; it fails only when the device cannot be reopened in time.
 
 //!
 //! Must not depend on any door: events and errors are domain types ([`crate::error::Error`]).
@@ -169,7 +180,19 @@ pub struct PlaybackSettings {
     pub leading_silence: Duration,
     /// Silence between two announcements that follow each other.
     pub pause: Duration,
+    /// Announcements a device holds at most (queued and playing); more are refused with
+    /// RESOURCE_EXHAUSTED.
+    pub max_queued: usize,
+    /// After a device failure, an announcement that had played less than this starts again
+    /// from its beginning on the reopened device; one that had played more goes on where it was.
+    pub replay_within: Duration,
+    /// How long a failed device is tried again (every [`REOPEN_RETRY`]) before the announcement
+    /// playing on it fails.
+    pub reopen_timeout: Duration,
 }
+
+/// Wait between two attempts to reopen a failed device.
+pub const REOPEN_RETRY: Duration = Duration::from_millis(200);
 
 impl Default for PlaybackSettings {
     fn default() -> Self {
@@ -184,6 +207,9 @@ impl Default for PlaybackSettings {
             chime_by_default: false,
             leading_silence: Duration::ZERO,
             pause: Duration::from_millis(250),
+            max_queued: 64,
+            replay_within: Duration::from_secs(1),
+            reopen_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -5,7 +5,10 @@
 
 use std::{
     collections::VecDeque,
-    sync::Arc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -13,23 +16,42 @@ use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Announcement, AudioSource, Event, Priority, Report, Sink, SinkError, SinkFactory, StopScope,
-    Synthesis,
+    Announcement, AudioSource, Event, Priority, REOPEN_RETRY, Report, Sink, SinkError, SinkFactory,
+    StopScope, Synthesis,
 };
 use crate::error::Error;
 
 pub(super) enum Command {
-    Enqueue(Box<Announcement>),
+    Enqueue(Box<Announcement>, Slot),
     Stop {
         scope: StopScope,
         reply: tokio::sync::oneshot::Sender<Vec<String>>,
     },
 }
 
+/// One announcement counted against `playback.max_queued`: taken by the handle when it
+/// accepts the announcement, given back when the announcement is gone (played, stopped,
+/// dropped, expired or failed), whoever drops it.
+pub(super) struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    /// A slot already counted in `held`.
+    pub(super) fn new(held: Arc<AtomicUsize>) -> Self {
+        Self(held)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A queued announcement, maybe already being synthesized.
 pub(super) struct Item {
     ann: Announcement,
     audio: Option<Synthesis>,
+    _slot: Slot,
 }
 
 /// The announcement playing now.
@@ -40,6 +62,13 @@ pub(super) struct Playing {
     chime_pos: Option<usize>,
     /// Frames accepted by the sink.
     frames: u64,
+    /// Speech taken from the synthesis and not yet accepted by the sink (from `pending_pos`):
+    /// the rest of a chunk, or a replay after a device failure.
+    pending: Vec<f32>,
+    pending_pos: usize,
+    /// All the speech taken from the synthesis so far, kept while less than
+    /// `replay_within` has played, to replay it after a device failure; `None` past that.
+    replay: Option<Vec<f32>>,
     started: bool,
     /// [`PREBUFFER`] of speech was ready (or the synthesis had ended) before it started.
     primed: bool,
@@ -53,13 +82,27 @@ pub(super) struct DeviceTask {
     pub(super) source: Arc<dyn AudioSource>,
     pub(super) chime: Arc<Vec<f32>>,
     pub(super) pause: Duration,
+    /// See [`super::PlaybackSettings::replay_within`].
+    pub(super) replay_within: Duration,
+    /// See [`super::PlaybackSettings::reopen_timeout`].
+    pub(super) reopen_timeout: Duration,
     pub(super) queue: VecDeque<Item>,
     pub(super) current: Option<Playing>,
     pub(super) commands: mpsc::Receiver<Command>,
     pub(super) shutdown: CancellationToken,
     /// The sink's underrun count last reported to the metrics.
     pub(super) underruns_seen: u64,
+    /// When the device's current run of failures began: `None` once it has played
+    /// [`SOUND_AGAIN`] since its last failure, or finished an announcement.
+    pub(super) trouble_since: Option<Instant>,
+    /// Frames the sink accepted since its last failure.
+    pub(super) frames_since_failure: u64,
 }
+
+/// Audio a device must take after a failure before it counts as sound again (a device that
+/// opens but fails again at once stays in the same run of failures, bounded by
+/// `reopen_timeout`).
+const SOUND_AGAIN: Duration = Duration::from_secs(1);
 
 /// Frames per block the task writes between looking at its commands.
 pub(super) const BLOCK_MS: u32 = 20;
@@ -159,14 +202,14 @@ impl DeviceTask {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::Enqueue(ann) => self.enqueue(*ann),
+            Command::Enqueue(ann, slot) => self.enqueue(*ann, slot),
             Command::Stop { scope, reply } => {
                 let _ = reply.send(self.stop_all(scope));
             }
         }
     }
 
-    fn enqueue(&mut self, ann: Announcement) {
+    fn enqueue(&mut self, ann: Announcement, slot: Slot) {
         let busy = self.current.is_some() || !self.queue.is_empty();
         if ann.priority == Priority::Notification && busy {
             report(
@@ -213,7 +256,14 @@ impl DeviceTask {
                 device: self.name.clone(),
             },
         );
-        self.queue.insert(position, Item { ann, audio: None });
+        self.queue.insert(
+            position,
+            Item {
+                ann,
+                audio: None,
+                _slot: slot,
+            },
+        );
     }
 
     fn stop_all(&mut self, scope: StopScope) -> Vec<String> {
@@ -250,8 +300,19 @@ impl DeviceTask {
         stopped
     }
 
+    /// Remove the announcements whose expiry has passed before they started: queued ones, and
+    /// the one waiting for its prebuffer (an idle device takes an announcement at once, so its
+    /// expiry passes there when its synthesis is late).
     fn expire(&mut self) {
         let now = Instant::now();
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|p| !p.started && p.item.ann.expires_at.is_some_and(|t| t <= now))
+            && let Some(p) = self.current.take()
+        {
+            report(&p.item.ann, Event::Expired);
+        }
         self.queue.retain(|item| {
             let expired = item.ann.expires_at.is_some_and(|t| t <= now);
             if expired {
@@ -273,6 +334,9 @@ impl DeviceTask {
             chime_pos: item.ann.chime.then_some(0),
             item,
             frames: 0,
+            pending: Vec::new(),
+            pending_pos: 0,
+            replay: Some(Vec::new()),
             started: false,
             primed: false,
             interrupted_by: None,
@@ -335,7 +399,22 @@ impl DeviceTask {
             p.chime_pos = (end < chime.len()).then_some(end);
             return self.write(&chime[pos..end]).await;
         }
-        // The speech, as it is synthesized; commands are served while waiting for it.
+        // The speech: what is pending first, one block at a time (commands are served between
+        // blocks by the caller's loop).
+        if p.pending_pos < p.pending.len() {
+            let from = p.pending_pos;
+            let to = (from + block.max(ch)).min(p.pending.len());
+            let pending = std::mem::take(&mut p.pending);
+            let written = self.write(&pending[from..to]).await;
+            if let Some(p) = self.current.as_mut() {
+                p.pending = pending;
+                if written.is_ok() {
+                    p.pending_pos = to;
+                }
+            }
+            return written;
+        }
+        // Then the speech as it is synthesized; commands are served while waiting for it.
         let Some(audio) = p.item.audio.as_mut() else {
             return Ok(());
         };
@@ -350,18 +429,12 @@ impl DeviceTask {
         };
         match next {
             Some(Ok(samples)) => {
-                for part in samples.chunks(block.max(ch)) {
-                    self.write(part).await?;
-                    if self
-                        .current
-                        .as_ref()
-                        .is_some_and(|p| p.interrupted_by.is_some())
-                    {
-                        break;
+                if let Some(p) = self.current.as_mut() {
+                    if let Some(all) = &mut p.replay {
+                        all.extend_from_slice(&samples);
                     }
-                    while let Ok(cmd) = self.commands.try_recv() {
-                        self.command(cmd);
-                    }
+                    p.pending = samples;
+                    p.pending_pos = 0;
                 }
                 Ok(())
             }
@@ -377,8 +450,18 @@ impl DeviceTask {
 
     async fn write(&mut self, samples: &[f32]) -> Result<(), SinkError> {
         self.sink.write(samples).await?;
+        let rate = u64::from(self.sink.spec().sample_rate);
+        let replay_frames = (self.replay_within.as_secs_f64() * rate as f64) as u64;
+        let frames = (samples.len() / usize::from(self.sink.spec().channels)) as u64;
+        self.frames_since_failure += frames;
+        if self.frames_since_failure >= (SOUND_AGAIN.as_secs_f64() * rate as f64) as u64 {
+            self.trouble_since = None;
+        }
         if let Some(p) = &mut self.current {
-            p.frames += (samples.len() / usize::from(self.sink.spec().channels)) as u64;
+            p.frames += frames;
+            if p.frames >= replay_frames {
+                p.replay = None;
+            }
             if !p.started {
                 p.started = true;
                 report(&p.item.ann, Event::Started);
@@ -402,6 +485,7 @@ impl DeviceTask {
         } else if !follows {
             self.sink.drain().await?;
         }
+        self.trouble_since = None;
         if let Some(p) = self.current.take() {
             let played_ms = p.frames * 1000 / u64::from(self.sink.spec().sample_rate);
             report(&p.item.ann, Event::Finished { played_ms });
@@ -438,26 +522,119 @@ impl DeviceTask {
         Ok(())
     }
 
-    /// The device failed mid-play: the announcement fails, the device is reopened, the queue
-    /// goes on.
+    /// The device failed: it is reopened (tried again every [`REOPEN_RETRY`]), and the
+    /// announcement playing goes on on the new device: from its beginning if it had played
+    /// less than `replay_within`, else where it was (what the failed device held but had not
+    /// played is lost). It fails only when the device has not been sound again within
+    /// `reopen_timeout` of the first failure of this run: it could not be reopened, or it
+    /// failed again after each reopening.
     async fn device_failed(&mut self, error: SinkError) {
         let error = crate::error::chain(&error);
+        let again = self.trouble_since.is_some();
+        let since = *self.trouble_since.get_or_insert_with(Instant::now);
+        let deadline = since + self.reopen_timeout;
+        self.frames_since_failure = 0;
         tracing::warn!(device = %self.name, %error, "output device failed; reopening it");
+        // Free the device first: a stream still open on it would make it busy.
+        self.sink.close().await;
+        if again {
+            // It failed again right after a reopening: not in a tight loop.
+            let wait = REOPEN_RETRY.min(deadline.saturating_duration_since(Instant::now()));
+            self.serve_commands_for(wait).await;
+        }
+        let gave_up = again && Instant::now() >= deadline;
+        let spec = self.sink.spec();
+        let frames_of =
+            |d: Duration| (d.as_secs_f64() * f64::from(spec.sample_rate)).round() as usize;
+        let mut replayed = None;
+        if let Some(p) = self.current.as_mut()
+            && !gave_up
+        {
+            replayed = Some((p.item.ann.id.clone(), p.replay.is_some()));
+            if let Some(all) = &p.replay {
+                // From the beginning: leading silence, chime and every sample taken so far.
+                p.pending.clone_from(all);
+                p.pending_pos = 0;
+                p.silence_left = frames_of(p.item.ann.leading_silence);
+                p.chime_pos = p.item.ann.chime.then_some(0);
+                p.frames = 0;
+            }
+        }
+        let reopened = self.reopen(deadline).await;
+        let why = match (&reopened, gave_up) {
+            (Err(why), _) => why.clone(),
+            (Ok(()), true) => "it failed again after each reopening".to_owned(),
+            (Ok(()), false) => {
+                match replayed {
+                    Some((id, true)) => {
+                        tracing::info!(device = %self.name, %id, "device reopened; replaying the announcement from its beginning");
+                    }
+                    Some((id, false)) => {
+                        tracing::info!(device = %self.name, %id, "device reopened; the announcement goes on where it was");
+                    }
+                    None => tracing::info!(device = %self.name, "device reopened"),
+                }
+                return;
+            }
+        };
+        tracing::error!(device = %self.name, %why, "the output device is not sound again in time");
+        // The next announcement gets a run of its own.
+        self.trouble_since = None;
         if let Some(p) = self.current.take() {
             report(
                 &p.item.ann,
                 Event::Failed {
-                    error: Error::unavailable(format!("output device failed: {error}")),
+                    error: Error::unavailable(format!(
+                        "output device failed: {error}; it was not sound again within \
+                         playback.reopen_timeout_ms ({} ms): {why}",
+                        self.reopen_timeout.as_millis()
+                    )),
                 },
             );
         }
-        match self.factory.open(&self.name) {
-            Ok(sink) if sink.spec() == self.sink.spec() => self.sink = sink,
-            Ok(_) | Err(_) => {
-                // Keep the old sink; the next write fails again and fails its announcement,
-                // which is the honest outcome while the device is gone. Back off a little.
-                tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    /// Serve commands for `wait` (or until shutdown).
+    async fn serve_commands_for(&mut self, wait: Duration) {
+        let until = tokio::time::sleep(wait);
+        tokio::pin!(until);
+        loop {
+            tokio::select! {
+                () = &mut until => return,
+                () = self.shutdown.cancelled() => return,
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => { (&mut until).await; return; }
+                },
             }
+        }
+    }
+
+    /// Open the device again, every [`REOPEN_RETRY`] until `deadline` (at least once;
+    /// commands are served meanwhile). `Err`: why the last attempt failed. A device that
+    /// comes back at another rate or channel count is no use to the synthesis under way: the
+    /// old sink is kept (its next write fails again, or reopens it itself).
+    async fn reopen(&mut self, deadline: Instant) -> Result<(), String> {
+        loop {
+            let why = match self.factory.open(&self.name) {
+                Ok(sink) if sink.spec() == self.sink.spec() => {
+                    self.sink = sink;
+                    return Ok(());
+                }
+                Ok(sink) => format!(
+                    "it came back at {} Hz × {} channels instead of {} Hz × {}",
+                    sink.spec().sample_rate,
+                    sink.spec().channels,
+                    self.sink.spec().sample_rate,
+                    self.sink.spec().channels
+                ),
+                Err(e) => crate::error::chain(&e),
+            };
+            if Instant::now() + REOPEN_RETRY > deadline || self.shutdown.is_cancelled() {
+                return Err(why);
+            }
+            tracing::debug!(device = %self.name, %why, "cannot reopen the output device yet");
+            self.serve_commands_for(REOPEN_RETRY).await;
         }
     }
 }

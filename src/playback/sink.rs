@@ -95,6 +95,11 @@ pub trait Sink: Send {
     fn underruns(&self) -> u64 {
         0
     }
+
+    /// The device failed: let go of it (close its stream), so that it can be opened again
+    /// (a device open twice is busy). The sink may still be written to afterwards: it opens
+    /// the device again itself, if it can.
+    async fn close(&mut self) {}
 }
 
 /// Frames played so far by a capture sink, with when each write started to sound.

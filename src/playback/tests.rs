@@ -154,7 +154,16 @@ impl Harness {
         edit: impl FnOnce(&mut Announcement),
     ) -> mpsc::Receiver<Report> {
         let (tx, rx) = mpsc::channel(16);
-        let mut ann = Announcement {
+        let mut ann = self.announcement(id, priority, text);
+        ann.events = tx;
+        edit(&mut ann);
+        self.playback.enqueue("capture", ann).unwrap();
+        rx
+    }
+
+    fn announcement(&self, id: &str, priority: Priority, text: &str) -> Announcement {
+        let (events, _) = mpsc::channel(1);
+        Announcement {
             id: id.into(),
             priority,
             job: Job {
@@ -178,11 +187,8 @@ impl Harness {
             chime: false,
             leading_silence: Duration::ZERO,
             expires_at: None,
-            events: tx,
-        };
-        edit(&mut ann);
-        self.playback.enqueue("capture", ann).unwrap();
-        rx
+            events,
+        }
     }
 
     fn played(&self) -> Vec<f32> {
@@ -482,15 +488,39 @@ async fn stop_speaking_scopes() {
     );
 }
 
-/// Opens capture sinks; the first one breaks once `fail_after` frames have been written to it.
+/// Opens capture sinks. The first one breaks once `fail_after` frames have been written to it,
+/// or (`fail_on_resume`) at its first write after a pause, as a device that cannot pause does
+/// when it is resumed after an idle gap. The `refuse` opens after the first fail (the device is
+/// busy or gone for a while).
 struct Breaking {
-    fail_after: usize,
-    opened: Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>,
+    fail_after: Option<usize>,
+    fail_on_resume: bool,
+    refuse: usize,
+    /// Every sink breaks as the first does (a device that opens but never plays).
+    every_sink: bool,
+    opened: Opened,
+    opens: Arc<Mutex<usize>>,
+}
+
+impl Breaking {
+    fn new(fail_after: Option<usize>, fail_on_resume: bool, refuse: usize) -> Self {
+        Self {
+            fail_after,
+            fail_on_resume,
+            refuse,
+            every_sink: false,
+            opened: Arc::default(),
+            opens: Arc::default(),
+        }
+    }
 }
 
 struct BreakingSink {
     inner: Box<dyn Sink>,
     left: Option<usize>,
+    fail_on_resume: bool,
+    wrote: bool,
+    paused: bool,
 }
 
 #[async_trait::async_trait]
@@ -502,16 +532,25 @@ impl Sink for BreakingSink {
         self.inner.spec()
     }
     async fn write(&mut self, samples: &[f32]) -> Result<(), SinkError> {
+        if self.fail_on_resume && self.paused {
+            return Err(SinkError::new("capture", "cannot resume: no pause support"));
+        }
         if let Some(left) = &mut self.left {
             if *left < samples.len() {
                 return Err(SinkError::new("capture", "the device went away"));
             }
             *left -= samples.len();
         }
+        self.wrote = true;
         self.inner.write(samples).await
     }
     async fn drain(&mut self) -> Result<(), SinkError> {
         self.inner.drain().await
+    }
+    async fn pause(&mut self) -> Result<(), SinkError> {
+        // A stream never started has nothing to pause.
+        self.paused = self.wrote;
+        self.inner.pause().await
     }
 }
 
@@ -520,63 +559,266 @@ impl SinkFactory for Breaking {
         Capture(Arc::default()).list()
     }
     fn open(&self, _name: &str) -> Result<Box<dyn Sink>, SinkError> {
+        let mut opens = self.opens.lock().unwrap();
+        *opens += 1;
+        if *opens > 1 && *opens <= 1 + self.refuse {
+            return Err(SinkError::new("capture", "Device or resource busy"));
+        }
         let (sink, captured) = sink::ClockedSink::capture(SPEC);
         let mut opened = self.opened.lock().unwrap();
-        let left = opened.is_empty().then_some(self.fail_after);
+        let first = opened.is_empty();
         opened.push(captured);
         Ok(Box::new(BreakingSink {
             inner: Box::new(sink),
-            left,
+            left: if first || self.every_sink {
+                self.fail_after
+            } else {
+                None
+            },
+            fail_on_resume: first && self.fail_on_resume,
+            wrote: false,
+            paused: false,
         }))
     }
 }
 
+/// What each sink a factory opened captures.
+type Opened = Arc<Mutex<Vec<Arc<Mutex<sink::Captured>>>>>;
+
+/// What each opened sink played.
+fn played_by(opened: &Opened) -> Vec<Vec<f32>> {
+    let opened = opened.lock().unwrap();
+    opened
+        .iter()
+        .map(|c| c.lock().unwrap().samples.clone())
+        .collect()
+}
+
+fn breaking(factory: Breaking) -> (Harness, Opened) {
+    let opened = Arc::clone(&factory.opened);
+    let h = Harness::with_factory(settings(), Arc::new(factory), Arc::default());
+    (h, opened)
+}
+
 #[tokio::test(start_paused = true)]
-async fn a_device_failing_mid_play_fails_the_item_and_the_queue_goes_on() {
-    let opened = Arc::new(Mutex::new(Vec::new()));
-    let h = Harness::with_factory(
-        settings(),
-        Arc::new(Breaking {
-            // 300 ms into the first announcement
-            fail_after: RATE as usize * 3 / 10,
-            opened: Arc::clone(&opened),
-        }),
-        Arc::default(),
-    );
+async fn a_device_failing_early_in_an_announcement_replays_it_whole_on_the_reopened_device() {
+    // 300 ms into the first announcement (less than playback.replay_within_ms).
+    let (h, opened) = breaking(Breaking::new(Some(RATE as usize * 3 / 10), false, 0));
     let mut broken = h.say("broken", Priority::Message, "440:1000");
     let mut next = h.say("next", Priority::Message, "660:400");
     let ev = events(&mut broken).await;
-    let Some(Event::Failed { error }) = ev.last() else {
-        panic!("{ev:?}")
-    };
-    assert_eq!(error.kind(), crate::error::ErrorKind::Unavailable);
     assert!(
-        error.message().contains("output device failed")
-            && error.message().contains("the device went away"),
-        "{}",
-        error.message()
+        matches!(ev.last(), Some(Event::Finished { played_ms: 1000 })),
+        "{ev:?}"
+    );
+    assert_eq!(
+        ev.iter().filter(|e| matches!(e, Event::Started)).count(),
+        1,
+        "STARTED once: {ev:?}"
     );
     assert!(matches!(
         events(&mut next).await.last(),
         Some(Event::Finished { played_ms: 400 })
     ));
-    let opened = opened.lock().unwrap();
-    assert_eq!(opened.len(), 2, "the device was reopened");
-    let first = opened[0].lock().unwrap().samples.clone();
-    let second = opened[1].lock().unwrap().samples.clone();
+    let played = played_by(&opened);
+    assert_eq!(played.len(), 2, "the device was reopened");
     // What played before the failure (less what was accepted ahead of the clock and never
-    // sounded), then the next announcement whole on the reopened device.
+    // sounded), then both announcements whole on the reopened device.
     let lead = sink::CLOCK_LEAD.as_millis() as u64;
     assert!(
-        (300 - lead..=300).contains(&ms(first.len())),
+        (300 - lead..=300).contains(&ms(played[0].len())),
         "{} ms",
-        ms(first.len())
+        ms(played[0].len())
     );
-    assert!((freq(&first) - 440.0).abs() < 10.0);
-    let seg = segments(&second);
+    let second = &played[1];
+    let seg = segments(second);
+    assert_eq!(seg.len(), 2, "{seg:?}");
+    assert_eq!((ms(seg[0].1), ms(seg[1].1)), (1000, 400));
+    assert!((freq(&second[seg[0].0..seg[0].0 + seg[0].1]) - 440.0).abs() < 10.0);
+    assert!((freq(&second[seg[1].0..seg[1].0 + seg[1].1]) - 660.0).abs() < 15.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_failing_late_in_an_announcement_goes_on_where_it_was_on_the_reopened_device() {
+    // 1.5 s into a 3 s announcement (more than playback.replay_within_ms).
+    let (h, opened) = breaking(Breaking::new(Some(RATE as usize * 3 / 2), false, 0));
+    let mut broken = h.say("broken", Priority::Message, "440:3000");
+    let ev = events(&mut broken).await;
+    let Some(Event::Finished { played_ms }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    let played = played_by(&opened);
+    assert_eq!(played.len(), 2, "the device was reopened");
+    let (before, after) = (ms(played[0].len()), ms(segments(&played[1])[0].1));
+    // The rest, from where the device failed: what the failed device held ahead of the clock
+    // (at most CLOCK_LEAD) is lost, nothing is played twice.
+    let lead = sink::CLOCK_LEAD.as_millis() as u64;
+    assert!(
+        (3000 - lead - 1..=3000).contains(&(before + after)),
+        "{before} + {after} ms"
+    );
+    assert!((1500 - lead..=1500).contains(&before), "{before} ms");
+    assert!((freq(&played[1]) - 440.0).abs() < 10.0);
+    assert!((2999..=3000 + lead).contains(played_ms), "{played_ms}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_that_fails_when_resumed_after_idle_plays_the_next_announcement_whole() {
+    // The device fails at the first write after the queue ran empty, and refuses to reopen
+    // three times (600 ms) before it comes back.
+    let (h, opened) = breaking(Breaking::new(None, true, 3));
+    let mut first = h.say("first", Priority::Message, "440:300");
+    assert!(matches!(
+        events(&mut first).await.last(),
+        Some(Event::Finished { played_ms: 300 })
+    ));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut second = h.say("second", Priority::Message, "660:500");
+    let ev = events(&mut second).await;
+    assert!(
+        matches!(ev.last(), Some(Event::Finished { played_ms: 500 })),
+        "{ev:?}"
+    );
+    let played = played_by(&opened);
+    assert_eq!(played.len(), 2);
+    let seg = segments(&played[1]);
     assert_eq!(seg.len(), 1, "{seg:?}");
-    assert_eq!(ms(seg[0].1), 400);
-    assert!((freq(&second[seg[0].0..seg[0].0 + seg[0].1]) - 660.0).abs() < 15.0);
+    assert_eq!(ms(seg[0].1), 500);
+    assert!((freq(&played[1]) - 660.0).abs() < 15.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_announcement_fails_only_when_the_device_cannot_be_reopened_within_the_bound() {
+    let (h, opened) = breaking(Breaking::new(
+        Some(RATE as usize / 5),
+        false,
+        usize::MAX - 1,
+    ));
+    let t0 = Instant::now();
+    let mut broken = h.say("broken", Priority::Message, "440:1000");
+    let ev = events(&mut broken).await;
+    let Some(Event::Failed { error }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    let waited = t0.elapsed();
+    let bound = PlaybackSettings::default().reopen_timeout;
+    assert!(
+        waited >= bound && waited <= bound + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    assert_eq!(error.kind(), crate::error::ErrorKind::Unavailable);
+    for word in [
+        "output device failed",
+        "the device went away",
+        "playback.reopen_timeout_ms",
+        "Device or resource busy",
+    ] {
+        assert!(
+            error.message().contains(word),
+            "{word}: {}",
+            error.message()
+        );
+    }
+    assert_eq!(played_by(&opened).len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_device_that_opens_but_fails_at_once_every_time_fails_the_announcement_within_the_bound()
+{
+    let (h, opened) = breaking(Breaking {
+        every_sink: true,
+        ..Breaking::new(Some(0), false, 0)
+    });
+    let t0 = Instant::now();
+    let mut doomed = h.say("doomed", Priority::Message, "440:1000");
+    let ev = events(&mut doomed).await;
+    let Some(Event::Failed { error }) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert!(
+        error
+            .message()
+            .contains("failed again after each reopening"),
+        "{}",
+        error.message()
+    );
+    let bound = PlaybackSettings::default().reopen_timeout;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= bound && waited <= bound + Duration::from_millis(500),
+        "{waited:?}"
+    );
+    // Reopened at the retry pace, not in a tight loop.
+    let opens = played_by(&opened).len();
+    let most = (bound.as_millis() / REOPEN_RETRY.as_millis()) as usize + 2;
+    assert!((2..=most).contains(&opens), "{opens} opens");
+    // The next announcement gets a run of its own (and fails the same way).
+    let mut next = h.say("next", Priority::Message, "660:100");
+    assert!(matches!(
+        events(&mut next).await.last(),
+        Some(Event::Failed { .. })
+    ));
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_announcement_whose_synthesis_is_late_on_an_idle_device_expires() {
+    let h = Harness::new(settings());
+    // The device is idle; the synthesis delivers 60 ms, then stalls 2 s: the announcement
+    // cannot start (it waits for its prebuffer) before its expiry.
+    let mut late = h.say_with("late", Priority::Message, "440:600:2000", |a| {
+        a.expires_at = Some(Instant::now() + Duration::from_millis(500));
+    });
+    let ev = events(&mut late).await;
+    assert!(
+        matches!(ev.as_slice(), [Event::Queued { .. }, Event::Expired]),
+        "{ev:?}"
+    );
+    let mut next = h.say("next", Priority::Message, "660:200");
+    assert!(matches!(
+        events(&mut next).await.last(),
+        Some(Event::Finished { played_ms: 200 })
+    ));
+    let seg = segments(&h.played());
+    assert_eq!(seg.len(), 1, "only the next one played: {seg:?}");
+    assert!((freq(&h.played()) - 660.0).abs() < 15.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_queue_of_a_device_is_bounded_and_refusals_name_the_setting() {
+    let h = Harness::new(PlaybackSettings {
+        max_queued: 3,
+        ..settings()
+    });
+    let mut accepted: Vec<_> = (0..3)
+        .map(|i| h.say(&format!("a{i}"), Priority::Message, "440:200"))
+        .collect();
+    let (tx, _rx) = mpsc::channel(16);
+    let mut ann = h.announcement("over", Priority::Important, "880:200");
+    ann.events = tx;
+    let e = h.playback.enqueue("capture", ann).unwrap_err();
+    assert_eq!(e.kind(), crate::error::ErrorKind::ResourceExhausted);
+    assert!(e.message().contains("playback.max_queued"), "{e}");
+    assert!(e.message().contains('3'), "{e}");
+    // Announcements whose client left still count, and still play.
+    drop(accepted.pop());
+    for rx in &mut accepted {
+        assert!(matches!(
+            events(rx).await.last(),
+            Some(Event::Finished { .. })
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        segments(&h.played()).len(),
+        3,
+        "the third played with no listener"
+    );
+    // Room again once they are done.
+    let mut again = h.say("again", Priority::Message, "440:100");
+    assert!(matches!(
+        events(&mut again).await.last(),
+        Some(Event::Finished { .. })
+    ));
 }
 
 #[tokio::test(start_paused = true)]

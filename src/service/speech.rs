@@ -16,7 +16,6 @@ use tonic::{Request, Response, Status};
 use super::deadline::{call_deadline, grpc_timeout, peer_of};
 use crate::{
     engine::VoiceInfo,
-    error::Error,
     metrics::metrics,
     pb,
     playback::{Announcement, Playback, StopScope},
@@ -164,26 +163,19 @@ impl pb::speech_server::Speech for SpeechService {
         })?;
         let (events_tx, mut events) = mpsc::channel(SPEAK_EVENTS);
         let id = speak.id.clone();
-        playback
-            .enqueue(
-                &device,
-                Announcement {
-                    id: speak.id,
-                    priority: speak.priority,
-                    job,
-                    volume: speak.volume,
-                    chime: speak.chime,
-                    leading_silence: speak.leading_silence,
-                    expires_at: speak.expires_at,
-                    events: events_tx,
-                },
-            )
-            .map_err(|e| {
-                Error::failed_precondition(format!(
-                    "device: no usable output device: {}",
-                    crate::error::chain(&e)
-                ))
-            })?;
+        playback.enqueue(
+            &device,
+            Announcement {
+                id: speak.id,
+                priority: speak.priority,
+                job,
+                volume: speak.volume,
+                chime: speak.chime,
+                leading_silence: speak.leading_silence,
+                expires_at: speak.expires_at,
+                events: events_tx,
+            },
+        )?;
         tracing::debug!(%id, %device, "speak queued");
         let (tx, rx) = mpsc::channel(8);
         let cancel_on_disconnect = req.cancel_on_disconnect;

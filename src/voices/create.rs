@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::{
     Manager,
-    manager::{classify, registry_error},
+    manager::classify,
     registry::{Record, VoiceKind, VoiceStatus, now_ms},
     sample,
     surface::{MAX_TRANSCRIPT_CHARS, MAX_URL_CHARS, Surface},
@@ -156,8 +156,23 @@ impl Manager {
             warning: created.warning(),
             deleted_at_ms: None,
         };
-        self.registry.put(record).map_err(registry_error)?;
         tracing::info!(voice = %name, surface = surface.model(), "custom voice created");
+        if let Err(e) = self.registry.put(record) {
+            // The voice exists upstream (and costs quota): the client gets it, with a warning;
+            // a failure here would make a retry create a duplicate.
+            tracing::warn!(voice = %name, error = %e, "cannot write the voice registry; the new voice is kept in memory and adopted again from upstream's listing after a restart");
+            let note = format!(
+                "herald could not write its voice registry ({e}): the voice is kept in memory \
+                 and adopted again from upstream's listing after a restart"
+            );
+            let _ = self.registry.update(&name, |r| {
+                r.warning = if r.warning.is_empty() {
+                    note
+                } else {
+                    format!("{}; {note}", r.warning)
+                };
+            });
+        }
         if req.wait && polls_after_create(surface) {
             self.wait_ready(client, &name, deadline).await?;
         }

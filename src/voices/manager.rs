@@ -3,16 +3,25 @@
 //! call.
 //!
 //! It owns the life of a record (DEPLOYING → READY | FAILED, then a tombstone) and the
-//! classification of upstream failures for clients. It takes and returns domain types
+//! classification of upstream failures for clients.
+//!
+//! Voices that exist upstream but have no record (a create cut short by a crash, a record the
+//! disk could not take, a voice made elsewhere with the same key) are adopted: by every
+//! ListVoices, and by a GetVoice/DeleteVoice that names one (not at start: a start costs no
+//! upstream call). An adopted
+//! record carries [`ADOPTED_WARNING`]. A record the registry file cannot take is kept in memory
+//! and logged; the client gets its answer (with a warning on a create). It takes and returns domain types
 //! ([`Record`], [`Deleted`], [`ListedVoice`]) and fails with [`crate::error::Error`]. It must
 //! not build wire bodies (`engine::dashscope::custom` does) or know any door's wire format.
 
 use std::{sync::Arc, time::Duration};
 
+use crate::engine::dashscope::custom::UpstreamVoice;
+
 use tokio::time::Instant;
 
 use super::{
-    Settings,
+    Settings, VoiceKind,
     registry::{Record, Registry, VoiceStatus, now_ms},
     surface::{Surface, truncate},
 };
@@ -25,6 +34,15 @@ use crate::{
 /// down or unreachable still answers its local voices in well under a second, and says which
 /// listing is missing.
 const LIST_TIMEOUT: Duration = Duration::from_millis(800);
+
+/// How long a GetVoice/DeleteVoice of a voice herald has no record of looks for it upstream
+/// (within the call's deadline).
+const ADOPT_ON_DEMAND: Duration = Duration::from_secs(5);
+
+/// The warning of an adopted record.
+pub const ADOPTED_WARNING: &str = "adopted from upstream's listing: herald has no record of \
+    creating it (a create cut short by a crash or a full disk, or a voice made elsewhere with \
+    the same key); its description and preview, if any, are not known";
 
 /// What a DeleteVoice did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -62,7 +80,7 @@ pub struct ListedVoice {
 /// The custom-voice service state: the registry and the upstream client.
 #[derive(Debug)]
 pub struct Manager {
-    pub(super) registry: Registry,
+    pub(super) registry: Arc<Registry>,
     client: Option<Arc<dashscope::Client>>,
     pub(super) settings: Settings,
 }
@@ -73,7 +91,7 @@ impl Manager {
         settings: Settings,
         client: Option<Arc<dashscope::Client>>,
     ) -> std::io::Result<Self> {
-        let registry = Registry::open(settings.directory.clone())?;
+        let registry = Arc::new(Registry::open(settings.directory.clone())?);
         Ok(Self {
             registry,
             client,
@@ -84,7 +102,7 @@ impl Manager {
     /// A manager with no registry and no upstream (tests, embedding).
     pub fn disabled() -> Self {
         Self {
-            registry: Registry::in_memory(),
+            registry: Arc::new(Registry::in_memory()),
             client: None,
             settings: Settings::default(),
         }
@@ -133,22 +151,7 @@ impl Manager {
     /// `model`: the request's filter; a model DashScope does not serve skips the listings.
     pub async fn list(&self, model: &str) -> Listing {
         let mut out = Listing {
-            voices: self
-                .registry
-                .live()
-                .into_iter()
-                .map(|r| ListedVoice {
-                    display_name: if r.requested_name.is_empty() {
-                        r.name.clone()
-                    } else {
-                        r.requested_name
-                    },
-                    name: r.name,
-                    model: r.target_model,
-                    language: r.language,
-                    status: r.status,
-                })
-                .collect(),
+            voices: self.registry.live().into_iter().map(listed_voice).collect(),
             missing: Vec::new(),
         };
         let Some(client) = &self.client else {
@@ -180,18 +183,14 @@ impl Manager {
             match listed {
                 Ok(items) => {
                     for v in items {
-                        if self.registry.get(&v.id).is_some()
-                            || out.voices.iter().any(|o| o.name == v.id)
+                        if out.voices.iter().any(|o| o.name == v.id)
+                            || !adopt(&self.registry, surface, &v)
                         {
                             continue;
                         }
-                        out.voices.push(ListedVoice {
-                            display_name: v.id.clone(),
-                            name: v.id,
-                            model: v.target_model,
-                            language: String::new(),
-                            status: v.status,
-                        });
+                        if let Some(r) = self.registry.get(&v.id) {
+                            out.voices.push(listed_voice(r));
+                        }
                     }
                 }
                 Err(error) => {
@@ -206,7 +205,7 @@ impl Manager {
 
     /// GetVoice: the record, its status refreshed from upstream while DEPLOYING.
     pub async fn get(&self, name: &str, deadline: Instant) -> Result<Record, Error> {
-        let r = self.live_record(name)?;
+        let r = self.known_record(name, deadline).await?;
         if !polls(&r) {
             return Ok(r);
         }
@@ -232,25 +231,58 @@ impl Manager {
         }
     }
 
+    /// The live record of `name`; one herald has none of (and no tombstone) is looked for in
+    /// upstream's listing of the surface its id belongs to, and adopted.
+    async fn known_record(&self, name: &str, deadline: Instant) -> Result<Record, Error> {
+        let missing = match self.live_record(name) {
+            Err(e) if self.registry.get(name).is_none() && self.client.is_some() => e,
+            found => return found,
+        };
+        let Some(client) = &self.client else {
+            return Err(missing);
+        };
+        let surface = Surface::of_id(name);
+        let until = deadline.min(Instant::now() + ADOPT_ON_DEMAND);
+        match tokio::time::timeout_at(until, client.list_voices(surface, until)).await {
+            Ok(Ok(items)) => {
+                if let Some(v) = items.iter().find(|v| v.id == name) {
+                    adopt(&self.registry, surface, v);
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %crate::error::chain(&e), "cannot list upstream to look for an unknown voice");
+            }
+            Err(_) => tracing::debug!("no upstream listing in time to look for an unknown voice"),
+        }
+        self.live_record(name).map_err(|_| missing)
+    }
+
+    /// Record a new status. A registry file that cannot be written is logged; the status is
+    /// kept in memory.
     pub(super) fn set_status(&self, name: &str, status: VoiceStatus) -> Result<(), Error> {
-        self.registry
-            .update(name, |r| r.status = status)
-            .map_err(registry_error)?;
+        if let Err(e) = self.registry.update(name, |r| r.status = status) {
+            tracing::warn!(voice = %name, error = %e, "cannot write the voice registry; the new status is kept in memory");
+        }
         Ok(())
     }
 
     /// DeleteVoice: upstream first (through the voice's surface), then the registry (a
     /// tombstone).
     pub async fn delete(&self, name: &str, deadline: Instant) -> Result<Deleted, Error> {
-        let r = self.live_record(name)?;
+        let r = self.known_record(name, deadline).await?;
         let client = self.client()?;
         let gone = client
             .delete_voice(r.surface, name, deadline)
             .await
             .map_err(|e| classify(&e))?;
-        self.registry
+        if let Err(e) = self
+            .registry
             .update(name, |r| r.deleted_at_ms = Some(now_ms()))
-            .map_err(registry_error)?;
+        {
+            // Deleted upstream: the client's answer is that. After a restart the old record
+            // is back; a DeleteVoice then finds the voice gone upstream.
+            tracing::warn!(voice = %name, error = %e, "cannot write the voice registry; the deletion is kept in memory");
+        }
         Ok(Deleted {
             name: name.to_owned(),
             already_gone_upstream: gone,
@@ -302,10 +334,76 @@ pub fn classify(error: &EngineError) -> Error {
     error.classify()
 }
 
-/// A registry that cannot be written: logged here, UNAVAILABLE for the client.
-pub(super) fn registry_error(e: std::io::Error) -> Error {
-    tracing::error!(error = %e, "cannot write the voice registry");
-    Error::unavailable(format!("cannot write the voice registry: {e}"))
+/// A record as ListVoices shows it.
+fn listed_voice(r: Record) -> ListedVoice {
+    ListedVoice {
+        display_name: if r.requested_name.is_empty() {
+            r.name.clone()
+        } else {
+            r.requested_name
+        },
+        name: r.name,
+        model: r.target_model,
+        language: r.language,
+        status: r.status,
+    }
+}
+
+/// Adopt `v`, listed upstream on `surface`, unless the registry has a record of it (live or
+/// a tombstone). `true` when it was adopted now.
+fn adopt(registry: &Registry, surface: Surface, v: &UpstreamVoice) -> bool {
+    let rest = v.id.strip_prefix(&v.target_model).unwrap_or(&v.id);
+    let kind = match surface {
+        Surface::QwenDesign => VoiceKind::Design,
+        Surface::QwenClone => VoiceKind::Clone,
+        Surface::Enrollment if rest.starts_with("-vd-") => VoiceKind::Design,
+        Surface::Enrollment => VoiceKind::Clone,
+    };
+    let record = Record {
+        name: v.id.clone(),
+        target_model: v.target_model.clone(),
+        surface,
+        kind,
+        requested_name: requested_name_of(surface, &v.id, &v.target_model),
+        created_at_ms: now_ms(),
+        status: v.status,
+        language: String::new(),
+        description: String::new(),
+        preview_wav_b64: String::new(),
+        warning: ADOPTED_WARNING.to_owned(),
+        deleted_at_ms: None,
+    };
+    let adopted = match registry.put_new(record) {
+        Ok(adopted) => adopted,
+        Err(e) => {
+            tracing::warn!(voice = %v.id, error = %e, "cannot write the voice registry; the adopted voice is kept in memory");
+            true
+        }
+    };
+    if adopted {
+        tracing::info!(voice = %v.id, surface = surface.model(), "adopted a custom voice found upstream that herald had no record of");
+    }
+    adopted
+}
+
+/// The prefix / preferred name a voice was created with, read back from its id
+/// (`{model}-[vd-]{prefix}-{uuid}`, `qwen-tts-v[cd]-{name}-voice-{time}-{hex}`); empty when the
+/// id has another shape.
+fn requested_name_of(surface: Surface, id: &str, target_model: &str) -> String {
+    let name = match surface {
+        Surface::Enrollment => id
+            .strip_prefix(target_model)
+            .and_then(|r| r.strip_prefix('-'))
+            .map(|r| r.strip_prefix("vd-").unwrap_or(r))
+            .and_then(|r| r.split_once('-'))
+            .map(|(name, _)| name),
+        Surface::QwenClone | Surface::QwenDesign => id
+            .strip_prefix("qwen-tts-vc-")
+            .or_else(|| id.strip_prefix("qwen-tts-vd-"))
+            .and_then(|r| r.rsplit_once("-voice-"))
+            .map(|(name, _)| name),
+    };
+    name.unwrap_or_default().to_owned()
 }
 
 #[cfg(test)]
@@ -536,5 +634,76 @@ pub(super) mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn adopted_voices_get_their_kind_and_requested_name_from_the_id() {
+        let (m, dir) = manager(vec![]);
+        let listed = |id: &str, model: &str| UpstreamVoice {
+            id: id.to_owned(),
+            target_model: model.to_owned(),
+            status: VoiceStatus::Deploying,
+        };
+        let cases = [
+            (
+                Surface::Enrollment,
+                listed("cosyvoice-v3-flash-kiosk-0123abcd", "cosyvoice-v3-flash"),
+                VoiceKind::Clone,
+                "kiosk",
+            ),
+            (
+                Surface::Enrollment,
+                listed("cosyvoice-v3-flash-vd-calm-0123abcd", "cosyvoice-v3-flash"),
+                VoiceKind::Design,
+                "calm",
+            ),
+            (
+                Surface::QwenClone,
+                listed(
+                    "qwen-tts-vc-my_voice-voice-20261207-1a2b",
+                    "qwen3-tts-vc-2026-01-22",
+                ),
+                VoiceKind::Clone,
+                "my_voice",
+            ),
+            (
+                Surface::QwenDesign,
+                listed("qwen-tts-vd-x-voice-1-ff", "qwen3-tts-vd-2026-01-26"),
+                VoiceKind::Design,
+                "x",
+            ),
+            (
+                Surface::Enrollment,
+                listed("odd", "cosyvoice-v2"),
+                VoiceKind::Clone,
+                "",
+            ),
+        ];
+        for (surface, v, kind, name) in cases {
+            assert_eq!(Surface::of_id(&v.id), surface, "{}", v.id);
+            assert!(adopt(&m.registry, surface, &v), "{}", v.id);
+            assert!(!adopt(&m.registry, surface, &v), "once: {}", v.id);
+            let r = m.registry.get(&v.id).unwrap();
+            assert_eq!(
+                (r.kind, r.requested_name.as_str()),
+                (kind, name),
+                "{}",
+                v.id
+            );
+            assert_eq!((r.surface, r.status), (surface, VoiceStatus::Deploying));
+            assert_eq!(r.warning, ADOPTED_WARNING);
+        }
+        // Persisted; a tombstone is never adopted again.
+        let reopened = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert_eq!(reopened.live().len(), 5);
+        m.registry
+            .update("odd", |r| r.deleted_at_ms = Some(1))
+            .unwrap();
+        assert!(!adopt(
+            &m.registry,
+            Surface::Enrollment,
+            &listed("odd", "cosyvoice-v2")
+        ));
+        assert!(m.registry.get("odd").unwrap().deleted_at_ms.is_some());
     }
 }

@@ -2,6 +2,12 @@
 //! directory, rewritten atomically (temp file, fsync, rename, fsync of the directory) on every
 //! change, so a crash leaves the old or the new registry, never a torn one.
 //!
+//! A change the file cannot take (a full disk, a read-only directory) is kept in memory and
+//! reported to the caller, which decides what to tell the client: the next change that can be
+//! written writes it too, and a voice that exists upstream but is missing from the file is
+//! adopted again from upstream's listing (see the manager). Temporary files a crash left
+//! (`.voices.json.tmp-*`) are removed when the registry is opened.
+//!
 //! Deleted voices stay as tombstones (`deleted_at_ms`), so a Synthesize with a deleted voice is
 //! refused before any upstream call. The states of a record are enums stored as the strings the
 //! file has always held (`DEPLOYING`, `clone`, `voice-enrollment`, ...), so older registries
@@ -25,6 +31,9 @@ use crate::error::lock;
 
 /// File name of the registry inside its directory.
 pub const FILE_NAME: &str = "voices.json";
+
+/// Prefix of the temporary files a rewrite goes through (`.voices.json.tmp-<pid>-<random>`).
+pub const TMP_PREFIX: &str = ".voices.json.tmp-";
 
 /// One voice herald created.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -117,10 +126,12 @@ pub struct Registry {
 
 impl Registry {
     /// Load the registry of `dir` (an empty one if the file does not exist). A registry file
-    /// that cannot be parsed is moved aside (`voices.json.corrupt-<ms>`) and logged.
+    /// that cannot be parsed is moved aside (`voices.json.corrupt-<ms>`) and logged. Temporary
+    /// files of rewrites a crash interrupted are removed.
     pub fn open(dir: Option<PathBuf>) -> std::io::Result<Self> {
         let mut voices = BTreeMap::new();
         if let Some(d) = &dir {
+            remove_temporaries(d);
             let path = d.join(FILE_NAME);
             match std::fs::read(&path) {
                 Ok(bytes) => match serde_json::from_slice::<File>(&bytes) {
@@ -176,21 +187,27 @@ impl Registry {
             .collect()
     }
 
-    /// Insert or replace a record and persist.
+    /// Insert or replace a record and persist. `Err`: the file could not be written; the
+    /// record is kept in memory all the same (and written with the next change that can be).
     pub fn put(&self, record: Record) -> std::io::Result<()> {
         let mut map = self.lock();
-        let old = map.insert(record.name.clone(), record.clone());
-        if let Err(e) = self.persist(&map) {
-            match old {
-                Some(o) => map.insert(o.name.clone(), o),
-                None => map.remove(&record.name),
-            };
-            return Err(e);
-        }
-        Ok(())
+        map.insert(record.name.clone(), record);
+        self.persist(&map)
     }
 
-    /// Change a record in place and persist; `false` when there is none.
+    /// Insert `record` unless a record (live or tombstone) of that name exists; `Ok(false)`
+    /// when one does. `Err` as [`Registry::put`] (the record is kept in memory).
+    pub fn put_new(&self, record: Record) -> std::io::Result<bool> {
+        let mut map = self.lock();
+        if map.contains_key(&record.name) {
+            return Ok(false);
+        }
+        map.insert(record.name.clone(), record);
+        self.persist(&map).map(|()| true)
+    }
+
+    /// Change a record in place and persist; `false` when there is none. `Err` as
+    /// [`Registry::put`] (the change is kept in memory).
     pub fn update(&self, name: &str, f: impl FnOnce(&mut Record)) -> std::io::Result<bool> {
         let mut map = self.lock();
         let Some(r) = map.get_mut(name) else {
@@ -201,11 +218,7 @@ impl Registry {
         if *r == old {
             return Ok(true);
         }
-        if let Err(e) = self.persist(&map) {
-            map.insert(name.to_owned(), old);
-            return Err(e);
-        }
-        Ok(true)
+        self.persist(&map).map(|()| true)
     }
 
     fn persist(&self, map: &BTreeMap<String, Record>) -> std::io::Result<()> {
@@ -219,7 +232,7 @@ impl Registry {
         };
         let bytes = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
         let tmp = dir.join(format!(
-            ".{FILE_NAME}.tmp-{}-{}",
+            "{TMP_PREFIX}{}-{}",
             std::process::id(),
             rand::random::<u32>()
         ));
@@ -234,6 +247,28 @@ impl Registry {
             let _ = std::fs::remove_file(&tmp);
         }
         result
+    }
+}
+
+/// Remove the temporary files of rewrites a crash interrupted (kill -9 between the write and
+/// the rename). Failures are logged: they cost disk space, not correctness.
+fn remove_temporaries(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            continue;
+        }
+        let path = entry.path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => {
+                tracing::info!(path = %path.display(), "removed a temporary file of the voice registry left by an interrupted write");
+            }
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a temporary file of the voice registry");
+            }
+        }
     }
 }
 
@@ -328,5 +363,41 @@ mod tests {
         ] {
             assert!(text.contains(s), "{s} not in {text}");
         }
+    }
+
+    #[test]
+    fn a_change_the_file_cannot_take_is_kept_in_memory_and_written_with_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(Some(dir.path().to_owned())).unwrap();
+        r.put(record("a")).unwrap();
+        let file = dir.path().join(FILE_NAME);
+        std::fs::remove_file(&file).unwrap();
+        std::fs::create_dir(&file).unwrap();
+        assert!(r.put(record("b")).is_err());
+        assert!(r.update("a", |x| x.status = VoiceStatus::Ready).is_err());
+        assert!(r.get("b").is_some(), "kept in memory");
+        assert_eq!(r.get("a").unwrap().status, VoiceStatus::Ready);
+        std::fs::remove_dir(&file).unwrap();
+        assert!(!r.put_new(record("b")).unwrap(), "b is known");
+        r.update("a", |x| x.warning = "w".to_owned()).unwrap();
+        let again = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert_eq!(again.live().len(), 2, "both written with the next change");
+    }
+
+    #[test]
+    fn temporary_files_left_by_a_crash_are_removed_when_opened() {
+        let dir = tempfile::tempdir().unwrap();
+        Registry::open(Some(dir.path().to_owned()))
+            .unwrap()
+            .put(record("a"))
+            .unwrap();
+        let tmp = dir.path().join(format!("{TMP_PREFIX}1-2"));
+        std::fs::write(&tmp, b"{torn").unwrap();
+        let other = dir.path().join("notes.txt");
+        std::fs::write(&other, b"mine").unwrap();
+        let r = Registry::open(Some(dir.path().to_owned())).unwrap();
+        assert!(!tmp.exists());
+        assert!(other.exists(), "only the registry's temporary files");
+        assert!(r.get("a").is_some());
     }
 }

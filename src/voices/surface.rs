@@ -74,6 +74,18 @@ impl Surface {
         Self::ALL.into_iter().find(|x| x.model() == s)
     }
 
+    /// The surface an upstream voice id belongs to, by its shape: `qwen-tts-vc-…` and
+    /// `qwen-tts-vd-…` are Qwen's, anything else `voice-enrollment`'s.
+    pub fn of_id(id: &str) -> Self {
+        if id.starts_with("qwen-tts-vc-") {
+            Self::QwenClone
+        } else if id.starts_with("qwen-tts-vd-") {
+            Self::QwenDesign
+        } else {
+            Self::Enrollment
+        }
+    }
+
     /// The surface that makes `kind` voices for `target_model`, or INVALID_ARGUMENT listing
     /// the models that can.
     pub fn route(target_model: &str, kind: VoiceKind) -> Result<Self, Error> {

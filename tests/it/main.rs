@@ -35,4 +35,5 @@ mod synthesize_grpc;
 mod systemd;
 mod voices_double;
 mod voices_grpc;
+mod voices_recovery;
 mod wyoming;

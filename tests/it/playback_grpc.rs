@@ -284,3 +284,138 @@ async fn speak_keeps_speaking_through_an_upstream_outage() {
     assert!(ms(third.len()) > 500.0, "{} ms", ms(third.len()));
     assert!(voiced_fraction(third, RATE) > 0.3, "speech was played");
 }
+
+/// Issue 23 item 6: a device holds at most `playback.max_queued` announcements (queued and
+/// playing); more are refused with RESOURCE_EXHAUSTED naming the setting. One whose client
+/// hung up still counts, and still plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_speak_queue_of_a_device_is_bounded() {
+    let s = setup("max_queued = 3\n").await;
+    let mut client = s.daemon.client().await;
+    let mut a = client
+        .speak(speak_request(
+            "a",
+            // 3.1 s: it is still playing when the refused calls come, even on a loaded machine.
+            "@440Hz first, and long enough to be playing still when the last calls come in",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until_started(&mut a).await;
+    let mut b = client
+        .speak(speak_request("b", "@550Hz second", pb::Priority::Message))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut c = client
+        .speak(speak_request(
+            "c",
+            "@660Hz third, left",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        c.message().await.unwrap().unwrap().event,
+        Some(E::Queued(_))
+    ));
+    drop(c);
+    for priority in [pb::Priority::Message, pb::Priority::Important] {
+        let status = client
+            .speak(speak_request("d", "@770Hz one too many", priority))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(
+            status.message().starts_with("playback.max_queued:")
+                && status.message().contains("3 announcements"),
+            "{}",
+            status.message()
+        );
+    }
+    for stream in [&mut a, &mut b] {
+        assert!(matches!(
+            speak_events(stream).await.last(),
+            Some(E::Finished(_))
+        ));
+    }
+    // "c" plays with nobody listening; once it is done there is room again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut e = loop {
+        match client
+            .speak(speak_request(
+                "e",
+                "@880Hz room again",
+                pb::Priority::Message,
+            ))
+            .await
+        {
+            Ok(stream) => break stream.into_inner(),
+            Err(status) => {
+                assert_eq!(status.code(), Code::ResourceExhausted);
+                assert!(tokio::time::Instant::now() < deadline, "never room again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(matches!(
+        speak_events(&mut e).await.last(),
+        Some(E::Finished(_))
+    ));
+    let x = played(&s.wav);
+    let seg = segments(&x, RATE, 5);
+    let tones: Vec<f64> = seg
+        .iter()
+        .map(|&(start, len)| peak_frequency(&x[start..start + len], RATE).round())
+        .collect();
+    assert_eq!(tones, [440.0, 550.0, 660.0, 880.0], "{seg:?}");
+    s.daemon.stop().await.unwrap();
+}
+
+/// Issue 23 item 10: an announcement queued on an idle device whose expiry passes while its
+/// synthesis has not delivered enough to start (upstream is slow to answer) is EXPIRED, and
+/// nothing of it plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announcement_that_cannot_start_before_its_expiry_on_an_idle_device_expires() {
+    let s = setup("").await;
+    let double = s.double.as_ref().unwrap();
+    double.push_fault(dashscope::Fault::once(
+        dashscope::FaultKind::SlowFirstByte {
+            delay: Duration::from_secs(2),
+        },
+    ));
+    let mut client = s.daemon.client().await;
+    let mut req = speak_request(
+        "late",
+        "@440Hz stale by the time it could start",
+        pb::Priority::Message,
+    );
+    req.expires_after_ms = 500;
+    let mut late = client.speak(req).await.unwrap().into_inner();
+    let ev = speak_events(&mut late).await;
+    assert!(
+        matches!(ev.as_slice(), [E::Queued(_), E::Expired(_)]),
+        "{ev:?}"
+    );
+    // The device goes on with the next one.
+    let mut next = client
+        .speak(speak_request(
+            "next",
+            "@660Hz on time",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        speak_events(&mut next).await.last(),
+        Some(E::Finished(_))
+    ));
+    let x = played(&s.wav);
+    let seg = segments(&x, RATE, 5);
+    assert_eq!(seg.len(), 1, "only the next one played: {seg:?}");
+    assert!((peak_frequency(&x[seg[0].0..seg[0].0 + seg[0].1], RATE) - 660.0).abs() < 3.0);
+    s.daemon.stop().await.unwrap();
+}

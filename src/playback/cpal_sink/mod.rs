@@ -14,7 +14,8 @@
 //! - an interruption ([`Sink::discard`]) stores the producer's write position, and the callback
 //!   throws away everything before it the next time it runs;
 //! - a stream error is stored as a code, and the next `write` or `drain` fails with it (and
-//!   closes the broken stream), so herald fails the announcement and reopens the device.
+//!   closes the broken stream), so herald reopens the device and replays or continues the
+//!   announcement there (see `playback`'s module docs).
 //!
 //! Since the callback cannot wake the producer without a lock, a full ring is waited out with
 //! `tokio::time::sleep` sized to the time the device needs to make the missing room.
@@ -631,6 +632,10 @@ impl Sink for CpalSink {
 
     fn underruns(&self) -> u64 {
         self.counters.underruns.load(Ordering::Relaxed)
+    }
+
+    async fn close(&mut self) {
+        self.release().await;
     }
 }
 

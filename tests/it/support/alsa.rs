@@ -267,6 +267,12 @@ pcm.paced {{
         }
     }
 
+    /// The FIFO the device writes into (its reader holds it open: renaming it away and back
+    /// makes the device impossible to open meanwhile, and then as good as before).
+    pub fn fifo(&self) -> std::path::PathBuf {
+        self.dir.path().join("paced.fifo")
+    }
+
     /// The `HOME` (holding the `.asoundrc`) for the process that plays.
     pub fn home(&self) -> &Path {
         self.dir.path()

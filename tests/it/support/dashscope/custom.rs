@@ -739,6 +739,11 @@ pub(super) async fn customization(State(inner): State<Arc<Inner>>, incoming: Inc
         ended_at: Some(Instant::now()),
         ..incoming.log_entry()
     });
+    // `SlowFirstByte`: the call took effect (a create stored its voice), and the answer comes
+    // only after the delay (a client can be killed while it waits).
+    if let Some(FaultKind::SlowFirstByte { delay }) = &fault {
+        tokio::time::sleep(*delay).await;
+    }
     // `DropAfter`: the call took effect (a create stored its voice), but the connection is cut
     // before the answer's body: the client never learns the result.
     let body = if matches!(fault, Some(FaultKind::DropAfter { .. })) {
