@@ -74,6 +74,12 @@ async fn checked_engines(
     if let Some(settings) = &config.espeak {
         engines.push(Arc::new(Espeak::new(settings.clone()).await?));
     }
+    #[cfg(feature = "piper")]
+    if let Some(settings) = &config.piper {
+        engines.push(Arc::new(
+            crate::engine::piper::Piper::new(settings.clone()).await,
+        ));
+    }
     let mut upstream = None;
     if let Some(settings) = &config.dashscope {
         let client = dashscope::Client::new(settings.clone())?;

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub synthesis: SynthesisSection,
     /// The local espeak-ng engine.
     pub espeak: EspeakSection,
+    /// The local piper engine (neural voices through ONNX Runtime).
+    pub piper: PiperSection,
     /// Alibaba Cloud Model Studio (DashScope).
     pub dashscope: DashscopeSection,
     /// Local playback (`Speak`).
@@ -159,15 +161,19 @@ impl Default for CacheSection {
 pub struct FallbackSection {
     /// Tried in order when the requested engine fails with UNAVAILABLE, RESOURCE_EXHAUSTED or
     /// DEADLINE_EXCEEDED before any audio was sent: "cache" (the same text in any voice), a
-    /// model ("espeak-ng"), or "MODEL/VOICE". Empty = no fallback. Default
-    /// `["cache", "espeak-ng"]`.
+    /// model ("piper", "espeak-ng": a voice for the request's language), or "MODEL/VOICE".
+    /// Empty = no fallback. Default `["cache", "piper", "espeak-ng"]`.
     pub chain: Vec<String>,
 }
 
 impl Default for FallbackSection {
     fn default() -> Self {
         Self {
-            chain: vec!["cache".to_owned(), crate::engine::espeak::MODEL.to_owned()],
+            chain: vec![
+                "cache".to_owned(),
+                "piper".to_owned(),
+                crate::engine::espeak::MODEL.to_owned(),
+            ],
         }
     }
 }
@@ -310,6 +316,45 @@ impl Default for EspeakSection {
             binary: d.binary.display().to_string(),
             default_voice: d.default_voice,
             timeout_ms: millis(d.timeout),
+        }
+    }
+}
+
+/// `[piper]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiperSection {
+    /// Whether the piper engine is offered (model "piper"). Default true. Builds without the
+    /// `piper` feature ignore the section.
+    pub enabled: bool,
+    /// Directories holding Piper voices (`NAME.onnx` + `NAME.onnx.json`), searched in order.
+    /// Empty = `$STATE_DIRECTORY/piper-voices` (else `$XDG_STATE_HOME/herald/piper-voices` or
+    /// `~/.local/state/herald/piper-voices`), `$XDG_DATA_HOME/herald/piper-voices` (else
+    /// `~/.local/share/herald/piper-voices`), `/usr/local/share/piper-voices`,
+    /// `/usr/share/piper-voices`.
+    pub voices: Vec<String>,
+    /// The ONNX Runtime shared library (`libonnxruntime.so`, 1.17 or newer). Empty = the
+    /// `ORT_DYLIB_PATH` environment variable, else the system's library directories, else the
+    /// dynamic loader's search path.
+    pub onnxruntime: String,
+    /// Voice used when a request names none. Empty = the first voice by name.
+    pub default_voice: String,
+    /// Sentences synthesized at once across all requests (the inference pool). Default 2,
+    /// range 1..=64.
+    pub max_concurrent: u32,
+    /// ONNX Runtime threads per inference. 0 = one per core (default), range 0..=256.
+    pub threads: u32,
+}
+
+impl Default for PiperSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            voices: Vec::new(),
+            onnxruntime: String::new(),
+            default_voice: String::new(),
+            max_concurrent: 2,
+            threads: 0,
         }
     }
 }

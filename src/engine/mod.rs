@@ -15,6 +15,8 @@
 pub mod dashscope;
 mod error;
 pub mod espeak;
+#[cfg(feature = "piper")]
+pub mod piper;
 
 pub use self::error::EngineError;
 
@@ -62,6 +64,9 @@ pub struct SynthesisRequest {
     /// The rate the pipeline will output, in Hz: engines that can produce several rates pick
     /// the one that makes the pipeline's work cheapest and exact (ideally this one).
     pub output_sample_rate: u32,
+    /// Speaker of a multi-speaker voice (piper: a name of the voice's speaker map, or its
+    /// number), if the client named one.
+    pub speaker: Option<String>,
     /// When the client stops waiting, if it set a deadline: engines never retry past it.
     pub deadline: Option<tokio::time::Instant>,
 }

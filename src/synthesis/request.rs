@@ -81,6 +81,8 @@ pub struct Request {
     pub optimize_instructions: bool,
     /// Report word timings.
     pub word_timestamps: bool,
+    /// Speaker of a multi-speaker voice ("" = the voice's default).
+    pub speaker: String,
 }
 
 impl Default for Request {
@@ -105,6 +107,7 @@ impl Default for Request {
             replacements: HashMap::new(),
             optimize_instructions: false,
             word_timestamps: false,
+            speaker: String::new(),
         }
     }
 }
@@ -241,6 +244,7 @@ impl Core {
             replacements,
             optimize_instructions: req.optimize_instructions,
             word_timestamps: req.word_timestamps,
+            speaker: Some(req.speaker).filter(|s| !s.trim().is_empty()),
             output_sample_rate: output.spec.sample_rate,
             deadline: None,
         };

@@ -191,6 +191,9 @@ impl Synthesizer for Espeak {
         if req.word_timestamps {
             return refuse("word_timestamps");
         }
+        if req.speaker.is_some() {
+            return refuse("speaker");
+        }
         Ok(())
     }
 
