@@ -15,6 +15,7 @@
 pub mod dashscope;
 mod error;
 pub mod espeak;
+pub mod language;
 #[cfg(feature = "piper")]
 pub mod piper;
 
