@@ -172,9 +172,15 @@ mod tests {
     #[test]
     fn resolution_never_takes_a_bilingual_voices_first_language() {
         let zh_en = ["zh".to_owned(), "en".to_owned()];
-        assert_eq!(resolve(None, &zh_en, "Good morning.").as_deref(), Some("en"));
+        assert_eq!(
+            resolve(None, &zh_en, "Good morning.").as_deref(),
+            Some("en")
+        );
         assert_eq!(resolve(None, &zh_en, "早上好").as_deref(), Some("zh"));
-        assert_eq!(resolve(Some("de-DE"), &zh_en, "Guten Morgen").as_deref(), Some("de-de"));
+        assert_eq!(
+            resolve(Some("de-DE"), &zh_en, "Guten Morgen").as_deref(),
+            Some("de-de")
+        );
         let de = ["de".to_owned()];
         assert_eq!(resolve(None, &de, "Guten Morgen").as_deref(), Some("de"));
         assert_eq!(resolve(None, &[], "Good morning").as_deref(), Some("en"));

@@ -120,7 +120,7 @@ impl Piper {
             let runtime = if voices.is_empty() {
                 Err(NO_VOICE.to_owned())
             } else {
-                Runtime::load(explicit.as_deref()).map(Arc::new)
+                Runtime::shared(explicit.as_deref())
             };
             (voices, runtime)
         })

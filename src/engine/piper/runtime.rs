@@ -6,7 +6,10 @@
 //! locations (Debian's `libonnxruntime` package, `/usr/local/lib`), else the dynamic loader's
 //! own search path. It must not be called from a tokio worker: loading and inference block.
 
-use std::path::{Path, PathBuf};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use ort::{
     session::{Session, builder::GraphOptimizationLevel},
@@ -69,9 +72,31 @@ impl std::fmt::Debug for Runtime {
 }
 
 impl Runtime {
+    /// The process's runtime: ONNX Runtime allows one environment per process, and a loaded
+    /// library cannot be swapped, so the first successful load serves every later engine (a
+    /// daemon builds its engines once; tests build many). Blocking.
+    pub fn shared(explicit: Option<&Path>) -> Result<Arc<Self>, String> {
+        static SHARED: std::sync::Mutex<Option<Arc<Runtime>>> = std::sync::Mutex::new(None);
+        let mut shared = SHARED
+            .lock()
+            .map_err(|_| "a runtime load panicked".to_owned())?;
+        if let Some(rt) = shared.as_ref() {
+            if explicit.is_some_and(|p| p != rt.library) {
+                tracing::warn!(
+                    loaded = %rt.library.display(),
+                    "ONNX Runtime is already loaded in this process; the configured library is not used"
+                );
+            }
+            return Ok(Arc::clone(rt));
+        }
+        let rt = Arc::new(Self::load(explicit)?);
+        *shared = Some(Arc::clone(&rt));
+        Ok(rt)
+    }
+
     /// Loads the first candidate that is an ONNX Runtime `ort` can use. `Err` lists what was
     /// tried and why each failed. Blocking.
-    pub fn load(explicit: Option<&Path>) -> Result<Self, String> {
+    fn load(explicit: Option<&Path>) -> Result<Self, String> {
         let mut failures = Vec::new();
         for candidate in candidates(explicit) {
             match ort::init_from(&candidate) {
