@@ -344,6 +344,9 @@ pub struct PiperSection {
     pub max_concurrent: u32,
     /// ONNX Runtime threads per inference. 0 = one per core (default), range 0..=256.
     pub threads: u32,
+    /// Load the default voice's model at start, in the background (about 200 MB resident),
+    /// so that its first request does not wait for it. Default true.
+    pub preload: bool,
 }
 
 impl Default for PiperSection {
@@ -355,6 +358,7 @@ impl Default for PiperSection {
             default_voice: String::new(),
             max_concurrent: 2,
             threads: 0,
+            preload: true,
         }
     }
 }

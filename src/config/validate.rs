@@ -452,6 +452,7 @@ fn validate_piper(
         default_voice: non_empty(&p.default_voice),
         max_concurrent,
         threads,
+        preload: p.preload,
     }))
 }
 

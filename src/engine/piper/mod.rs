@@ -60,6 +60,9 @@ pub struct PiperConfig {
     pub max_concurrent: usize,
     /// ONNX Runtime intra-op threads per inference (0 = its default: one per core).
     pub threads: usize,
+    /// Load the default voice's model at start (in the background) instead of on its first
+    /// request.
+    pub preload: bool,
 }
 
 impl Default for PiperConfig {
@@ -72,6 +75,7 @@ impl Default for PiperConfig {
             default_voice: None,
             max_concurrent: 2,
             threads: 0,
+            preload: true,
         }
     }
 }
@@ -160,44 +164,40 @@ impl Piper {
             tracing::info!(library = %rt.library.display(), voices = names.len(), "piper ready");
         }
         let pool = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-        Self {
+        let engine = Self {
             config,
             runtime,
             slots,
             names,
             pool,
+        };
+        // The default voice's model loads in the background, so that the first request (a
+        // fallback when the cloud goes down, say) does not wait for it.
+        if engine.config.preload
+            && let Ok(rt) = &engine.runtime
+            && let Some(slot) = engine.slots.get(&engine.default_voice(MODEL))
+        {
+            let (rt, slot, threads) = (Arc::clone(rt), Arc::clone(slot), engine.config.threads);
+            tokio::spawn(async move {
+                let name = slot.voice.name.clone();
+                match load_model(rt, slot, threads).await {
+                    Ok(_) => tracing::debug!(voice = %name, "piper voice preloaded"),
+                    Err(e) => tracing::warn!(voice = %name, error = %e, "piper voice did not load"),
+                }
+            });
         }
+        engine
     }
 
     /// The voice's model, loading it on first use (once, shared by concurrent first requests).
     async fn model(&self, slot: &Arc<Slot>) -> Result<Arc<runtime::Model>, EngineError> {
-        let runtime = match &self.runtime {
-            Ok(rt) => Arc::clone(rt),
-            Err(reason) => {
-                return Err(EngineError::Unavailable {
-                    engine: NAME,
-                    reason: reason.clone(),
-                });
-            }
-        };
-        let threads = self.config.threads;
-        slot.model
-            .get_or_try_init(|| {
-                let path = slot.voice.model.clone();
-                async move {
-                    tokio::task::spawn_blocking(move || runtime.session(&path, threads))
-                        .await
-                        .map_err(|e| e.to_string())
-                        .and_then(|r| r)
-                        .map(Arc::new)
-                        .map_err(|reason| EngineError::Failed {
-                            engine: NAME,
-                            reason,
-                        })
-                }
-            })
-            .await
-            .cloned()
+        match &self.runtime {
+            Ok(rt) => load_model(Arc::clone(rt), Arc::clone(slot), self.config.threads).await,
+            Err(reason) => Err(EngineError::Unavailable {
+                engine: NAME,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// Why a request for `voice` cannot be served.
@@ -245,6 +245,31 @@ impl Piper {
             ))),
         }
     }
+}
+
+/// `slot`'s model, loaded once on the blocking pool (concurrent callers share the load).
+async fn load_model(
+    runtime: Arc<Runtime>,
+    slot: Arc<Slot>,
+    threads: usize,
+) -> Result<Arc<runtime::Model>, EngineError> {
+    slot.model
+        .get_or_try_init(|| {
+            let path = slot.voice.model.clone();
+            async move {
+                tokio::task::spawn_blocking(move || runtime.session(&path, threads))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r)
+                    .map(Arc::new)
+                    .map_err(|reason| EngineError::Failed {
+                        engine: NAME,
+                        reason,
+                    })
+            }
+        })
+        .await
+        .cloned()
 }
 
 /// Whether `voice` speaks `language` (a BCP-47 tag; the primary subtags must match, and the
