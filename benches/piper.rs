@@ -191,7 +191,7 @@ async fn herald_once(client: &mut SpeechClient<Channel>, text: &str) -> Sample {
 
 /// One run of piper-tts's command on `text`.
 fn piper_tts_once(piper: &Path, model: &Path, text: &str) -> Sample {
-    let start = std::time::Instant::now();
+    let start = Instant::now();
     let mut child = Command::new(piper)
         .arg("-m")
         .arg(model)

@@ -172,7 +172,7 @@ async fn first_audio_arrives_after_the_first_sentence_not_the_whole_text() {
         .expect("warm up");
 
     let sentence = "This sentence is one of several that make a long text for the voice.";
-    let text = vec![sentence; 6].join(" ");
+    let text = [sentence; 6].join(" ");
     let start = Instant::now();
     let mut stream = client
         .synthesize(piper_request(&text, Encoding::PcmS16le, 0))
