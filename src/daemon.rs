@@ -112,6 +112,9 @@ impl Daemon {
     /// ([`preflight`]), then open the voice registry and the cache.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
         let (engines, upstream) = checked_engines(config).await?;
+        for engine in engines.all() {
+            engine.serving();
+        }
         if let TcpAuth::InsecureLoopbackOnly = config.tcp_auth {
             tracing::warn!(
                 "--insecure-no-auth (server.insecure_no_auth): loopback TCP listeners are served \

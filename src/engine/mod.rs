@@ -184,6 +184,10 @@ pub trait Synthesizer: Send + Sync + 'static {
         }
     }
 
+    /// The daemon is about to serve with this engine (not called by `check-config`): a chance
+    /// to warm up in the background (piper loads its default voice's model). Must not block.
+    fn serving(&self) {}
+
     /// Start synthesis. Resolves once the engine has accepted the request, so request errors
     /// surface before any audio; then yields audio in order and finally `Finished`.
     async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError>;

@@ -164,29 +164,13 @@ impl Piper {
             tracing::info!(library = %rt.library.display(), voices = names.len(), "piper ready");
         }
         let pool = Arc::new(Semaphore::new(config.max_concurrent.max(1)));
-        let engine = Self {
+        Self {
             config,
             runtime,
             slots,
             names,
             pool,
-        };
-        // The default voice's model loads in the background, so that the first request (a
-        // fallback when the cloud goes down, say) does not wait for it.
-        if engine.config.preload
-            && let Ok(rt) = &engine.runtime
-            && let Some(slot) = engine.slots.get(&engine.default_voice(MODEL))
-        {
-            let (rt, slot, threads) = (Arc::clone(rt), Arc::clone(slot), engine.config.threads);
-            tokio::spawn(async move {
-                let name = slot.voice.name.clone();
-                match load_model(rt, slot, threads).await {
-                    Ok(_) => tracing::debug!(voice = %name, "piper voice preloaded"),
-                    Err(e) => tracing::warn!(voice = %name, error = %e, "piper voice did not load"),
-                }
-            });
         }
-        engine
     }
 
     /// The voice's model, loading it on first use (once, shared by concurrent first requests).
@@ -335,6 +319,26 @@ impl Synthesizer for Piper {
         self.slots
             .get(voice)
             .map_or(22_050, |s| s.voice.sample_rate)
+    }
+
+    /// The default voice's model loads in the background (`piper.preload`), so that the first
+    /// request (a fallback when the cloud goes down, say) does not wait for it.
+    fn serving(&self) {
+        if !self.config.preload {
+            return;
+        }
+        let (Ok(rt), Some(slot)) = (&self.runtime, self.slots.get(&self.default_voice(MODEL)))
+        else {
+            return;
+        };
+        let (rt, slot, threads) = (Arc::clone(rt), Arc::clone(slot), self.config.threads);
+        tokio::spawn(async move {
+            let name = slot.voice.name.clone();
+            match load_model(rt, slot, threads).await {
+                Ok(_) => tracing::debug!(voice = %name, "piper voice preloaded"),
+                Err(e) => tracing::warn!(voice = %name, error = %e, "piper voice did not load"),
+            }
+        });
     }
 
     fn check_voice(&self, model: &str, voice: &str) -> Result<(), Refused> {
