@@ -16,6 +16,7 @@
 
 use std::{path::Path, process::Stdio, time::Duration};
 
+use futures::{StreamExt, TryStreamExt};
 use tokio::{io::AsyncWriteExt, process::Command, time::timeout};
 use unicode_normalization::UnicodeNormalization;
 
@@ -28,6 +29,13 @@ pub const PAD: &str = "_";
 pub const BOS: &str = "^";
 /// End of sentence.
 pub const EOS: &str = "$";
+
+/// espeak-ng processes running at once for one sentence.
+const PHONEMIZE_AT_ONCE: usize = 4;
+
+/// The longest text one inference gets, in characters: a longer sentence is cut at its clauses,
+/// and a longer clause at spaces (Piper would run it whole; the model's memory grows with it).
+const MAX_SENTENCE_CHARS: usize = 400;
 
 /// How long one espeak-ng phonemization may take.
 const ESPEAK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -131,6 +139,54 @@ pub fn sentences(text: &str) -> Vec<Sentence> {
     if !sentence.is_empty() {
         out.push(sentence);
     }
+    out.into_iter().flat_map(bound).collect()
+}
+
+/// `sentence` as sentences of at most [`MAX_SENTENCE_CHARS`] characters each: cut between
+/// clauses, and a clause longer than that at spaces (the pieces but the last have no
+/// terminator).
+fn bound(sentence: Sentence) -> Vec<Sentence> {
+    let mut clauses = Vec::new();
+    for clause in sentence {
+        if clause.text.chars().count() <= MAX_SENTENCE_CHARS {
+            clauses.push(clause);
+            continue;
+        }
+        let mut piece = String::new();
+        for word in clause.text.split(' ') {
+            if !piece.is_empty()
+                && piece.chars().count() + 1 + word.chars().count() > MAX_SENTENCE_CHARS
+            {
+                clauses.push(Clause {
+                    text: std::mem::take(&mut piece),
+                    terminator: None,
+                });
+            }
+            if !piece.is_empty() {
+                piece.push(' ');
+            }
+            piece.push_str(word);
+        }
+        clauses.push(Clause {
+            text: piece,
+            terminator: clause.terminator,
+        });
+    }
+    let mut out = Vec::new();
+    let mut current: Sentence = Vec::new();
+    let mut chars = 0;
+    for clause in clauses {
+        let n = clause.text.chars().count();
+        if !current.is_empty() && chars + n > MAX_SENTENCE_CHARS {
+            out.push(std::mem::take(&mut current));
+            chars = 0;
+        }
+        chars += n;
+        current.push(clause);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
     out
 }
 
@@ -141,10 +197,22 @@ pub async fn phonemize(
     espeak_voice: &str,
     sentence: &Sentence,
 ) -> Result<String, EngineError> {
-    let runs = sentence
+    // A few espeak-ng processes at once, however many clauses the sentence has.
+    let runs: Vec<_> = sentence
         .iter()
-        .map(|clause| ipa(binary, espeak_voice, &clause.text));
-    let ipas = futures::future::try_join_all(runs).await?;
+        .map(|clause| {
+            let (binary, voice, text) = (
+                binary.to_owned(),
+                espeak_voice.to_owned(),
+                clause.text.clone(),
+            );
+            async move { ipa(&binary, &voice, &text).await }
+        })
+        .collect();
+    let ipas: Vec<String> = futures::stream::iter(runs)
+        .buffered(PHONEMIZE_AT_ONCE)
+        .try_collect()
+        .await?;
     let mut out = String::new();
     for (clause, ipa) in sentence.iter().zip(ipas) {
         out.push_str(&ipa);
@@ -293,6 +361,30 @@ mod tests {
                 vec![clause("世界", Some(',')), clause("好", None)]
             ]
         );
+    }
+
+    #[test]
+    fn long_sentences_are_cut_at_clauses_then_spaces() {
+        let clause_text = "word ".repeat(60); // 300 characters
+        let text = format!("{clause_text}, {clause_text}.");
+        let got = sentences(&text);
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0][0].terminator, Some(','));
+        assert_eq!(got[1][0].terminator, Some('.'));
+        let long = "word ".repeat(200); // 1000 characters, no punctuation
+        let got = sentences(&long);
+        assert_eq!(got.len(), 3);
+        assert!(
+            got.iter()
+                .all(|s| s.iter().map(|c| c.text.chars().count()).sum::<usize>()
+                    <= MAX_SENTENCE_CHARS)
+        );
+        let words: usize = got
+            .iter()
+            .flatten()
+            .map(|c| c.text.split(' ').count())
+            .sum();
+        assert_eq!(words, 200, "no word lost");
     }
 
     #[test]
