@@ -74,6 +74,12 @@ async fn checked_engines(
     if let Some(settings) = &config.espeak {
         engines.push(Arc::new(Espeak::new(settings.clone()).await?));
     }
+    #[cfg(feature = "piper")]
+    if let Some(settings) = &config.piper {
+        engines.push(Arc::new(
+            crate::engine::piper::Piper::new(settings.clone()).await,
+        ));
+    }
     let mut upstream = None;
     if let Some(settings) = &config.dashscope {
         let client = dashscope::Client::new(settings.clone())?;
@@ -106,6 +112,9 @@ impl Daemon {
     /// ([`preflight`]), then open the voice registry and the cache.
     pub async fn from_config(config: &Config) -> Result<Self, StartError> {
         let (engines, upstream) = checked_engines(config).await?;
+        for engine in engines.all() {
+            engine.serving();
+        }
         if let TcpAuth::InsecureLoopbackOnly = config.tcp_auth {
             tracing::warn!(
                 "--insecure-no-auth (server.insecure_no_auth): loopback TCP listeners are served \

@@ -11,10 +11,13 @@
 //!    failed before any audio with a status a retry elsewhere can fix (UNAVAILABLE,
 //!    RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED), or sent no audio within its budget ([`fallback_at`]:
 //!    `fallback.first_audio_budget_ms`, or half the time left before the deadline, whichever is
-//!    first; a hung upstream must not mean silence): `cache` (the same text in any voice), then
-//!    models such as `espeak-ng` (the voice matching the request's language, options it cannot
-//!    honour dropped). A fallback that opens drops the engine's attempt and its upstream
-//!    request.
+//!    first; a hung upstream must not mean silence): `cache` (the same text in another voice of
+//!    the same language), then models such as `piper` and `espeak-ng` (a voice of the request's
+//!    language, options it cannot honour dropped; a model with no voice for it is skipped,
+//!    except the chain's last). The language is the request's `language`, else its voice's (for
+//!    a voice of several languages, the one the text's script is written in), else the text's
+//!    script's (`crate::engine::language`). A fallback that opens drops the engine's attempt and
+//!    its upstream request.
 //!
 //! A failure is "before any audio" because [`Provider::open`] waits for the first event of the
 //! stream: an error there has sent nothing to the client yet. The provider must not run the
@@ -26,7 +29,9 @@ use tokio::time::Instant;
 
 use crate::{
     cache::{self, Cache, store::EntryStatus},
-    engine::{EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer},
+    engine::{
+        EngineError, Engines, SynthEvent, SynthStream, SynthesisRequest, Synthesizer, language,
+    },
     error::chain,
 };
 use futures::StreamExt;
@@ -255,7 +260,16 @@ impl Provider {
         options: Options,
         reason: String,
     ) -> Option<Opened> {
-        for step in &self.fallback {
+        let language = language::resolve(
+            request.language.as_deref(),
+            &language::voice_languages(engine.as_ref(), &request.model, &request.voice),
+            &request.text,
+        );
+        let last_model = self
+            .fallback
+            .iter()
+            .rposition(|s| matches!(s, FallbackStep::Model { .. }));
+        for (index, step) in self.fallback.iter().enumerate() {
             match step {
                 FallbackStep::Cache => {
                     // BYPASS means the cache is not read, not even as a fallback.
@@ -266,7 +280,13 @@ impl Provider {
                     else {
                         continue;
                     };
-                    if let Some((_, entry)) = cache.find_any_voice(&request.text).await {
+                    let same_language = |meta: &cache::entry::EntryMeta| {
+                        self.entry_speaks(meta, &request.text, language.as_deref())
+                    };
+                    if let Some((_, entry)) = cache
+                        .find_any_voice_where(&request.text, same_language)
+                        .await
+                    {
                         let served = Served {
                             engine: entry.meta.engine.clone(),
                             model: entry.meta.model.clone(),
@@ -285,7 +305,10 @@ impl Provider {
                     let Some(alt) = self.engines.for_model(model) else {
                         continue;
                     };
-                    let Some(alt_request) = self.adapt(request, engine, alt, model, voice) else {
+                    let last = last_model == Some(index);
+                    let Some(alt_request) =
+                        self.adapt(request, alt, model, voice, language.as_deref(), last)
+                    else {
                         continue;
                     };
                     if alt.name() == engine.name()
@@ -319,36 +342,25 @@ impl Provider {
     }
 
     /// `request` rewritten for the fallback model `model` on `alt`: the step's voice, else one
-    /// matching the request's language (or the original voice's), else the model's default;
-    /// options the model cannot honour are dropped. `None` when it still cannot take it.
+    /// speaking `language` (none: the step is skipped, unless it is the chain's `last` model,
+    /// which then takes its default voice); options the model cannot honour are dropped.
+    /// `None` when it still cannot take it.
     fn adapt(
         &self,
         request: &SynthesisRequest,
-        primary: &Arc<dyn Synthesizer>,
         alt: &Arc<dyn Synthesizer>,
         model: &str,
         voice: &Option<String>,
+        language: Option<&str>,
+        last: bool,
     ) -> Option<SynthesisRequest> {
         let voice = match voice {
             Some(v) => v.clone(),
-            None => {
-                let language = request.language.clone().or_else(|| {
-                    primary
-                        .voices()
-                        .into_iter()
-                        .find(|v| v.model == request.model && v.name == request.voice)
-                        .and_then(|v| v.languages.into_iter().next())
-                });
-                language
-                    .and_then(|l| {
-                        let l = l.to_ascii_lowercase();
-                        let primary_tag = l.split(['-', '_']).next().unwrap_or(&l).to_owned();
-                        [l, primary_tag]
-                            .into_iter()
-                            .find(|v| alt.check_voice(model, v).is_ok())
-                    })
-                    .unwrap_or_else(|| alt.default_voice(model))
-            }
+            None => match language.and_then(|l| language::voice_for(alt.as_ref(), model, l)) {
+                Some(v) => v,
+                None if language.is_none() || last => alt.default_voice(model),
+                None => return None,
+            },
         };
         alt.check_voice(model, &voice).ok()?;
         let mut out = SynthesisRequest {
@@ -365,9 +377,31 @@ impl Provider {
         if alt.check_request(&out).is_err() {
             out.word_timestamps = false;
             out.language = None;
+            out.pitch = 1.0;
+            out.speaker = None;
         }
         alt.check_request(&out).ok()?;
         Some(out)
+    }
+
+    /// Whether the cached rendering `meta` of `text` is in `language` (any, when `None`): the
+    /// language its voice gives the text, by the rules of [`language::resolve`].
+    fn entry_speaks(
+        &self,
+        meta: &cache::entry::EntryMeta,
+        text: &str,
+        language: Option<&str>,
+    ) -> bool {
+        let Some(wanted) = language else {
+            return true;
+        };
+        let voice_languages = self
+            .engines
+            .for_model(&meta.model)
+            .map(|e| language::voice_languages(e.as_ref(), &meta.model, &meta.voice))
+            .unwrap_or_default();
+        language::resolve(None, &voice_languages, text)
+            .is_some_and(|l| language::primary(&l) == language::primary(wanted))
     }
 
     /// One source: the cache and the engine (shared flight), or the engine alone.

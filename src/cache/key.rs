@@ -32,6 +32,9 @@ struct KeyFields<'a> {
     pronunciations: &'a [(String, String)],
     replacements: &'a [(String, String)],
     optimize_instructions: bool,
+    /// Only when set, so keys of requests without a speaker stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speaker: Option<&'a str>,
 }
 
 /// The text as the cache sees it: Unicode NFC, every run of whitespace one space, trimmed.
@@ -62,6 +65,7 @@ pub fn key(engine: &str, req: &SynthesisRequest) -> String {
         pronunciations: &pronunciations,
         replacements: &replacements,
         optimize_instructions: req.optimize_instructions,
+        speaker: req.speaker.as_deref(),
     };
     // Serializing plain strings, numbers and lists cannot fail.
     let json = serde_json::to_vec(&fields).unwrap_or_default();

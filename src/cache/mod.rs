@@ -166,13 +166,25 @@ impl Cache {
 
     /// The most recently used entry of the same text in any voice (fallback), if any.
     pub async fn find_any_voice(&self, text: &str) -> Option<(String, Entry)> {
+        self.find_any_voice_where(text, |_| true).await
+    }
+
+    /// The most recently used entry of the same text in any voice that `accept` takes (the
+    /// fallback's "same language" rule), if any.
+    pub async fn find_any_voice_where(
+        &self,
+        text: &str,
+        accept: impl Fn(&entry::EntryMeta) -> bool,
+    ) -> Option<(String, Entry)> {
         let hash = key::text_hash(text);
         let store = Arc::clone(&self.store);
         let keys = tokio::task::spawn_blocking(move || store.find_text(&hash))
             .await
             .unwrap_or_default();
         for k in keys {
-            if let Some((entry, _)) = self.get(&k).await {
+            if let Some((entry, _)) = self.get(&k).await
+                && accept(&entry.meta)
+            {
                 return Some((k, entry));
             }
         }

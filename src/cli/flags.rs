@@ -31,6 +31,7 @@ const FIELD_FLAGS: &[(&str, &str)] = &[
     ("replacements", "--replace"),
     ("cache", "--cache"),
     ("no_fallback", "--no-fallback"),
+    ("speaker", "--speaker"),
     // SpeakRequest (`--play`)
     ("device", "--device"),
     ("priority", "--priority"),

@@ -355,8 +355,9 @@ pub(crate) enum CacheArg {
 
 /// The flags `--play` has no use for (Speak plays at the device's format, through the
 /// daemon's defaults).
-const NOT_WITH_PLAY: [&str; 10] = [
+const NOT_WITH_PLAY: [&str; 11] = [
     "output",
+    "speaker",
     "format",
     "rate",
     "channels",
@@ -392,6 +393,9 @@ pub(crate) struct SayArgs {
     /// Let the upstream rewrite the instructions (qwen3-tts-instruct-flash).
     #[arg(long)]
     optimize_instructions: bool,
+    /// Speaker of a multi-speaker piper voice: a name of its speaker map, or a number.
+    #[arg(long)]
+    speaker: Option<String>,
     /// Emotion (MiniMax models): happy, sad, angry, fearful, disgusted, surprised, calm, whisper.
     #[arg(long)]
     emotion: Option<String>,

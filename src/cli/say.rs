@@ -62,6 +62,7 @@ impl SayArgs {
                 Some(CacheArg::Bypass) => pb::CachePolicy::Bypass,
             } as i32,
             no_fallback: self.no_fallback,
+            speaker: self.speaker.clone().unwrap_or_default(),
         }
     }
 

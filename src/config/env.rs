@@ -21,6 +21,8 @@ pub(super) enum Kind {
     Bool,
     /// Comma-separated list of strings.
     List,
+    /// Colon-separated list of paths (as `PATH`).
+    Paths,
 }
 
 /// Environment variables herald reads, the config key each one sets, and its kind.
@@ -69,6 +71,10 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("HERALD_ESPEAK_BINARY", "espeak.binary", Kind::Str),
     ("HERALD_ESPEAK_VOICE", "espeak.default_voice", Kind::Str),
     ("HERALD_ESPEAK_TIMEOUT_MS", "espeak.timeout_ms", Kind::Int),
+    ("HERALD_PIPER_ENABLED", "piper.enabled", Kind::Bool),
+    ("HERALD_PIPER_VOICES", "piper.voices", Kind::Paths),
+    ("HERALD_PIPER_ONNXRUNTIME", "piper.onnxruntime", Kind::Str),
+    ("HERALD_PIPER_VOICE", "piper.default_voice", Kind::Str),
     ("HERALD_PLAYBACK_DEVICE", "playback.device", Kind::Str),
     ("HERALD_PLAYBACK_WAV_PATH", "playback.wav_path", Kind::Str),
     ("HERALD_LOG", "log.level", Kind::Str),
@@ -167,6 +173,14 @@ pub(super) fn parse_value(var: &str, value: &str, kind: Kind) -> Result<toml::Va
                 ));
             }
         }),
+        Kind::Paths => toml::Value::Array(
+            value
+                .split(':')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_owned()))
+                .collect(),
+        ),
         Kind::List => toml::Value::Array(
             value
                 .split(',')

@@ -274,6 +274,9 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// espeak-ng, when enabled.
     pub espeak: Option<EspeakConfig>,
+    /// piper, when enabled.
+    #[cfg(feature = "piper")]
+    pub piper: Option<crate::engine::piper::PiperConfig>,
     /// DashScope, when an API key is configured (from the config, the environment, a key file
     /// or a systemd credential, in that order).
     pub dashscope: Option<dashscope::Settings>,

@@ -22,6 +22,8 @@ pub struct RawConfig {
     pub synthesis: SynthesisSection,
     /// The local espeak-ng engine.
     pub espeak: EspeakSection,
+    /// The local piper engine (neural voices through ONNX Runtime).
+    pub piper: PiperSection,
     /// Alibaba Cloud Model Studio (DashScope).
     pub dashscope: DashscopeSection,
     /// Local playback (`Speak`).
@@ -172,8 +174,8 @@ impl Default for CacheSection {
 pub struct FallbackSection {
     /// Tried in order when the requested engine fails with UNAVAILABLE, RESOURCE_EXHAUSTED or
     /// DEADLINE_EXCEEDED before any audio was sent: "cache" (the same text in any voice), a
-    /// model ("espeak-ng"), or "MODEL/VOICE". Empty = no fallback. Default
-    /// `["cache", "espeak-ng"]`.
+    /// model ("piper", "espeak-ng": a voice for the request's language), or "MODEL/VOICE".
+    /// Empty = no fallback. Default `["cache", "piper", "espeak-ng"]`.
     pub chain: Vec<String>,
     /// How long the requested engine may go without sending audio before the chain is tried
     /// (while the engine goes on; the first to open wins, the other is dropped), in ms. Half the
@@ -185,7 +187,11 @@ pub struct FallbackSection {
 impl Default for FallbackSection {
     fn default() -> Self {
         Self {
-            chain: vec!["cache".to_owned(), crate::engine::espeak::MODEL.to_owned()],
+            chain: vec![
+                "cache".to_owned(),
+                "piper".to_owned(),
+                crate::engine::espeak::MODEL.to_owned(),
+            ],
             first_audio_budget_ms: millis(crate::provider::DEFAULT_FIRST_AUDIO_BUDGET),
         }
     }
@@ -333,6 +339,49 @@ impl Default for EspeakSection {
             default_voice: d.default_voice,
             timeout_ms: millis(d.timeout),
             max_processes: narrow(d.max_processes),
+        }
+    }
+}
+
+/// `[piper]`
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PiperSection {
+    /// Whether the piper engine is offered (model "piper"). Default true. Builds without the
+    /// `piper` feature ignore the section.
+    pub enabled: bool,
+    /// Directories holding Piper voices (`NAME.onnx` + `NAME.onnx.json`), searched in order.
+    /// Empty = `$STATE_DIRECTORY/piper-voices` (else `$XDG_STATE_HOME/herald/piper-voices` or
+    /// `~/.local/state/herald/piper-voices`), `$XDG_DATA_HOME/herald/piper-voices` (else
+    /// `~/.local/share/herald/piper-voices`), `/usr/local/share/piper-voices`,
+    /// `/usr/share/piper-voices`.
+    pub voices: Vec<String>,
+    /// The ONNX Runtime shared library (`libonnxruntime.so`, 1.17 or newer). Empty = the
+    /// `ORT_DYLIB_PATH` environment variable, else the system's library directories, else the
+    /// dynamic loader's search path.
+    pub onnxruntime: String,
+    /// Voice used when a request names none. Empty = the first voice by name.
+    pub default_voice: String,
+    /// Sentences synthesized at once across all requests (the inference pool). Default 2,
+    /// range 1..=64.
+    pub max_concurrent: u32,
+    /// ONNX Runtime threads per inference. 0 = one per core (default), range 0..=256.
+    pub threads: u32,
+    /// Load the default voice's model at start, in the background (about 200 MB resident),
+    /// so that its first request does not wait for it. Default true.
+    pub preload: bool,
+}
+
+impl Default for PiperSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            voices: Vec::new(),
+            onnxruntime: String::new(),
+            default_voice: String::new(),
+            max_concurrent: 2,
+            threads: 0,
+            preload: true,
         }
     }
 }

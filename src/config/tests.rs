@@ -245,6 +245,10 @@ fn cache_directory_and_fallback_chain() {
         vec![
             FallbackStep::Cache,
             FallbackStep::Model {
+                model: "piper".into(),
+                voice: None
+            },
+            FallbackStep::Model {
                 model: "espeak-ng".into(),
                 voice: None
             }
@@ -286,7 +290,7 @@ fn cache_directory_and_fallback_chain() {
         ]
     );
     let c = load_with(None, &env(&[("HOME", "/h"), ("HERALD_FALLBACK", "")]), o()).unwrap();
-    assert_eq!(c.fallback.len(), 2, "an empty variable is unset");
+    assert_eq!(c.fallback.len(), 3, "an empty variable is unset");
     let err = load_with(
         Some("[fallback]\nchain = [\"cache\", \"cache\"]\n"),
         &env(&[]),

@@ -182,6 +182,8 @@ impl RawConfig {
         )?;
 
         let espeak = validate_espeak(&self.espeak, env)?;
+        #[cfg(feature = "piper")]
+        let piper = validate_piper(&self.piper, &self.espeak, env)?;
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             return Err(invalid(
                 "log.level",
@@ -240,6 +242,8 @@ impl RawConfig {
             max_message_bytes,
             metrics_listen,
             espeak,
+            #[cfg(feature = "piper")]
+            piper,
             dashscope,
             playback,
             cache,
@@ -409,6 +413,75 @@ fn validate_espeak(e: &EspeakSection, env: &Env) -> Result<Option<EspeakConfig>,
             "",
         )?,
     }))
+}
+
+/// `[piper]`: the engine's settings, or `None` when disabled. `ORT_DYLIB_PATH` stands in for
+/// an empty `piper.onnxruntime`; an empty `piper.voices` is the default directory list.
+#[cfg(feature = "piper")]
+fn validate_piper(
+    p: &super::raw::PiperSection,
+    e: &EspeakSection,
+    env: &Env,
+) -> Result<Option<crate::engine::piper::PiperConfig>, ConfigError> {
+    if !p.enabled {
+        return Ok(None);
+    }
+    let (onnxruntime, onnxruntime_setting) = match (
+        non_empty(&p.onnxruntime),
+        env.get("ORT_DYLIB_PATH").and_then(non_empty),
+    ) {
+        (Some(path), _) => (Some(PathBuf::from(path)), "piper.onnxruntime"),
+        (None, Some(path)) => (Some(PathBuf::from(path)), "ORT_DYLIB_PATH"),
+        (None, None) => (None, "piper.onnxruntime"),
+    };
+    let voice_dirs = if p.voices.iter().all(|v| v.trim().is_empty()) {
+        default_piper_dirs(env)
+    } else {
+        p.voices
+            .iter()
+            .filter_map(|v| non_empty(v))
+            .map(PathBuf::from)
+            .collect()
+    };
+    let max_concurrent = count_in(
+        "piper.max_concurrent",
+        u64::from(p.max_concurrent),
+        1..=64,
+        "",
+    )?;
+    let threads = count_in("piper.threads", u64::from(p.threads), 0..=256, "")?;
+    let espeak_binary = if e.binary.trim().is_empty() {
+        PathBuf::from("espeak-ng")
+    } else {
+        PathBuf::from(&e.binary)
+    };
+    Ok(Some(crate::engine::piper::PiperConfig {
+        onnxruntime,
+        onnxruntime_setting,
+        voice_dirs,
+        espeak_binary,
+        default_voice: non_empty(&p.default_voice),
+        max_concurrent,
+        threads,
+        preload: p.preload,
+    }))
+}
+
+/// Where piper voices are looked for when `piper.voices` is empty (see the key's docs).
+#[cfg(feature = "piper")]
+fn default_piper_dirs(env: &Env) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    if let Some(state) = super::paths::default_state_dir(env) {
+        dirs.push(state.join("piper-voices"));
+    }
+    if let Some(xdg) = env.get("XDG_DATA_HOME") {
+        dirs.push(Path::new(xdg).join("herald").join("piper-voices"));
+    } else if let Some(home) = env.get("HOME") {
+        dirs.push(Path::new(home).join(".local/share/herald/piper-voices"));
+    }
+    dirs.push(PathBuf::from("/usr/local/share/piper-voices"));
+    dirs.push(PathBuf::from("/usr/share/piper-voices"));
+    dirs
 }
 
 /// The numeric id of group `name` (or `name` itself when it is a number), from /etc/group.

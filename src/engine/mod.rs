@@ -15,6 +15,9 @@
 pub mod dashscope;
 mod error;
 pub mod espeak;
+pub mod language;
+#[cfg(feature = "piper")]
+pub mod piper;
 
 pub use self::error::EngineError;
 
@@ -62,6 +65,9 @@ pub struct SynthesisRequest {
     /// The rate the pipeline will output, in Hz: engines that can produce several rates pick
     /// the one that makes the pipeline's work cheapest and exact (ideally this one).
     pub output_sample_rate: u32,
+    /// Speaker of a multi-speaker voice (piper: a name of the voice's speaker map, or its
+    /// number), if the client named one.
+    pub speaker: Option<String>,
     /// When the client stops waiting, if it set a deadline: engines never retry past it.
     pub deadline: Option<tokio::time::Instant>,
 }
@@ -179,6 +185,10 @@ pub trait Synthesizer: Send + Sync + 'static {
             )))
         }
     }
+
+    /// The daemon is about to serve with this engine (not called by `check-config`): a chance
+    /// to warm up in the background (piper loads its default voice's model). Must not block.
+    fn serving(&self) {}
 
     /// Start synthesis. Resolves once the engine has accepted the request, so request errors
     /// surface before any audio; then yields audio in order and finally `Finished`.

@@ -72,6 +72,7 @@ pub fn request(req: pb::SynthesizeRequest) -> Result<Request, Error> {
         replacements: req.replacements,
         optimize_instructions: req.optimize_instructions,
         word_timestamps: req.word_timestamps,
+        speaker: req.speaker,
     })
 }
 

@@ -81,6 +81,8 @@ pub struct Request {
     pub optimize_instructions: bool,
     /// Report word timings.
     pub word_timestamps: bool,
+    /// Speaker of a multi-speaker voice ("" = the voice's default).
+    pub speaker: String,
 }
 
 impl Default for Request {
@@ -105,6 +107,7 @@ impl Default for Request {
             replacements: HashMap::new(),
             optimize_instructions: false,
             word_timestamps: false,
+            speaker: String::new(),
         }
     }
 }
@@ -153,11 +156,21 @@ impl Core {
                 known.join(", ")
             )));
         };
-        let voice = match (req.voice.is_empty(), &settings.default_voice) {
+        let named_voice = !req.voice.is_empty();
+        let mut voice = match (req.voice.is_empty(), &settings.default_voice) {
             (false, _) => req.voice,
             (true, Some(v)) if model == settings.default_model => v.clone(),
             (true, _) => engine.default_voice(&model),
         };
+        // No voice named but a language: a voice that speaks it, when the default does not
+        // (espeak-ng's default `en` and `language: "de"` → its `de` voice).
+        if !named_voice
+            && let Some(l) = optional(&req.language)
+            && !crate::engine::language::speaks(engine.as_ref(), &model, &voice, &l)
+            && let Some(v) = crate::engine::language::voice_for(engine.as_ref(), &model, &l)
+        {
+            voice = v;
+        }
         engine
             .check_voice(&model, &voice)
             .map_err(|refused| Error::from(refused).prefixed("voice: "))?;
@@ -242,6 +255,7 @@ impl Core {
             replacements,
             optimize_instructions: req.optimize_instructions,
             word_timestamps: req.word_timestamps,
+            speaker: Some(req.speaker).filter(|s| !s.trim().is_empty()),
             output_sample_rate: output.spec.sample_rate,
             deadline: None,
         };

@@ -24,6 +24,8 @@ mod limits;
 mod metrics;
 mod openai_http;
 mod pipeline_tones;
+#[cfg(feature = "piper")]
+mod piper;
 #[cfg(feature = "playback")]
 mod playback_alsa;
 #[cfg(feature = "playback")]

@@ -83,6 +83,12 @@ impl Synthesizer for DashScopeEngine {
     }
 
     fn check_request(&self, req: &SynthesisRequest) -> Result<(), Refused> {
+        if req.speaker.is_some() {
+            return Err(Refused(format!(
+                "speaker: model {:?} does not take it (only piper's multi-speaker voices do)",
+                req.model
+            )));
+        }
         self.family.check(req).map_err(Refused)
     }
 

@@ -77,6 +77,9 @@ pub struct Espeak {
     voice_args: HashMap<String, String>,
     /// One permit per running child (`espeak.max_processes`).
     processes: Arc<Semaphore>,
+    /// Voice variants (`espeak-ng --voices=variant`: `f3`, `whisper`, `Alex`, ...), reachable as
+    /// `VOICE+VARIANT` (`en+f3`).
+    variants: std::collections::HashSet<String>,
 }
 
 // === impl Espeak ===
@@ -123,14 +126,50 @@ impl Espeak {
                 config.default_voice
             )));
         }
-        tracing::debug!(binary = %binary, voices = voices.len(), "espeak-ng ready");
+        let variants = list_variants(&config.binary).await;
+        tracing::debug!(binary = %binary, voices = voices.len(), variants = variants.len(), "espeak-ng ready");
         Ok(Self {
             processes: Arc::new(Semaphore::new(config.max_processes.max(1))),
             config,
             voices,
             voice_args,
+            variants,
         })
     }
+
+    /// The `-v` argument for a request voice: a listed voice or language, optionally with
+    /// `+VARIANT`.
+    fn voice_arg(&self, voice: &str) -> Option<String> {
+        if let Some(arg) = self.voice_args.get(voice) {
+            return Some(arg.clone());
+        }
+        let (base, variant) = voice.split_once('+')?;
+        let arg = self.voice_args.get(base)?;
+        self.variants
+            .contains(variant)
+            .then(|| format!("{arg}+{variant}"))
+    }
+}
+
+/// The variant names of `binary --voices=variant` (the file column's `!v/NAME`); empty when it
+/// cannot be listed (variants are then refused, voices still work).
+async fn list_variants(binary: &std::path::Path) -> std::collections::HashSet<String> {
+    let output = Command::new(binary)
+        .arg("--voices=variant")
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let Ok(Ok(output)) = timeout(VOICES_TIMEOUT, output).await else {
+        return Default::default();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find_map(|field| field.strip_prefix("!v/"))
+                .map(str::to_owned)
+        })
+        .collect()
 }
 
 #[async_trait::async_trait]
@@ -155,25 +194,37 @@ impl Synthesizer for Espeak {
         SAMPLE_RATE
     }
 
-    /// Accepts the listed voice names and the languages some voice lists (`en`, `zh`, ...):
-    /// the forms `espeak-ng -v` resolves. Exact, case-sensitive match.
+    /// Accepts the listed voice names and the languages some voice lists (`en`, `zh`, ...),
+    /// each optionally with `+VARIANT` (`en+f3`, `de+whisper`): the forms `espeak-ng -v`
+    /// resolves. Exact, case-sensitive match.
     fn check_voice(&self, model: &str, voice: &str) -> Result<(), Refused> {
         if !self.serves_model(model) {
             return Err(Refused(format!("model {model:?} is not served by {NAME}")));
         }
-        if self.voice_args.contains_key(voice) {
+        if self.voice_arg(voice).is_some() {
             Ok(())
+        } else if let Some((base, variant)) = voice.split_once('+')
+            && self.voice_args.contains_key(base)
+        {
+            Err(Refused(format!(
+                "voice {:?}: {:?} is not a variant of `espeak-ng --voices=variant` \
+                 (such as f3, m2, whisper, Alex)",
+                voice.chars().take(64).collect::<String>(),
+                variant.chars().take(64).collect::<String>()
+            )))
         } else {
             Err(Refused(format!(
-                "voice {:?} is not a voice or language of model {MODEL:?} (see ListVoices)",
+                "voice {:?} is not a voice or language of model {MODEL:?}, optionally with \
+                 +VARIANT (see ListVoices)",
                 voice.chars().take(64).collect::<String>()
             )))
         }
     }
 
-    /// espeak-ng has no emotions, seeds, dictionaries, instruction rewriting or word timings: asking for them
-    /// is an error rather than a silent loss. (`language` and `instructions` are hints it
-    /// ignores, as the proto says.)
+    /// espeak-ng has no emotions, seeds, dictionaries, instruction rewriting, speakers or word
+    /// timings: asking for them is an error rather than a silent loss. `language` chooses the
+    /// voice when the request names none (`crate::synthesis`); with a named voice, the voice's
+    /// language wins. `instructions` are ignored, as the proto documents.
     fn check_request(&self, req: &SynthesisRequest) -> Result<(), Refused> {
         let refuse = |field: &str| {
             Err(Refused(format!(
@@ -198,12 +249,15 @@ impl Synthesizer for Espeak {
         if req.word_timestamps {
             return refuse("word_timestamps");
         }
+        if req.speaker.is_some() {
+            return refuse("speaker");
+        }
         Ok(())
     }
 
     async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError> {
         // Voices are validated before the call; this guards the `-v` argument regardless.
-        let Some(voice_arg) = self.voice_args.get(&req.voice) else {
+        let Some(voice_arg) = self.voice_arg(&req.voice) else {
             return Err(EngineError::Failed {
                 engine: NAME,
                 reason: format!("unknown voice {:?}", req.voice),
@@ -223,7 +277,7 @@ impl Synthesizer for Espeak {
             &self.config.binary,
             self.config.timeout,
             &req,
-            voice_arg,
+            &voice_arg,
             Some(permit),
         )?
         .into_stream())

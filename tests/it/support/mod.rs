@@ -12,6 +12,7 @@
 //! - [`python`]: the Python interpreters the polyglot tests run, and the SDK check runner;
 //! - [`rows`]: table-driven tests whose failures name their row;
 //! - [`tls`]: a self-signed server certificate for the TLS tests;
+//! - [`piper`]: where the Piper runtime and voice `.ci/setup` installs are;
 //! - [`alsa`]: ALSA sandboxes for the cpal sink (feature `playback`).
 
 #[cfg(feature = "playback")]
@@ -21,6 +22,8 @@ pub mod daemon;
 pub mod dashscope;
 pub mod grpc;
 pub mod logs;
+#[cfg(feature = "piper")]
+pub mod piper;
 pub mod process;
 pub mod python;
 pub mod rows;
