@@ -13,6 +13,7 @@
 mod job;
 mod limits;
 mod request;
+pub mod segment;
 
 use std::{sync::Arc, time::Duration};
 
