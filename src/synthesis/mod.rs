@@ -23,13 +23,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use self::{
     job::{Event, Events, Info, Job, Start, Summary, start},
-    stream::{SENTENCES_IN_FLIGHT, SentenceReport, StreamInput, StreamLimits, TextEvent},
     limits::Slots,
     request::{
         CHUNK_MS_RANGE, DEFAULT_CHUNK_MS, MAX_DICT_ENTRIES, MAX_DICT_KEY_CHARS,
         MAX_DICT_VALUE_CHARS, MAX_EMOTION_CHARS, MAX_INSTRUCTIONS_CHARS, MAX_LANGUAGE_CHARS,
         MAX_REQUEST_ID_CHARS, MAX_VOLUME, PROSODY_RANGE, Request, truncate, volume,
     },
+    stream::{SENTENCES_IN_FLIGHT, SentenceReport, StreamInput, StreamLimits, TextEvent},
 };
 use crate::{
     error::Error,
@@ -236,7 +236,10 @@ impl Core {
         } else {
             "deadline exceeded before synthesis finished".to_owned()
         };
-        (received.checked_add(asked.map_or(max, |d| d.min(max))), message)
+        (
+            received.checked_add(asked.map_or(max, |d| d.min(max))),
+            message,
+        )
     }
 
     fn admit(

@@ -138,6 +138,15 @@ async fn front_opened(
     }
 }
 
+/// The engine failed mid-stream: the sentences opened ahead (none of their audio has gone
+/// out) are dropped, which drops their upstream requests, and go back to the front of the
+/// queue, to be opened from the fallback chain.
+fn reopen(opening: &mut VecDeque<Opening>, waiting: &mut VecDeque<String>) {
+    for o in opening.drain(..).rev() {
+        waiting.push_front(o.text.clone());
+    }
+}
+
 /// Start a streamed-text job: returns the door's input and the job's events.
 pub(super) fn start_stream(
     provider: Arc<Provider>,
@@ -441,9 +450,11 @@ impl State {
                         }
                         Some(Err(error)) => {
                             self.failed_mid_sentence(&mut current, error)?;
+                            reopen(&mut opening, &mut waiting);
                         }
                         None => {
                             self.failed_mid_sentence(&mut current, EngineError::Truncated)?;
+                            reopen(&mut opening, &mut waiting);
                         }
                     }
                 }
