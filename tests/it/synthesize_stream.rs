@@ -667,3 +667,127 @@ async fn too_much_text_ends_the_stream_naming_the_setting() {
     );
     daemon.stop().await.unwrap();
 }
+
+// ---- the command line ----
+
+fn herald_cli() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_herald"));
+    c.env_remove("DASHSCOPE_API_KEY")
+        .env_remove("HERALD_CONFIG");
+    c
+}
+
+#[test]
+fn say_stream_writes_each_sentence_as_it_completes() {
+    use std::{
+        io::{Read, Write},
+        process::Stdio,
+        sync::{Arc, Mutex},
+    };
+    let server = ServeProcess::start(&[]);
+    let mut child = herald_cli()
+        .args(["say", "--stream", "--socket"])
+        .arg(&server.socket)
+        .args(["--format", "pcm", "--rate", "16000", "-o", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run say --stream");
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let got = Arc::clone(&got);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            loop {
+                match stdout.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got.lock().unwrap().extend_from_slice(&buf[..n]),
+                }
+            }
+        })
+    };
+    // The first sentence, and half a word of the second (a multi-byte character cut too).
+    let text = "Hello there, café friends. And the sec".as_bytes();
+    let cut = "Hello there, caf".len() + 1;
+    stdin.write_all(&text[..cut]).unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stdin.write_all(&text[cut..]).unwrap();
+    stdin.flush().unwrap();
+    let started = std::time::Instant::now();
+    while got.lock().unwrap().len() < 3_200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no audio while stdin is still open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let first = got.lock().unwrap().len();
+    stdin.write_all(b"ond sentence is here.\n").unwrap();
+    drop(stdin);
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(stderr.contains("wrote "), "{stderr}");
+    let bytes = got.lock().unwrap().clone();
+    assert!(
+        bytes.len() > first,
+        "the second sentence came after the first"
+    );
+    let x = s16_to_f32(&bytes);
+    assert_speech(&x, "say --stream");
+    assert!(
+        x.len() as f64 / f64::from(RATE) > 1.5,
+        "two sentences of speech"
+    );
+}
+
+#[test]
+fn say_stream_play_queues_each_sentence_in_order() {
+    use std::{io::Write, process::Stdio};
+    let server = ServeProcess::start(&[]);
+    let mut child = herald_cli()
+        .args(["say", "--stream", "--play", "--device", "null", "--socket"])
+        .arg(&server.socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run say --stream --play");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(b"First one. Second").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    stdin.write_all(b" one.").unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stderr.matches("finished after").count(), 2, "{stderr}");
+
+    let out = herald_cli()
+        .args([
+            "say",
+            "--stream",
+            "--play",
+            "--priority",
+            "text",
+            "--socket",
+        ])
+        .arg(&server.socket)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--priority text"));
+}
