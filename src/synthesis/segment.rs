@@ -181,6 +181,11 @@ impl Segmenter {
         self.flush()
     }
 
+    /// Characters received and not yet emitted.
+    pub fn pending_chars(&self) -> usize {
+        self.pending.chars().count()
+    }
+
     /// Whether text is waiting for its sentence to end.
     pub fn has_pending(&self) -> bool {
         !self.pending.trim().is_empty()
