@@ -423,6 +423,48 @@ fn render(data: &Value, notes: &str) -> String {
     }
     md.push('\n');
 
+    // Streamed text.
+    let st = &data["streamed_text"];
+    if st.is_object() {
+        let _ = writeln!(
+            md,
+            "## Streamed text: an LLM's answer at {} tokens/s\n\n\
+             The same daemon set-up (`{}`/`{}`, DashScope test double not paced, cache off). A \
+             {}-character answer of {} sentences is cut into {} tokens of {} characters, one \
+             every 1/{} s. Each of {} iterations (after {} warm-up) sends it on one \
+             `SynthesizeStream` call as it is generated, then waits for the whole text and \
+             calls `Synthesize`. TTFA: first token generated → first audio byte at the client.\n\n\
+             | way | TTFA p50 | p90 | max |\n|---|---|---|---|",
+            st["tokens_per_s"],
+            st["model"].as_str().unwrap_or(""),
+            st["voice"].as_str().unwrap_or(""),
+            st["answer_chars"],
+            st["sentences"],
+            st["tokens"],
+            st["token_chars"],
+            st["tokens_per_s"],
+            st["n"],
+            st["warmups"],
+        );
+        for (name, key) in [
+            ("`SynthesizeStream`, tokens as they come", "stream_ttfa_ms"),
+            ("whole text, then `Synthesize`", "whole_ttfa_ms"),
+            (
+                "`SynthesizeStream`: from the token completing the first sentence",
+                "stream_after_first_sentence_ms",
+            ),
+        ] {
+            let _ = writeln!(
+                md,
+                "| {name} | {} ms | {} ms | {} ms |",
+                f(&st[key]["p50"], 1),
+                f(&st[key]["p90"], 1),
+                f(&st[key]["max"], 1),
+            );
+        }
+        md.push('\n');
+    }
+
     let _ = writeln!(
         md,
         "## Reproduce\n\n```sh\nsudo apt-get install -y sox ffmpeg espeak-ng   # or: bash .ci/setup\nbash benches/run                              # ~10 minutes; rewrites docs/benchmarks.{{md,json}}\n```\n\nReference tools in this run: {}.\n",
@@ -473,6 +515,7 @@ fn main() {
         "load": section("load"),
         "cache_hit": section("cache_hit"),
         "doors": section("doors"),
+        "streamed_text": section("streamed_text"),
     });
     let notes = std::fs::read_to_string(repo_dir().join("benches/notes.md")).unwrap_or_default();
     let md = render(&data, &notes);

@@ -15,9 +15,12 @@
 //! where its audio stopped and every later sentence goes straight to the fallback chain (a
 //! sentence boundary), unless the request forbids fallback: the error then ends the stream.
 //!
-//! Engines that take streamed text upstream would plug in here: instead of whole sentences,
-//! the job would hand such an engine the text events as they come (see the README). Today
-//! every engine gets whole sentences. Must not know any door: no wire types, no status codes.
+//! Engines that take streamed text upstream (DashScope's WebSocket APIs) would plug in here:
+//! such an engine would declare it (a `Synthesizer` method, default "no") and take a channel of
+//! text pieces with its request; the job would then open that one engine stream at the first
+//! text and forward the cleaned pieces to it instead of opening sentence by sentence, its
+//! audio being one segment on the same audio thread. Today every engine gets whole sentences.
+//! Must not know any door: no wire types, no status codes.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
 
