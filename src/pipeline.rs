@@ -624,3 +624,92 @@ fn shifted(words: Vec<WordTiming>, by_ms: f64) -> impl Iterator<Item = WordTimin
         end_ms: w.end_ms.saturating_add(by),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    //! Segmented streams on their own: segments of different rates through one chain.
+
+    use super::*;
+    use crate::audio::{AudioSpec, OutputEncoding};
+
+    /// A segment of `ms` of a constant level at `rate`, as raw s16le, with `words`.
+    fn segment(rate: u32, ms: u32, words: Vec<WordTiming>) -> Segment {
+        let (tx, rx) = mpsc::channel(4);
+        let frames = (rate * ms / 1000) as usize;
+        let bytes: Vec<u8> = std::iter::repeat_n(8192i16.to_le_bytes(), frames)
+            .flatten()
+            .collect();
+        tx.try_send(Bytes::from(bytes)).unwrap();
+        Segment {
+            encoding: InputEncoding::Pcm16Le(AudioSpec {
+                sample_rate: rate,
+                channels: 1,
+            }),
+            bytes: rx,
+            words: Arc::new(Mutex::new(words)),
+            joins: Joins::default(),
+        }
+    }
+
+    fn word(text: &str, begin_ms: u32) -> WordTiming {
+        WordTiming {
+            text: text.into(),
+            begin_ms,
+            end_ms: begin_ms + 10,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_of_different_rates_make_one_stream_with_their_spans_and_words() {
+        let render = Render {
+            output: OutputFormat {
+                encoding: OutputEncoding::PcmS16Le,
+                spec: AudioSpec {
+                    sample_rate: 48_000,
+                    channels: 1,
+                },
+            },
+            gain: 1.0,
+            chunk_ms: 20,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let out: Arc<Mutex<(u64, Vec<WordTiming>)>> = Arc::default();
+        let sink_out = Arc::clone(&out);
+        let sink: ChunkSink = Box::new(move |o| {
+            let mut out = crate::error::lock(&sink_out);
+            match o {
+                Output::Audio(chunk) => out.0 += u64::from(chunk.frames),
+                Output::Words(w) => out.1.extend(w),
+            }
+            true
+        });
+        let thread = SegmentsThread::spawn(render, rx, sink);
+        // 16 kHz, 16 kHz again (the resampler carries on), then 24 kHz (stages rebuilt).
+        tx.send(segment(16_000, 300, vec![word("a", 0)]))
+            .await
+            .unwrap();
+        tx.send(segment(16_000, 200, vec![word("b", 5)]))
+            .await
+            .unwrap();
+        tx.send(segment(24_000, 500, vec![word("c", 0)]))
+            .await
+            .unwrap();
+        drop(tx);
+        let report = thread.join().await.unwrap();
+        let spans: Vec<(u64, u64)> = report
+            .spans
+            .iter()
+            .map(|s| (s.begin_ms, s.duration_ms))
+            .collect();
+        assert_eq!(spans, vec![(0, 300), (300, 200), (500, 500)]);
+        let (frames, words) = crate::error::lock(&out).clone();
+        // 1 s in all, at 48 kHz: every frame of every segment, nothing more.
+        assert_eq!(frames, 48_000);
+        assert_eq!(report.frames, frames);
+        let begins: Vec<(&str, u32)> = words
+            .iter()
+            .map(|w| (w.text.as_str(), w.begin_ms))
+            .collect();
+        assert_eq!(begins, vec![("a", 0), ("b", 305), ("c", 500)]);
+    }
+}
