@@ -407,6 +407,20 @@ impl AudioChain {
     /// Flush every stage in order (each stage's tail goes through the stages after it), then
     /// the encoder and the chunker.
     fn finish(&mut self) -> Result<(), JobError> {
+        self.flush_stages()?;
+        self.encoded.clear();
+        self.encoder.finish(&mut self.encoded)?;
+        if !self.encoded.is_empty() {
+            self.chunker.push(&self.encoded, 0, &mut self.chunks);
+        }
+        self.chunker.finish(&mut self.chunks);
+        self.deliver()
+    }
+
+    /// Flush every stage in order and encode their tails; the stages are gone after it (the
+    /// next buffer builds new ones).
+    fn flush_stages(&mut self) -> Result<(), JobError> {
+        self.input_spec = None;
         if let Some(mut stages) = self.stages.take() {
             let mut carried: Vec<PcmBuffer> = Vec::new();
             for stage in stages.iter_mut() {
@@ -421,13 +435,7 @@ impl AudioChain {
                 self.encode(b)?;
             }
         }
-        self.encoded.clear();
-        self.encoder.finish(&mut self.encoded)?;
-        if !self.encoded.is_empty() {
-            self.chunker.push(&self.encoded, 0, &mut self.chunks);
-        }
-        self.chunker.finish(&mut self.chunks);
-        self.deliver()
+        Ok(())
     }
 
     fn deliver(&mut self) -> Result<(), JobError> {
@@ -446,5 +454,262 @@ impl AudioChain {
             }
         }
         Ok(())
+    }
+}
+
+// === segmented streams (SynthesizeStream) ===
+
+/// One sentence of a segmented stream, as its audio thread takes it: the sentence's engine
+/// bytes (a stream of their own: a WAV header each, a rate each), and what the async half
+/// learns while forwarding them.
+#[derive(Debug)]
+pub struct Segment {
+    /// The encoding of `bytes`.
+    pub encoding: InputEncoding,
+    /// The bytes; the sender is dropped at the sentence's end.
+    pub bytes: mpsc::Receiver<Bytes>,
+    /// Word timings, in ms from the sentence's start, as they arrive.
+    pub words: Arc<Mutex<Vec<WordTiming>>>,
+    /// Joins between an engine's pieces inside the sentence, in frames from its start (raw
+    /// PCM only).
+    pub joins: Joins,
+}
+
+/// Where one sentence is in a segmented stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SegmentSpan {
+    /// Its start, in ms from the start of the stream.
+    pub begin_ms: u64,
+    /// Its duration, ms.
+    pub duration_ms: u64,
+}
+
+/// How a segmented stream went on its audio thread.
+#[derive(Debug, Default)]
+pub struct SegmentsReport {
+    /// Frames sent, at the output rate.
+    pub frames: u64,
+    /// Bytes of encoded audio sent.
+    pub bytes: u64,
+    /// When the first chunk was handed to the sink.
+    pub first_chunk_at: Option<Instant>,
+    /// Each segment, in order.
+    pub spans: Vec<SegmentSpan>,
+}
+
+/// The audio thread of a segmented stream: every segment it receives goes through one chain
+/// (one encoder, one chunker: one valid stream of the output format). Resampler and remix
+/// carry their state from one segment to the next while the segments' spec stays the same;
+/// when it changes (a fallback engine at another rate) the stages are flushed and rebuilt.
+/// Segments meet at a join, faded out and in ([`JoinFade`]), as an engine's pieces do.
+pub struct SegmentsThread(tokio::task::JoinHandle<Result<SegmentsReport, JobError>>);
+
+impl SegmentsThread {
+    /// Start the thread; it ends when `segments` closes (or the sink stops listening).
+    pub fn spawn(render: Render, segments: mpsc::Receiver<Segment>, sink: ChunkSink) -> Self {
+        Self(tokio::task::spawn_blocking(move || {
+            run_segments(render, segments, sink)
+        }))
+    }
+
+    /// Wait for the thread's end.
+    pub async fn join(self) -> Result<SegmentsReport, JobError> {
+        match self.0.await {
+            Ok(result) => result,
+            Err(error) => {
+                tracing::error!(%error, "audio thread panicked");
+                Err(JobError::Panicked)
+            }
+        }
+    }
+}
+
+fn run_segments(
+    render: Render,
+    mut segments: mpsc::Receiver<Segment>,
+    sink: ChunkSink,
+) -> Result<SegmentsReport, JobError> {
+    let mut chain = AudioChain::new(
+        render.output,
+        render.gain,
+        render.chunk_ms,
+        sink,
+        PendingWords::default(),
+    )?;
+    // Joins of the current stage set, in frames since it was built.
+    let mut joins = Joins::default();
+    let mut position: u64 = 0;
+    let mut elapsed_ms = 0.0f64;
+    let mut spans = Vec::new();
+    while let Some(segment) = segments.blocking_recv() {
+        let Segment {
+            encoding,
+            bytes,
+            words,
+            joins: inner,
+        } = segment;
+        let begin_ms = elapsed_ms;
+        let mut start = position;
+        let mut first = true;
+        let mut frames_in: u64 = 0;
+        let mut rate = 0u32;
+        let mut decoder = open_decoder(encoding, ChannelReader::new(bytes))?;
+        while let Some(buffer) = decoder.next_buffer()? {
+            if buffer.is_empty() {
+                continue;
+            }
+            if first {
+                first = false;
+                match chain.input_spec {
+                    Some(spec) if spec == buffer.spec => joins.push(position),
+                    had => {
+                        if had.is_some() {
+                            // The previous segments fade out and their stages' tails go out.
+                            joins.push(position);
+                            chain.flush_stages()?;
+                        }
+                        joins = Joins::default();
+                        chain.joins = Some(joins.clone());
+                        chain.build_stages(buffer.spec)?;
+                        if had.is_some() {
+                            joins.push(0);
+                        }
+                        position = 0;
+                    }
+                }
+                start = position;
+                rate = buffer.spec.sample_rate;
+            }
+            for j in inner.drain() {
+                joins.push(start + j);
+            }
+            let taken = std::mem::take(&mut *crate::error::lock(&words));
+            if !taken.is_empty() {
+                crate::error::lock(&chain.words).extend(shifted(taken, begin_ms));
+            }
+            let n = buffer.frames() as u64;
+            chain.process(buffer)?;
+            position += n;
+            frames_in += n;
+        }
+        let taken = std::mem::take(&mut *crate::error::lock(&words));
+        crate::error::lock(&chain.words).extend(shifted(taken, begin_ms));
+        let duration_ms = if rate == 0 {
+            0.0
+        } else {
+            frames_in as f64 * 1000.0 / f64::from(rate)
+        };
+        elapsed_ms += duration_ms;
+        spans.push(SegmentSpan {
+            begin_ms: begin_ms.round() as u64,
+            duration_ms: duration_ms.round() as u64,
+        });
+    }
+    chain.finish()?;
+    let report = chain.report;
+    Ok(SegmentsReport {
+        frames: report.frames,
+        bytes: report.bytes,
+        first_chunk_at: report.first_chunk_at,
+        spans,
+    })
+}
+
+/// `words` moved `by_ms` later.
+fn shifted(words: Vec<WordTiming>, by_ms: f64) -> impl Iterator<Item = WordTiming> {
+    let by = by_ms.round() as u32;
+    words.into_iter().map(move |w| WordTiming {
+        text: w.text,
+        begin_ms: w.begin_ms.saturating_add(by),
+        end_ms: w.end_ms.saturating_add(by),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! Segmented streams on their own: segments of different rates through one chain.
+
+    use super::*;
+    use crate::audio::{AudioSpec, OutputEncoding};
+
+    /// A segment of `ms` of a constant level at `rate`, as raw s16le, with `words`.
+    fn segment(rate: u32, ms: u32, words: Vec<WordTiming>) -> Segment {
+        let (tx, rx) = mpsc::channel(4);
+        let frames = (rate * ms / 1000) as usize;
+        let bytes: Vec<u8> = std::iter::repeat_n(8192i16.to_le_bytes(), frames)
+            .flatten()
+            .collect();
+        tx.try_send(Bytes::from(bytes)).unwrap();
+        Segment {
+            encoding: InputEncoding::Pcm16Le(AudioSpec {
+                sample_rate: rate,
+                channels: 1,
+            }),
+            bytes: rx,
+            words: Arc::new(Mutex::new(words)),
+            joins: Joins::default(),
+        }
+    }
+
+    fn word(text: &str, begin_ms: u32) -> WordTiming {
+        WordTiming {
+            text: text.into(),
+            begin_ms,
+            end_ms: begin_ms + 10,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn segments_of_different_rates_make_one_stream_with_their_spans_and_words() {
+        let render = Render {
+            output: OutputFormat {
+                encoding: OutputEncoding::PcmS16Le,
+                spec: AudioSpec {
+                    sample_rate: 48_000,
+                    channels: 1,
+                },
+            },
+            gain: 1.0,
+            chunk_ms: 20,
+        };
+        let (tx, rx) = mpsc::channel(4);
+        let out: Arc<Mutex<(u64, Vec<WordTiming>)>> = Arc::default();
+        let sink_out = Arc::clone(&out);
+        let sink: ChunkSink = Box::new(move |o| {
+            let mut out = crate::error::lock(&sink_out);
+            match o {
+                Output::Audio(chunk) => out.0 += u64::from(chunk.frames),
+                Output::Words(w) => out.1.extend(w),
+            }
+            true
+        });
+        let thread = SegmentsThread::spawn(render, rx, sink);
+        // 16 kHz, 16 kHz again (the resampler carries on), then 24 kHz (stages rebuilt).
+        tx.send(segment(16_000, 300, vec![word("a", 0)]))
+            .await
+            .unwrap();
+        tx.send(segment(16_000, 200, vec![word("b", 5)]))
+            .await
+            .unwrap();
+        tx.send(segment(24_000, 500, vec![word("c", 0)]))
+            .await
+            .unwrap();
+        drop(tx);
+        let report = thread.join().await.unwrap();
+        let spans: Vec<(u64, u64)> = report
+            .spans
+            .iter()
+            .map(|s| (s.begin_ms, s.duration_ms))
+            .collect();
+        assert_eq!(spans, vec![(0, 300), (300, 200), (500, 500)]);
+        let (frames, words) = crate::error::lock(&out).clone();
+        // 1 s in all, at 48 kHz: every frame of every segment, nothing more.
+        assert_eq!(frames, 48_000);
+        assert_eq!(report.frames, frames);
+        let begins: Vec<(&str, u32)> = words
+            .iter()
+            .map(|w| (w.text.as_str(), w.begin_ms))
+            .collect();
+        assert_eq!(begins, vec![("a", 0), ("b", 305), ("c", 500)]);
     }
 }

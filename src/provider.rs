@@ -251,6 +251,23 @@ impl Provider {
         }
     }
 
+    /// Open `request` straight from the fallback chain, skipping `engine` (which failed
+    /// earlier in the same streamed text, for `reason`): the later sentences of a
+    /// `SynthesizeStream` fall back at a sentence boundary. `None` when the request forbids
+    /// fallback or no step opens.
+    pub async fn open_fallback(
+        &self,
+        request: &SynthesisRequest,
+        engine: &Arc<dyn Synthesizer>,
+        options: Options,
+        reason: String,
+    ) -> Option<Opened> {
+        if !options.fallback {
+            return None;
+        }
+        self.fall_back(request, engine, options, reason).await
+    }
+
     /// The first step of the fallback chain that opens `request` (which `engine` did not serve
     /// for `reason`), or `None`.
     async fn fall_back(

@@ -37,6 +37,11 @@ impl Joins {
         lock(&self.0).push_back(frame);
     }
 
+    /// Every join known now, taken out, in order.
+    pub fn drain(&self) -> Vec<u64> {
+        lock(&self.0).drain(..).collect()
+    }
+
     /// The next join, if one is known.
     fn next(&self) -> Option<u64> {
         lock(&self.0).front().copied()

@@ -453,6 +453,11 @@ pub(crate) struct SayArgs {
     /// Print nothing on success.
     #[arg(short, long)]
     quiet: bool,
+    /// Read the text from stdin as it arrives (an LLM's output piped in) and speak each
+    /// sentence as soon as it is complete (SynthesizeStream): the audio is written as it comes,
+    /// or, with --play, each sentence is queued on the device (priority message or important).
+    #[arg(long)]
+    stream: bool,
     /// Play it on the daemon's output device (through its announcement queue) instead of
     /// writing audio; waits until it has played and prints its events.
     #[arg(long, conflicts_with_all = NOT_WITH_PLAY)]

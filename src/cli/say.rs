@@ -11,7 +11,10 @@ use std::io::IsTerminal;
 use anyhow::Context as _;
 use futures::StreamExt;
 use herald::{
-    pb::{self, audio_format::Encoding, synthesize_response::Payload},
+    pb::{
+        self, audio_format::Encoding, synthesize_response::Payload,
+        synthesize_stream_request::Payload as In,
+    },
     shutdown,
 };
 
@@ -99,7 +102,17 @@ pub(super) fn status_failure(status: tonic::Status) -> Failure {
 pub(crate) async fn run(args: SayArgs) -> Result<(), Failure> {
     let format = Format::resolve(args.format, args.output.as_deref())
         .map_err(|m| fail(EX_USAGE, anyhow::anyhow!(m)))?;
+    if args.stream && args.text.as_deref().is_some_and(|t| t != "-") {
+        return Err(fail(
+            EX_USAGE,
+            anyhow::anyhow!("--stream reads the text from stdin as it arrives: give no TEXT"),
+        ));
+    }
     if args.play {
+        if args.stream {
+            let config = args.request(String::new(), format);
+            return play::run_stream(args, config).await;
+        }
         let request = args.request(args.text()?, format);
         return play::run(args, request).await;
     }
@@ -115,7 +128,12 @@ pub(crate) async fn run(args: SayArgs) -> Result<(), Failure> {
         }
         None => true,
     };
-    let request = args.request(args.text()?, format);
+    let text = if args.stream {
+        String::new()
+    } else {
+        args.text()?
+    };
+    let request = args.request(text, format);
     let timeout = if args.timeout > 0.0 {
         Some(
             std::time::Duration::try_from_secs_f64(args.timeout).map_err(|_| {
@@ -157,15 +175,35 @@ async fn synthesize(
     format: Format,
 ) -> Result<(), Failure> {
     let mut client = connect(args.target.clone()).await?;
-    let mut request = tonic::Request::new(request);
-    if let Some(timeout) = timeout {
-        request.set_timeout(timeout);
-    }
-    let mut stream = client
-        .synthesize(request)
-        .await
-        .map_err(status_failure)?
-        .into_inner();
+    let mut stream = if args.stream {
+        let (tx, rx) = tokio::sync::mpsc::channel(STDIN_PIECES);
+        let config = pb::SynthesizeStreamRequest {
+            payload: Some(In::Config(request)),
+        };
+        tx.send(config)
+            .await
+            .map_err(|_| fail(1, anyhow::anyhow!("the stream closed before its config")))?;
+        read_stdin(tx);
+        let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        client
+            .synthesize_stream(request)
+            .await
+            .map_err(status_failure)?
+            .into_inner()
+    } else {
+        let mut request = tonic::Request::new(request);
+        if let Some(timeout) = timeout {
+            request.set_timeout(timeout);
+        }
+        client
+            .synthesize(request)
+            .await
+            .map_err(status_failure)?
+            .into_inner()
+    };
     let mut info = None;
     let mut summary = None;
     while let Some(message) = stream.next().await {
@@ -196,6 +234,49 @@ async fn synthesize(
         );
     }
     Ok(())
+}
+
+/// Text pieces of stdin in flight to the daemon.
+const STDIN_PIECES: usize = 16;
+
+/// Read stdin as it arrives on a thread of its own (a read cannot be cancelled; the thread
+/// ends with the process) and send each piece as `text` to `tx`, whole UTF-8 characters only;
+/// at the end of stdin, `tx` is dropped: the client half-closes.
+pub(super) fn read_stdin(tx: tokio::sync::mpsc::Sender<pb::SynthesizeStreamRequest>) {
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin().lock();
+        let mut buf = vec![0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            let n = match std::io::Read::read(&mut stdin, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    eprintln!("herald: reading stdin: {e}");
+                    break;
+                }
+            };
+            pending.extend_from_slice(&buf[..n]);
+            // An incomplete character at the end waits for the next read; invalid bytes are
+            // replaced.
+            let valid = match std::str::from_utf8(&pending) {
+                Err(e) if e.error_len().is_none() => e.valid_up_to(),
+                _ => pending.len(),
+            };
+            let text = String::from_utf8_lossy(&pending[..valid]).into_owned();
+            pending.drain(..valid);
+            if text.is_empty() {
+                continue;
+            }
+            let piece = pb::SynthesizeStreamRequest {
+                payload: Some(In::Text(text)),
+            };
+            if tx.blocking_send(piece).is_err() {
+                return;
+            }
+        }
+    });
 }
 
 /// The name `--format` gives `encoding`.

@@ -296,6 +296,12 @@ pub struct SynthesisSection {
     /// Longest deadline a request may have, ms: longer `grpc-timeout`s, and requests with
     /// none, get this one. Default 300000 (5 min), range 1000..=86400000.
     pub max_deadline_ms: u64,
+    /// Most characters of text one `SynthesizeStream` may carry in all its pieces; more end
+    /// the stream with INVALID_ARGUMENT. Default 100000, range 1..=10000000.
+    pub max_stream_text_chars: u64,
+    /// Longest wait for a `SynthesizeStream`'s next text piece, flush or end, ms; longer ends
+    /// the stream with DEADLINE_EXCEEDED naming this key. Default 30000, range 100..=3600000.
+    pub stream_idle_timeout_ms: u64,
 }
 
 impl Default for SynthesisSection {
@@ -309,6 +315,8 @@ impl Default for SynthesisSection {
             max_concurrent: wide(d.max_concurrent),
             max_concurrent_per_peer: wide(d.max_concurrent_per_peer),
             max_deadline_ms: millis(d.max_deadline),
+            max_stream_text_chars: wide(d.max_stream_text_chars),
+            stream_idle_timeout_ms: millis(d.stream_idle_timeout),
         }
     }
 }

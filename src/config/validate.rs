@@ -238,6 +238,17 @@ impl RawConfig {
                     self.fallback.first_audio_budget_ms,
                     100..=600_000,
                 )?,
+                max_stream_text_chars: count_in(
+                    "synthesis.max_stream_text_chars",
+                    syn.max_stream_text_chars,
+                    1..=10_000_000,
+                    "",
+                )?,
+                stream_idle_timeout: millis_in(
+                    "synthesis.stream_idle_timeout_ms",
+                    syn.stream_idle_timeout_ms,
+                    100..=3_600_000,
+                )?,
             },
             max_message_bytes,
             metrics_listen,

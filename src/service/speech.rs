@@ -95,6 +95,7 @@ fn voice_to_pb(engine: &str, v: VoiceInfo) -> pb::Voice {
 impl pb::speech_server::Speech for SpeechService {
     type SynthesizeStream = BoxStream<pb::SynthesizeResponse>;
     type SpeakStream = BoxStream<pb::SpeakEvent>;
+    type SynthesizeStreamStream = BoxStream<pb::SynthesizeResponse>;
 
     async fn synthesize(
         &self,
@@ -106,6 +107,25 @@ impl pb::speech_server::Speech for SpeechService {
         let request = super::synthesize::request(request.into_inner())
             .inspect_err(|e| metrics().outcome(&label, "", Err(e.kind())))?;
         let events = self.core.synthesize(request, peer, asked)?;
+        Ok(Response::new(Box::pin(
+            events.map(super::synthesize::response),
+        )))
+    }
+
+    async fn synthesize_stream(
+        &self,
+        request: Request<tonic::Streaming<pb::SynthesizeStreamRequest>>,
+    ) -> Result<Response<Self::SynthesizeStreamStream>, Status> {
+        let asked = grpc_timeout(request.metadata());
+        let peer = peer_of(&request);
+        let idle = self.core.settings().stream_idle_timeout;
+        let mut inbound = request.into_inner();
+        let config = super::synthesize::stream_config(&mut inbound, idle).await?;
+        let label = self.core.model_label(&config.model);
+        let request = super::synthesize::request(config)
+            .inspect_err(|e| metrics().outcome(&label, "", Err(e.kind())))?;
+        let (input, events) = self.core.synthesize_stream(request, peer, asked)?;
+        tokio::spawn(super::synthesize::forward_text(inbound, input));
         Ok(Response::new(Box::pin(
             events.map(super::synthesize::response),
         )))

@@ -12,8 +12,70 @@ use crate::{
     error::Error,
     pb::{self, audio_format::Encoding, synthesize_response::Payload},
     provider::CachePolicy,
-    synthesis::{Event, Info, Request, Summary},
+    synthesis::{Event, Info, Request, StreamInput, Summary, TextEvent},
 };
+
+/// The config of a `SynthesizeStream`: its first message, within `idle` (else
+/// DEADLINE_EXCEEDED naming `synthesis.stream_idle_timeout_ms`); anything else first is
+/// INVALID_ARGUMENT naming `config`.
+pub async fn stream_config(
+    inbound: &mut tonic::Streaming<pb::SynthesizeStreamRequest>,
+    idle: std::time::Duration,
+) -> Result<pb::SynthesizeRequest, Status> {
+    use pb::synthesize_stream_request::Payload as In;
+    let first = tokio::time::timeout(idle, inbound.message())
+        .await
+        .map_err(|_| {
+            Status::deadline_exceeded(format!(
+                "config: no first message within {} ms (synthesis.stream_idle_timeout_ms)",
+                idle.as_millis()
+            ))
+        })??;
+    match first.and_then(|m| m.payload) {
+        Some(In::Config(config)) => Ok(config),
+        Some(In::Text(_) | In::Flush(_)) => Err(Status::invalid_argument(
+            "config: the first message of SynthesizeStream must be a config (a SynthesizeRequest \
+             without text); text and flush come after it",
+        )),
+        None => Err(Status::invalid_argument(
+            "config: the stream ended (or sent an empty message) before its config",
+        )),
+    }
+}
+
+/// Forward a `SynthesizeStream`'s messages after its config to the core's `input`, until the
+/// client half-closes (the end of the text) or goes away (dropping `input` says so).
+pub async fn forward_text(
+    mut inbound: tonic::Streaming<pb::SynthesizeStreamRequest>,
+    input: StreamInput,
+) {
+    use pb::synthesize_stream_request::Payload as In;
+    loop {
+        let message = tokio::select! {
+            m = inbound.message() => m,
+            () = input.closed() => return,
+        };
+        let event = match message {
+            Ok(Some(m)) => match m.payload {
+                Some(In::Text(text)) => TextEvent::Text(text),
+                Some(In::Flush(_)) => TextEvent::Flush,
+                Some(In::Config(_)) => TextEvent::Invalid(Error::invalid(
+                    "config: sent twice; only the first message of SynthesizeStream is a config",
+                )),
+                None => TextEvent::Invalid(Error::invalid(
+                    "payload: a SynthesizeStreamRequest must carry config, text or flush",
+                )),
+            },
+            Ok(None) => TextEvent::End,
+            // The client broke off: dropping `input` cancels the job.
+            Err(_) => return,
+        };
+        let last = matches!(event, TextEvent::End | TextEvent::Invalid(_));
+        if input.send(event).await.is_err() || last {
+            return;
+        }
+    }
+}
 
 /// The core request of a `SynthesizeRequest`; an unknown enum value is INVALID_ARGUMENT
 /// naming the field.
@@ -141,7 +203,24 @@ fn summary_to_pb(summary: Summary) -> pb::SynthesisSummary {
             .time_to_first_audio
             .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         bytes: summary.bytes,
+        fallback_reason: summary.served.fallback_reason.clone().unwrap_or_default(),
         engine: summary.served.engine,
+        sentences: summary
+            .sentences
+            .into_iter()
+            .map(|s| pb::SentenceSummary {
+                text: s.text,
+                begin_ms: s.begin_ms,
+                duration_ms: s.duration_ms,
+                engine: s.served.engine,
+                model: s.served.model,
+                voice: s.served.voice,
+                cache_hit: s.served.cache_hit,
+                fallback_used: s.served.fallback_reason.is_some(),
+                fallback_reason: s.served.fallback_reason.unwrap_or_default(),
+                truncated: s.truncated,
+            })
+            .collect(),
     }
 }
 

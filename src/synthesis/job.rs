@@ -96,8 +96,12 @@ pub struct Summary {
     pub upstream_request_ids: Vec<String>,
     /// From the request's arrival to the first chunk handed out.
     pub time_to_first_audio: Option<Duration>,
-    /// Which source served the request.
+    /// Which source served the request (a streamed text: its first sentence's, with
+    /// `cache_hit` true only when every sentence came from the cache, and the first sentence's
+    /// fallback reason, if any sentence fell back).
     pub served: Served,
+    /// A streamed text's sentences, in order (empty for a whole text).
+    pub sentences: Vec<super::stream::SentenceReport>,
 }
 
 /// How a job is run: who reads it, until when, and what it holds.
@@ -144,6 +148,11 @@ pub struct Events {
 }
 
 impl Events {
+    /// The events `rx` receives.
+    pub(super) fn new(rx: mpsc::Receiver<Result<Event, Error>>) -> Self {
+        Self { rx, ended: false }
+    }
+
     /// The next event; `None` after the summary or an error.
     pub async fn recv(&mut self) -> Option<Result<Event, Error>> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
@@ -189,7 +198,7 @@ pub fn start(provider: Arc<Provider>, job: Job, start: Start) -> Events {
 }
 
 /// The classified error of a failed job, logged once with its whole chain.
-fn failed(error: &JobError) -> Error {
+pub(super) fn failed(error: &JobError) -> Error {
     let classified = error.classify();
     match classified.kind() {
         ErrorKind::Cancelled => tracing::debug!(error = %chain(error), "job ended: client gone"),
@@ -346,6 +355,7 @@ async fn run(provider: Arc<Provider>, job: Job, start: Start, tx: Sender) {
                 upstream_request_ids: report.upstream_request_ids,
                 time_to_first_audio: ttfa,
                 served,
+                sentences: Vec::new(),
             }))
         }
         Err(error) => {

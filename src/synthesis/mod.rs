@@ -13,6 +13,8 @@
 mod job;
 mod limits;
 mod request;
+pub mod segment;
+mod stream;
 
 use std::{sync::Arc, time::Duration};
 
@@ -27,6 +29,7 @@ pub use self::{
         MAX_DICT_VALUE_CHARS, MAX_EMOTION_CHARS, MAX_INSTRUCTIONS_CHARS, MAX_LANGUAGE_CHARS,
         MAX_REQUEST_ID_CHARS, MAX_VOLUME, PROSODY_RANGE, Request, truncate, volume,
     },
+    stream::{SENTENCES_IN_FLIGHT, SentenceReport, StreamInput, StreamLimits, TextEvent},
 };
 use crate::{
     error::Error,
@@ -56,7 +59,16 @@ pub struct Settings {
     /// How long the requested engine may go without audio before the fallback chain is tried
     /// (`fallback.first_audio_budget_ms`).
     pub first_audio_budget: Duration,
+    /// Most characters of text one `SynthesizeStream` may carry.
+    pub max_stream_text_chars: usize,
+    /// Longest wait for a `SynthesizeStream`'s next text piece (or flush, or end).
+    pub stream_idle_timeout: Duration,
 }
+
+/// Default of `synthesis.max_stream_text_chars`.
+pub const DEFAULT_MAX_STREAM_TEXT_CHARS: usize = 100_000;
+/// Default of `synthesis.stream_idle_timeout_ms`.
+pub const DEFAULT_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Default for Settings {
     fn default() -> Self {
@@ -68,6 +80,8 @@ impl Default for Settings {
             max_concurrent_per_peer: 32,
             max_deadline: Duration::from_secs(300),
             first_audio_budget: crate::provider::DEFAULT_FIRST_AUDIO_BUDGET,
+            max_stream_text_chars: DEFAULT_MAX_STREAM_TEXT_CHARS,
+            stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
         }
     }
 }
@@ -165,6 +179,69 @@ impl Core {
             .inspect_err(|e| metrics().door_outcome(door, &label, "", Err(e.kind())))
     }
 
+    /// A `SynthesizeStream` job: validate `request` (its configuration: `text` must be empty),
+    /// admit it for `peer` like a `Synthesize` stream, give it the client's deadline, and start
+    /// it. The door sends the text on the returned [`StreamInput`].
+    pub fn synthesize_stream(
+        &self,
+        request: Request,
+        peer: String,
+        asked: Option<Duration>,
+    ) -> Result<(StreamInput, Events), Error> {
+        let door = crate::metrics::DOOR_GRPC;
+        let received = Instant::now();
+        let label = self.model_label(&request.model);
+        let started = (|| {
+            if !request.text.is_empty() {
+                return Err(Error::invalid(
+                    "config.text: must be empty in SynthesizeStream; send the text in `text` \
+                     messages after the config",
+                ));
+            }
+            let (deadline, deadline_message) = self.deadline(received, asked);
+            let job = self.prepare_options(request)?;
+            let slots = self.limits.admit(peer)?;
+            tracing::debug!(request_id = %job.request.request_id, model = %job.request.model, voice = %job.request.voice, "synthesize stream");
+            Ok(stream::start_stream(
+                Arc::clone(&self.provider),
+                job,
+                Start {
+                    cancel: self.root.child_token(),
+                    deadline: deadline.map(|d| (d, deadline_message)),
+                    received,
+                    buffer: EVENTS_IN_FLIGHT,
+                    metrics_model: Some(label.clone()),
+                    door,
+                    slots: Some(slots),
+                },
+                StreamLimits {
+                    max_text_chars: self.settings.max_stream_text_chars,
+                    idle_timeout: self.settings.stream_idle_timeout,
+                },
+            ))
+        })();
+        started.inspect_err(|e| metrics().door_outcome(door, &label, "", Err(e.kind())))
+    }
+
+    /// A request's deadline (`asked`, capped at `synthesis.max_deadline_ms`) and what the
+    /// client is told when it passes.
+    fn deadline(&self, received: Instant, asked: Option<Duration>) -> (Option<Instant>, String) {
+        let max = self.settings.max_deadline;
+        let capped = asked.is_none_or(|d| d > max);
+        let message = if capped {
+            format!(
+                "deadline exceeded: synthesis.max_deadline_ms limits a request to {} ms",
+                max.as_millis()
+            )
+        } else {
+            "deadline exceeded before synthesis finished".to_owned()
+        };
+        (
+            received.checked_add(asked.map_or(max, |d| d.min(max))),
+            message,
+        )
+    }
+
     fn admit(
         &self,
         door: &'static str,
@@ -174,17 +251,7 @@ impl Core {
         received: Instant,
         label: String,
     ) -> Result<Events, Error> {
-        let max = self.settings.max_deadline;
-        let capped = asked.is_none_or(|d| d > max);
-        let deadline_message = if capped {
-            format!(
-                "deadline exceeded: synthesis.max_deadline_ms limits a request to {} ms",
-                max.as_millis()
-            )
-        } else {
-            "deadline exceeded before synthesis finished".to_owned()
-        };
-        let deadline = received.checked_add(asked.map_or(max, |d| d.min(max)));
+        let (deadline, deadline_message) = self.deadline(received, asked);
         let job = self.prepare(request)?;
         let slots = self.limits.admit(peer)?;
         tracing::debug!(request_id = %job.request.request_id, model = %job.request.model, voice = %job.request.voice, "synthesize");

@@ -117,17 +117,25 @@ impl Core {
     /// (FAILED_PRECONDITION for a custom voice that upstream rejected).
     pub fn prepare(&self, req: Request) -> Result<Job, Error> {
         let settings = &self.settings;
-        let text = req.text;
-        if text.trim().is_empty() {
+        if req.text.trim().is_empty() {
             return Err(Error::invalid("text: must not be empty"));
         }
-        let chars = text.chars().count();
+        let chars = req.text.chars().count();
         if chars > settings.max_text_chars {
             return Err(Error::invalid(format!(
                 "text: {chars} characters exceeds the limit of {} (synthesis.max_text_chars)",
                 settings.max_text_chars
             )));
         }
+        self.prepare_options(req)
+    }
+
+    /// [`Core::prepare`] without the text checks: a streamed text's configuration (its text
+    /// comes later, sentence by sentence).
+    pub(super) fn prepare_options(&self, req: Request) -> Result<Job, Error> {
+        let settings = &self.settings;
+        let text = req.text;
+        let chars = text.chars().count();
 
         // A custom voice herald created works with its one model only: checked here, before
         // any upstream call; an empty model takes the voice's.

@@ -34,6 +34,7 @@ mod playback_grpc;
 mod python_client;
 mod security;
 mod synthesize_grpc;
+mod synthesize_stream;
 mod systemd;
 mod voices_double;
 mod voices_grpc;

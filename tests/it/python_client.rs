@@ -315,3 +315,46 @@ fn python_default_channel_reaches_every_unix_target_form() {
         assert!(rms(&samples) > 0.02, "{form}: silence");
     }
 }
+
+/// A Python client streams text (tests/python/stream_text.py): config, pieces cut mid-word, the
+/// rest only after the first audio came back; three sentences spoken by espeak-ng.
+#[test]
+fn python_client_streams_text() {
+    let server = ServeProcess::start(&[]);
+    let out = Command::new(python_with_grpc())
+        .arg("tests/python/stream_text.py")
+        .arg(&server.socket)
+        .env("HERALD_PY_GEN", server.dir.path().join("gen"))
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let result: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "one JSON line ({e}): {stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert!(out.status.success(), "{result}");
+    assert_eq!(result["engine"], "espeak-ng", "{result}");
+    assert_eq!(result["rate"], 16000);
+    assert_eq!(result["audio_before_last_piece"], true, "{result}");
+    let texts: Vec<&str> = result["sentences"]
+        .as_array()
+        .expect("sentences")
+        .iter()
+        .map(|s| s["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "The first sentence is here.",
+            "The second one follows it, and then a third?",
+            "Yes."
+        ]
+    );
+    let samples = result["samples"].as_u64().unwrap();
+    assert_eq!(result["audio_bytes"].as_u64().unwrap(), samples * 2);
+    assert!(samples > 16_000 * 2, "{samples} samples of speech");
+    let order = result["order"].as_str().unwrap();
+    assert!(order.starts_with("ia") && order.ends_with('s'), "{order}");
+}

@@ -9,8 +9,15 @@
 //! calls. Every character of the input ends up in exactly one piece, in order; pieces are
 //! trimmed of surrounding whitespace and never empty.
 //!
+//! The sentence-end rules are the streamed-text segmenter's (`crate::synthesis::segment`): one
+//! set of rules for whole and streamed text.
+//!
 //! It works on text only: it must not change what is said (no normalization, no dropped
 //! characters) or know which upstream the pieces go to.
+
+use crate::synthesis::segment::{
+    is_cjk_sentence_end, is_clause_mark, is_closer, is_latin_sentence_end,
+};
 
 /// Billed units of `text` as DashScope counts them (its billing documentation): a CJK ideograph
 /// counts 2, anything else (letters, digits, kana, hangul, punctuation, spaces) 1.
@@ -40,22 +47,6 @@ fn is_cjk(c: char) -> bool {
             0x3000..=0x30FF      // CJK punctuation, hiragana, katakana
             | 0xAC00..=0xD7AF    // Hangul syllables
             | 0xFF00..=0xFFEF) // Fullwidth forms
-}
-
-/// Ends a sentence wherever it appears.
-fn is_cjk_sentence_end(c: char) -> bool {
-    matches!(c, '。' | '！' | '？' | '；' | '…' | '\n')
-}
-
-/// Ends a sentence when followed by whitespace or the end of text (so "3.14" and "e.g." inside
-/// a word stay whole).
-fn is_latin_sentence_end(c: char) -> bool {
-    matches!(c, '.' | '!' | '?' | ';')
-}
-
-/// A clause boundary, for sentences over budget.
-fn is_clause_mark(c: char) -> bool {
-    matches!(c, '，' | '、' | '：' | ',' | ':' | '—')
 }
 
 /// Split `text` into pieces of at most `max_units` billed units each (see the module docs).
@@ -125,7 +116,7 @@ fn sentences(text: &str) -> Vec<&str> {
             // Keep closing quotes and brackets with their sentence.
             let mut end = end;
             while let Some(&(j, n)) = chars.peek() {
-                if matches!(n, '”' | '」' | '』' | '）' | ')' | '"' | '\'' | '’') {
+                if is_closer(n) {
                     end = j + n.len_utf8();
                     chars.next();
                 } else {
