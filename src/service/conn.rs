@@ -355,7 +355,7 @@ pub fn raise_fd_limit() -> Option<u64> {
             }
         }
         (Some(s), _) => {
-            tracing::debug!(limit = s, "open-file limit");
+            tracing::info!(limit = s, "open-file limit (already the hard limit)");
             Some(s)
         }
         (None, _) => None,

@@ -19,6 +19,7 @@ mod fault_storm;
 mod fuzz_regressions;
 mod go_client;
 mod grpcurl;
+mod hardening_conn;
 mod limits;
 mod metrics;
 mod openai_http;
