@@ -438,6 +438,39 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(5_000));
     }
 
+    /// A listener whose every accept fails with EMFILE (out of file descriptors).
+    struct Exhausted(std::sync::atomic::AtomicUsize);
+
+    impl Listen for Exhausted {
+        type Stream = tokio::io::DuplexStream;
+
+        async fn accept_one(&self) -> io::Result<(Self::Stream, String)> {
+            let n = self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if n > 1000 {
+                // A spinning loop would get here at once; stop it from hanging the test.
+                std::future::pending::<()>().await;
+            }
+            Err(io::Error::from_raw_os_error(24))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_back_off_instead_of_spinning() {
+        let mut acceptor = Acceptor::new(
+            Exhausted(std::sync::atomic::AtomicUsize::new(0)),
+            "test".to_owned(),
+            limits(8, 1_000, 5_000),
+        );
+        let waited = tokio::time::timeout(Duration::from_secs(3), acceptor.accept()).await;
+        assert!(waited.is_err(), "nothing to accept");
+        let calls = acceptor
+            .listener()
+            .0
+            .load(std::sync::atomic::Ordering::Relaxed);
+        // 10, 20, 40 … 640 ms, then once a second: 9 or 10 tries in 3 s.
+        assert!((5..=12).contains(&calls), "{calls} accept calls in 3 s");
+    }
+
     #[test]
     fn the_cap_is_shared_out_of_the_fd_limit() {
         let l = limits(512, 1_000, 5_000);
