@@ -7,8 +7,8 @@
 //! - **A handshake timeout** (`server.handshake_timeout_ms`): a connection that sends no byte
 //!   within it is closed ([`Guarded`]), so silent connections cannot pile up.
 //! - **An idle timeout** (`server.idle_timeout_ms`): a connection with no byte in either
-//!   direction for that long is closed. gRPC connections answer the server's HTTP/2 keepalive
-//!   pings (every 30 s), so a live gRPC client is never idle by this measure.
+//!   direction for that long is closed. The gRPC door pings its connections (HTTP/2 keepalive)
+//!   at least every half idle timeout, so a live gRPC connection is never idle by this measure.
 //! - **Accept errors back off**: a failed `accept` that concerns the listener (out of file
 //!   descriptors: EMFILE, ENFILE; out of memory) is logged at warn (rate-limited) and retried
 //!   after a pause growing to one second, instead of spinning on the error.

@@ -180,8 +180,10 @@ impl Server {
         for listener in listeners {
             let tcp = matches!(listener.kind, ListenerKind::Tcp(_));
             let auth = self.access.interceptor(tcp);
+            // A ping at least every half idle timeout: an open gRPC connection (a Speak stream
+            // waiting in its queue) is never closed as idle.
             let mut builder = Transport::builder()
-                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL.min(limits.idle_timeout / 2)))
                 .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
                 .max_concurrent_streams(Some(limits.max_concurrent_streams));
             if tcp {
