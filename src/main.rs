@@ -152,7 +152,10 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
     sockets.track(&listeners);
     let limits = service::conn::fit_to_fd_limit(
         config.connections,
-        listeners.len() + config.http.listen.len() + config.wyoming.listen.len(),
+        listeners.len()
+            + config.http.listen.len()
+            + config.wyoming.listen.len()
+            + usize::from(config.metrics_listen.is_some()),
         fd_limit,
     );
     let daemon = daemon.with_connections(limits);
@@ -194,7 +197,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         let refresh = daemon.metrics_refresh();
         let stop = metrics_stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            if let Err(error) = herald::metrics::serve(listener, refresh, stop).await {
+            if let Err(error) = herald::metrics::serve(listener, limits, refresh, stop).await {
                 tracing::error!(%error, "the metrics listener failed");
             }
         });

@@ -108,7 +108,7 @@ fn wait_exit(child: &mut std::process::Child, within: Duration) -> std::process:
 /// limit is 512 (before: it ran out of descriptors, answered no one, and spun in its accept
 /// loop). Now the TCP listener holds at most its cap, the unix socket and health answer
 /// throughout, every silent connection is closed after the handshake timeout (on the gRPC, HTTP
-/// and Wyoming doors alike), a connection gone quiet is closed after the idle timeout, and the
+/// and Wyoming doors and the metrics listener alike), a connection gone quiet is closed after the idle timeout, and the
 /// cap is logged.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn silent_connections_are_capped_and_closed_and_the_unix_socket_keeps_answering() {
@@ -121,8 +121,10 @@ async fn silent_connections_are_capped_and_closed_and_the_unix_socket_keeps_answ
     .args(&["--wyoming-listen", "tcp://127.0.0.1:0"])
     .env("HERALD_AUTH_TOKEN", TOKEN)
     .nofile(512)
+    .metrics()
     .start();
     let (grpc, http, wyoming) = (server.tcp(), server.http(), server.wyoming());
+    let metrics = server.metrics();
     assert_eq!(
         health(unix_channel(&server.socket).await).await.unwrap(),
         ServingStatus::Serving as i32
@@ -133,7 +135,7 @@ async fn silent_connections_are_capped_and_closed_and_the_unix_socket_keeps_answ
         silent.push(TcpStream::connect(grpc).await.expect("connect"));
     }
     let mut others = Vec::new();
-    for addr in [http, wyoming] {
+    for addr in [http, wyoming, metrics] {
         for _ in 0..5 {
             others.push(TcpStream::connect(addr).await.expect("connect"));
         }
