@@ -178,8 +178,16 @@ impl Daemon {
         daemon.server = daemon
             .server
             .with_access(Access::from_config(config))
-            .with_max_message_bytes(config.max_message_bytes);
+            .with_max_message_bytes(config.max_message_bytes)
+            .with_connections(config.connections);
         Ok(daemon)
+    }
+
+    /// The connection limits of the gRPC listeners (`serve` lowers the configured cap to fit
+    /// the open-file limit: [`crate::service::conn::fit_to_fd_limit`]).
+    pub fn with_connections(mut self, limits: crate::config::ConnectionLimits) -> Self {
+        self.server = self.server.with_connections(limits);
+        self
     }
 
     /// A daemon over explicit engines and settings, with default playback settings, no cache

@@ -128,11 +128,16 @@ async fn check_config(args: ConfigArgs) -> Result<(), Failure> {
 async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Result<(), Failure> {
     // Before anything slow: a SIGTERM during start-up must stop us cleanly too.
     let stop = shutdown::signal();
+    shutdown::ignore_hangup();
     let config = args.load()?;
     telemetry::init(&config.log_level, config.log_format);
+    let fd_limit = service::conn::raise_fd_limit();
     let daemon = Daemon::from_config(&config)
         .await
         .map_err(|e| fail(EX_USAGE, e))?;
+    // Socket files this start created are removed however it ends (a later listener that
+    // cannot be bound, a refused configuration, shutdown): none is left behind stale.
+    let mut sockets = service::SocketFiles::default();
     let listeners = match activation.filter(|a| !a.is_empty()) {
         Some(activation) => {
             tracing::info!(
@@ -144,6 +149,16 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         None => service::bind_with(&config.listen, config.socket_mode, config.socket_group).await,
     }
     .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+    sockets.track(&listeners);
+    let limits = service::conn::fit_to_fd_limit(
+        config.connections,
+        listeners.len()
+            + config.http.listen.len()
+            + config.wyoming.listen.len()
+            + usize::from(config.metrics_listen.is_some()),
+        fd_limit,
+    );
+    let daemon = daemon.with_connections(limits);
     // A listener this configuration may not serve (a TCP socket passed by socket activation
     // without a token) is a configuration error: refused before READY=1, so that systemd sees a
     // failed start and not a service that dies after starting.
@@ -159,11 +174,13 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
             service::Access::from_config(&config),
             &config.http,
             config.max_message_bytes,
-        );
+        )
+        .with_connections(limits);
         let bound =
             service::bind_with(&config.http.listen, config.socket_mode, config.socket_group)
                 .await
                 .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+        sockets.track(&bound);
         door.check(&bound).map_err(|e| fail(EX_USAGE, e))?;
         Some(tokio::spawn(door.serve(bound, http_stop.clone())))
     };
@@ -180,7 +197,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         let refresh = daemon.metrics_refresh();
         let stop = metrics_stop.clone().cancelled_owned();
         tokio::spawn(async move {
-            if let Err(error) = herald::metrics::serve(listener, refresh, stop).await {
+            if let Err(error) = herald::metrics::serve(listener, limits, refresh, stop).await {
                 tracing::error!(%error, "the metrics listener failed");
             }
         });
@@ -192,6 +209,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         let bound = herald::wyoming::bind(&config.wyoming, config.socket_mode, config.socket_group)
             .await
             .map_err(|e| fail(EX_UNAVAILABLE, e))?;
+        sockets.track(bound.bound());
         if config
             .wyoming
             .listen
@@ -206,7 +224,7 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
         let (core, settings) = (daemon.core(), config.wyoming.clone());
         let stop = wyoming_stop.clone().cancelled_owned();
         Some(tokio::spawn(herald::wyoming::serve(
-            core, settings, bound, stop,
+            core, settings, bound, limits, stop,
         )))
     };
     let addrs: Vec<String> = listeners.iter().map(|l| l.addr().to_string()).collect();

@@ -366,6 +366,7 @@ impl Drop for ActiveStream {
 /// (to update gauges that mirror state).
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    limits: crate::config::ConnectionLimits,
     refresh: Arc<dyn Fn() + Send + Sync>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -387,7 +388,33 @@ pub async fn serve(
             }
         }),
     );
+    let name = listener
+        .local_addr()
+        .map_or_else(|_| "metrics".to_owned(), |a| a.to_string());
+    let listener = Limited(crate::service::conn::Acceptor::new(listener, name, limits));
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// The metrics listener under the connection limits every door has (`service::conn`): the
+/// endpoint needs no token, so silent connections must not pile up there either.
+struct Limited(crate::service::conn::Acceptor<tokio::net::TcpListener>);
+
+impl axum::serve::Listener for Limited {
+    type Io = crate::service::conn::Guarded<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (stream, _) = self.0.accept().await;
+        let addr = stream
+            .get_ref()
+            .peer_addr()
+            .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)));
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.listener().local_addr()
+    }
 }

@@ -230,6 +230,34 @@ pub struct HttpSettings {
     pub voices: std::collections::BTreeMap<String, String>,
 }
 
+/// What every door's listeners allow a connection ([`Config::connections`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Most connections open at once per listener (`server.max_connections`).
+    pub max_connections: usize,
+    /// Time a new connection has to send its first bytes and to finish a TLS handshake
+    /// (`server.handshake_timeout_ms`).
+    pub handshake_timeout: Duration,
+    /// Time a connection may go without a byte in either direction (`server.idle_timeout_ms`).
+    pub idle_timeout: Duration,
+    /// Most HTTP/2 streams open at once on one gRPC connection (`server.max_concurrent_streams`).
+    pub max_concurrent_streams: u32,
+    /// Most health `Watch` streams open at once (`server.max_health_watches`).
+    pub max_health_watches: usize,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 512,
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(300),
+            max_concurrent_streams: 100,
+            max_health_watches: 64,
+        }
+    }
+}
+
 /// TLS certificate and key, read at start.
 #[derive(Clone)]
 pub struct TlsFiles {
@@ -270,6 +298,8 @@ pub struct Config {
     pub synthesis: crate::synthesis::Settings,
     /// Largest gRPC request message, bytes.
     pub max_message_bytes: usize,
+    /// Connection limits of every door's listeners.
+    pub connections: ConnectionLimits,
     /// The Prometheus metrics listener, if any.
     pub metrics_listen: Option<SocketAddr>,
     /// espeak-ng, when enabled.

@@ -255,6 +255,18 @@ pub struct ServerSection {
     pub max_message_bytes: u64,
     /// `IP:PORT` of the Prometheus metrics listener (`/metrics`). Empty = none.
     pub metrics_listen: String,
+    /// Most connections open at once per listener (every door). Default 512.
+    pub max_connections: u64,
+    /// A connection that sends nothing (or does not finish its TLS handshake) within this many
+    /// ms after it is accepted is closed. Default 10000.
+    pub handshake_timeout_ms: u64,
+    /// A connection with no bytes in either direction for this many ms is closed. Default
+    /// 300000.
+    pub idle_timeout_ms: u64,
+    /// Most HTTP/2 streams (calls) open at once on one gRPC connection. Default 100.
+    pub max_concurrent_streams: u64,
+    /// Most `grpc.health.v1.Health/Watch` streams open at once (all listeners). Default 64.
+    pub max_health_watches: u64,
 }
 
 impl Default for ServerSection {
@@ -271,6 +283,11 @@ impl Default for ServerSection {
             tls_key: String::new(),
             max_message_bytes: wide(DEFAULT_MAX_MESSAGE_BYTES),
             metrics_listen: String::new(),
+            max_connections: 512,
+            handshake_timeout_ms: 10_000,
+            idle_timeout_ms: 300_000,
+            max_concurrent_streams: 100,
+            max_health_watches: 64,
         }
     }
 }

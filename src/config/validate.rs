@@ -21,7 +21,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::{
     CREDENTIAL_AUTH_TOKEN, CREDENTIAL_DASHSCOPE_API_KEY, CacheSection, Config, ConfigError,
-    DASHSCOPE_DEFAULT_MODEL, DEFAULT_DASHSCOPE_BASE_URL, DashscopeSection,
+    ConnectionLimits, DASHSCOPE_DEFAULT_MODEL, DEFAULT_DASHSCOPE_BASE_URL, DashscopeSection,
     ENV_CREDENTIALS_DIRECTORY, ENV_DASHSCOPE_API_KEY, EspeakSection, FallbackSection, HttpSection,
     HttpSettings, ListenAddr, MAX_CONCURRENT_LIMIT, PlaybackSection, RawConfig, ServerSection,
     SynthesisSection, TcpAuth, TlsFiles, VoicesSection, WyomingSection, WyomingSettings,
@@ -174,6 +174,7 @@ impl RawConfig {
             65_536..=67_108_864,
             "",
         )?;
+        let connections = validate_connections(s)?;
         let max_concurrent = count_in(
             "synthesis.max_concurrent",
             syn.max_concurrent,
@@ -251,6 +252,7 @@ impl RawConfig {
                 )?,
             },
             max_message_bytes,
+            connections,
             metrics_listen,
             espeak,
             #[cfg(feature = "piper")]
@@ -369,6 +371,40 @@ fn default_model(syn: &SynthesisSection, cloud: bool) -> String {
     })
 }
 
+fn validate_connections(s: &ServerSection) -> Result<ConnectionLimits, ConfigError> {
+    Ok(ConnectionLimits {
+        max_connections: count_in(
+            "server.max_connections",
+            s.max_connections,
+            1..=1_000_000,
+            "",
+        )?,
+        handshake_timeout: millis_in(
+            "server.handshake_timeout_ms",
+            s.handshake_timeout_ms,
+            100..=600_000,
+        )?,
+        idle_timeout: millis_in(
+            "server.idle_timeout_ms",
+            s.idle_timeout_ms,
+            1_000..=86_400_000,
+        )?,
+        max_concurrent_streams: u32::try_from(count_in(
+            "server.max_concurrent_streams",
+            s.max_concurrent_streams,
+            1..=10_000,
+            "",
+        )?)
+        .unwrap_or(u32::MAX),
+        max_health_watches: count_in(
+            "server.max_health_watches",
+            s.max_health_watches,
+            0..=100_000,
+            "",
+        )?,
+    })
+}
+
 fn validate_tls(s: &ServerSection) -> Result<Option<TlsFiles>, ConfigError> {
     Ok(match (s.tls_cert.trim(), s.tls_key.trim()) {
         ("", "") => None,
@@ -383,6 +419,7 @@ fn validate_tls(s: &ServerSection) -> Result<Option<TlsFiles>, ConfigError> {
                 .map_err(|e| invalid("server.tls_cert", format!("cannot read {cert}: {e}")))?;
             let key_pem = std::fs::read_to_string(key)
                 .map_err(|e| invalid("server.tls_key", format!("cannot read {key}: {e}")))?;
+            check_tls_pair(cert, &cert_pem, key, key_pem.as_bytes())?;
             Some(TlsFiles {
                 cert_pem,
                 key_pem: SecretString::from(key_pem),
@@ -390,6 +427,58 @@ fn validate_tls(s: &ServerSection) -> Result<Option<TlsFiles>, ConfigError> {
             })
         }
     })
+}
+
+/// The certificate chain parses, the key loads, and the key is the certificate's: what rustls
+/// needs to serve TLS, checked here so that `check-config` and `serve` refuse a bad pair naming
+/// the setting before anything is bound (issue 23).
+fn check_tls_pair(
+    cert: &str,
+    cert_pem: &[u8],
+    key: &str,
+    key_pem: &[u8],
+) -> Result<(), ConfigError> {
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| {
+            invalid(
+                "server.tls_cert",
+                format!("{cert}: not a PEM certificate chain: {e}"),
+            )
+        })?;
+    if chain.is_empty() {
+        return Err(invalid(
+            "server.tls_cert",
+            format!("{cert}: no PEM certificate (-----BEGIN CERTIFICATE-----) in the file"),
+        ));
+    }
+    let der = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| {
+        invalid(
+            "server.tls_key",
+            format!("{key}: no usable PEM private key (unencrypted PKCS#8, PKCS#1 or SEC1): {e}"),
+        )
+    })?;
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let signing = provider.key_provider.load_private_key(der).map_err(|e| {
+        invalid(
+            "server.tls_key",
+            format!("{key}: not a key rustls can use: {e}"),
+        )
+    })?;
+    match rustls::sign::CertifiedKey::new(chain, signing).keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => Ok(()),
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(invalid(
+                "server.tls_key",
+                format!("{key} is not the key of the certificate in server.tls_cert ({cert})"),
+            ))
+        }
+        Err(e) => Err(invalid(
+            "server.tls_cert",
+            format!("{cert}: the first certificate cannot be read: {e}"),
+        )),
+    }
 }
 
 fn validate_espeak(e: &EspeakSection, env: &Env) -> Result<Option<EspeakConfig>, ConfigError> {

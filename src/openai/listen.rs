@@ -2,8 +2,10 @@
 //! labelled with its [`Peer`] (the caller's name for the per-peer limit, and whether it came
 //! over TCP, where the bearer token is required).
 //!
-//! TLS handshakes run in their own tasks, bounded in time, so a slow client never holds up
-//! the accept loop. This module must not route or answer requests.
+//! Accepting goes through the shared [`Acceptor`] (the connection cap, the handshake and idle
+//! timeouts, the back-off on accept errors). TLS handshakes run in their own tasks, bounded in
+//! time, so a slow client never holds up the accept loop. This module must not route or answer
+//! requests.
 
 use std::{io, sync::Arc, time::Duration};
 
@@ -14,8 +16,7 @@ use tokio::{
 };
 use tokio_rustls::{TlsAcceptor, server::TlsStream};
 
-/// Longest TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::service::conn::{Acceptor, Guarded};
 
 /// Who is calling: the per-peer admission key (`ip:…` or `uid:…`, the gRPC door's names) and
 /// whether the connection is TCP.
@@ -27,54 +28,20 @@ pub struct Peer {
     pub tcp: bool,
 }
 
-/// An accept error that concerns one connection only (axum's rule): go on at once.
-fn per_connection(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-    )
-}
-
-async fn backoff(e: &io::Error) {
-    if !per_connection(e) {
-        tracing::error!(error = %e, "http: accept failed");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-async fn accept_tcp(listener: &TcpListener) -> (TcpStream, Peer) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, addr)) => {
-                let _ = stream.set_nodelay(true);
-                return (
-                    stream,
-                    Peer {
-                        name: format!("ip:{}", addr.ip()),
-                        tcp: true,
-                    },
-                );
-            }
-            Err(e) => backoff(&e).await,
-        }
-    }
-}
-
 /// Plain TCP.
-pub struct Tcp(pub TcpListener);
+pub struct Tcp(pub Acceptor<TcpListener>);
 
 impl axum::serve::Listener for Tcp {
-    type Io = TcpStream;
+    type Io = Guarded<TcpStream>;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        accept_tcp(&self.0).await
+        let (stream, name) = self.0.accept().await;
+        (stream, Peer { name, tcp: true })
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.0.local_addr().map(|a| Peer {
+        self.0.listener().local_addr().map(|a| Peer {
             name: a.to_string(),
             tcp: true,
         })
@@ -83,17 +50,24 @@ impl axum::serve::Listener for Tcp {
 
 /// TCP with TLS.
 pub struct Tls {
-    listener: TcpListener,
+    listener: Acceptor<TcpListener>,
     acceptor: TlsAcceptor,
-    handshakes: JoinSet<Option<(TlsStream<TcpStream>, Peer)>>,
+    handshake_timeout: Duration,
+    handshakes: JoinSet<Option<(TlsStream<Guarded<TcpStream>>, Peer)>>,
 }
 
 impl Tls {
-    /// `listener`, its connections accepted by `acceptor`.
-    pub fn new(listener: TcpListener, acceptor: TlsAcceptor) -> Self {
+    /// `listener`, its connections accepted by `acceptor`, each handshake given
+    /// `handshake_timeout`.
+    pub fn new(
+        listener: Acceptor<TcpListener>,
+        acceptor: TlsAcceptor,
+        handshake_timeout: Duration,
+    ) -> Self {
         Self {
             listener,
             acceptor,
+            handshake_timeout,
             handshakes: JoinSet::new(),
         }
     }
@@ -125,16 +99,18 @@ impl Tls {
 pub struct TlsError(String);
 
 impl axum::serve::Listener for Tls {
-    type Io = TlsStream<TcpStream>;
+    type Io = TlsStream<Guarded<TcpStream>>;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             tokio::select! {
-                (stream, peer) = accept_tcp(&self.listener) => {
+                (stream, name) = self.listener.accept() => {
+                    let peer = Peer { name, tcp: true };
                     let acceptor = self.acceptor.clone();
+                    let timeout = self.handshake_timeout;
                     self.handshakes.spawn(async move {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                             Ok(Ok(tls)) => Some((tls, peer)),
                             Ok(Err(e)) => {
                                 tracing::debug!(error = %e, peer = %peer.name, "http: TLS handshake failed");
@@ -154,7 +130,7 @@ impl axum::serve::Listener for Tls {
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.listener.local_addr().map(|a| Peer {
+        self.listener.listener().local_addr().map(|a| Peer {
             name: a.to_string(),
             tcp: true,
         })
@@ -162,24 +138,15 @@ impl axum::serve::Listener for Tls {
 }
 
 /// A unix socket; the peer is the caller's uid.
-pub struct Unix(pub UnixListener);
+pub struct Unix(pub Acceptor<UnixListener>);
 
 impl axum::serve::Listener for Unix {
-    type Io = UnixStream;
+    type Io = Guarded<UnixStream>;
     type Addr = Peer;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            match self.0.accept().await {
-                Ok((stream, _)) => {
-                    let name = stream
-                        .peer_cred()
-                        .map_or_else(|_| "local".to_owned(), |c| format!("uid:{}", c.uid()));
-                    return (stream, Peer { name, tcp: false });
-                }
-                Err(e) => backoff(&e).await,
-            }
-        }
+        let (stream, name) = self.0.accept().await;
+        (stream, Peer { name, tcp: false })
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {

@@ -39,9 +39,9 @@ use self::{
     wire::{Names, StreamFormat},
 };
 use crate::{
-    config::{HttpSettings, ListenAddr},
+    config::{ConnectionLimits, HttpSettings, ListenAddr},
     error::Error,
-    service::{Access, BoundListener, ListenerKind, Refused},
+    service::{Access, BoundListener, ListenerKind, Refused, conn::Acceptor},
     synthesis::{Core, Event},
 };
 
@@ -64,6 +64,7 @@ pub enum DoorError {
 #[derive(Clone)]
 pub struct Door {
     shared: Arc<Shared>,
+    limits: ConnectionLimits,
 }
 
 struct Shared {
@@ -87,7 +88,15 @@ impl Door {
                 },
                 max_body,
             }),
+            limits: ConnectionLimits::default(),
         }
+    }
+
+    /// The connection limits of its listeners (`server.max_connections`, the handshake and idle
+    /// timeouts; see [`crate::service::conn`]).
+    pub fn with_connections(mut self, limits: ConnectionLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Refuse listeners this door would not serve: a TCP listener the access policy does not
@@ -135,12 +144,17 @@ impl Door {
             let app = self.router().into_make_service_with_connect_info::<Peer>();
             let stop = shutdown.clone().cancelled_owned();
             let (kind, activated) = listener.into_kind();
+            let (name, limits) = (addr.to_string(), self.limits);
             let tls = self.shared.access.tls_pem();
             tracing::info!(%addr, tls = matches!(kind, ListenerKind::Tcp(_)) && tls.is_some(), "OpenAI-compatible HTTP at /v1");
             match kind {
                 ListenerKind::Tcp(l) => match tls {
                     Some((cert, key)) => {
-                        let l = listen::Tls::new(l, listen::Tls::acceptor(cert, key)?);
+                        let l = listen::Tls::new(
+                            Acceptor::new(l, name, limits),
+                            listen::Tls::acceptor(cert, key)?,
+                            limits.handshake_timeout,
+                        );
                         servers.spawn(
                             axum::serve(l, app)
                                 .with_graceful_shutdown(stop)
@@ -149,7 +163,7 @@ impl Door {
                     }
                     None => {
                         servers.spawn(
-                            axum::serve(listen::Tcp(l), app)
+                            axum::serve(listen::Tcp(Acceptor::new(l, name, limits)), app)
                                 .with_graceful_shutdown(stop)
                                 .into_future(),
                         );
@@ -162,7 +176,7 @@ impl Door {
                         socket_files.push(path.clone());
                     }
                     servers.spawn(
-                        axum::serve(listen::Unix(l), app)
+                        axum::serve(listen::Unix(Acceptor::new(l, name, limits)), app)
                             .with_graceful_shutdown(stop)
                             .into_future(),
                     );

@@ -103,23 +103,33 @@ impl Access {
     }
 
     /// `builder` with the TLS identity of TCP listeners, when one is configured.
+    /// TLS handshakes that take longer than `handshake_timeout` are abandoned.
     pub(super) fn with_tls(
         &self,
         builder: tonic::transport::Server,
+        handshake_timeout: std::time::Duration,
     ) -> Result<tonic::transport::Server, Refused> {
         let Some((cert, key)) = &self.tls else {
             return Ok(builder);
         };
         let identity = tonic::transport::Identity::from_pem(cert, key.expose_secret());
         builder
-            .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
+            .tls_config(
+                tonic::transport::ServerTlsConfig::new()
+                    .identity(identity)
+                    .timeout(handshake_timeout),
+            )
             .map_err(Refused::Tls)
     }
 
     /// Refuse a TLS certificate and key rustls would not take, with the same call that sets up
     /// a TCP listener ([`Self::with_tls`]); nothing when no TLS is configured.
     pub fn check_tls(&self) -> Result<(), Refused> {
-        self.with_tls(tonic::transport::Server::builder()).map(drop)
+        self.with_tls(
+            tonic::transport::Server::builder(),
+            std::time::Duration::from_secs(10),
+        )
+        .map(drop)
     }
 
     /// The PEM certificate chain and private key of TCP listeners, when TLS is configured

@@ -186,10 +186,71 @@ impl Activation {
     }
 }
 
+/// The socket files one start created ([`Self::track`]), removed when this is dropped if they
+/// are still the same files (a later daemon's socket at the same path is left alone). Socket
+/// files passed by systemd are not tracked.
+#[derive(Debug, Default)]
+pub struct SocketFiles(Vec<(PathBuf, u64, u64)>);
+
+impl SocketFiles {
+    /// Remove the unix socket files of `listeners` (those this process bound) on drop.
+    pub fn track(&mut self, listeners: &[BoundListener]) {
+        use std::os::unix::fs::MetadataExt;
+        for l in listeners {
+            if let (ListenAddr::Unix(path), false) = (&l.addr, l.activated)
+                && let Ok(meta) = std::fs::symlink_metadata(path)
+            {
+                self.0.push((path.clone(), meta.dev(), meta.ino()));
+            }
+        }
+    }
+}
+
+impl Drop for SocketFiles {
+    fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
+        for (path, dev, ino) in &self.0 {
+            if std::fs::symlink_metadata(path).is_ok_and(|m| m.dev() == *dev && m.ino() == *ino) {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+}
+
+/// Warn when others than the owner and group can reach a socket: a mode that gives "other"
+/// any access, or a directory anyone may write to (anyone could then take the path first).
+fn warn_if_exposed(path: &Path, mode: u32) {
+    if mode & 0o007 != 0 {
+        tracing::warn!(
+            socket = %path.display(),
+            mode = format!("{mode:04o}"),
+            "server.socket_mode: the socket is open to every local user (mode beyond 0660)"
+        );
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    if let Ok(meta) = std::fs::metadata(dir) {
+        let bits = meta.permissions().mode();
+        if bits & 0o002 != 0 {
+            tracing::warn!(
+                directory = %dir.display(),
+                mode = format!("{:04o}", bits & 0o7777),
+                sticky = bits & 0o1000 != 0,
+                "server.listen: the socket's directory is world-writable; any local user could \
+                 take the socket's path first: use a directory only herald can write \
+                 (RuntimeDirectory=)"
+            );
+        }
+    }
+}
+
 fn bind_unix(path: &Path, mode: u32, group: Option<u32>) -> io::Result<UnixListener> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
+    warn_if_exposed(path, mode);
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             // A socket someone still answers on belongs to a running daemon: never steal it.

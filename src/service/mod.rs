@@ -13,7 +13,9 @@
 mod auth;
 mod authority;
 pub mod cache;
+pub mod conn;
 mod deadline;
+mod health;
 mod listen;
 mod oversize;
 mod speak;
@@ -25,18 +27,18 @@ mod voices;
 use std::{future::Future, path::PathBuf, time::Duration};
 
 use tokio::task::JoinSet;
-use tokio_stream::{StreamExt as _, wrappers::UnixListenerStream};
+use tokio_stream::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Server as Transport, server::TcpIncoming};
+use tonic::transport::Server as Transport;
 
 pub use self::{
     auth::{Access, Refused},
-    listen::{Activation, BoundListener, ListenerKind, bind, bind_with},
+    listen::{Activation, BoundListener, ListenerKind, SocketFiles, bind, bind_with},
     speech::SpeechService,
 };
 use crate::{
-    config::{DEFAULT_MAX_MESSAGE_BYTES, ListenAddr},
+    config::{ConnectionLimits, DEFAULT_MAX_MESSAGE_BYTES, ListenAddr},
     pb::{self, cache_server::CacheServer, speech_server::SpeechServer},
 };
 
@@ -79,6 +81,7 @@ pub struct Server {
     cache: cache::CacheService,
     access: Access,
     max_message_bytes: usize,
+    connections: ConnectionLimits,
     jobs: CancellationToken,
     grace: Duration,
 }
@@ -92,6 +95,7 @@ impl Server {
             speech,
             access: Access::default(),
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            connections: ConnectionLimits::default(),
             jobs,
             grace,
         }
@@ -105,6 +109,13 @@ impl Server {
     /// The largest request message accepted (default 16 MiB).
     pub fn with_max_message_bytes(mut self, bytes: usize) -> Self {
         self.max_message_bytes = bytes;
+        self
+    }
+
+    /// The connection limits of every listener (cap, timeouts, HTTP/2 streams, health
+    /// watches); see [`conn`].
+    pub fn with_connections(mut self, limits: ConnectionLimits) -> Self {
+        self.connections = limits;
         self
     }
 
@@ -142,7 +153,7 @@ impl Server {
         listeners: Vec<BoundListener>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), ServeError> {
-        let (reporter, health) = tonic_health::server::health_reporter();
+        let reporter = tonic_health::server::HealthReporter::new();
         reporter.set_serving::<SpeechServer<SpeechService>>().await;
         reporter
             .set_serving::<CacheServer<cache::CacheService>>()
@@ -157,17 +168,26 @@ impl Server {
             .build_v1alpha()?;
 
         let stop_accepting = CancellationToken::new();
+        let health = health::BoundedHealth::server(
+            reporter.clone(),
+            self.connections.max_health_watches,
+            stop_accepting.clone(),
+        );
+        let limits = self.connections;
         let mut servers = JoinSet::new();
         let mut socket_files: Vec<PathBuf> = Vec::new();
         self.check(&listeners)?;
         for listener in listeners {
             let tcp = matches!(listener.kind, ListenerKind::Tcp(_));
             let auth = self.access.interceptor(tcp);
+            // A ping at least every half idle timeout: an open gRPC connection (a Speak stream
+            // waiting in its queue) is never closed as idle.
             let mut builder = Transport::builder()
-                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
-                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
+                .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL.min(limits.idle_timeout / 2)))
+                .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+                .max_concurrent_streams(Some(limits.max_concurrent_streams));
             if tcp {
-                builder = self.access.with_tls(builder)?;
+                builder = self.access.with_tls(builder, limits.handshake_timeout)?;
             }
             let router = builder
                 .layer(oversize::layer())
@@ -194,9 +214,12 @@ impl Server {
                 token = tcp && self.access.token.is_some(),
                 "listening"
             );
+            let name = listener.addr.to_string();
             match listener.kind {
                 ListenerKind::Tcp(l) => {
-                    let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+                    let incoming = conn::Acceptor::new(l, name, limits)
+                        .into_stream()
+                        .map(|accepted| accepted.map(|(conn, _peer)| conn));
                     servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
                 }
                 ListenerKind::Unix(l) => {
@@ -207,8 +230,12 @@ impl Server {
                     }
                     // Unix clients of gRPC core, grpc-java and grpcurl name the socket path
                     // as :authority, which h2 refuses (see `authority`).
-                    let incoming = UnixListenerStream::new(l)
-                        .map(|conn| conn.map(authority::AuthorityFix::new));
+                    let incoming =
+                        conn::Acceptor::new(l, name, limits)
+                            .into_stream()
+                            .map(|accepted| {
+                                accepted.map(|(conn, _peer)| authority::AuthorityFix::new(conn))
+                            });
                     servers.spawn(router.serve_with_incoming_shutdown(incoming, signal));
                 }
             }

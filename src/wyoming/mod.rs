@@ -29,20 +29,19 @@ use std::{future::Future, path::PathBuf, sync::Arc};
 
 use tokio::{
     io::{AsyncRead, AsyncWrite},
-    net::{TcpListener, UnixListener},
     task::JoinSet,
 };
 use tokio_util::sync::CancellationToken;
 
 pub use self::sentences::Sentences;
 use crate::{
-    config::{ListenAddr, WyomingSettings},
-    service::{self, BoundListener, ListenerKind, ServeError},
+    config::{ConnectionLimits, ListenAddr, WyomingSettings},
+    service::{
+        self, BoundListener, ListenerKind, ServeError,
+        conn::{Acceptor, Listen},
+    },
     synthesis::Core,
 };
-
-/// Most connections served at once per listener; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 256;
 
 /// The Wyoming door's bound listeners.
 #[derive(Debug)]
@@ -52,6 +51,11 @@ impl Listeners {
     /// The addresses bound (real ports for port 0).
     pub fn addrs(&self) -> Vec<ListenAddr> {
         self.0.iter().map(|l| l.addr().clone()).collect()
+    }
+
+    /// The listeners.
+    pub fn bound(&self) -> &[BoundListener] {
+        &self.0
     }
 }
 
@@ -66,12 +70,13 @@ pub async fn bind(
     ))
 }
 
-/// Serve the Wyoming door over `core` on `listeners` until `shutdown` resolves; then
-/// connections are closed, their jobs dropped, and unix socket files removed.
+/// Serve the Wyoming door over `core` on `listeners`, each within `limits`, until `shutdown`
+/// resolves; then connections are closed, their jobs dropped, and unix socket files removed.
 pub async fn serve(
     core: Arc<Core>,
     settings: WyomingSettings,
     listeners: Listeners,
+    limits: ConnectionLimits,
     shutdown: impl Future<Output = ()>,
 ) {
     let stop = CancellationToken::new();
@@ -83,13 +88,15 @@ pub async fn serve(
         tracing::info!(%addr, "wyoming door listening");
         match listener.into_kind().0 {
             ListenerKind::Tcp(l) => {
-                tasks.spawn(accept_loop(l, Arc::clone(&door), stop.clone()));
+                let acceptor = Acceptor::new(l, addr.to_string(), limits);
+                tasks.spawn(accept_loop(acceptor, Arc::clone(&door), stop.clone()));
             }
             ListenerKind::Unix(l) => {
+                let acceptor = Acceptor::new(l, addr.to_string(), limits);
                 if let ListenAddr::Unix(p) = addr {
                     sockets.push(p);
                 }
-                tasks.spawn(accept_loop(l, Arc::clone(&door), stop.clone()));
+                tasks.spawn(accept_loop(acceptor, Arc::clone(&door), stop.clone()));
             }
         }
     }
@@ -101,53 +108,21 @@ pub async fn serve(
     }
 }
 
-/// A listener of the Wyoming door: what it accepts, and how the peer is named for the core's
-/// per-peer limits (a TCP client's address, a unix socket's user).
-trait Accept: Send + 'static {
-    type Stream: AsyncRead + AsyncWrite + Send + 'static;
-    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Stream, String)>> + Send;
-}
-
-impl Accept for TcpListener {
-    type Stream = tokio::net::TcpStream;
-
-    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
-        let (stream, addr) = TcpListener::accept(self).await?;
-        let _ = stream.set_nodelay(true);
-        Ok((stream, format!("ip:{}", addr.ip())))
-    }
-}
-
-impl Accept for UnixListener {
-    type Stream = tokio::net::UnixStream;
-
-    async fn accept(&self) -> std::io::Result<(Self::Stream, String)> {
-        let (stream, _) = UnixListener::accept(self).await?;
-        let peer = stream
-            .peer_cred()
-            .map_or_else(|_| "local".to_owned(), |c| format!("uid:{}", c.uid()));
-        Ok((stream, peer))
-    }
-}
-
-/// Serve `listener`'s connections, at most [`MAX_CONNECTIONS`] at once, until `stop`.
-async fn accept_loop<L: Accept>(listener: L, door: Arc<session::Door>, stop: CancellationToken) {
+/// Serve `listener`'s connections within `limits` (the shared [`Acceptor`]: a cap, timeouts,
+/// back-off on accept errors) until `stop`.
+async fn accept_loop<L: Listen>(
+    mut acceptor: Acceptor<L>,
+    door: Arc<session::Door>,
+    stop: CancellationToken,
+) {
     let mut connections = JoinSet::new();
     loop {
-        let accepted = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = stop.cancelled() => break,
-            a = Accept::accept(&listener), if connections.len() < MAX_CONNECTIONS => a,
+            accepted = acceptor.accept() => accepted,
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
         };
-        match accepted {
-            Ok((stream, peer)) => {
-                connections.spawn(run(stream, peer, Arc::clone(&door), stop.clone()));
-            }
-            Err(error) => {
-                tracing::warn!(%error, "wyoming: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            }
-        }
+        connections.spawn(run(stream, peer, Arc::clone(&door), stop.clone()));
     }
     connections.shutdown().await;
 }

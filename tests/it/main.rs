@@ -19,6 +19,7 @@ mod fault_storm;
 mod fuzz_regressions;
 mod go_client;
 mod grpcurl;
+mod hardening_conn;
 mod hardening_core;
 mod limits;
 mod metrics;

@@ -149,6 +149,7 @@ pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon
             daemon.core(),
             config.wyoming.clone(),
             bound,
+            config.connections,
             wyoming_stop.clone().cancelled_owned(),
         ));
     }

@@ -112,6 +112,7 @@ pub struct Serve {
     args: Vec<String>,
     env: Vec<(String, String)>,
     logged: bool,
+    nofile: Option<u64>,
 }
 
 impl Serve {
@@ -122,6 +123,7 @@ impl Serve {
             args: Vec::new(),
             env: Vec::new(),
             logged: false,
+            nofile: None,
         }
     }
 
@@ -155,6 +157,12 @@ impl Serve {
         self.args(&["--metrics-listen", "127.0.0.1:0"]).logged()
     }
 
+    /// Run it with an open-file limit of `n` (soft and hard, by `prlimit`).
+    pub fn nofile(mut self, n: u64) -> Self {
+        self.nofile = Some(n);
+        self
+    }
+
     /// stderr (the daemon's log) to [`ServeProcess::log`]'s file.
     pub fn logged(mut self) -> Self {
         self.logged = true;
@@ -167,7 +175,17 @@ impl Serve {
         let socket = dir.path().join("herald.sock");
         let config = dir.path().join("herald.toml");
         std::fs::write(&config, &self.toml).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let mut cmd = match self.nofile {
+            Some(n) => {
+                let mut c = Command::new("prlimit");
+                c.arg(format!("--nofile={n}:{n}"))
+                    .arg("--")
+                    .arg(env!("CARGO_BIN_EXE_herald"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_herald")),
+        };
+        let child = cmd
             .arg("serve")
             .arg("--listen")
             .arg(format!("unix:{}", socket.display()))
