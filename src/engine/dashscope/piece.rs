@@ -111,6 +111,9 @@ async fn attempt_piece(
     tx: &PieceTx,
     sent: &mut bool,
 ) -> Result<(), EngineError> {
+    if let Some(protocol) = job.client.websocket_protocol(job.family, &job.req.model) {
+        return super::ws::attempt_piece(job, protocol, text, tx, sent).await;
+    }
     let client = &job.client;
     let tuning = client.tuning();
     // Held for the whole attempt: at most max_concurrent_requests upstream requests at once.
@@ -267,7 +270,7 @@ async fn attempt_piece(
 }
 
 /// Send a step to the driver; `Ok(true)` when the piece is complete.
-async fn forward(
+pub(super) async fn forward(
     step: Step,
     decoder: &mut Decoder,
     tx: &PieceTx,
