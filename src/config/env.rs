@@ -92,7 +92,11 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
         "dashscope.websocket_base_url",
         Kind::Str,
     ),
-    ("HERALD_DASHSCOPE_TRANSPORT", "dashscope.transport", Kind::Str),
+    (
+        "HERALD_DASHSCOPE_TRANSPORT",
+        "dashscope.transport",
+        Kind::Str,
+    ),
     (
         ENV_DASHSCOPE_WORKSPACE_ID,
         "dashscope.workspace_id",

@@ -15,6 +15,7 @@ mod config;
 mod contracts;
 mod dashscope_double;
 mod dashscope_grpc;
+mod dashscope_ws;
 mod fault_storm;
 mod fuzz_regressions;
 mod go_client;

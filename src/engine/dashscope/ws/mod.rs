@@ -212,6 +212,17 @@ fn connect_error(e: tungstenite::Error) -> EngineError {
     }
 }
 
+/// True when `e` says a pooled connection was already closed by the server (a close, a
+/// broken socket), not that the upstream was slow or refused the task: the task may start
+/// again at once on a fresh connection.
+fn stale(e: &EngineError) -> bool {
+    match e {
+        EngineError::Truncated => true,
+        EngineError::Transport(source) => source.downcast_ref::<tungstenite::Error>().is_some(),
+        _ => false,
+    }
+}
+
 /// A read or write failure on an open connection.
 fn io_error(e: tungstenite::Error) -> EngineError {
     EngineError::Transport(Box::new(e))

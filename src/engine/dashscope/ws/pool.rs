@@ -177,14 +177,21 @@ pub(super) struct Headers {
 }
 
 impl Headers {
-    pub(super) fn new(key: &secrecy::SecretString, workspace: Option<&str>) -> Result<Self, EngineError> {
+    pub(super) fn new(
+        key: &secrecy::SecretString,
+        workspace: Option<&str>,
+    ) -> Result<Self, EngineError> {
         use secrecy::ExposeSecret as _;
         let mut authorization = HeaderValue::try_from(format!("Bearer {}", key.expose_secret()))
-            .map_err(|_| EngineError::Protocol("the API key is not a valid header value".to_owned()))?;
+            .map_err(|_| {
+                EngineError::Protocol("the API key is not a valid header value".to_owned())
+            })?;
         authorization.set_sensitive(true);
         let workspace = match workspace {
             Some(w) => Some(HeaderValue::try_from(w).map_err(|_| {
-                EngineError::Protocol("dashscope.workspace_id is not a valid header value".to_owned())
+                EngineError::Protocol(
+                    "dashscope.workspace_id is not a valid header value".to_owned(),
+                )
             })?),
             None => None,
         };

@@ -45,12 +45,15 @@ pub(super) async fn run_session(
     let client = &job.client;
     let tuning = client.tuning();
     let url = realtime_url(&client.websocket_base(), &job.req.model);
-    let headers = Headers::new(&client.settings.api_key, client.settings.workspace_id.as_deref())?;
+    let headers = Headers::new(
+        &client.settings.api_key,
+        client.settings.workspace_id.as_deref(),
+    )?;
     let pool = client.ws_pool();
     let mut conn = pool.get(&url, &headers, tuning.connect_timeout).await?;
     let opened = open(&mut conn, job, tuning.first_event_timeout).await;
     match opened {
-        Err(EngineError::Transport(_) | EngineError::Truncated) if conn.reused => {
+        Err(e) if conn.reused && super::stale(&e) => {
             conn = pool.connect(&url, &headers, tuning.connect_timeout).await?;
             open(&mut conn, job, tuning.first_event_timeout).await?;
         }
@@ -135,7 +138,8 @@ pub(super) async fn run_session(
                             .and_then(Value::as_u64)
                         {
                             let n = u32::try_from(n).unwrap_or(u32::MAX);
-                            decoder.characters = Some(decoder.characters.unwrap_or(0).saturating_add(n));
+                            decoder.characters =
+                                Some(decoder.characters.unwrap_or(0).saturating_add(n));
                         }
                         if let Some(id) = response.get("id").and_then(Value::as_str) {
                             decoder.request_id = Some(id.to_owned());
@@ -245,7 +249,9 @@ fn realtime_error(v: &Value) -> EngineError {
     let e = v.get("error").cloned().unwrap_or(Value::Null);
     in_band_error(
         e.get("code").and_then(Value::as_str),
-        e.get("message").and_then(Value::as_str).unwrap_or("no message"),
+        e.get("message")
+            .and_then(Value::as_str)
+            .unwrap_or("no message"),
         v.get("event_id").and_then(Value::as_str).map(str::to_owned),
     )
 }

@@ -36,7 +36,10 @@ pub(super) async fn run_task(
     let client = &job.client;
     let tuning = client.tuning();
     let url = client.websocket_base();
-    let headers = Headers::new(&client.settings.api_key, client.settings.workspace_id.as_deref())?;
+    let headers = Headers::new(
+        &client.settings.api_key,
+        client.settings.workspace_id.as_deref(),
+    )?;
     let pool = client.ws_pool();
     let task_id = uuid::Uuid::new_v4().simple().to_string();
     let run = Message::text(run_task_message(job, &task_id).to_string());
@@ -44,7 +47,7 @@ pub(super) async fn run_task(
     // A pooled connection the server closed meanwhile fails at once: try a fresh one.
     let started = start(&mut conn, run.clone(), tuning.first_event_timeout).await;
     match started {
-        Err(EngineError::Transport(_) | EngineError::Truncated) if conn.reused => {
+        Err(e) if conn.reused && super::stale(&e) => {
             conn = pool.connect(&url, &headers, tuning.connect_timeout).await?;
             start(&mut conn, run, tuning.first_event_timeout).await?;
         }
