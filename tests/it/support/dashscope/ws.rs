@@ -84,7 +84,6 @@ pub struct WsTask {
     pub disconnected: bool,
     /// finish-task with `directive: cancel`, or a new run-task while this one ran.
     pub cancelled: bool,
-    pub started_at: Instant,
     pub ended_at: Option<Instant>,
 }
 
@@ -170,6 +169,8 @@ async fn serve(inner: Arc<Inner>, side: Arc<WsSide>, tcp: TcpStream) {
     let route: Arc<Mutex<Option<Route>>> = Arc::default();
     let r = Arc::clone(&route);
     let key = inner.api_key.clone();
+    // The callback's signature is tungstenite's (`Callback`), large error included.
+    #[allow(clippy::result_large_err)]
     let callback = move |req: &Request, resp: Response| -> Result<Response, ErrorResponse> {
         let authorized = req
             .headers()
@@ -449,7 +450,6 @@ fn new_task(side: &WsSide, protocol: WsProtocol, connection: usize, model: &str)
         completed: false,
         disconnected: false,
         cancelled: false,
-        started_at: Instant::now(),
         ended_at: None,
     });
     let i = log.tasks.len() - 1;
