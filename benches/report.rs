@@ -1,7 +1,7 @@
 //! Turns the results of the other benches into `docs/benchmarks.md` (tables, machine, date,
 //! how to reproduce, targets met or missed) and `docs/benchmarks.json` (every raw figure).
 //!
-//! It reads `target/herald-bench/{pipeline_meta,reference,load,cache_hit,doors}.json` and criterion's
+//! It reads `target/herald-bench/{pipeline_meta,reference,load,cache_hit,doors,transport}.json` and criterion's
 //! `target/criterion/<group>/<id>/new/estimates.json`, and appends `benches/notes.md` (the
 //! analysis written by hand: causes of any missed target, with numbers). `bash benches/run`
 //! runs everything in order. A section whose JSON is missing (one bench run alone) keeps its
@@ -422,6 +422,47 @@ fn render(data: &Value, notes: &str) -> String {
         );
     }
     md.push('\n');
+    // Transports.
+    let tr = &data["transport"];
+    let _ = writeln!(
+        md,
+        "## DashScope transports: time to first audio\n\n\
+         gRPC `Synthesize` through two daemons in the bench's process against one DashScope test \
+         double (100 ms audio events paced at real time), the cache off: one with \
+         `dashscope.transport = \"http\"` (HTTP/SSE, reqwest's pooled connection), one with \
+         `\"websocket\"` (run-task on a reused connection; Qwen-TTS-Realtime on a connection \
+         pre-opened during the session before). Each of {} iterations (after {} warm-ups) sends \
+         {} ({}) through every row in turn. TTFB: request sent → first audio byte, client side. \
+         WebSocket handshakes in the whole run: {}.\n\n\
+         | row | model | TTFB p50 | p90 | max | end p50 |\n|---|---|---|---|---|---|",
+        tr["rows"][0]["n"],
+        tr["warmups"],
+        tr["text"]
+            .as_str()
+            .map(|t| format!("\"{t}\""))
+            .unwrap_or_default(),
+        tr["format"].as_str().unwrap_or(""),
+        tr["websocket_handshakes"],
+    );
+    for r in tr["rows"].as_array().cloned().unwrap_or_default() {
+        let name = match r["row"].as_str().unwrap_or("") {
+            "cosyvoice_http_sse" => "CosyVoice, HTTP/SSE",
+            "cosyvoice_websocket_reused" => "CosyVoice, WebSocket run-task (reused connection)",
+            "qwen_http_sse" => "Qwen-TTS, HTTP/SSE",
+            "qwen_realtime_websocket" => "Qwen-TTS-Realtime, WebSocket (pre-opened connection)",
+            other => other,
+        };
+        let _ = writeln!(
+            md,
+            "| {name} | `{}` | {} ms | {} ms | {} ms | {} ms |",
+            r["model"].as_str().unwrap_or(""),
+            f(&r["ttfb_ms"]["p50"], 2),
+            f(&r["ttfb_ms"]["p90"], 2),
+            f(&r["ttfb_ms"]["max"], 2),
+            f(&r["end_ms"]["p50"], 1),
+        );
+    }
+    md.push('\n');
 
     let _ = writeln!(
         md,
@@ -473,6 +514,7 @@ fn main() {
         "load": section("load"),
         "cache_hit": section("cache_hit"),
         "doors": section("doors"),
+        "transport": section("transport"),
     });
     let notes = std::fs::read_to_string(repo_dir().join("benches/notes.md")).unwrap_or_default();
     let md = render(&data, &notes);

@@ -60,9 +60,10 @@ async fn the_official_sdk_speaks_both_websocket_protocols_with_the_double() {
     assert_eq!(stream.parameters["sample_rate"], 22050);
     assert_eq!(stream.parameters["voice"], "longanyang");
     assert!(stream.completed);
-    let rt: Vec<_> = spoke
+    // The failing session may close before the SDK's text arrives: it counts by its fault.
+    let rt: Vec<_> = tasks
         .iter()
-        .filter(|t| t.protocol == WsProtocol::Realtime)
+        .filter(|t| t.protocol == WsProtocol::Realtime && (!t.text.is_empty() || t.fault.is_some()))
         .collect();
     assert_eq!(rt.len(), 3, "{rt:?}");
     assert_eq!(rt[0].parameters["mode"], "server_commit");

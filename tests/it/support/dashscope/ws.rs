@@ -22,7 +22,8 @@
 //!
 //! Faults (the HTTP double's [`FaultKind`]s, taken per task / session): `HttpError` →
 //! `task-failed` / `error` with its code and message instead of `task-started` /
-//! `session.updated`, then a close; `SseErrorAfter { frames }` → the same after `frames`
+//! `session.updated`, then a close (realtime: the session is failed, later messages are
+//! ignored and `session.finish` gets the close); `SseErrorAfter { frames }` → the same after `frames`
 //! audio frames; `DropAfter { frames }` → the TCP connection cut after `frames` audio frames;
 //! `StallAfter { frames }` → nothing more after `frames` audio frames; `SlowFirstByte` → that
 //! delay before `task-started` / `session.updated`; `BadJsonAfter { frames }` → a text frame
@@ -300,6 +301,11 @@ struct Outbox {
     stalled: bool,
     next_at: Instant,
     pace_ms: f64,
+    /// When the first audio frame went out: frame `i` goes out at `first_at + i × pace`, as
+    /// the HTTP double paces its events.
+    first_at: Option<Instant>,
+    /// Nothing goes out before this (`SlowFirstByte`).
+    hold_until: Instant,
 }
 
 impl Outbox {
@@ -311,7 +317,26 @@ impl Outbox {
             stalled: false,
             next_at: Instant::now(),
             pace_ms: f64::from(options.chunk_ms) * f64::from(options.pace),
+            first_at: None,
+            hold_until: Instant::now(),
         }
+    }
+
+    /// When the front of the queue may go out: audio at its pace, the rest at once.
+    fn gate(&self) -> Instant {
+        let audio = match self.queue.front() {
+            Some(Out::Audio(_)) => true,
+            Some(Out::Text(t)) => t.contains("\"response.audio.delta\""),
+            _ => false,
+        };
+        let at = if audio { self.next_at } else { Instant::now() };
+        at.max(self.hold_until)
+    }
+
+    /// An audio frame went out: when the next may.
+    fn paced(&mut self) {
+        let first = *self.first_at.get_or_insert_with(Instant::now);
+        self.next_at = first + Duration::from_secs_f64(self.pace_ms * self.audio as f64 / 1000.0);
     }
 
     /// Queue audio frames, with the fault's action in place of audio frame `frames`.
@@ -385,6 +410,13 @@ fn fail_json(code: &str, message: &str) -> String {
     json!({"__fail__": {"code": code, "message": message}}).to_string()
 }
 
+/// Wait until `at`; at once when it has passed (a timer would round up to the next ms).
+async fn until(at: Instant) {
+    if at > Instant::now() {
+        tokio::time::sleep_until(at).await;
+    }
+}
+
 /// Send the next output; `Err` ends the connection.
 async fn send_next(
     ws: &mut Ws,
@@ -415,7 +447,7 @@ async fn send_next(
                 if let Some(i) = task {
                     side.update(i, |t| t.audio_frames += 1);
                 }
-                out.next_at = Instant::now() + Duration::from_secs_f64(out.pace_ms / 1000.0);
+                out.paced();
             }
         }
         Out::Audio(a) => {
@@ -424,7 +456,7 @@ async fn send_next(
             if let Some(i) = task {
                 side.update(i, |t| t.audio_frames += 1);
             }
-            out.next_at = Instant::now() + Duration::from_secs_f64(out.pace_ms / 1000.0);
+            out.paced();
         }
         Out::Fault(FaultAct::Drop) => return Err(()),
         Out::Fault(FaultAct::Stall) => out.stalled = true,
@@ -498,7 +530,7 @@ async fn run_tasks(inner: Arc<Inner>, side: Arc<WsSide>, mut ws: Ws, connection:
         let can_send = !out.queue.is_empty() && !out.stalled;
         let msg = tokio::select! {
             m = ws.next() => m,
-            () = tokio::time::sleep_until(out.next_at), if can_send => {
+            () = until(out.gate()), if can_send => {
                 if send_next(&mut ws, &mut out, &side, task.as_ref().map(|t| t.index), &fail).await.is_err() {
                     if let Some(t) = task.take() {
                         side.end(t.index, |_| {});
@@ -589,7 +621,7 @@ async fn run_tasks(inner: Arc<Inner>, side: Arc<WsSide>, mut ws: Ws, connection:
                         continue;
                     }
                     Some(FaultKind::SlowFirstByte { delay }) => {
-                        out.next_at = Instant::now() + *delay;
+                        out.hold_until = Instant::now() + *delay;
                     }
                     _ => {}
                 }
@@ -777,11 +809,12 @@ async fn realtime(
     let mut buffer = String::new();
     let mut updated = false;
     let mut finishing = false;
+    let mut failed = false;
     loop {
         let can_send = !out.queue.is_empty() && !out.stalled;
         let msg = tokio::select! {
             m = ws.next() => m,
-            () = tokio::time::sleep_until(out.next_at), if can_send => {
+            () = until(out.gate()), if can_send => {
                 if send_next(&mut ws, &mut out, &side, Some(index), &fail).await.is_err() {
                     side.end(index, |_| {});
                     return;
@@ -808,6 +841,11 @@ async fn realtime(
             continue;
         };
         match v["type"].as_str() {
+            _ if failed => {
+                if v["type"].as_str() == Some("session.finish") {
+                    out.queue.push_back(Out::Close);
+                }
+            }
             Some("session.update") => {
                 if updated && synth.units > 0 {
                     out.queue.push_back(Out::Text(fail(
@@ -866,12 +904,14 @@ async fn realtime(
                     continue;
                 }
                 if let Some(FaultKind::HttpError { code, message, .. }) = &fault {
-                    out.queue
-                        .extend([Out::Text(fail(code, message)), Out::Close]);
+                    // The session has failed: what the client sends next is ignored, and its
+                    // session.finish is answered by a close (no session.finished).
+                    out.queue.push_back(Out::Text(fail(code, message)));
+                    failed = true;
                     continue;
                 }
                 if let Some(FaultKind::SlowFirstByte { delay }) = &fault {
-                    out.next_at = Instant::now() + *delay;
+                    out.hold_until = Instant::now() + *delay;
                 }
                 synth.fmt = fmt.to_owned();
                 synth.rate = rate;
