@@ -94,6 +94,16 @@ pub(super) const ENV_KEYS: &[(&str, &str, Kind)] = &[
     (ENV_DASHSCOPE_BASE_URL, "dashscope.base_url", Kind::Str),
     ("HERALD_DASHSCOPE_REGION", "dashscope.region", Kind::Str),
     (
+        super::ENV_DASHSCOPE_WEBSOCKET_BASE_URL,
+        "dashscope.websocket_base_url",
+        Kind::Str,
+    ),
+    (
+        "HERALD_DASHSCOPE_TRANSPORT",
+        "dashscope.transport",
+        Kind::Str,
+    ),
+    (
         ENV_DASHSCOPE_WORKSPACE_ID,
         "dashscope.workspace_id",
         Kind::Str,

@@ -80,6 +80,8 @@ pub const ENV_DASHSCOPE_API_KEY: &str = "DASHSCOPE_API_KEY";
 pub const ENV_DASHSCOPE_API_KEY_FILE: &str = "DASHSCOPE_API_KEY_FILE_PATH";
 /// DashScope SDK convention: the HTTP base URL.
 pub const ENV_DASHSCOPE_BASE_URL: &str = "DASHSCOPE_HTTP_BASE_URL";
+/// DashScope SDK convention: the WebSocket URL (`dashscope.websocket_base_url`).
+pub const ENV_DASHSCOPE_WEBSOCKET_BASE_URL: &str = "DASHSCOPE_WEBSOCKET_BASE_URL";
 /// DashScope SDK convention: the workspace id (fills `{WorkspaceId}` in the base URL).
 pub const ENV_DASHSCOPE_WORKSPACE_ID: &str = "DASHSCOPE_WORKSPACE_ID";
 /// systemd: directory of credentials passed with `LoadCredential=`.

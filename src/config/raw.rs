@@ -426,6 +426,11 @@ pub struct DashscopeSection {
     /// Region shorthand for `base_url`: "beijing" or "singapore" (the workspace host when
     /// `workspace_id` is set, else the classic host). Empty = use `base_url`.
     pub region: String,
+    /// "auto" (WebSocket where the model or the endpoint needs it), "http" or "websocket".
+    pub transport: String,
+    /// The run-task WebSocket URL (`…/api-ws/v1/inference`); `{WorkspaceId}` is replaced.
+    /// Empty: derived from the HTTP base URL (`https://H/api/v1` → `wss://H/api-ws/v1/inference`).
+    pub websocket_base_url: String,
     /// TCP + TLS connect timeout, ms.
     pub connect_timeout_ms: u64,
     /// From sending a request to its first event, ms.
@@ -458,6 +463,8 @@ impl fmt::Debug for DashscopeSection {
             .field("base_url", &self.base_url)
             .field("workspace_id", &self.workspace_id)
             .field("region", &self.region)
+            .field("transport", &self.transport)
+            .field("websocket_base_url", &self.websocket_base_url)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("first_event_timeout_ms", &self.first_event_timeout_ms)
             .field("idle_timeout_ms", &self.idle_timeout_ms)
@@ -482,6 +489,8 @@ impl Default for DashscopeSection {
             base_url: DEFAULT_DASHSCOPE_BASE_URL.to_owned(),
             workspace_id: None,
             region: String::new(),
+            transport: "auto".to_owned(),
+            websocket_base_url: String::new(),
             connect_timeout_ms: millis(t.connect_timeout),
             first_event_timeout_ms: millis(t.first_event_timeout),
             idle_timeout_ms: millis(t.idle_timeout),

@@ -417,3 +417,51 @@ fn wyoming_listeners_are_loopback_unless_allowed_remote() {
         assert!(e.to_string().contains(key), "{bad}: {e}");
     }
 }
+
+#[test]
+fn dashscope_transport_and_websocket_url_are_checked_and_follow_the_sdk_variable() {
+    let key = ("DASHSCOPE_API_KEY", "sk-x");
+    let err = load_with(
+        Some("[dashscope]\ntransport = \"grpc\"\n"),
+        &env(&[key]),
+        Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("dashscope.transport") && err.contains("websocket"),
+        "{err}"
+    );
+    let err = load_with(
+        Some("[dashscope]\nwebsocket_base_url = \"https://h/api-ws/v1/inference\"\n"),
+        &env(&[key]),
+        Overrides::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("dashscope.websocket_base_url") && err.contains("wss://"),
+        "{err}"
+    );
+    let c = load_with(
+        Some("[dashscope]\ntransport = \"websocket\"\nworkspace_id = \"ws1\"\n"),
+        &env(&[
+            key,
+            (
+                "DASHSCOPE_WEBSOCKET_BASE_URL",
+                "wss://{WorkspaceId}.ap-southeast-1.maas.aliyuncs.com/api-ws/v1/inference/",
+            ),
+        ]),
+        Overrides::default(),
+    )
+    .expect("config");
+    let t = &c.dashscope.expect("dashscope").tuning;
+    assert_eq!(
+        t.transport,
+        crate::engine::dashscope::ws::Transport::WebSocket
+    );
+    assert_eq!(
+        t.websocket_base_url.as_deref(),
+        Some("wss://ws1.ap-southeast-1.maas.aliyuncs.com/api-ws/v1/inference")
+    );
+}

@@ -908,6 +908,16 @@ fn validate_dashscope(
             d.queue_timeout_ms,
             0..=300_000,
         )?,
+        transport: dashscope::ws::Transport::parse(d.transport.trim()).ok_or_else(|| {
+            invalid(
+                "dashscope.transport",
+                format!(
+                    "{:?} is not \"auto\", \"http\" or \"websocket\"",
+                    d.transport
+                ),
+            )
+        })?,
+        websocket_base_url: dashscope_websocket_base_url(d, workspace_id.as_deref())?,
         ..Tuning::default()
     };
     let settings = key.map(|(api_key, api_key_source)| dashscope::Settings {
@@ -918,6 +928,34 @@ fn validate_dashscope(
         tuning,
     });
     Ok((settings, base_url))
+}
+
+/// `dashscope.websocket_base_url` without a trailing slash, `{WorkspaceId}` filled in; `None`
+/// when empty (derived from the HTTP base URL, region and workspace included).
+fn dashscope_websocket_base_url(
+    d: &DashscopeSection,
+    workspace_id: Option<&str>,
+) -> Result<Option<String>, ConfigError> {
+    let url = d.websocket_base_url.trim().trim_end_matches('/');
+    if url.is_empty() {
+        return Ok(None);
+    }
+    if !(url.starts_with("wss://") || url.starts_with("ws://")) {
+        return Err(invalid(
+            "dashscope.websocket_base_url",
+            format!("{url:?} must start with wss:// or ws://"),
+        ));
+    }
+    if url.contains("{WorkspaceId}") {
+        let Some(ws) = workspace_id else {
+            return Err(invalid(
+                "dashscope.websocket_base_url",
+                "contains {WorkspaceId} but dashscope.workspace_id (DASHSCOPE_WORKSPACE_ID) is not set",
+            ));
+        };
+        return Ok(Some(url.replace("{WorkspaceId}", ws)));
+    }
+    Ok(Some(url.to_owned()))
 }
 
 /// `dashscope.base_url` (or the host of `dashscope.region`) without a trailing slash, with

@@ -15,6 +15,8 @@ mod config;
 mod contracts;
 mod dashscope_double;
 mod dashscope_grpc;
+mod dashscope_ws;
+mod dashscope_ws_double;
 mod fault_storm;
 mod fuzz_regressions;
 mod go_client;

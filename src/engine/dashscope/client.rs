@@ -42,6 +42,11 @@ pub struct Tuning {
     /// Longest wait of a new synthesis for its slot (never more than half the time left before
     /// its deadline); past it, RESOURCE_EXHAUSTED before any audio.
     pub queue_timeout: Duration,
+    /// HTTP/SSE or WebSocket (`dashscope.transport`, the rule in [`super::ws::protocol_for`]).
+    pub transport: super::ws::Transport,
+    /// The run-task WebSocket URL (`…/api-ws/v1/inference`); `None`: derived from the HTTP
+    /// base URL. The realtime URL replaces `/inference` by `/realtime`.
+    pub websocket_base_url: Option<String>,
 }
 
 impl Default for Tuning {
@@ -59,6 +64,8 @@ impl Default for Tuning {
             minimax_piece_units: 3000,
             max_concurrent_requests: 32,
             queue_timeout: Duration::from_secs(10),
+            transport: super::ws::Transport::Auto,
+            websocket_base_url: None,
         }
     }
 }
@@ -86,6 +93,8 @@ pub struct Client {
     pub(super) settings: Settings,
     /// One permit per upstream HTTP request in flight (`Tuning::max_concurrent_requests`).
     pub(super) slots: Arc<tokio::sync::Semaphore>,
+    /// Idle WebSocket connections (the WebSocket transport, `ws`).
+    pub(super) ws_pool: Arc<super::ws::Pool>,
 }
 
 /// A client whose base URL nothing listens on (nothing may be sent), for unit tests.
@@ -121,6 +130,7 @@ impl Client {
             http,
             settings,
             slots,
+            ws_pool: Arc::default(),
         }))
     }
 
@@ -161,6 +171,34 @@ impl Client {
     /// Timeouts, retries and limits.
     pub(super) fn tuning(&self) -> &Tuning {
         &self.settings.tuning
+    }
+
+    /// The run-task WebSocket URL (configured, or derived from the HTTP base URL).
+    pub(super) fn websocket_base(&self) -> String {
+        match &self.settings.tuning.websocket_base_url {
+            Some(url) => url.clone(),
+            None => super::ws::derived_websocket_base(&self.settings.base_url),
+        }
+    }
+
+    /// The WebSocket pool.
+    pub(super) fn ws_pool(&self) -> &Arc<super::ws::Pool> {
+        &self.ws_pool
+    }
+
+    /// The WebSocket protocol serving `model` of `family`, or `None` for HTTP/SSE.
+    pub(super) fn websocket_protocol(
+        &self,
+        family: Family,
+        model: &str,
+    ) -> Option<super::ws::Protocol> {
+        super::ws::protocol_for(
+            self.settings.tuning.transport,
+            &self.settings.base_url,
+            &self.websocket_base(),
+            family,
+            model,
+        )
     }
 
     /// The longest piece `family` takes, in billed units.

@@ -28,6 +28,7 @@ pub mod split;
 pub mod sse;
 mod upload;
 pub mod voices;
+pub mod ws;
 
 use std::sync::Arc;
 

@@ -136,6 +136,9 @@ async fn attempt_piece(
     sent: &mut bool,
     front: &mut watch::Receiver<bool>,
 ) -> Result<(), EngineError> {
+    if let Some(protocol) = job.client.websocket_protocol(job.family, &job.req.model) {
+        return super::ws::attempt_piece(job, protocol, text, tx, sent).await;
+    }
     let client = &job.client;
     let tuning = client.tuning();
     // Held for the whole attempt, unless the piece runs on its synthesis's slot: at most
@@ -293,7 +296,7 @@ async fn attempt_piece(
 }
 
 /// Send a step to the driver; `Ok(true)` when the piece is complete.
-async fn forward(
+pub(super) async fn forward(
     step: Step,
     decoder: &mut Decoder,
     tx: &PieceTx,

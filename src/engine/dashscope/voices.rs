@@ -331,6 +331,11 @@ pub fn check(family: Family, model: &str, voice: &str) -> Result<(), String> {
             "model {model:?} has no system voices: {voice:?} is not a cloned or designed voice id"
         ));
     }
+    // A Qwen-TTS-Realtime model speaks with the voices of its HTTP sibling.
+    let model = match model.strip_suffix("-realtime") {
+        Some(sibling) if super::ws::is_realtime_model(model) => sibling,
+        _ => model,
+    };
     let models: Vec<&str> = CATALOGUE
         .iter()
         .filter(|(n, ..)| *n == voice)

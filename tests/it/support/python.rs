@@ -59,6 +59,7 @@ pub async fn run_sdk_check(python: &Path, script: &str, double: &DashScopeDouble
     let child = tokio::process::Command::new(python)
         .arg(format!("tests/python/{script}"))
         .env("DASHSCOPE_HTTP_BASE_URL", double.base_url())
+        .env("DASHSCOPE_WEBSOCKET_BASE_URL", double.ws_base_url())
         .env("DASHSCOPE_API_KEY", API_KEY)
         .env("NO_PROXY", "127.0.0.1,localhost")
         .env("no_proxy", "127.0.0.1,localhost")

@@ -266,6 +266,12 @@ impl Decoder {
         Ok(())
     }
 
+    /// Audio bytes that came outside any JSON (a WebSocket binary frame, a decoded realtime
+    /// delta): read as the family's audio, as an SSE event's audio would be.
+    pub fn raw_audio(&mut self, data: Vec<u8>) -> Result<Step, EngineError> {
+        self.audio(data)
+    }
+
     fn audio(&mut self, data: Vec<u8>) -> Result<Step, EngineError> {
         let data = match self.sniff.as_mut() {
             None => data,

@@ -197,7 +197,11 @@ impl Family {
     }
 
     /// The upstream's language value for a BCP-47 tag.
-    fn language(self, model: &str, tag: &str) -> Result<Value, String> {
+    pub(in crate::engine::dashscope) fn language(
+        self,
+        model: &str,
+        tag: &str,
+    ) -> Result<Value, String> {
         let primary = tag
             .split(['-', '_'])
             .next()

@@ -44,6 +44,7 @@ mod custom;
 mod request;
 mod server;
 mod wire;
+mod ws;
 
 use std::{collections::HashMap, net::SocketAddr, sync::Arc, time::Duration};
 
@@ -52,6 +53,7 @@ use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use custom::{CUSTOMIZATION_PATH, CustomOptions, DoubleVoice, custom_voice_tone};
+pub use ws::WsProtocol;
 
 /// The path of the CosyVoice / Qwen-Audio-TTS endpoint.
 pub const TTS_PATH: &str = "/api/v1/services/audio/tts/SpeechSynthesizer";
@@ -65,6 +67,8 @@ pub struct DashScopeDouble {
     /// Graceful shutdown of `axum::serve`.
     shutdown: CancellationToken,
     join: Option<JoinHandle<()>>,
+    /// The WebSocket protocols, on their own port (`ws`).
+    ws: Arc<ws::WsSide>,
 }
 
 /// One scripted fault.
@@ -236,7 +240,9 @@ impl DashScopeDouble {
     /// `Authorization: Bearer <api_key>`.
     pub async fn start(api_key: &str) -> DashScopeDouble {
         let (inner, shutdown, join) = server::spawn(api_key).await;
+        let (ws, _) = ws::spawn(Arc::clone(&inner)).await;
         DashScopeDouble {
+            ws,
             addr: inner.addr,
             inner,
             shutdown,
