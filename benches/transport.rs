@@ -22,7 +22,7 @@ mod dashscope;
 
 use std::time::Duration;
 
-use common::{bench_mode, percentile, results_dir, round};
+use common::{bench_mode, ms_stats, results_dir};
 use daemon::{ENGINES_ONLY, FAST_UPSTREAM, layered, spawn_daemon_against};
 use dashscope::{DashScopeDouble, Options};
 use futures::StreamExt;
@@ -90,19 +90,8 @@ async fn once(client: &mut SpeechClient<Channel>, model: &str, voice: &str) -> S
 }
 
 fn summarize(row: &str, model: &str, samples: &[Sample]) -> Value {
-    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
-    let mut ttfb: Vec<f64> = samples.iter().map(|s| ms(&s.ttfb)).collect();
-    let mut end: Vec<f64> = samples.iter().map(|s| ms(&s.end)).collect();
-    ttfb.sort_by(f64::total_cmp);
-    end.sort_by(f64::total_cmp);
-    let stats = |v: &[f64]| {
-        json!({
-            "p50": round(percentile(v, 0.5), 2),
-            "p90": round(percentile(v, 0.9), 2),
-            "max": round(v[v.len() - 1], 2),
-        })
-    };
-    let (t, e) = (stats(&ttfb), stats(&end));
+    let t = ms_stats(samples.iter().map(|s| s.ttfb));
+    let e = ms_stats(samples.iter().map(|s| s.end));
     println!(
         "{row:<28} n={:<3} TTFB p50 {:>7.2} ms  p90 {:>7.2} ms  max {:>7.2} ms | end p50 {:>8.2} ms",
         samples.len(),

@@ -569,3 +569,17 @@ pub fn round(v: f64, d: i32) -> f64 {
     let m = 10f64.powi(d);
     (v * m).round() / m
 }
+
+/// p50, p90 and max of `durations` in ms (two decimals), as the latency tables print them.
+pub fn ms_stats(durations: impl IntoIterator<Item = Duration>) -> serde_json::Value {
+    let mut v: Vec<f64> = durations
+        .into_iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    v.sort_by(f64::total_cmp);
+    serde_json::json!({
+        "p50": round(percentile(&v, 0.5), 2),
+        "p90": round(percentile(&v, 0.9), 2),
+        "max": round(v.last().copied().unwrap_or(f64::NAN), 2),
+    })
+}
