@@ -21,15 +21,41 @@ pub mod piper;
 
 pub use self::error::EngineError;
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, atomic::AtomicUsize},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use futures::stream::BoxStream;
+use tokio::sync::mpsc;
 
 use crate::audio::InputEncoding;
 
 /// A stream of audio events from one engine call.
 pub type SynthStream = BoxStream<'static, Result<SynthEvent, EngineError>>;
+
+/// Text for an engine that takes it as it is written ([`Synthesizer::synthesize_streamed`]).
+#[derive(Debug)]
+pub enum TextIn {
+    /// More text, cut anywhere (herald sends whole sentences).
+    Text(String),
+    /// Voice what is buffered now (CosyVoice `flush`, realtime `input_text_buffer.commit`).
+    Flush,
+}
+
+/// A synthesis whose text is still being written ([`Synthesizer::synthesize_streamed`]).
+pub struct StreamedSynth {
+    /// Its audio, words and end, as from [`Synthesizer::synthesize`].
+    pub stream: SynthStream,
+    /// How many of the sentences sent the upstream said it has finished voicing (its
+    /// sentence ends), counted as their events arrive, ahead of the audio read from `stream`;
+    /// exact once `stream` has yielded an error.
+    pub acknowledged: Arc<AtomicUsize>,
+    /// The longest the synthesis may be left without text or flush: past it the caller must
+    /// end the text (drop the sender), or the upstream drops the task.
+    pub idle_limit: Duration,
+}
 
 /// One validated synthesis request, as an engine sees it (defaults already resolved).
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -193,6 +219,28 @@ pub trait Synthesizer: Send + Sync + 'static {
     /// Start synthesis. Resolves once the engine has accepted the request, so request errors
     /// surface before any audio; then yields audio in order and finally `Finished`.
     async fn synthesize(&self, req: SynthesisRequest) -> Result<SynthStream, EngineError>;
+
+    /// True when the engine takes `req`'s text as it is written
+    /// ([`Synthesizer::synthesize_streamed`]); by default it does not, and gets whole sentences.
+    fn streams_text(&self, req: &SynthesisRequest) -> bool {
+        let _ = req;
+        false
+    }
+
+    /// Start one upstream synthesis whose text (`req.text` is ignored) arrives on `text`;
+    /// dropping the sender ends the text. Resolves at once: every failure, a refused request
+    /// included, comes on the stream. Only called when [`Synthesizer::streams_text`] said yes.
+    async fn synthesize_streamed(
+        &self,
+        req: SynthesisRequest,
+        text: mpsc::Receiver<TextIn>,
+    ) -> Result<StreamedSynth, EngineError> {
+        let _ = (req, text);
+        Err(EngineError::Protocol(format!(
+            "{} does not take streamed text",
+            self.name()
+        )))
+    }
 }
 
 /// The configured engines, looked up by model name.

@@ -201,6 +201,16 @@ impl Client {
         )
     }
 
+    /// The WebSocket protocol that takes a streamed text of `model` as it is written, or
+    /// `None` ([`super::ws::protocol_for_streamed_text`]).
+    pub(super) fn streamed_text_protocol(
+        &self,
+        family: Family,
+        model: &str,
+    ) -> Option<super::ws::Protocol> {
+        super::ws::protocol_for_streamed_text(self.settings.tuning.transport, family, model)
+    }
+
     /// The longest piece `family` takes, in billed units.
     pub(super) fn piece_units(&self, family: Family) -> usize {
         let t = &self.settings.tuning;

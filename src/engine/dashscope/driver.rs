@@ -174,6 +174,7 @@ impl Driver {
                     }
                     Ok(Out::Event(SynthEvent::Words(words)))
                 }
+                Some(Ok(PieceMsg::SentenceEnd)) => continue,
                 Some(Ok(PieceMsg::Done {
                     characters,
                     request_id,

@@ -26,6 +26,7 @@ pub mod family;
 mod piece;
 pub mod split;
 pub mod sse;
+mod streamed;
 mod upload;
 pub mod voices;
 pub mod ws;
@@ -41,7 +42,10 @@ pub use self::{
     client::{Client, Settings, Tuning},
     family::Family,
 };
-use super::{EngineError, Refused, SynthStream, SynthesisRequest, Synthesizer, VoiceInfo};
+use super::{
+    EngineError, Refused, StreamedSynth, SynthStream, SynthesisRequest, Synthesizer, TextIn,
+    VoiceInfo,
+};
 
 /// One family's engine.
 #[derive(Debug)]
@@ -120,6 +124,34 @@ impl Synthesizer for DashScopeEngine {
         let first = driver.first().await?;
         tokio::spawn(async move { driver.run(first, tx).await });
         Ok(ReceiverStream::new(rx).boxed())
+    }
+
+    fn streams_text(&self, req: &SynthesisRequest) -> bool {
+        self.client
+            .streamed_text_protocol(self.family, &req.model)
+            .is_some()
+    }
+
+    async fn synthesize_streamed(
+        &self,
+        req: SynthesisRequest,
+        text: mpsc::Receiver<TextIn>,
+    ) -> Result<StreamedSynth, EngineError> {
+        let Some(protocol) = self.client.streamed_text_protocol(self.family, &req.model) else {
+            return Err(EngineError::Protocol(format!(
+                "{} does not take streamed text over dashscope.transport",
+                req.model
+            )));
+        };
+        let rate = self.family.upstream_rate(req.output_sample_rate);
+        tracing::debug!(request_id = %req.request_id, model = %req.model, ?protocol, "dashscope streamed text");
+        let job = Arc::new(Job {
+            client: Arc::clone(&self.client),
+            family: self.family,
+            req,
+            rate,
+        });
+        Ok(streamed::start(job, protocol, text))
     }
 }
 

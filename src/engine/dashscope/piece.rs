@@ -43,6 +43,9 @@ pub(super) enum PieceMsg {
     Audio { spec: AudioSpec, data: Bytes },
     /// Word timings, in ms from the start of the piece's audio.
     Words(Vec<WordTiming>),
+    /// The upstream finished voicing one of its sentences (run-task `sentence-end`, realtime
+    /// `response.done`): counted by a streamed text to know what it has acknowledged.
+    SentenceEnd,
     /// The piece is complete.
     Done {
         characters: Option<u32>,

@@ -86,7 +86,8 @@ fn is_international(url: &str) -> bool {
 ///   international endpoint (the HTTP base or the WebSocket base);
 /// - everything else (Qwen-TTS, MiniMax, CosyVoice in Beijing under `auto`): HTTP/SSE.
 ///
-/// Streamed text in (later) picks run-task for CosyVoice whatever the endpoint under `auto`.
+/// Streamed text in ([`protocol_for_streamed_text`]) picks run-task for CosyVoice whatever
+/// the endpoint under `auto`.
 pub fn protocol_for(
     transport: Transport,
     http_base: &str,
@@ -101,6 +102,32 @@ pub fn protocol_for(
         (Family::CosyVoice, Transport::WebSocket) => Some(Protocol::RunTask),
         (Family::CosyVoice, Transport::Auto)
             if is_international(http_base) || is_international(ws_base) =>
+        {
+            Some(Protocol::RunTask)
+        }
+        _ => None,
+    }
+}
+
+/// The `dashscope.transport` rule for a streamed text (`SynthesizeStream`): the WebSocket
+/// protocol that takes it as it is written, or `None` (then the engine gets whole sentences
+/// over whatever [`protocol_for`] says).
+///
+/// - `*-realtime` Qwen models: the realtime protocol;
+/// - CosyVoice: run-task under `auto` (any endpoint: only WebSocket takes streamed text) and
+///   `websocket`; `http` keeps it on HTTP/SSE, sentence by sentence;
+/// - everything else (Qwen-Audio-TTS, Qwen-TTS, MiniMax): `None`.
+pub fn protocol_for_streamed_text(
+    transport: Transport,
+    family: Family,
+    model: &str,
+) -> Option<Protocol> {
+    if is_realtime_model(model) {
+        return Some(Protocol::Realtime);
+    }
+    match (family, transport) {
+        (Family::CosyVoice, Transport::Auto | Transport::WebSocket)
+            if model.starts_with("cosyvoice") =>
         {
             Some(Protocol::RunTask)
         }
@@ -135,13 +162,7 @@ pub fn realtime_url(ws_base: &str, model: &str) -> String {
 }
 
 /// Text for a WebSocket task, in order.
-#[derive(Debug)]
-pub enum TextIn {
-    /// More text, cut anywhere.
-    Text(String),
-    /// Voice what is buffered now (CosyVoice `flush`, realtime `input_text_buffer.commit`).
-    Flush,
-}
+pub use crate::engine::TextIn;
 
 /// One try at a piece over the WebSocket `protocol`: the same contract as the HTTP attempt
 /// (messages to `tx`, `sent` set once audio went out).
@@ -175,6 +196,22 @@ pub(super) async fn attempt_piece(
     match protocol {
         Protocol::RunTask => runtask::run_task(job, text_rx, tx, sent).await,
         Protocol::Realtime => realtime::run_session(job, text_rx, tx, sent).await,
+    }
+}
+
+/// A streamed text as one WebSocket task over `protocol`: the text as `text` gives it, its
+/// messages to `tx`, `sent` set once audio went out. No retry (a streamed text cannot be
+/// replayed by the engine: the caller falls back).
+pub(super) async fn run_streamed(
+    job: &Job,
+    protocol: Protocol,
+    text: mpsc::Receiver<TextIn>,
+    tx: &PieceTx,
+    sent: &mut bool,
+) -> Result<(), EngineError> {
+    match protocol {
+        Protocol::RunTask => runtask::run_task(job, text, tx, sent).await,
+        Protocol::Realtime => realtime::run_session(job, text, tx, sent).await,
     }
 }
 

@@ -27,7 +27,7 @@ use crate::engine::{
     dashscope::{
         Job,
         family::{Decoder, QWEN_RATE, Step},
-        piece::{PieceTx, forward},
+        piece::{PieceMsg, PieceTx, forward},
     },
 };
 
@@ -144,6 +144,9 @@ pub(super) async fn run_session(
                         if let Some(id) = response.get("id").and_then(Value::as_str) {
                             decoder.request_id = Some(id.to_owned());
                         }
+                        tx.send(Ok(PieceMsg::SentenceEnd)).await.map_err(|_| {
+                            EngineError::Protocol("the synthesis was dropped".to_owned())
+                        })?;
                         Step::Nothing
                     }
                     Some("session.finished") => {

@@ -22,7 +22,7 @@ use crate::engine::{
     dashscope::{
         Job,
         family::{Decoder, Step},
-        piece::{PieceTx, forward},
+        piece::{PieceMsg, PieceTx, forward},
     },
 };
 
@@ -110,7 +110,19 @@ pub(super) async fn run_task(
                 let header = v.get("header").cloned().unwrap_or(Value::Null);
                 let payload = v.get("payload").cloned().unwrap_or(Value::Null);
                 match header.get("event").and_then(Value::as_str) {
-                    Some("result-generated") => decoder.event(&payload, 200, false)?,
+                    Some("result-generated") => {
+                        let step = decoder.event(&payload, 200, false)?;
+                        if payload.pointer("/output/type").and_then(Value::as_str)
+                            == Some("sentence-end")
+                        {
+                            forward(step, &mut decoder, tx, sent).await?;
+                            tx.send(Ok(PieceMsg::SentenceEnd)).await.map_err(|_| {
+                                EngineError::Protocol("the synthesis was dropped".to_owned())
+                            })?;
+                            continue;
+                        }
+                        step
+                    }
                     Some("task-finished") => {
                         decoder.event(&payload, 200, false)?;
                         decoder.request_id = header
