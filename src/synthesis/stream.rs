@@ -15,11 +15,11 @@
 //! where its audio stopped and every later sentence goes straight to the fallback chain (a
 //! sentence boundary), unless the request forbids fallback: the error then ends the stream.
 //!
-//! Engines that take streamed text upstream (DashScope's WebSocket APIs) would plug in here:
-//! such an engine would declare it (a `Synthesizer` method, default "no") and take a channel of
-//! text pieces with its request; the job would then open that one engine stream at the first
-//! text and forward the cleaned pieces to it instead of opening sentence by sentence, its
-//! audio being one segment on the same audio thread. Today every engine gets whole sentences.
+//! Engines that take streamed text upstream (DashScope's WebSocket APIs,
+//! [`Synthesizer::streams_text`](crate::engine::Synthesizer::streams_text)) get it streamed
+//! first ([`upstream`]): one upstream task fed the cleaned sentences as they complete, its
+//! audio one segment on the same audio thread; what it leaves (a failure, an idle pause) goes
+//! on sentence by sentence as above.
 //! Must not know any door: no wire types, no status codes.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
@@ -28,6 +28,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
+
+mod upstream;
 
 use super::{
     Event, Info, Job, Start, Summary,
@@ -114,6 +116,63 @@ struct Current {
     words: Arc<std::sync::Mutex<Vec<WordTiming>>>,
     joins: Joins,
     bytes_in: u64,
+}
+
+/// The text read so far: what the streamed-upstream phase hands the per-sentence one.
+struct Read {
+    segmenter: Segmenter,
+    /// Complete sentences not yet given to an engine.
+    waiting: VecDeque<String>,
+    /// The client half-closed.
+    input_done: bool,
+    received_chars: usize,
+    last_input: Instant,
+}
+
+impl Read {
+    fn new() -> Self {
+        Self {
+            segmenter: Segmenter::new(),
+            waiting: VecDeque::new(),
+            input_done: false,
+            received_chars: 0,
+            last_input: Instant::now(),
+        }
+    }
+
+    /// Take one text event (`None`: the client went away).
+    fn take(&mut self, event: Option<TextEvent>, limits: StreamLimits) -> Result<(), Stop> {
+        self.last_input = Instant::now();
+        match event {
+            None => return Err(Stop::Gone),
+            Some(TextEvent::Invalid(e)) => return Err(Stop::Failed(e)),
+            Some(TextEvent::Text(piece)) => {
+                self.received_chars += piece.chars().count();
+                if self.received_chars > limits.max_text_chars {
+                    return Err(Stop::Failed(Error::invalid(format!(
+                        "text: the stream's text exceeds the limit of {} characters \
+                         (synthesis.max_stream_text_chars)",
+                        limits.max_text_chars
+                    ))));
+                }
+                self.waiting.extend(self.segmenter.push(&piece));
+            }
+            Some(TextEvent::Flush) => self.waiting.extend(self.segmenter.flush()),
+            Some(TextEvent::End) => {
+                self.input_done = true;
+                self.waiting
+                    .extend(std::mem::take(&mut self.segmenter).finish());
+            }
+        }
+        Ok(())
+    }
+}
+
+fn idle_exceeded(limits: StreamLimits) -> Stop {
+    Stop::Failed(Error::deadline_exceeded(format!(
+        "no text, flush or end of text for {} ms (synthesis.stream_idle_timeout_ms)",
+        limits.idle_timeout.as_millis()
+    )))
 }
 
 /// Resolves at `deadline`, or never.
@@ -240,16 +299,39 @@ impl State {
         });
         let audio = SegmentsThread::spawn(self.job.render, segments_rx, sink);
 
-        let outcome = self
-            .sentences_loop(
-                text,
-                segments_tx,
-                limits,
-                &cancel,
-                deadline,
-                &deadline_message,
-            )
-            .await;
+        let mut read = Read::new();
+        let mut text = text;
+        let mut outcome = Ok(());
+        let probe = SynthesisRequest {
+            text: String::new(),
+            ..self.job.request.clone()
+        };
+        if self.job.engine.streams_text(&probe) {
+            outcome = self
+                .upstream_loop(
+                    &mut text,
+                    &mut read,
+                    &segments_tx,
+                    limits,
+                    &cancel,
+                    deadline,
+                    &deadline_message,
+                )
+                .await;
+        }
+        if outcome.is_ok() {
+            outcome = self
+                .sentences_loop(
+                    text,
+                    read,
+                    segments_tx,
+                    limits,
+                    &cancel,
+                    deadline,
+                    &deadline_message,
+                )
+                .await;
+        }
         let engine = self
             .sentences
             .first()
@@ -346,30 +428,28 @@ impl State {
 
     /// Read text, cut sentences, open them ahead, forward them in order; `Ok` once every
     /// sentence is on the audio thread.
+    #[allow(clippy::too_many_arguments)]
     async fn sentences_loop(
         &mut self,
         mut text: mpsc::Receiver<TextEvent>,
+        mut read: Read,
         segments: mpsc::Sender<Segment>,
         limits: StreamLimits,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
         deadline_message: &str,
     ) -> Result<(), Stop> {
-        let mut segmenter = Segmenter::new();
-        let mut waiting: VecDeque<String> = VecDeque::new();
         let mut opening: VecDeque<Opening> = VecDeque::new();
         let mut current: Option<Current> = None;
-        let mut input_done = false;
-        let mut received_chars = 0usize;
-        let mut last_input = Instant::now();
         loop {
+            let input_done = read.input_done;
             // Top up the look-ahead.
             while opening.len() + usize::from(current.is_some()) < SENTENCES_IN_FLIGHT
-                && let Some(sentence) = waiting.pop_front()
+                && let Some(sentence) = read.waiting.pop_front()
             {
                 opening.push_back(self.open(sentence));
             }
-            if input_done && waiting.is_empty() && opening.is_empty() && current.is_none() {
+            if input_done && read.waiting.is_empty() && opening.is_empty() && current.is_none() {
                 if self.sentences.is_empty() {
                     return Err(Stop::Failed(Error::invalid(
                         "text: the stream ended without any text to speak",
@@ -377,7 +457,7 @@ impl State {
                 }
                 return Ok(());
             }
-            let idle_at = last_input + limits.idle_timeout;
+            let idle_at = read.last_input + limits.idle_timeout;
             tokio::select! {
                 biased;
                 () = cancel.cancelled() => {
@@ -388,34 +468,9 @@ impl State {
                     tracing::info!("deadline exceeded; streamed job cancelled");
                     return Err(Stop::Failed(Error::deadline_exceeded(deadline_message)));
                 }
-                event = text.recv(), if !input_done => {
-                    last_input = Instant::now();
-                    match event {
-                        None => return Err(Stop::Gone),
-                        Some(TextEvent::Invalid(e)) => return Err(Stop::Failed(e)),
-                        Some(TextEvent::Text(piece)) => {
-                            received_chars += piece.chars().count();
-                            if received_chars > limits.max_text_chars {
-                                return Err(Stop::Failed(Error::invalid(format!(
-                                    "text: the stream's text exceeds the limit of {} characters \
-                                     (synthesis.max_stream_text_chars)",
-                                    limits.max_text_chars
-                                ))));
-                            }
-                            waiting.extend(segmenter.push(&piece));
-                        }
-                        Some(TextEvent::Flush) => waiting.extend(segmenter.flush()),
-                        Some(TextEvent::End) => {
-                            input_done = true;
-                            waiting.extend(std::mem::take(&mut segmenter).finish());
-                        }
-                    }
-                }
+                event = text.recv(), if !input_done => read.take(event, limits)?,
                 () = tokio::time::sleep_until(idle_at), if !input_done => {
-                    return Err(Stop::Failed(Error::deadline_exceeded(format!(
-                        "no text, flush or end of text for {} ms (synthesis.stream_idle_timeout_ms)",
-                        limits.idle_timeout.as_millis()
-                    ))));
+                    return Err(idle_exceeded(limits));
                 }
                 opened = front_opened(&mut opening, current.is_none()) => {
                     let Some(front) = opening.pop_front() else { continue };
@@ -453,11 +508,11 @@ impl State {
                         }
                         Some(Err(error)) => {
                             self.failed_mid_sentence(&mut current, error)?;
-                            reopen(&mut opening, &mut waiting);
+                            reopen(&mut opening, &mut read.waiting);
                         }
                         None => {
                             self.failed_mid_sentence(&mut current, EngineError::Truncated)?;
-                            reopen(&mut opening, &mut waiting);
+                            reopen(&mut opening, &mut read.waiting);
                         }
                     }
                 }
@@ -490,19 +545,7 @@ impl State {
 
     /// The front sentence has a source: it becomes the current one (the first sends `Info`).
     async fn begin(&mut self, text: String, opened: Opened) -> Result<Current, Stop> {
-        if !self.info_sent {
-            self.info_sent = true;
-            let info = Info {
-                output: self.job.render.output,
-                served: opened.served.clone(),
-                request_id: self.job.request.request_id.clone(),
-                requested_model: self.job.request.model.clone(),
-                requested_voice: self.job.request.voice.clone(),
-            };
-            if self.tx.send(Ok(Event::Info(info))).await.is_err() {
-                return Err(Stop::Gone);
-            }
-        }
+        self.info(&opened.served).await?;
         if opened.served.fallback_reason.is_some() && self.failed_engine.is_none() {
             tracing::info!(reason = ?opened.served.fallback_reason, "a sentence fell back");
         }
@@ -515,6 +558,25 @@ impl State {
             joins: Joins::default(),
             bytes_in: 0,
         })
+    }
+
+    /// Send `Info` (with `served`), unless it went out already.
+    async fn info(&mut self, served: &Served) -> Result<(), Stop> {
+        if self.info_sent {
+            return Ok(());
+        }
+        self.info_sent = true;
+        let info = Info {
+            output: self.job.render.output,
+            served: served.clone(),
+            request_id: self.job.request.request_id.clone(),
+            requested_model: self.job.request.model.clone(),
+            requested_voice: self.job.request.voice.clone(),
+        };
+        if self.tx.send(Ok(Event::Info(info))).await.is_err() {
+            return Err(Stop::Gone);
+        }
+        Ok(())
     }
 
     /// Forward one piece of the current sentence's audio (its first opens its segment).

@@ -38,6 +38,7 @@ mod python_client;
 mod security;
 mod synthesize_grpc;
 mod synthesize_stream;
+mod synthesize_stream_ws;
 mod systemd;
 mod voices_double;
 mod voices_grpc;

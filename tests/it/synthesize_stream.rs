@@ -20,20 +20,23 @@ use tonic::{Code, transport::Channel};
 
 use crate::support::{dashscope::*, *};
 
-const MODEL: &str = "cosyvoice-v3-flash";
-const VOICE: &str = "longanyang";
+pub(crate) const MODEL: &str = "cosyvoice-v3-flash";
+pub(crate) const VOICE: &str = "longanyang";
 const MS_PER_UNIT: f64 = 40.0;
-const RATE: u32 = 16_000;
+pub(crate) const RATE: u32 = 16_000;
 
 /// An open SynthesizeStream call: send with `text`/`flush`, end with `end`.
-struct Call {
+pub(crate) struct Call {
     tx: Option<mpsc::Sender<pb::SynthesizeStreamRequest>>,
     responses: tonic::Streaming<pb::SynthesizeResponse>,
     out: Collected,
 }
 
 impl Call {
-    async fn open(client: &mut SpeechClient<Channel>, config: pb::SynthesizeRequest) -> Call {
+    pub(crate) async fn open(
+        client: &mut SpeechClient<Channel>,
+        config: pb::SynthesizeRequest,
+    ) -> Call {
         Self::try_open(client, config).await.expect("call opened")
     }
 
@@ -54,11 +57,11 @@ impl Call {
         })
     }
 
-    async fn text(&self, piece: &str) {
+    pub(crate) async fn text(&self, piece: &str) {
         self.send(In::Text(piece.to_owned())).await;
     }
 
-    async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         self.send(In::Flush(pb::Flush {})).await;
     }
 
@@ -72,7 +75,7 @@ impl Call {
     }
 
     /// Send `text` in pieces of `n` characters.
-    async fn pieces(&self, text: &str, n: usize) {
+    pub(crate) async fn pieces(&self, text: &str, n: usize) {
         let chars: Vec<char> = text.chars().collect();
         for piece in chars.chunks(n) {
             self.text(&piece.iter().collect::<String>()).await;
@@ -80,7 +83,7 @@ impl Call {
     }
 
     /// Read until the first audio chunk (within 10 s).
-    async fn until_audio(&mut self) {
+    pub(crate) async fn until_audio(&mut self) {
         tokio::time::timeout(Duration::from_secs(10), async {
             loop {
                 let m = self.responses.next().await.expect("a message").expect("ok");
@@ -117,7 +120,7 @@ impl Call {
     }
 
     /// Half-close and read the rest.
-    async fn end(mut self) -> Result<Collected, tonic::Status> {
+    pub(crate) async fn end(mut self) -> Result<Collected, tonic::Status> {
         self.tx = None;
         self.rest().await
     }
@@ -150,7 +153,7 @@ fn msg(payload: In) -> pb::SynthesizeStreamRequest {
     }
 }
 
-fn config(model: &str, voice: &str) -> pb::SynthesizeRequest {
+pub(crate) fn config(model: &str, voice: &str) -> pb::SynthesizeRequest {
     pb::SynthesizeRequest {
         text: String::new(),
         model: model.to_owned(),
@@ -159,9 +162,13 @@ fn config(model: &str, voice: &str) -> pb::SynthesizeRequest {
     }
 }
 
+/// The per-sentence path: `transport = "http"` (under `auto` a CosyVoice streamed text goes
+/// over one WebSocket task, `synthesize_stream_ws.rs`).
+const PER_SENTENCE: &str = "[dashscope]\ntransport = \"http\"\n";
+
 async fn setup(toml_extra: &str) -> (DashScopeDouble, TestDaemon) {
     let double = DashScopeDouble::start(API_KEY).await;
-    let toml = layered(&[FAST_UPSTREAM, ENGINES_ONLY, toml_extra]);
+    let toml = layered(&[FAST_UPSTREAM, ENGINES_ONLY, PER_SENTENCE, toml_extra]);
     let daemon = spawn_daemon_against(&double, &toml, &[]).await;
     (double, daemon)
 }
@@ -171,14 +178,14 @@ async fn setup_cached(dir: &std::path::Path) -> (DashScopeDouble, TestDaemon) {
     let double = DashScopeDouble::start(API_KEY).await;
     let toml = layered(&[
         FAST_UPSTREAM,
-        "[dashscope]\nconnect_timeout_ms = 500\nmax_attempts = 1\n",
+        "[dashscope]\nconnect_timeout_ms = 500\nmax_attempts = 1\ntransport = \"http\"\n",
     ]);
     let dir = dir.display().to_string();
     let daemon = spawn_daemon_against(&double, &toml, &[("CACHE_DIRECTORY", &dir)]).await;
     (double, daemon)
 }
 
-fn expected_ms(sentence: &str) -> f64 {
+pub(crate) fn expected_ms(sentence: &str) -> f64 {
     split::units(sentence) as f64 * MS_PER_UNIT
 }
 

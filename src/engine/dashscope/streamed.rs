@@ -115,7 +115,11 @@ async fn forward(
                     && !partial.is_empty()
                 {
                     let data = partial.split().freeze();
-                    if tx.send(Ok(SynthEvent::Audio { encoding, data })).await.is_err() {
+                    if tx
+                        .send(Ok(SynthEvent::Audio { encoding, data }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }

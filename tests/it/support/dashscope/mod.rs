@@ -53,7 +53,7 @@ use tokio::{task::JoinHandle, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use custom::{CUSTOMIZATION_PATH, CustomOptions, DoubleVoice, custom_voice_tone};
-pub use ws::WsProtocol;
+pub use ws::{WsProtocol, WsTask};
 
 /// The path of the CosyVoice / Qwen-Audio-TTS endpoint.
 pub const TTS_PATH: &str = "/api/v1/services/audio/tts/SpeechSynthesizer";

@@ -1,0 +1,259 @@
+//! `SynthesizeStream` to an engine that takes streamed text upstream: CosyVoice over the
+//! double's run-task WebSocket under `transport = "auto"`. Pieces cut mid-word go to one
+//! upstream task, a `continue-task` per sentence (the double's task log), the first audio
+//! comes before the last sentence is sent, the audio has the double's exact length and tone,
+//! a cancel ends the upstream task at once, and a failure falls back: before audio, the
+//! whole text sentence by sentence; after audio, the sentences the task had not finished.
+
+use std::{path::Path, time::Duration};
+
+use herald::engine::dashscope::split;
+
+use crate::{
+    support::{dashscope::*, *},
+    synthesize_stream::{Call, MODEL, RATE, VOICE, config, expected_ms},
+};
+
+/// A double and a daemon under `transport = "auto"` whose WebSocket URL is the double's;
+/// with the cache and the fallback chain (`cache`, `espeak-ng`) when `cache_dir` is given.
+async fn setup(cache_dir: Option<&Path>) -> (DashScopeDouble, TestDaemon) {
+    let double = DashScopeDouble::start(API_KEY).await;
+    let ws = double.ws_base_url();
+    let upstream =
+        "[dashscope]\ntransport = \"auto\"\nconnect_timeout_ms = 500\nmax_attempts = 1\n";
+    let mut env = vec![("DASHSCOPE_WEBSOCKET_BASE_URL", ws.clone())];
+    let toml = match cache_dir {
+        Some(dir) => {
+            env.push(("CACHE_DIRECTORY", dir.display().to_string()));
+            layered(&[FAST_UPSTREAM, upstream])
+        }
+        None => layered(&[FAST_UPSTREAM, ENGINES_ONLY, upstream]),
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let daemon = spawn_daemon_against(&double, &toml, &env).await;
+    (double, daemon)
+}
+
+/// The tasks that received text.
+fn spoken_tasks(double: &DashScopeDouble) -> Vec<WsTask> {
+    double
+        .ws_tasks()
+        .into_iter()
+        .filter(|t| !t.text.is_empty())
+        .collect()
+}
+
+fn ms(x: &[f32]) -> f64 {
+    x.len() as f64 * 1000.0 / f64::from(RATE)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pieces_cut_mid_word_go_to_one_upstream_task_a_sentence_at_a_time() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let sentences = [
+        "First @500Hz sentence here.",
+        "Then Dr. Who spoke 3.14 words!",
+        "The last one?",
+    ];
+    let text = sentences.join(" ");
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces(&text, 3).await;
+    let c = call.end().await.expect("stream");
+    assert_eq!(&c.order[..1], "i");
+    assert!(c.order.ends_with('s'));
+    assert_eq!(c.info().engine, "cosyvoice");
+    // Nothing over HTTP; one connection, one task, fed sentence by sentence, then finished.
+    assert!(double.synthesis_requests().is_empty());
+    assert_eq!(double.ws_handshakes(), 1);
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    let task = &tasks[0];
+    assert_eq!(
+        task.pieces,
+        vec![
+            "First @500Hz sentence here.".to_owned(),
+            " Then Dr. Who spoke 3.14 words!".to_owned(),
+            " The last one?".to_owned(),
+        ]
+    );
+    assert_eq!(task.text, text);
+    assert!(task.completed && !task.disconnected);
+    // The double's audio, exactly: 40 ms per unit of the task's text (the spaces herald puts
+    // between sentences included), in the task's one tone.
+    let x = c.mono();
+    let want = expected_ms(&text);
+    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    let f = peak_frequency(&x, RATE);
+    assert!((f - 500.0).abs() < 2.0, "{f} Hz");
+    assert!(rms(&x) > 0.2);
+    let s = c.summary();
+    assert_eq!(s.sentences.len(), 1, "one upstream task, one entry");
+    assert_eq!(s.sentences[0].text, text);
+    assert_eq!(s.duration_ms, want.round() as u64);
+    assert_eq!(s.characters as usize, split::units(&text));
+    assert!(!s.cache_hit && !s.fallback_used);
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_audio_comes_before_the_last_sentence_is_sent() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let mut call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("One @600Hz sentence. And the sec").await;
+    call.until_audio().await;
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].pieces, vec!["One @600Hz sentence.".to_owned()]);
+    call.text("ond one.").await;
+    let c = call.end().await.expect("stream");
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1, "the same task went on");
+    assert_eq!(
+        tasks[0].pieces,
+        vec![
+            "One @600Hz sentence.".to_owned(),
+            " And the second one.".to_owned()
+        ]
+    );
+    let x = c.mono();
+    let want = expected_ms(&tasks[0].text);
+    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    let f = peak_frequency(&x, RATE);
+    assert!((f - 600.0).abs() < 2.0, "{f} Hz");
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_mid_stream_ends_the_upstream_task_at_once() {
+    let (double, daemon) = setup(None).await;
+    double.set_options(Options {
+        pace: 1.0,
+        ..Options::default()
+    });
+    let mut client = daemon.client().await;
+    let mut call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text(&"A long sentence to speak, and then some more words to say. ".repeat(2))
+        .await;
+    call.until_audio().await;
+    drop(call);
+    let task = double
+        .wait_ws_task_ended(0, Duration::from_secs(1))
+        .await
+        .expect("the upstream task ended within 1 s");
+    assert!(task.disconnected && !task.completed, "{task:?}");
+    assert!(task.audio_frames < 40, "stopped early: {task:?}");
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failing_before_audio_leaves_the_text_to_the_per_sentence_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let (double, daemon) = setup(Some(dir.path())).await;
+    double.push_fault(Fault::once(FaultKind::HttpError {
+        status: 503,
+        code: "ModelUnavailable".into(),
+        message: "down".into(),
+    }));
+    let mut client = daemon.client().await;
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces("First @500Hz sentence. Second one.", 5).await;
+    let c = call.end().await.expect("stream");
+    let s = c.summary();
+    let got: Vec<(&str, &str, bool)> = s
+        .sentences
+        .iter()
+        .map(|x| (x.text.as_str(), x.engine.as_str(), x.fallback_used))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("First @500Hz sentence.", "cosyvoice", false),
+            ("Second one.", "cosyvoice", false)
+        ]
+    );
+    // Each sentence over HTTP (auto, a Beijing endpoint), after the one failed task.
+    let mut texts: Vec<String> = double
+        .synthesis_requests()
+        .iter()
+        .map(|r| r.body["input"]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    texts.sort();
+    assert_eq!(texts, vec!["First @500Hz sentence.", "Second one."]);
+    let x = c.mono();
+    let want = expected_ms("First @500Hz sentence.") + expected_ms("Second one.");
+    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_failing_after_audio_falls_back_from_the_first_sentence_it_had_not_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    let (double, daemon) = setup(Some(dir.path())).await;
+    let first = "First @500Hz sentence.";
+    // The double's frames are 100 ms: the connection drops two frames into the second sentence.
+    let first_frames = (expected_ms(first) / 100.0).ceil() as usize;
+    double.push_fault(Fault::once(FaultKind::DropAfter {
+        frames: first_frames + 2,
+    }));
+    let mut client = daemon.client().await;
+    let mut call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text(&format!("{first} ")).await;
+    call.until_audio().await;
+    call.pieces(
+        "A second sentence that is long enough to be cut. The third one.",
+        7,
+    )
+    .await;
+    let c = call.end().await.expect("stream");
+    let s = c.summary();
+    let got: Vec<(&str, &str, bool, bool)> = s
+        .sentences
+        .iter()
+        .map(|x| {
+            (
+                x.text.as_str(),
+                x.engine.as_str(),
+                x.truncated,
+                x.fallback_used,
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (first, "cosyvoice", true, false),
+            (
+                "A second sentence that is long enough to be cut.",
+                "espeak-ng",
+                false,
+                true
+            ),
+            ("The third one.", "espeak-ng", false, true),
+        ]
+    );
+    assert!(s.fallback_used);
+    assert!(
+        s.sentences[1].fallback_reason.contains("mid-stream"),
+        "{}",
+        s.sentences[1].fallback_reason
+    );
+    // The task's audio: the first sentence whole, then the two frames of the second.
+    let upstream_ms = first_frames as f64 * 100.0 + 200.0;
+    assert!(
+        (s.sentences[0].duration_ms as f64 - upstream_ms).abs() <= 100.0,
+        "{} ms, want about {upstream_ms}",
+        s.sentences[0].duration_ms
+    );
+    let x = c.mono();
+    let end = (expected_ms(first) * f64::from(RATE) / 1000.0) as usize;
+    let f = peak_frequency(&x[end / 4..end * 3 / 4], RATE);
+    assert!((f - 500.0).abs() < 8.0, "{f} Hz");
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
