@@ -4,6 +4,7 @@
 //! comes before the last sentence is sent, the audio has the double's exact length and tone,
 //! a cancel ends the upstream task at once, and a failure falls back: before audio, the
 //! whole text sentence by sentence; after audio, the sentences the task had not finished.
+//! Qwen-TTS-Realtime likewise, one session with a commit per sentence.
 
 use std::{path::Path, time::Duration};
 
@@ -254,6 +255,40 @@ async fn a_task_failing_after_audio_falls_back_from_the_first_sentence_it_had_no
     let end = (expected_ms(first) * f64::from(RATE) / 1000.0) as usize;
     let f = peak_frequency(&x[end / 4..end * 3 / 4], RATE);
     assert!((f - 500.0).abs() < 8.0, "{f} Hz");
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qwen_realtime_gets_each_sentence_committed_in_one_session() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let (model, voice) = ("qwen3-tts-flash-realtime", "Cherry");
+    let mut call = Call::open(&mut client, config(model, voice)).await;
+    call.pieces("One @700Hz sentence. And the sec", 4).await;
+    call.until_audio().await;
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0].pieces, vec!["One @700Hz sentence.".to_owned()]);
+    call.text("ond one.").await;
+    let c = call.end().await.expect("stream");
+    assert_eq!(c.info().engine, "qwen-tts");
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1, "the same session went on: {tasks:?}");
+    assert_eq!(tasks[0].protocol, WsProtocol::Realtime);
+    assert_eq!(
+        tasks[0].pieces,
+        vec![
+            "One @700Hz sentence.".to_owned(),
+            " And the second one.".to_owned()
+        ]
+    );
+    assert!(tasks[0].completed);
+    let x = c.mono();
+    let want = expected_ms(&tasks[0].text);
+    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    let f = peak_frequency(&x, RATE);
+    assert!((f - 700.0).abs() < 2.0, "{f} Hz");
     daemon.stop().await.unwrap();
     double.stop().await;
 }

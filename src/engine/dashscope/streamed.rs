@@ -3,7 +3,8 @@
 //! instead of one request per sentence, and the task's audio comes back as one raw s16le
 //! stream in whole frames.
 //!
-//! The task takes the synthesis's request slot ([`super::Client::admit`]) and is not retried:
+//! A realtime session (`commit` mode) gets a commit after each sentence, so it voices each as
+//! it comes. The task takes the synthesis's request slot ([`super::Client::admit`]) and is not retried:
 //! the text already sent cannot be replayed here, so a failure goes to the caller, which falls
 //! back sentence by sentence. What the upstream has voiced is counted from its sentence ends
 //! ([`StreamedSynth::acknowledged`]). Dropping the stream drops the task at once (the
@@ -44,6 +45,12 @@ pub(super) fn start(
     let idle_limit = UPSTREAM_IDLE.min(job.client.tuning().idle_timeout * 3 / 4);
     let (tx, rx) = mpsc::channel(16);
     let counter = Arc::clone(&acknowledged);
+    // A realtime session in `commit` mode voices nothing before a commit: each sentence is
+    // committed as it goes in (one response each, whose `response.done` acknowledges it).
+    let text = match protocol {
+        ws::Protocol::Realtime => commit_each(text),
+        ws::Protocol::RunTask => text,
+    };
     tokio::spawn(async move {
         let (piece_tx, piece_rx) = mpsc::channel(32);
         let task = async {
@@ -72,6 +79,20 @@ pub(super) fn start(
         acknowledged,
         idle_limit,
     }
+}
+
+/// `text` with a flush after each piece.
+fn commit_each(mut text: mpsc::Receiver<TextIn>) -> mpsc::Receiver<TextIn> {
+    let (tx, rx) = mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Some(item) = text.recv().await {
+            let piece = matches!(item, TextIn::Text(_));
+            if tx.send(item).await.is_err() || piece && tx.send(TextIn::Flush).await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Forward the task's messages as engine events: whole frames (the last bytes as they are),
