@@ -14,7 +14,9 @@
 //! same channel as text arrives and sends [`TextIn::Flush`] where it wants the buffered text
 //! voiced now.
 //!
-//! Which transport serves a request is [`protocol_for`] (the `dashscope.transport` rule).
+//! Which transport serves a request is [`protocol_for`] (the `dashscope.transport` rule);
+//! for a streamed text, [`protocol_for_streamed_text`] (CosyVoice takes run-task under `auto`
+//! whatever the endpoint), served by `super::streamed` as one task.
 //! This module must not split text or order pieces (the engine does) and must never log or
 //! return the API key.
 
