@@ -12,7 +12,18 @@
 //! - whole: the client waits until the last token was generated, then calls `Synthesize` with
 //!   the whole text; TTFA from the first token to the first audio byte.
 //!
-//! `cargo bench --bench streamed_text` runs 10 iterations after 1 warm-up and writes
+//! Then, per transport and engine family, the first sentence's latency: a client sends the
+//! first sentence cut before its last characters, then the piece that completes it (its
+//! following space, which makes the end certain); herald's figure is from sending that piece
+//! to the first audio byte at the client, the upstream's own from the double receiving the
+//! sentence (the HTTP request; the WebSocket `continue-task` / `append`) to its first audio
+//! frame. Rows: CosyVoice over HTTP/SSE (`transport = "http"`, a request per sentence) and over
+//! one run-task WebSocket task (`auto`, streamed text), Qwen-TTS (`qwen3-tts-flash`) over
+//! HTTP/SSE and `qwen3-tts-flash-realtime` over one realtime session. Target: herald ≤ the
+//! upstream's first audio + 5 ms.
+//!
+//! `cargo bench --bench streamed_text` runs 10 iterations after 1 warm-up (the first-sentence
+//! rows 20 after 2) and writes
 //! `target/herald-bench/streamed_text.json`; under `cargo test` it runs one at 300 tokens/s as
 //! a smoke test.
 
@@ -27,7 +38,10 @@ mod dashscope;
 use std::time::Duration;
 
 use common::{bench_mode, percentile, results_dir, round};
-use daemon::{ENGINES_ONLY, FAST_UPSTREAM, layered, spawn_daemon_with_double};
+use daemon::{
+    ENGINES_ONLY, FAST_UPSTREAM, layered, spawn_daemon_against, spawn_daemon_with_double,
+};
+use dashscope::DashScopeDouble;
 use futures::StreamExt;
 use herald::pb::{
     self, audio_format::Encoding, speech_client::SpeechClient, synthesize_response::Payload,
@@ -140,6 +154,105 @@ async fn whole(client: &mut SpeechClient<Channel>, every: Duration) -> f64 {
     ms(first_audio.expect("audio").saturating_duration_since(start))
 }
 
+/// (row, model, voice, daemon: 0 = `transport = "http"`, 1 = `"auto"` with the double's
+/// WebSocket URL; the text streamed upstream)
+const FIRST_ROWS: [(&str, &str, &str, usize, bool); 4] = [
+    ("cosyvoice_http_sse_per_sentence", MODEL, VOICE, 0, false),
+    ("cosyvoice_websocket_streamed", MODEL, VOICE, 1, true),
+    (
+        "qwen_http_sse_per_sentence",
+        "qwen3-tts-flash",
+        "Cherry",
+        0,
+        false,
+    ),
+    (
+        "qwen_realtime_websocket_streamed",
+        "qwen3-tts-flash-realtime",
+        "Cherry",
+        1,
+        true,
+    ),
+];
+const FIRST: &str = "Doors closing, please stand clear.";
+const FIRST_CUT: usize = 4;
+
+/// (herald: the piece completing the first sentence sent → its first audio byte at the
+/// client; the upstream: the sentence received → its first audio frame sent), ms.
+async fn first_sentence(
+    client: &mut SpeechClient<Channel>,
+    double: &DashScopeDouble,
+    model: &str,
+    voice: &str,
+    streamed: bool,
+) -> (f64, f64) {
+    let (tx, rx) = mpsc::channel(64);
+    let send = |payload| pb::SynthesizeStreamRequest {
+        payload: Some(payload),
+    };
+    tx.send(send(In::Config(pb::SynthesizeRequest {
+        model: model.into(),
+        voice: voice.into(),
+        ..config()
+    })))
+    .await
+    .unwrap();
+    let mut responses = client
+        .synthesize_stream(ReceiverStream::new(rx))
+        .await
+        .expect("call")
+        .into_inner();
+    let cut = FIRST.len() - FIRST_CUT;
+    tx.send(send(In::Text(FIRST[..cut].into()))).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let sent_at = Instant::now();
+    tx.send(send(In::Text(format!("{} ", &FIRST[cut..]))))
+        .await
+        .unwrap();
+    let mut first_audio = None;
+    while let Some(m) = responses.next().await {
+        if let Some(Payload::Audio(_)) = m.expect("stream").payload {
+            first_audio = Some(Instant::now());
+            break;
+        }
+    }
+    let herald = ms(first_audio
+        .expect("audio")
+        .saturating_duration_since(sent_at));
+    tx.send(send(In::Text("The next one leaves soon.".into())))
+        .await
+        .unwrap();
+    drop(tx);
+    while let Some(m) = responses.next().await {
+        m.expect("stream");
+    }
+    // The upstream's own: the last task or request that carried the first sentence.
+    let upstream = if streamed {
+        let t = double
+            .ws_tasks()
+            .into_iter()
+            .rev()
+            .find(|t| t.pieces.first().is_some_and(|p| p == FIRST))
+            .expect("the stream's task");
+        t.first_audio_at
+            .expect("audio sent")
+            .saturating_duration_since(t.pieces_at[0])
+    } else {
+        {
+            let r = double
+                .synthesis_requests()
+                .into_iter()
+                .rev()
+                .find(|r| r.body["input"]["text"] == FIRST)
+                .expect("the first sentence's request");
+            r.first_frame_at
+                .expect("a frame sent")
+                .saturating_duration_since(r.received_at)
+        }
+    };
+    (herald, ms(upstream))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -175,7 +288,9 @@ async fn run(bench: bool) -> Value {
     );
     daemon.stop().await.expect("daemon stops");
     double.stop().await;
+    let first = first_sentence_rows(bench).await;
     json!({
+        "first_sentence": first,
         "bench": "streamed_text",
         "answer_chars": ANSWER.chars().count(),
         "sentences": 5,
@@ -191,6 +306,68 @@ async fn run(bench: bool) -> Value {
         "stream_after_first_sentence_ms": stats(s_after),
         "whole_ttfa_ms": w,
     })
+}
+
+/// The first-sentence rows: one double, two daemons.
+async fn first_sentence_rows(bench: bool) -> Value {
+    let (warmups, n) = if bench { (2, 20) } else { (1, 1) };
+    let double = DashScopeDouble::start(daemon::API_KEY).await;
+    let ws = double.ws_base_url();
+    let mut clients = Vec::new();
+    let mut daemons = Vec::new();
+    for transport in ["http", "auto"] {
+        let toml = layered(&[
+            FAST_UPSTREAM,
+            ENGINES_ONLY,
+            &format!("[dashscope]\ntransport = \"{transport}\"\n"),
+        ]);
+        let d = spawn_daemon_against(
+            &double,
+            &toml,
+            &[("DASHSCOPE_WEBSOCKET_BASE_URL", ws.as_str())],
+        )
+        .await;
+        clients.push(d.client().await);
+        daemons.push(d);
+    }
+    let mut samples: Vec<(Vec<f64>, Vec<f64>)> = FIRST_ROWS
+        .iter()
+        .map(|_| (Vec::new(), Vec::new()))
+        .collect();
+    for i in 0..warmups + n {
+        for (r, (_, model, voice, d, streamed)) in FIRST_ROWS.iter().enumerate() {
+            let (h, u) = first_sentence(&mut clients[*d], &double, model, voice, *streamed).await;
+            if i >= warmups {
+                samples[r].0.push(h);
+                samples[r].1.push(u);
+            }
+        }
+    }
+    let mut rows = serde_json::Map::new();
+    for ((name, model, _, d, streamed), (h, u)) in FIRST_ROWS.iter().zip(samples) {
+        let over: Vec<f64> = h.iter().zip(&u).map(|(h, u)| h - u).collect();
+        println!(
+            "first sentence, {name}: herald p50 {} ms, upstream p50 {} ms",
+            stats(h.clone())["p50"],
+            stats(u.clone())["p50"]
+        );
+        rows.insert(
+            (*name).to_owned(),
+            json!({
+                "model": model,
+                "transport": if *d == 0 { "http" } else { "auto" },
+                "streamed_upstream": streamed,
+                "herald_ms": stats(h),
+                "upstream_ms": stats(u),
+                "herald_minus_upstream_ms": stats(over),
+            }),
+        );
+    }
+    for d in daemons {
+        d.stop().await.expect("daemon stops");
+    }
+    double.stop().await;
+    json!({"n": n, "warmups": warmups, "first_piece_cut_chars": FIRST_CUT, "rows": rows})
 }
 
 fn main() {

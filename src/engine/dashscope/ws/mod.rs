@@ -349,6 +349,33 @@ mod tests {
     }
 
     #[test]
+    fn the_transport_rule_for_streamed_text() {
+        let streamed = protocol_for_streamed_text;
+        let cosy = "cosyvoice-v3-flash";
+        assert_eq!(
+            streamed(Transport::Auto, Family::CosyVoice, cosy),
+            Some(Protocol::RunTask)
+        );
+        assert_eq!(
+            streamed(Transport::WebSocket, Family::CosyVoice, cosy),
+            Some(Protocol::RunTask)
+        );
+        assert_eq!(streamed(Transport::Http, Family::CosyVoice, cosy), None);
+        assert_eq!(
+            streamed(Transport::Auto, Family::CosyVoice, "qwen-audio-tts"),
+            None
+        );
+        for t in [Transport::Auto, Transport::Http, Transport::WebSocket] {
+            assert_eq!(
+                streamed(t, Family::Qwen, "qwen3-tts-flash-realtime"),
+                Some(Protocol::Realtime)
+            );
+            assert_eq!(streamed(t, Family::Qwen, "qwen3-tts-flash"), None);
+            assert_eq!(streamed(t, Family::MiniMax, "MiniMax/speech-02-hd"), None);
+        }
+    }
+
+    #[test]
     fn in_band_codes_map_as_over_http() {
         for (code, status) in [
             ("InvalidApiKey", 401),

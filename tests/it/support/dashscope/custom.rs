@@ -735,6 +735,7 @@ pub(super) async fn customization(State(inner): State<Arc<Inner>>, incoming: Inc
         status,
         fault: fault.clone(),
         frames_sent: 1,
+        first_frame_at: None,
         completed: true,
         ended_at: Some(Instant::now()),
         ..incoming.log_entry()
@@ -852,6 +853,7 @@ pub(super) async fn upload_policy(State(inner): State<Arc<Inner>>, incoming: Inc
         model,
         status,
         frames_sent: 1,
+        first_frame_at: None,
         completed: true,
         ended_at: Some(Instant::now()),
         ..incoming.log_entry()

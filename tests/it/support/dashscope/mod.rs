@@ -226,6 +226,8 @@ pub struct LoggedRequest {
     pub fault: Option<FaultKind>,
     /// SSE events written (result and error events).
     pub frames_sent: usize,
+    /// When the first of them was written.
+    pub first_frame_at: Option<Instant>,
     /// The response body was fully written.
     pub completed: bool,
     /// The client went away before the body ended.

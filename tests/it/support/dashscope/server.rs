@@ -248,6 +248,7 @@ impl Incoming {
             status: 0,
             fault: None,
             frames_sent: 0,
+            first_frame_at: None,
             completed: false,
             disconnected: false,
             request_id: self.request_id.clone(),
@@ -386,9 +387,10 @@ fn body_stream(
                     }
                 }
                 Step::Event(bytes) => {
-                    e.guard
-                        .inner
-                        .update(e.guard.index, |entry| entry.frames_sent += 1);
+                    e.guard.inner.update(e.guard.index, |entry| {
+                        entry.frames_sent += 1;
+                        entry.first_frame_at.get_or_insert_with(Instant::now);
+                    });
                     return Some((Ok(bytes), e));
                 }
                 Step::Raw(bytes) => return Some((Ok(bytes), e)),

@@ -76,6 +76,10 @@ pub struct WsTask {
     pub text: String,
     /// Text messages received (continue-task / append), in order.
     pub pieces: Vec<String>,
+    /// When each of `pieces` was received.
+    pub pieces_at: Vec<Instant>,
+    /// When the first audio frame / delta was sent.
+    pub first_audio_at: Option<Instant>,
     pub fault: Option<FaultKind>,
     /// Binary audio frames (run-task) or audio deltas (realtime) sent.
     pub audio_frames: usize,
@@ -445,7 +449,10 @@ async fn send_next(
             if is_delta {
                 out.audio += 1;
                 if let Some(i) = task {
-                    side.update(i, |t| t.audio_frames += 1);
+                    side.update(i, |t| {
+                        t.audio_frames += 1;
+                        t.first_audio_at.get_or_insert_with(Instant::now);
+                    });
                 }
                 out.paced();
             }
@@ -454,7 +461,10 @@ async fn send_next(
             ws.send(Message::binary(a)).await.map_err(|_| ())?;
             out.audio += 1;
             if let Some(i) = task {
-                side.update(i, |t| t.audio_frames += 1);
+                side.update(i, |t| {
+                    t.audio_frames += 1;
+                    t.first_audio_at.get_or_insert_with(Instant::now);
+                });
             }
             out.paced();
         }
@@ -479,6 +489,8 @@ fn new_task(side: &WsSide, protocol: WsProtocol, connection: usize, model: &str)
         pieces: Vec::new(),
         fault: None,
         audio_frames: 0,
+        pieces_at: Vec::new(),
+        first_audio_at: None,
         completed: false,
         disconnected: false,
         cancelled: false,
@@ -655,6 +667,7 @@ async fn run_tasks(inner: Arc<Inner>, side: Arc<WsSide>, mut ws: Ws, connection:
                     side.update(idx, |w| {
                         w.text.push_str(&p);
                         w.pieces.push(p.clone());
+                        w.pieces_at.push(Instant::now());
                     });
                 }
                 let flush = input["flush"].as_bool() == Some(true);
@@ -927,6 +940,7 @@ async fn realtime(
                 side.update(index, |w| {
                     w.text.push_str(&piece);
                     w.pieces.push(piece.clone());
+                    w.pieces_at.push(Instant::now());
                 });
                 if synth.units == 0
                     && let Some(hz) = tone_token(&buffer)
