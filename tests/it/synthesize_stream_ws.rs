@@ -292,3 +292,28 @@ async fn qwen_realtime_gets_each_sentence_committed_in_one_session() {
     daemon.stop().await.unwrap();
     double.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_text_with_nothing_to_speak_ends_its_task_and_names_the_field() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("** ").await;
+    call.text("`` ").await;
+    let e = call.end().await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().starts_with("text:"), "{e:?}");
+    // The task opened at the first text was ended, without any text.
+    let task = double
+        .wait_ws_task_ended(0, Duration::from_secs(1))
+        .await
+        .expect("the upstream task ended");
+    assert!(task.text.is_empty(), "{task:?}");
+    // The daemon serves the next stream.
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("Still @440Hz here.").await;
+    let c = call.end().await.expect("stream");
+    assert!((ms(&c.mono()) - expected_ms("Still @440Hz here.")).abs() <= 2.0);
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}

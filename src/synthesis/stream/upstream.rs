@@ -1,6 +1,8 @@
 //! The streamed-upstream phase of a streamed-text job, for an engine that takes text as it is
-//! written ([`Synthesizer::streams_text`]): one upstream task opens at the first complete
-//! sentence and is fed each cleaned sentence as it completes (`TextIn::Text`, a run-task
+//! written ([`Synthesizer::streams_text`]): one upstream task opens at the first text (its
+//! start is then done while the client writes the rest of its first sentence; a text with
+//! nothing to speak ends it empty, a failure before audio like any other) and is fed each
+//! cleaned sentence as it completes (`TextIn::Text`, a run-task
 //! `continue-task`), the client's flush as `TextIn::Flush`, and the client's half-close as the
 //! end of its text (run-task `finish-task`). Its audio is one segment on the job's audio thread;
 //! `Info` goes out with its first audio.
@@ -76,7 +78,10 @@ impl State {
         let mut feeding = true;
         let mut flush = false;
         loop {
-            if feeding && up.is_none() && !read.waiting.is_empty() {
+            // Open at the first text (not its first complete sentence): the task's start
+            // (run-task → task-started, a realtime session.update) is then done while the
+            // client writes the rest of its first sentence.
+            if feeding && up.is_none() && (read.received_chars > 0 || !read.waiting.is_empty()) {
                 up = Some(self.open_upstream().await?);
             }
             if feeding && let Some(u) = up.as_mut() {
