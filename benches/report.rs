@@ -558,6 +558,40 @@ fn render(data: &Value, notes: &str) -> String {
         }
         md.push('\n');
     }
+    let fs = &data["streamed_text"]["first_sentence"];
+    if fs.is_object() {
+        let _ = writeln!(
+            md,
+            "### The first sentence: its last character → its first audio\n\n\
+             One DashScope test double (not paced), two daemons: `dashscope.transport = \"http\"` \
+             (a request per sentence over HTTP/SSE) and `\"auto\"` with the double's WebSocket URL \
+             (CosyVoice and the `*-realtime` models get the text streamed into one WebSocket \
+             task, opened at the first text). A `SynthesizeStream` client sends the first \
+             sentence cut {} characters before its end, 30 ms later the piece completing it (with \
+             the space that makes its end certain), then one more sentence. herald: that piece \
+             sent → the first audio byte at the client; upstream: the double receiving the \
+             sentence (its HTTP request, its `continue-task` / `append`) → its first audio frame. \
+             Target: herald ≤ upstream + 5 ms. {} iterations after {} warm-ups, round-robin.\n\n\
+             | row | model | herald p50 | p90 | upstream p50 | herald − upstream p50 | p90 |\n\
+             |---|---|---|---|---|---|---|",
+            fs["first_piece_cut_chars"], fs["n"], fs["warmups"],
+        );
+        if let Some(rows) = fs["rows"].as_object() {
+            for (name, r) in rows {
+                let _ = writeln!(
+                    md,
+                    "| {name} | `{}` | {} ms | {} ms | {} ms | {} ms | {} ms |",
+                    r["model"].as_str().unwrap_or(""),
+                    f(&r["herald_ms"]["p50"], 1),
+                    f(&r["herald_ms"]["p90"], 1),
+                    f(&r["upstream_ms"]["p50"], 1),
+                    f(&r["herald_minus_upstream_ms"]["p50"], 1),
+                    f(&r["herald_minus_upstream_ms"]["p90"], 1),
+                );
+            }
+        }
+        md.push('\n');
+    }
 
     let _ = writeln!(
         md,
