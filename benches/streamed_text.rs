@@ -269,7 +269,14 @@ fn stats(mut v: Vec<f64>) -> Value {
 async fn run(bench: bool) -> Value {
     let (warmups, n, rate) = if bench { (1, 10, 30.0) } else { (0, 1, 300.0) };
     let every = Duration::from_secs_f64(1.0 / rate);
-    let (double, daemon) = spawn_daemon_with_double(&layered(&[FAST_UPSTREAM, ENGINES_ONLY])).await;
+    // HTTP/SSE, a request per sentence (under `auto` the daemon would stream the text into a
+    // WebSocket task: the first-sentence rows below compare the two).
+    let (double, daemon) = spawn_daemon_with_double(&layered(&[
+        FAST_UPSTREAM,
+        ENGINES_ONLY,
+        "[dashscope]\ntransport = \"http\"\n",
+    ]))
+    .await;
     let mut client = daemon.client().await;
     let (mut s_ttfa, mut s_after, mut w_ttfa) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..warmups + n {
