@@ -4,7 +4,8 @@
 //! comes before the last sentence is sent, the audio has the double's exact length and tone,
 //! a cancel ends the upstream task at once, and a failure falls back: before audio, the
 //! whole text sentence by sentence; after audio, the sentences the task had not finished.
-//! Qwen-TTS-Realtime likewise, one session with a commit per sentence.
+//! Qwen-TTS-Realtime likewise, one session with a commit per sentence. A pause past the
+//! engine's idle limit ends the task in time; later text goes sentence by sentence.
 
 use std::{path::Path, time::Duration};
 
@@ -17,11 +18,20 @@ use crate::{
 
 /// A double and a daemon under `transport = "auto"` whose WebSocket URL is the double's;
 /// with the cache and the fallback chain (`cache`, `espeak-ng`) when `cache_dir` is given.
+/// `dashscope.idle_timeout_ms = 10000`: herald ends a task's text only after 7.5 s without a
+/// message, far beyond any pause of these tests on a loaded machine.
 async fn setup(cache_dir: Option<&Path>) -> (DashScopeDouble, TestDaemon) {
+    setup_idle(10_000, cache_dir).await
+}
+
+async fn setup_idle(idle_ms: u32, cache_dir: Option<&Path>) -> (DashScopeDouble, TestDaemon) {
     let double = DashScopeDouble::start(API_KEY).await;
     let ws = double.ws_base_url();
-    let upstream =
-        "[dashscope]\ntransport = \"auto\"\nconnect_timeout_ms = 500\nmax_attempts = 1\n";
+    let upstream = format!(
+        "[dashscope]\ntransport = \"auto\"\nconnect_timeout_ms = 500\nmax_attempts = 1\n\
+         idle_timeout_ms = {idle_ms}\n"
+    );
+    let upstream = upstream.as_str();
     let mut env = vec![("DASHSCOPE_WEBSOCKET_BASE_URL", ws.clone())];
     let toml = match cache_dir {
         Some(dir) => {
@@ -314,6 +324,50 @@ async fn a_text_with_nothing_to_speak_ends_its_task_and_names_the_field() {
     call.text("Still @440Hz here.").await;
     let c = call.end().await.expect("stream");
     assert!((ms(&c.mono()) - expected_ms("Still @440Hz here.")).abs() <= 2.0);
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pause_past_the_upstreams_idle_limit_ends_the_task_and_the_rest_goes_by_sentence() {
+    // dashscope.idle_timeout_ms = 1000: herald ends the task's text after 750 ms without a
+    // message (DashScope itself drops a task after 23 s).
+    let (double, daemon) = setup_idle(1000, None).await;
+    let mut client = daemon.client().await;
+    let mut call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("First @500Hz sentence. ").await;
+    call.until_audio().await;
+    let task = double
+        .wait_ws_task_ended(0, Duration::from_secs(5))
+        .await
+        .expect("the task was ended while the client paused");
+    assert!(task.completed && !task.disconnected, "{task:?}");
+    call.text("Second one.").await;
+    let c = call.end().await.expect("stream");
+    let s = c.summary();
+    let got: Vec<(&str, &str)> = s
+        .sentences
+        .iter()
+        .map(|x| (x.text.as_str(), x.engine.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("First @500Hz sentence.", "cosyvoice"),
+            ("Second one.", "cosyvoice")
+        ]
+    );
+    assert!(!s.fallback_used);
+    assert_eq!(spoken_tasks(&double).len(), 1);
+    let texts: Vec<String> = double
+        .synthesis_requests()
+        .iter()
+        .map(|r| r.body["input"]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(texts, vec!["Second one."]);
+    let want = expected_ms("First @500Hz sentence.") + expected_ms("Second one.");
+    let got_ms = ms(&c.mono());
+    assert!((got_ms - want).abs() <= 2.0, "{got_ms} ms, want {want}");
     daemon.stop().await.unwrap();
     double.stop().await;
 }
