@@ -371,3 +371,30 @@ async fn a_pause_past_the_upstreams_idle_limit_ends_the_task_and_the_rest_goes_b
     daemon.stop().await.unwrap();
     double.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_goes_upstream_and_voices_an_unfinished_sentence() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let mut call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("Platform @640Hz four, the tra").await;
+    call.flush().await;
+    // The double voices a buffer without a terminator only on a flush.
+    call.until_audio().await;
+    call.text("in to the airport.").await;
+    let c = call.end().await.expect("stream");
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(
+        tasks[0].pieces,
+        vec![
+            "Platform @640Hz four, the tra".to_owned(),
+            " in to the airport.".to_owned()
+        ]
+    );
+    let x = c.mono();
+    let want = expected_ms(&tasks[0].text);
+    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
