@@ -18,9 +18,8 @@
 //! Engines that take streamed text upstream (DashScope's WebSocket APIs,
 //! [`Synthesizer::streams_text`](crate::engine::Synthesizer::streams_text)) get it streamed
 //! first ([`upstream`]): one upstream task, opened at the first text, fed the cleaned
-//! sentences as they complete, its
-//! audio one segment on the same audio thread; what it leaves (a failure, an idle pause) goes
-//! on sentence by sentence as above.
+//! sentences as they complete, its audio one segment on the same audio thread; what it
+//! leaves (a failure, an idle pause) goes on sentence by sentence as above.
 //! Must not know any door: no wire types, no status codes.
 
 use std::{collections::VecDeque, sync::Arc, time::Duration};
