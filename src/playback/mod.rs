@@ -48,7 +48,10 @@ mod queue;
 pub mod sink;
 mod source;
 
-use std::time::Duration;
+use std::{
+    sync::atomic::{AtomicBool, AtomicU64, Ordering},
+    time::Duration,
+};
 
 use tokio::{sync::mpsc, time::Instant};
 
@@ -149,7 +152,80 @@ pub struct Announcement {
     pub expires_at: Option<Instant>,
     /// Where its events go (dropped silently if the client left). At most four events are
     /// sent per announcement, so a small buffer never fills.
-    pub events: mpsc::Sender<Report>,
+    pub events: Events,
+}
+
+/// An announcement's event channel, with what it has reported so far.
+///
+/// Every announcement ends with exactly one final event, whatever ends it: the queue reports
+/// the ones it decides (finished, interrupted, dropped, expired, failed), and an announcement
+/// dropped without one (the queue stopped at shutdown, or never received it) reports its own
+/// on drop: INTERRUPTED (with the time played since STARTED) if it had started, else DROPPED,
+/// both with no `by_id`. So every door gets the final event the contract promises.
+#[derive(Debug)]
+pub struct Events {
+    tx: mpsc::Sender<Report>,
+    /// When STARTED was reported, ms since the epoch; 0 = not started.
+    started_ms: AtomicU64,
+    /// A final event was reported.
+    ended: AtomicBool,
+}
+
+impl From<mpsc::Sender<Report>> for Events {
+    fn from(tx: mpsc::Sender<Report>) -> Self {
+        Self {
+            tx,
+            started_ms: AtomicU64::new(0),
+            ended: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Events {
+    /// Report `event` for announcement `id` (nothing after a final event). `try_send` only
+    /// fails when the client has left: an announcement has at most four events and its
+    /// channel more room than that.
+    fn report(&self, id: &str, event: Event) {
+        if self.ended.load(Ordering::Relaxed) {
+            return;
+        }
+        let now = now_ms();
+        if event.is_final() {
+            self.ended.store(true, Ordering::Relaxed);
+        } else if matches!(event, Event::Started) {
+            self.started_ms.store(now.max(1), Ordering::Relaxed);
+        }
+        let _ = self.tx.try_send(Report {
+            id: id.to_owned(),
+            timestamp_ms: now,
+            event,
+        });
+    }
+}
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        if self.events.ended.load(Ordering::Relaxed) {
+            return;
+        }
+        let event = match self.events.started_ms.load(Ordering::Relaxed) {
+            0 => Event::Dropped {
+                by_id: String::new(),
+            },
+            started => Event::Interrupted {
+                by_id: String::new(),
+                played_ms: now_ms().saturating_sub(started),
+            },
+        };
+        self.events.report(&self.id, event);
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// What StopSpeaking acts on.

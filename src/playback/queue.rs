@@ -9,14 +9,14 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    Announcement, AudioSource, Event, Priority, REOPEN_RETRY, Report, Sink, SinkError, SinkFactory,
+    Announcement, AudioSource, Event, Priority, REOPEN_RETRY, Sink, SinkError, SinkFactory,
     StopScope, Synthesis,
 };
 use crate::error::Error;
@@ -112,20 +112,9 @@ pub(super) const BLOCK_MS: u32 = 20;
 /// tens of ms, as upstreams synthesize faster than real time).
 pub const PREBUFFER: Duration = Duration::from_millis(200);
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// Send `event` to the announcement's client. An announcement has at most four events and
-/// its channel more room than that, so `try_send` only fails when the client has left.
+/// Send `event` to the announcement's client.
 fn report(ann: &Announcement, event: Event) {
-    let _ = ann.events.try_send(Report {
-        id: ann.id.clone(),
-        timestamp_ms: now_ms(),
-        event,
-    });
+    ann.events.report(&ann.id, event);
 }
 
 impl DeviceTask {

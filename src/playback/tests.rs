@@ -155,7 +155,7 @@ impl Harness {
     ) -> mpsc::Receiver<Report> {
         let (tx, rx) = mpsc::channel(16);
         let mut ann = self.announcement(id, priority, text);
-        ann.events = tx;
+        ann.events = tx.into();
         edit(&mut ann);
         self.playback.enqueue("capture", ann).unwrap();
         rx
@@ -187,7 +187,7 @@ impl Harness {
             chime: false,
             leading_silence: Duration::ZERO,
             expires_at: None,
-            events,
+            events: events.into(),
         }
     }
 
@@ -794,7 +794,7 @@ async fn the_queue_of_a_device_is_bounded_and_refusals_name_the_setting() {
         .collect();
     let (tx, _rx) = mpsc::channel(16);
     let mut ann = h.announcement("over", Priority::Important, "880:200");
-    ann.events = tx;
+    ann.events = tx.into();
     let e = h.playback.enqueue("capture", ann).unwrap_err();
     assert_eq!(e.kind(), crate::error::ErrorKind::ResourceExhausted);
     assert!(e.message().contains("playback.max_queued"), "{e}");
@@ -835,4 +835,47 @@ async fn a_slow_start_upstream_does_not_break_up_the_first_syllable() {
     let seg = segments(&x);
     assert_eq!(seg.len(), 1, "one unbroken tone: {seg:?}");
     assert_eq!(ms(seg[0].1), 600);
+}
+
+#[tokio::test]
+async fn an_announcement_ended_without_a_final_event_reports_one_itself() {
+    let h = Harness::new(settings());
+    let with_events = |id: &str| {
+        let (tx, rx) = mpsc::channel(16);
+        let mut ann = h.announcement(id, Priority::Message, "440:100");
+        ann.events = tx.into();
+        (ann, rx)
+    };
+    // Never started (e.g. still in the queue's command channel at shutdown): DROPPED.
+    let (ann, mut rx) = with_events("never");
+    drop(ann);
+    assert!(matches!(
+        events(&mut rx).await.as_slice(),
+        [Event::Dropped { by_id }] if by_id.is_empty()
+    ));
+    // Started: INTERRUPTED, with the time since STARTED.
+    let (ann, mut rx) = with_events("cut");
+    ann.events.report(&ann.id, Event::Started);
+    std::thread::sleep(Duration::from_millis(30));
+    drop(ann);
+    let ev = events(&mut rx).await;
+    assert!(
+        matches!(ev.as_slice(), [Event::Started, Event::Interrupted { by_id, played_ms }]
+            if by_id.is_empty() && (30..5000).contains(played_ms)),
+        "{ev:?}"
+    );
+    // A final event already reported: nothing more, and nothing after it either.
+    let (ann, mut rx) = with_events("done");
+    ann.events
+        .report(&ann.id, Event::Finished { played_ms: 100 });
+    ann.events.report(&ann.id, Event::Expired);
+    drop(ann);
+    let mut all = Vec::new();
+    while let Some(r) = rx.recv().await {
+        all.push(r.event);
+    }
+    assert!(
+        matches!(all.as_slice(), [Event::Finished { played_ms: 100 }]),
+        "{all:?}"
+    );
 }

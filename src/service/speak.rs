@@ -117,30 +117,6 @@ pub fn stop_scope(req: &pb::StopSpeakingRequest) -> Result<StopScope, Status> {
     }
 }
 
-/// The final event of an announcement whose queue stopped without one (daemon shutdown):
-/// INTERRUPTED when it had started (`played_ms`: the time since STARTED), DROPPED otherwise;
-/// `by_id` empty, as for StopSpeaking.
-pub fn ended_by_shutdown(id: &str, started_ms: Option<u64>) -> pb::SpeakEvent {
-    use speak_event::Event as E;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    let event = match started_ms {
-        Some(t) => E::Interrupted(speak_event::Interrupted {
-            by_id: String::new(),
-            played_ms: now.saturating_sub(t),
-        }),
-        None => E::Dropped(speak_event::Dropped {
-            by_id: String::new(),
-        }),
-    };
-    pb::SpeakEvent {
-        id: id.to_owned(),
-        timestamp_ms: now,
-        event: Some(event),
-    }
-}
-
 /// A playback report as a SpeakEvent.
 pub fn event_to_pb(report: Report) -> pb::SpeakEvent {
     use speak_event::Event as E;

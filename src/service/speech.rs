@@ -193,27 +193,19 @@ impl pb::speech_server::Speech for SpeechService {
                 chime: speak.chime,
                 leading_silence: speak.leading_silence,
                 expires_at: speak.expires_at,
-                events: events_tx,
+                events: events_tx.into(),
             },
         )?;
         tracing::debug!(%id, %device, "speak queued");
         let (tx, rx) = mpsc::channel(8);
         let cancel_on_disconnect = req.cancel_on_disconnect;
         tokio::spawn(async move {
-            // When the STARTED event was sent (milliseconds since the epoch), if it was.
-            let mut started_ms = None;
             loop {
                 tokio::select! {
                     report = events.recv() => {
-                        let Some(report) = report else {
-                            // The queue went away (shutdown) without a final event: the proto
-                            // promises one, so the stream gets it here.
-                            let _ = tx.send(Ok(super::speak::ended_by_shutdown(&id, started_ms))).await;
-                            return;
-                        };
-                        if matches!(report.event, crate::playback::Event::Started) {
-                            started_ms = Some(report.timestamp_ms);
-                        }
+                        // Closed only after the final event: the announcement reports one
+                        // whatever ends it (`playback::Events`).
+                        let Some(report) = report else { return };
                         let last = report.event.is_final();
                         if tx.send(Ok(super::speak::event_to_pb(report))).await.is_err() && !last {
                             if cancel_on_disconnect {

@@ -419,3 +419,51 @@ async fn an_announcement_that_cannot_start_before_its_expiry_on_an_idle_device_e
     assert!((peak_frequency(&x[seg[0].0..seg[0].0 + seg[0].1], RATE) - 660.0).abs() < 3.0);
     s.daemon.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_every_speak_stream_with_its_final_event() {
+    let s = setup("").await;
+    let mut client = s.daemon.client().await;
+    // 2.4 s of 440 Hz, then one queued behind it.
+    let mut playing = client
+        .speak(speak_request(
+            "playing",
+            "@440Hz a message that is long enough to be cut.",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    until_started(&mut playing).await;
+    let mut queued = client
+        .speak(speak_request(
+            "queued",
+            "@660Hz next",
+            pb::Priority::Message,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(
+        queued.message().await.unwrap().unwrap().event,
+        Some(E::Queued(_))
+    ));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let stop = tokio::spawn(s.daemon.stop());
+    let ev = speak_events(&mut playing).await;
+    let Some(E::Interrupted(cut)) = ev.last() else {
+        panic!("{ev:?}")
+    };
+    assert!(cut.by_id.is_empty(), "{cut:?}");
+    assert!(
+        (300..=2000).contains(&cut.played_ms),
+        "cut after {} ms",
+        cut.played_ms
+    );
+    let ev = speak_events(&mut queued).await;
+    assert!(
+        matches!(ev.as_slice(), [E::Dropped(d)] if d.by_id.is_empty()),
+        "{ev:?}"
+    );
+    stop.await.unwrap().unwrap();
+}
