@@ -9,7 +9,7 @@
 
 use std::{path::Path, time::Duration};
 
-use herald::engine::dashscope::split;
+use herald::{engine::dashscope::split, pb};
 
 use crate::{
     support::{dashscope::*, *},
@@ -395,6 +395,151 @@ async fn a_flush_goes_upstream_and_voices_an_unfinished_sentence() {
     let x = c.mono();
     let want = expected_ms(&tasks[0].text);
     assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+/// The span of each piece of `pieces` in the task's audio, ms: the double voices a task's text
+/// in order, `expected_ms` per piece (a sentence with the space herald put before it).
+fn spans(pieces: &[String]) -> Vec<(f64, f64)> {
+    let mut at = 0.0;
+    pieces
+        .iter()
+        .map(|p| {
+            let span = (at, at + expected_ms(p));
+            at = span.1;
+            span
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sentence_over_websocket_is_voiced_in_its_own_tone_in_order() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let sentences = [
+        ("First @500Hz sentence here.", 500.0),
+        ("Then the @700Hz second one, a little longer!", 700.0),
+        ("And @900Hz the last?", 900.0),
+    ];
+    let text = sentences.iter().map(|s| s.0).collect::<Vec<_>>().join(" ");
+    let models = [
+        (MODEL, VOICE, WsProtocol::RunTask),
+        ("qwen3-tts-flash-realtime", "Cherry", WsProtocol::Realtime),
+    ];
+    for (i, (model, voice, protocol)) in models.into_iter().enumerate() {
+        let call = Call::open(&mut client, config(model, voice)).await;
+        call.pieces(&text, 3).await;
+        let c = call.end().await.expect("stream");
+        let tasks = spoken_tasks(&double);
+        assert_eq!(tasks.len(), i + 1, "one task per stream: {tasks:?}");
+        let task = &tasks[i];
+        assert_eq!(task.protocol, protocol);
+        // Each sentence went up whole, in order (after the first, with herald's space).
+        let want: Vec<String> = sentences
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                if k == 0 {
+                    s.0.to_owned()
+                } else {
+                    format!(" {}", s.0)
+                }
+            })
+            .collect();
+        assert_eq!(task.pieces, want, "{model}");
+        let x = c.mono();
+        let spans = spans(&task.pieces);
+        let total = spans.last().unwrap().1;
+        assert!(
+            (ms(&x) - total).abs() <= 2.0,
+            "{model}: {} ms, want {total}",
+            ms(&x)
+        );
+        // Each sentence's audio is that sentence's: the middle half of its span has its tone.
+        for ((text, hz), (b, e)) in sentences.iter().zip(&spans) {
+            let dur = e - b;
+            let a = ((b + dur / 4.0) * f64::from(RATE) / 1000.0) as usize;
+            let z = ((b + dur * 3.0 / 4.0) * f64::from(RATE) / 1000.0) as usize;
+            let f = peak_frequency(&x[a..z], RATE);
+            assert!((f - hz).abs() < 8.0, "{model}: {text}: {f} Hz, want {hz}");
+            assert!(rms(&x[a..z]) > 0.2, "{model}: {text}: silent");
+        }
+    }
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_timings_over_websocket_arrive_in_order_inside_their_sentences() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let sentences = [
+        "Alpha beta gamma.",
+        "Delta epsilon zeta, eta!",
+        "Theta iota?",
+    ];
+    let text = sentences.join(" ");
+    // The DashScope documents disagree on where the words come: in each `sentence-end`, or all
+    // in `task-finished`. Either way each word once, timed over the whole stream.
+    for (i, in_task_finished) in [false, true].into_iter().enumerate() {
+        double.set_options(Options {
+            ws_words_in_task_finished: in_task_finished,
+            ..Options::default()
+        });
+        let call = Call::open(
+            &mut client,
+            pb::SynthesizeRequest {
+                word_timestamps: true,
+                ..config(MODEL, VOICE)
+            },
+        )
+        .await;
+        call.pieces(&text, 4).await;
+        let c = call.end().await.expect("stream");
+        let tasks = spoken_tasks(&double);
+        let task = &tasks[i];
+        assert_eq!(
+            task.parameters["word_timestamp_enabled"],
+            serde_json::json!(true),
+            "asked upstream: {:?}",
+            task.parameters
+        );
+        assert_eq!(task.pieces.len(), sentences.len(), "{task:?}");
+        let spans = spans(&task.pieces);
+        let audio_ms = ms(&c.mono());
+        assert!((audio_ms - spans[2].1).abs() <= 2.0, "{audio_ms} ms");
+        // The words, in order, each once.
+        let got: Vec<&str> = c.words.iter().map(|w| w.text.as_str()).collect();
+        let want: Vec<&str> = sentences.iter().flat_map(|s| s.split(' ')).collect();
+        assert_eq!(got, want, "words in task-finished: {in_task_finished}");
+        // Each inside its sentence's span, at the double's time (40 ms per unit from the
+        // task's start), begin ≤ end, and monotonic across sentences.
+        let mut w = c.words.iter();
+        let mut last_end = 0;
+        for (piece, (b, e)) in task.pieces.iter().zip(&spans) {
+            for word in piece.split_whitespace() {
+                let t = w.next().expect("a word");
+                let at = word.as_ptr() as usize - piece.as_ptr() as usize;
+                let want_begin = b + expected_ms(&piece[..at]);
+                let (tb, te) = (f64::from(t.begin_ms), f64::from(t.end_ms));
+                assert!(
+                    (tb - want_begin).abs() <= 1.0,
+                    "{word}: begins at {tb} ms, want {want_begin} (task-finished: {in_task_finished})"
+                );
+                assert!(
+                    *b - 1.0 <= tb && tb <= te && te <= *e + 1.0,
+                    "{word}: {tb}..{te} ms outside its sentence's {b}..{e}"
+                );
+                assert!(
+                    t.begin_ms >= last_end,
+                    "{word}: {tb} ms before the last end {last_end}"
+                );
+                last_end = t.end_ms;
+            }
+        }
+        assert!(f64::from(last_end) <= audio_ms + 1.0);
+    }
     daemon.stop().await.unwrap();
     double.stop().await;
 }
