@@ -231,11 +231,14 @@ async fn first_sentence(
     }
     // The upstream's own: the last task or request that carried the first sentence.
     let upstream = if streamed {
+        // The latest to receive it, of this model: a realtime session's entry dates from its
+        // connection, which herald opened ahead (during the previous stream), so the entries'
+        // order is not the order of use.
         let t = double
             .ws_tasks()
             .into_iter()
-            .rev()
-            .find(|t| t.pieces.first().is_some_and(|p| p == FIRST))
+            .filter(|t| t.model == model && t.pieces.first().is_some_and(|p| p == FIRST))
+            .max_by_key(|t| t.pieces_at[0])
             .expect("the stream's task");
         t.first_audio_at
             .expect("audio sent")

@@ -543,3 +543,98 @@ async fn word_timings_over_websocket_arrive_in_order_inside_their_sentences() {
     daemon.stop().await.unwrap();
     double.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_sentence_is_served_from_the_cache_and_the_task_ends_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (double, daemon) = setup(Some(dir.path())).await;
+    let mut client = daemon.client().await;
+    // Into the cache: `Synthesize` on this (Beijing-style) endpoint goes over HTTP/SSE.
+    let cached = "Doors @600Hz closing.";
+    synthesize(
+        &mut client,
+        pb::SynthesizeRequest {
+            text: cached.to_owned(),
+            ..config(MODEL, VOICE)
+        },
+    )
+    .await
+    .expect("synthesize");
+    let mut cache =
+        herald::pb::cache_client::CacheClient::connect(format!("http://{}", daemon.tcp))
+            .await
+            .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cache
+        .get_cache_stats(pb::GetCacheStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .stored
+        < 1
+    {
+        assert!(tokio::time::Instant::now() < deadline, "stored within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let http_before = double.synthesis_requests().len();
+
+    // In the middle: the task gets the first sentence, its text ends before the cached one.
+    let first = "First @500Hz sentence.";
+    let last = "The last @900Hz one.";
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces(&format!("{first} {cached} {last}"), 4).await;
+    let c = call.end().await.expect("stream");
+    let s = c.summary();
+    let got: Vec<(&str, bool)> = s
+        .sentences
+        .iter()
+        .map(|x| (x.text.as_str(), x.cache_hit))
+        .collect();
+    assert_eq!(got, vec![(first, false), (cached, true), (last, false)]);
+    assert!(!s.fallback_used && !s.cache_hit);
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].pieces, vec![first.to_owned()]);
+    assert!(tasks[0].completed);
+    // The cached sentence did not go upstream; the last went by itself (HTTP/SSE here).
+    let texts: Vec<String> = double.synthesis_requests()[http_before..]
+        .iter()
+        .map(|r| r.body["input"]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(texts, vec![last.to_owned()]);
+    // Each sentence's audio in order, in its tone.
+    let x = c.mono();
+    let mut at = 0.0;
+    for (text, hz) in [(first, 500.0), (cached, 600.0), (last, 900.0)] {
+        let dur = expected_ms(text);
+        let a = ((at + dur / 4.0) * f64::from(RATE) / 1000.0) as usize;
+        let z = ((at + dur * 3.0 / 4.0) * f64::from(RATE) / 1000.0) as usize;
+        let f = peak_frequency(&x[a..z], RATE);
+        assert!((f - hz).abs() < 8.0, "{text}: {f} Hz, want {hz}");
+        at += dur;
+    }
+    assert!((ms(&x) - at).abs() <= 2.0, "{} ms, want {at}", ms(&x));
+
+    // First: the task opened at the first text is dropped without any text.
+    let tasks_before = double.ws_tasks().len();
+    let then = "Then @700Hz more.";
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces(&format!("{cached} {then}"), 4).await;
+    let c = call.end().await.expect("stream");
+    let got: Vec<(&str, bool)> = c
+        .summary()
+        .sentences
+        .iter()
+        .map(|x| (x.text.as_str(), x.cache_hit))
+        .collect();
+    assert_eq!(got, vec![(cached, true), (then, false)]);
+    let task = double
+        .wait_ws_task_ended(tasks_before, Duration::from_secs(5))
+        .await
+        .expect("the opened task ended");
+    assert!(task.text.is_empty() && !task.completed, "{task:?}");
+    let want = expected_ms(cached) + expected_ms(then);
+    assert!((ms(&c.mono()) - want).abs() <= 2.0);
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
