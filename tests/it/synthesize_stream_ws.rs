@@ -638,3 +638,68 @@ async fn a_cached_sentence_is_served_from_the_cache_and_the_task_ends_before_it(
     daemon.stop().await.unwrap();
     double.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fallback_each_fault_of_the_task_ends_the_stream_with_its_status() {
+    use tonic::Code::{
+        FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, Unavailable,
+    };
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let http = |status: u16, code: &str| FaultKind::HttpError {
+        status,
+        code: code.to_owned(),
+        message: format!("{code} (scripted)"),
+    };
+    // Before audio the text goes on sentence by sentence (here over HTTP/SSE, with the same
+    // fault); after audio the task's failure ends the stream.
+    let rows = [
+        (http(429, "Throttling.RateQuota"), ResourceExhausted),
+        (http(400, "DataInspectionFailed"), InvalidArgument),
+        (http(403, "Model.AccessDenied"), FailedPrecondition),
+        (
+            FaultKind::SseErrorAfter {
+                frames: 2,
+                http_status_comment: 200,
+                code: "InternalError".to_owned(),
+                message: "scripted".to_owned(),
+            },
+            Unavailable,
+        ),
+        (FaultKind::DropAfter { frames: 2 }, Unavailable),
+        (FaultKind::BadJsonAfter { frames: 2 }, Internal),
+    ];
+    for (kind, code) in rows {
+        double.clear_faults();
+        double.push_fault(Fault::always(kind.clone()));
+        let tasks_before = double.ws_tasks().len();
+        let call = Call::open(
+            &mut client,
+            pb::SynthesizeRequest {
+                no_fallback: true,
+                ..config(MODEL, VOICE)
+            },
+        )
+        .await;
+        call.pieces(
+            "A first sentence, long enough for frames. And a second one.",
+            6,
+        )
+        .await;
+        let e = call.end().await.expect_err("the fault ends the stream");
+        assert_eq!(e.code(), code, "{kind:?}: {e:?}");
+        assert!(!e.message().contains(API_KEY), "{kind:?}: {e:?}");
+        assert!(
+            double.ws_tasks().len() > tasks_before,
+            "{kind:?}: it went over WebSocket first"
+        );
+        double.clear_faults();
+    }
+    // The daemon serves the next stream.
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("Still @440Hz here.").await;
+    let c = call.end().await.expect("stream");
+    assert!((ms(&c.mono()) - expected_ms("Still @440Hz here.")).abs() <= 2.0);
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
