@@ -547,13 +547,34 @@ fn render(data: &Value, notes: &str) -> String {
                 "`SynthesizeStream`: from the token completing the first sentence",
                 "stream_after_first_sentence_ms",
             ),
+            (
+                "`SynthesizeStream` over one WebSocket task (`transport = \"auto\"`), tokens as they come",
+                "stream_ws_ttfa_ms",
+            ),
+            (
+                "`SynthesizeStream` over one WebSocket task: from the token completing the first sentence",
+                "stream_ws_after_first_sentence_ms",
+            ),
         ] {
+            if st[key].is_null() {
+                continue;
+            }
             let _ = writeln!(
                 md,
                 "| {name} | {} ms | {} ms | {} ms |",
                 f(&st[key]["p50"], 1),
                 f(&st[key]["p90"], 1),
                 f(&st[key]["max"], 1),
+            );
+        }
+        if !st["stream_ws_ttfa_ms"].is_null() {
+            let _ = writeln!(
+                md,
+                "\nThe first three rows: `dashscope.transport = \"http\"` (a request per sentence \
+                 over HTTP/SSE). The WebSocket rows: in the same iterations, the same tokens at the \
+                 same pace to a second daemon against the same double under `\"auto\"` with the \
+                 double's WebSocket URL, the text going into one run-task task (a `continue-task` \
+                 per sentence, the task opened at the first token)."
             );
         }
         md.push('\n');

@@ -10,7 +10,10 @@
 //!   completes the first sentence (its following space included, which makes the end certain)
 //!   to the first audio byte;
 //! - whole: the client waits until the last token was generated, then calls `Synthesize` with
-//!   the whole text; TTFA from the first token to the first audio byte.
+//!   the whole text; TTFA from the first token to the first audio byte;
+//! - stream over WebSocket: the same as "stream", to a second daemon against the same double
+//!   under `transport = "auto"` with the double's WebSocket URL, so the text goes into one
+//!   run-task task (a `continue-task` per sentence) instead of a request per sentence.
 //!
 //! Then, per transport and engine family, the first sentence's latency: a client sends the
 //! first sentence cut before its last characters, then the piece that completes it (its
@@ -228,11 +231,14 @@ async fn first_sentence(
     }
     // The upstream's own: the last task or request that carried the first sentence.
     let upstream = if streamed {
+        // The latest to receive it, of this model: a realtime session's entry dates from its
+        // connection, which herald opened ahead (during the previous stream), so the entries'
+        // order is not the order of use.
         let t = double
             .ws_tasks()
             .into_iter()
-            .rev()
-            .find(|t| t.pieces.first().is_some_and(|p| p == FIRST))
+            .filter(|t| t.model == model && t.pieces.first().is_some_and(|p| p == FIRST))
+            .max_by_key(|t| t.pieces_at[0])
             .expect("the stream's task");
         t.first_audio_at
             .expect("audio sent")
@@ -278,21 +284,47 @@ async fn run(bench: bool) -> Value {
     ]))
     .await;
     let mut client = daemon.client().await;
+    // The same answer at the same pace into one WebSocket run-task task (`auto`, the double's
+    // WebSocket URL), against the same double, in the same iterations.
+    let ws_url = double.ws_base_url();
+    let ws_daemon = spawn_daemon_against(
+        &double,
+        &layered(&[
+            FAST_UPSTREAM,
+            ENGINES_ONLY,
+            "[dashscope]\ntransport = \"auto\"\n",
+        ]),
+        &[("DASHSCOPE_WEBSOCKET_BASE_URL", ws_url.as_str())],
+    )
+    .await;
+    let mut ws_client = ws_daemon.client().await;
     let (mut s_ttfa, mut s_after, mut w_ttfa) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ws_ttfa, mut ws_after) = (Vec::new(), Vec::new());
     for i in 0..warmups + n {
         let (a, b) = stream(&mut client, every).await;
+        let tasks_before = double.ws_tasks().len();
+        let (wa, wb) = stream(&mut ws_client, every).await;
+        assert_eq!(
+            double.ws_tasks().len(),
+            tasks_before + 1,
+            "the WebSocket row's stream went into one WebSocket task"
+        );
         let c = whole(&mut client, every).await;
         if i >= warmups {
             s_ttfa.push(a);
             s_after.push(b);
+            ws_ttfa.push(wa);
+            ws_after.push(wb);
             w_ttfa.push(c);
         }
     }
-    let (s, w) = (stats(s_ttfa), stats(w_ttfa));
+    let (s, w, ws) = (stats(s_ttfa), stats(w_ttfa), stats(ws_ttfa));
     println!(
-        "TTFA p50: SynthesizeStream {} ms, whole text then Synthesize {} ms",
-        s["p50"], w["p50"]
+        "TTFA p50: SynthesizeStream {} ms (HTTP/SSE per sentence), {} ms (one WebSocket task), \
+         whole text then Synthesize {} ms",
+        s["p50"], ws["p50"], w["p50"]
     );
+    ws_daemon.stop().await.expect("daemon stops");
     daemon.stop().await.expect("daemon stops");
     double.stop().await;
     let first = first_sentence_rows(bench).await;
@@ -311,6 +343,8 @@ async fn run(bench: bool) -> Value {
         "warmups": warmups,
         "stream_ttfa_ms": s,
         "stream_after_first_sentence_ms": stats(s_after),
+        "stream_ws_ttfa_ms": ws,
+        "stream_ws_after_first_sentence_ms": stats(ws_after),
         "whole_ttfa_ms": w,
     })
 }

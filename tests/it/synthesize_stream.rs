@@ -260,6 +260,45 @@ async fn pieces_cut_mid_word_give_each_sentence_its_length_and_tone_in_order() {
     double.stop().await;
 }
 
+/// Sentences synthesized one by one (here HTTP/SSE, each its own 440 Hz tone starting at
+/// phase 0) meet without a click: the largest step between two samples stays the tone's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentences_are_joined_without_clicks() {
+    let (double, daemon) = setup("").await;
+    let mut client = daemon.client().await;
+    // 23, 14 and 19 units: each tone ends 0.8 or 0.4 of a cycle in (40 ms × 440 Hz = 17.6
+    // cycles a unit), so an unfaded join would jump by 0.5·|sin(2π·0.8)| ≈ 0.48 or
+    // 0.5·|sin(2π·0.4)| ≈ 0.29.
+    let sentences = [
+        "A second sentence here!",
+        "Alpha one two.",
+        "The third, at last?",
+    ];
+    for s in sentences {
+        let phase = (expected_ms(s) / 1000.0 * 440.0).fract();
+        assert!(
+            0.5 * (std::f64::consts::TAU * phase).sin().abs() > 0.25,
+            "{s}"
+        );
+    }
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces(&sentences.join(" "), 5).await;
+    let c = call.end().await.expect("stream");
+    assert_eq!(c.summary().sentences.len(), 3);
+    let x = c.mono();
+    let want: f64 = sentences.iter().map(|s| expected_ms(s)).sum();
+    let got = x.len() as f64 * 1000.0 / f64::from(RATE);
+    assert!((got - want).abs() <= 2.0, "{got} ms, want {want}");
+    // The tone's own largest step: 0.5 · 2π · 440 / 16000 ≈ 0.086.
+    let max_step = x
+        .windows(2)
+        .map(|w| (w[1] - w[0]).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_step < 0.12, "a step of {max_step} (a click)");
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_audio_comes_before_the_last_sentence_is_sent() {
     let (double, daemon) = setup("").await;

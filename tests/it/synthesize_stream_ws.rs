@@ -9,7 +9,7 @@
 
 use std::{path::Path, time::Duration};
 
-use herald::engine::dashscope::split;
+use herald::{engine::dashscope::split, pb};
 
 use crate::{
     support::{dashscope::*, *},
@@ -395,6 +395,311 @@ async fn a_flush_goes_upstream_and_voices_an_unfinished_sentence() {
     let x = c.mono();
     let want = expected_ms(&tasks[0].text);
     assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+/// The span of each piece of `pieces` in the task's audio, ms: the double voices a task's text
+/// in order, `expected_ms` per piece (a sentence with the space herald put before it).
+fn spans(pieces: &[String]) -> Vec<(f64, f64)> {
+    let mut at = 0.0;
+    pieces
+        .iter()
+        .map(|p| {
+            let span = (at, at + expected_ms(p));
+            at = span.1;
+            span
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_sentence_over_websocket_is_voiced_in_its_own_tone_in_order() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let sentences = [
+        ("First @500Hz sentence here.", 500.0),
+        ("Then the @700Hz second one, a little longer!", 700.0),
+        ("And @900Hz the last?", 900.0),
+    ];
+    let text = sentences.iter().map(|s| s.0).collect::<Vec<_>>().join(" ");
+    let models = [
+        (MODEL, VOICE, WsProtocol::RunTask),
+        ("qwen3-tts-flash-realtime", "Cherry", WsProtocol::Realtime),
+    ];
+    for (i, (model, voice, protocol)) in models.into_iter().enumerate() {
+        let call = Call::open(&mut client, config(model, voice)).await;
+        call.pieces(&text, 3).await;
+        let c = call.end().await.expect("stream");
+        let tasks = spoken_tasks(&double);
+        assert_eq!(tasks.len(), i + 1, "one task per stream: {tasks:?}");
+        let task = &tasks[i];
+        assert_eq!(task.protocol, protocol);
+        // Each sentence went up whole, in order (after the first, with herald's space).
+        let want: Vec<String> = sentences
+            .iter()
+            .enumerate()
+            .map(|(k, s)| {
+                if k == 0 {
+                    s.0.to_owned()
+                } else {
+                    format!(" {}", s.0)
+                }
+            })
+            .collect();
+        assert_eq!(task.pieces, want, "{model}");
+        let x = c.mono();
+        let spans = spans(&task.pieces);
+        let total = spans.last().unwrap().1;
+        assert!(
+            (ms(&x) - total).abs() <= 2.0,
+            "{model}: {} ms, want {total}",
+            ms(&x)
+        );
+        // Each sentence's audio is that sentence's: the middle half of its span has its tone.
+        for ((text, hz), (b, e)) in sentences.iter().zip(&spans) {
+            let dur = e - b;
+            let a = ((b + dur / 4.0) * f64::from(RATE) / 1000.0) as usize;
+            let z = ((b + dur * 3.0 / 4.0) * f64::from(RATE) / 1000.0) as usize;
+            let f = peak_frequency(&x[a..z], RATE);
+            assert!((f - hz).abs() < 8.0, "{model}: {text}: {f} Hz, want {hz}");
+            assert!(rms(&x[a..z]) > 0.2, "{model}: {text}: silent");
+        }
+    }
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn word_timings_over_websocket_arrive_in_order_inside_their_sentences() {
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let sentences = [
+        "Alpha beta gamma.",
+        "Delta epsilon zeta, eta!",
+        "Theta iota?",
+    ];
+    let text = sentences.join(" ");
+    // The DashScope documents disagree on where the words come: in each `sentence-end`, or all
+    // in `task-finished`. Either way each word once, timed over the whole stream.
+    for (i, in_task_finished) in [false, true].into_iter().enumerate() {
+        double.set_options(Options {
+            ws_words_in_task_finished: in_task_finished,
+            ..Options::default()
+        });
+        let call = Call::open(
+            &mut client,
+            pb::SynthesizeRequest {
+                word_timestamps: true,
+                ..config(MODEL, VOICE)
+            },
+        )
+        .await;
+        call.pieces(&text, 4).await;
+        let c = call.end().await.expect("stream");
+        let tasks = spoken_tasks(&double);
+        let task = &tasks[i];
+        assert_eq!(
+            task.parameters["word_timestamp_enabled"],
+            serde_json::json!(true),
+            "asked upstream: {:?}",
+            task.parameters
+        );
+        assert_eq!(task.pieces.len(), sentences.len(), "{task:?}");
+        let spans = spans(&task.pieces);
+        let audio_ms = ms(&c.mono());
+        assert!((audio_ms - spans[2].1).abs() <= 2.0, "{audio_ms} ms");
+        // The words, in order, each once.
+        let got: Vec<&str> = c.words.iter().map(|w| w.text.as_str()).collect();
+        let want: Vec<&str> = sentences.iter().flat_map(|s| s.split(' ')).collect();
+        assert_eq!(got, want, "words in task-finished: {in_task_finished}");
+        // Each inside its sentence's span, at the double's time (40 ms per unit from the
+        // task's start), begin ≤ end, and monotonic across sentences.
+        let mut w = c.words.iter();
+        let mut last_end = 0;
+        for (piece, (b, e)) in task.pieces.iter().zip(&spans) {
+            for word in piece.split_whitespace() {
+                let t = w.next().expect("a word");
+                let at = word.as_ptr() as usize - piece.as_ptr() as usize;
+                let want_begin = b + expected_ms(&piece[..at]);
+                let (tb, te) = (f64::from(t.begin_ms), f64::from(t.end_ms));
+                assert!(
+                    (tb - want_begin).abs() <= 1.0,
+                    "{word}: begins at {tb} ms, want {want_begin} (task-finished: {in_task_finished})"
+                );
+                assert!(
+                    *b - 1.0 <= tb && tb <= te && te <= *e + 1.0,
+                    "{word}: {tb}..{te} ms outside its sentence's {b}..{e}"
+                );
+                assert!(
+                    t.begin_ms >= last_end,
+                    "{word}: {tb} ms before the last end {last_end}"
+                );
+                last_end = t.end_ms;
+            }
+        }
+        assert!(f64::from(last_end) <= audio_ms + 1.0);
+    }
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_sentence_is_served_from_the_cache_and_the_task_ends_before_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (double, daemon) = setup(Some(dir.path())).await;
+    let mut client = daemon.client().await;
+    // Into the cache: `Synthesize` on this (Beijing-style) endpoint goes over HTTP/SSE.
+    let cached = "Doors @600Hz closing.";
+    synthesize(
+        &mut client,
+        pb::SynthesizeRequest {
+            text: cached.to_owned(),
+            ..config(MODEL, VOICE)
+        },
+    )
+    .await
+    .expect("synthesize");
+    let mut cache =
+        herald::pb::cache_client::CacheClient::connect(format!("http://{}", daemon.tcp))
+            .await
+            .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cache
+        .get_cache_stats(pb::GetCacheStatsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .stored
+        < 1
+    {
+        assert!(tokio::time::Instant::now() < deadline, "stored within 5 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let http_before = double.synthesis_requests().len();
+
+    // In the middle: the task gets the first sentence, its text ends before the cached one.
+    let first = "First @500Hz sentence.";
+    let last = "The last @900Hz one.";
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces(&format!("{first} {cached} {last}"), 4).await;
+    let c = call.end().await.expect("stream");
+    let s = c.summary();
+    let got: Vec<(&str, bool)> = s
+        .sentences
+        .iter()
+        .map(|x| (x.text.as_str(), x.cache_hit))
+        .collect();
+    assert_eq!(got, vec![(first, false), (cached, true), (last, false)]);
+    assert!(!s.fallback_used && !s.cache_hit);
+    let tasks = spoken_tasks(&double);
+    assert_eq!(tasks.len(), 1, "{tasks:?}");
+    assert_eq!(tasks[0].pieces, vec![first.to_owned()]);
+    assert!(tasks[0].completed);
+    // The cached sentence did not go upstream; the last went by itself (HTTP/SSE here).
+    let texts: Vec<String> = double.synthesis_requests()[http_before..]
+        .iter()
+        .map(|r| r.body["input"]["text"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(texts, vec![last.to_owned()]);
+    // Each sentence's audio in order, in its tone.
+    let x = c.mono();
+    let mut at = 0.0;
+    for (text, hz) in [(first, 500.0), (cached, 600.0), (last, 900.0)] {
+        let dur = expected_ms(text);
+        let a = ((at + dur / 4.0) * f64::from(RATE) / 1000.0) as usize;
+        let z = ((at + dur * 3.0 / 4.0) * f64::from(RATE) / 1000.0) as usize;
+        let f = peak_frequency(&x[a..z], RATE);
+        assert!((f - hz).abs() < 8.0, "{text}: {f} Hz, want {hz}");
+        at += dur;
+    }
+    assert!((ms(&x) - at).abs() <= 2.0, "{} ms, want {at}", ms(&x));
+
+    // First: the task opened at the first text is dropped without any text.
+    let tasks_before = double.ws_tasks().len();
+    let then = "Then @700Hz more.";
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.pieces(&format!("{cached} {then}"), 4).await;
+    let c = call.end().await.expect("stream");
+    let got: Vec<(&str, bool)> = c
+        .summary()
+        .sentences
+        .iter()
+        .map(|x| (x.text.as_str(), x.cache_hit))
+        .collect();
+    assert_eq!(got, vec![(cached, true), (then, false)]);
+    let task = double
+        .wait_ws_task_ended(tasks_before, Duration::from_secs(5))
+        .await
+        .expect("the opened task ended");
+    assert!(task.text.is_empty() && !task.completed, "{task:?}");
+    let want = expected_ms(cached) + expected_ms(then);
+    assert!((ms(&c.mono()) - want).abs() <= 2.0);
+    daemon.stop().await.unwrap();
+    double.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fallback_each_fault_of_the_task_ends_the_stream_with_its_status() {
+    use tonic::Code::{
+        FailedPrecondition, Internal, InvalidArgument, ResourceExhausted, Unavailable,
+    };
+    let (double, daemon) = setup(None).await;
+    let mut client = daemon.client().await;
+    let http = |status: u16, code: &str| FaultKind::HttpError {
+        status,
+        code: code.to_owned(),
+        message: format!("{code} (scripted)"),
+    };
+    // Before audio the text goes on sentence by sentence (here over HTTP/SSE, with the same
+    // fault); after audio the task's failure ends the stream.
+    let rows = [
+        (http(429, "Throttling.RateQuota"), ResourceExhausted),
+        (http(400, "DataInspectionFailed"), InvalidArgument),
+        (http(403, "Model.AccessDenied"), FailedPrecondition),
+        (
+            FaultKind::SseErrorAfter {
+                frames: 2,
+                http_status_comment: 200,
+                code: "InternalError".to_owned(),
+                message: "scripted".to_owned(),
+            },
+            Unavailable,
+        ),
+        (FaultKind::DropAfter { frames: 2 }, Unavailable),
+        (FaultKind::BadJsonAfter { frames: 2 }, Internal),
+    ];
+    for (kind, code) in rows {
+        double.clear_faults();
+        double.push_fault(Fault::always(kind.clone()));
+        let tasks_before = double.ws_tasks().len();
+        let call = Call::open(
+            &mut client,
+            pb::SynthesizeRequest {
+                no_fallback: true,
+                ..config(MODEL, VOICE)
+            },
+        )
+        .await;
+        call.pieces(
+            "A first sentence, long enough for frames. And a second one.",
+            6,
+        )
+        .await;
+        let e = call.end().await.expect_err("the fault ends the stream");
+        assert_eq!(e.code(), code, "{kind:?}: {e:?}");
+        assert!(!e.message().contains(API_KEY), "{kind:?}: {e:?}");
+        assert!(
+            double.ws_tasks().len() > tasks_before,
+            "{kind:?}: it went over WebSocket first"
+        );
+        double.clear_faults();
+    }
+    // The daemon serves the next stream.
+    let call = Call::open(&mut client, config(MODEL, VOICE)).await;
+    call.text("Still @440Hz here.").await;
+    let c = call.end().await.expect("stream");
+    assert!((ms(&c.mono()) - expected_ms("Still @440Hz here.")).abs() <= 2.0);
     daemon.stop().await.unwrap();
     double.stop().await;
 }

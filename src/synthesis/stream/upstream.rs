@@ -19,11 +19,14 @@
 //!   sentence voiced in part is voiced again from its start by the fallback;
 //! - the client paused longer than the engine's idle limit (DashScope drops a task left
 //!   without text for 23 s): the text is ended upstream in time, and whatever comes later goes
-//!   sentence by sentence.
+//!   sentence by sentence;
+//! - a sentence is in the cache (checked before it goes upstream): the task's text ends there
+//!   (or, when nothing was sent to it yet, the task is dropped), and that sentence and the
+//!   rest go sentence by sentence, the cached one served from the cache.
 //!
-//! Not cached: the task's audio spans several sentences and is not stored per sentence, and a
-//! cached sentence is not served from the cache in this phase. The summary reports the task as
-//! one entry whose text is its sentences joined by spaces.
+//! Not stored in the cache: the task's audio spans several sentences and is not split per
+//! sentence. The summary reports the task as one entry whose text is its sentences joined by
+//! spaces.
 
 use std::{collections::VecDeque, sync::atomic::Ordering};
 
@@ -34,10 +37,11 @@ use tokio_util::sync::CancellationToken;
 use super::{Current, Read, State, Stop, StreamLimits, TextEvent, idle_exceeded, until};
 use crate::{
     audio::join::Joins,
+    cache,
     engine::{EngineError, SynthEvent, SynthesisRequest, TextIn},
     error::Error,
     pipeline::{JobError, Segment},
-    provider::Served,
+    provider::{CachePolicy, Served},
     synthesis::job::failed,
 };
 
@@ -87,17 +91,31 @@ impl State {
             if feeding && let Some(u) = up.as_mut() {
                 if let Some(tx) = &u.text {
                     while let Some(sentence) = read.waiting.pop_front() {
+                        if self.cached(&sentence).await {
+                            // A cached sentence is served from the cache: it and the text
+                            // after it go sentence by sentence, once the task has voiced what
+                            // it has.
+                            read.waiting.push_front(sentence);
+                            feeding = false;
+                            break;
+                        }
                         // The engine reads its text at once; a closed channel means the task
                         // ended, which its stream says next.
                         let _ = tx.send(TextIn::Text(joined(&u.sent, &sentence))).await;
                         u.sent.push(sentence);
                     }
-                    if std::mem::take(&mut flush) {
+                    if feeding && std::mem::take(&mut flush) {
                         let _ = tx.send(TextIn::Flush).await;
                     }
                 }
-                if read.input_done {
+                if read.input_done || !feeding {
                     u.text = None;
+                }
+                if !feeding && u.sent.is_empty() {
+                    // Nothing sent: dropping the task closes its connection, which ends it
+                    // upstream at once.
+                    tracing::debug!("the first sentence is cached; the streamed task is dropped");
+                    up = None;
                 }
             }
             if up.is_none() && (read.input_done || !feeding) {
@@ -175,6 +193,26 @@ impl State {
                 }
             }
         }
+    }
+
+    /// Whether the per-sentence phase would serve `sentence` from the cache (a peek: the hit
+    /// is counted when it is served).
+    async fn cached(&self, sentence: &str) -> bool {
+        let Some(cache) = self.provider.cache() else {
+            return false;
+        };
+        if self.job.options.cache != CachePolicy::Use || !cache.accepts_text(sentence) {
+            return false;
+        }
+        let request = SynthesisRequest {
+            text: sentence.to_owned(),
+            ..self.job.request.clone()
+        };
+        let key = cache::key::key(self.job.engine.name(), &request);
+        cache
+            .peek(&key)
+            .await
+            .is_some_and(|(entry, _)| !request.word_timestamps || entry.meta.words.is_some())
     }
 
     /// Open the upstream task (nothing goes to the client before its first audio).

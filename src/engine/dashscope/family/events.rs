@@ -51,6 +51,37 @@ pub struct Decoder {
     pub words: Vec<WordTiming>,
     /// Where the current sentence's audio began (CosyVoice `sentence-begin`), in ms.
     sentence_start_ms: Option<u32>,
+    /// Some event carried words.
+    words_read: bool,
+}
+
+/// The words of an `output.sentence.words` array (times as given, an end never before its
+/// begin).
+fn words_of(output: &Value) -> Vec<WordTiming> {
+    let Some(words) = output
+        .get("sentence")
+        .and_then(|s| s.get("words"))
+        .and_then(Value::as_array)
+    else {
+        return Vec::new();
+    };
+    let ms = |w: &Value, key: &str| {
+        w.get(key)
+            .and_then(Value::as_u64)
+            .map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX))
+    };
+    words
+        .iter()
+        .filter_map(|w| {
+            let text = w.get("text").and_then(Value::as_str)?;
+            let begin_ms = ms(w, "begin_time");
+            Some(WordTiming {
+                text: text.to_owned(),
+                begin_ms,
+                end_ms: ms(w, "end_time").max(begin_ms),
+            })
+        })
+        .collect()
 }
 
 /// Milliseconds of s16 audio of `spec` in `bytes`.
@@ -79,6 +110,7 @@ impl Decoder {
             finished: false,
             words: Vec::new(),
             sentence_start_ms: None,
+            words_read: false,
         }
     }
 
@@ -96,30 +128,10 @@ impl Decoder {
         if output.get("type").and_then(Value::as_str) != Some("sentence-end") {
             return;
         }
-        let Some(words) = output
-            .get("sentence")
-            .and_then(|s| s.get("words"))
-            .and_then(Value::as_array)
-        else {
-            return;
-        };
-        let ms = |w: &Value, key: &str| {
-            w.get(key)
-                .and_then(Value::as_u64)
-                .map_or(0, |t| u32::try_from(t).unwrap_or(u32::MAX))
-        };
-        let mut read: Vec<WordTiming> = words
-            .iter()
-            .filter_map(|w| {
-                let text = w.get("text").and_then(Value::as_str)?;
-                let begin_ms = ms(w, "begin_time");
-                Some(WordTiming {
-                    text: text.to_owned(),
-                    begin_ms,
-                    end_ms: ms(w, "end_time").max(begin_ms),
-                })
-            })
-            .collect();
+        let mut read = words_of(output);
+        if !read.is_empty() {
+            self.words_read = true;
+        }
         let start = self.sentence_start_ms.unwrap_or(0);
         if read
             .first()
@@ -131,6 +143,18 @@ impl Decoder {
             }
         }
         self.words.extend(read);
+    }
+
+    /// A WebSocket run-task's `task-finished` output: the DashScope documents disagree on
+    /// whether the words come in each `sentence-end` or all in `task-finished` (times from the
+    /// task's start). Its words are read only when no `sentence-end` carried any, so none
+    /// counts twice.
+    pub fn task_finished_words(&mut self, output: &Value) {
+        if !self.words_read {
+            let read = words_of(output);
+            self.words_read = !read.is_empty();
+            self.words.extend(read);
+        }
     }
 
     /// Read one event's JSON. `http_status` and `error_event` are the event's framing.
@@ -461,5 +485,39 @@ mod tests {
         )
         .unwrap();
         assert_eq!((d.words[0].begin_ms, d.words[0].end_ms), (9, 9));
+    }
+
+    #[test]
+    fn task_finished_words_count_only_when_no_sentence_end_had_any() {
+        let word = |t: &str, b: u64, e: u64| json!({"text": t, "begin_time": b, "end_time": e});
+        let finished =
+            json!({"sentence": {"index": 1, "words": [word("a", 0, 300), word("b", 300, 700)]}});
+        // Only in task-finished: read there.
+        let mut d = Decoder::new(Family::CosyVoice, 16000);
+        d.event(
+            &json!({"output": {"type": "sentence-end", "sentence": {"index": 0, "words": []}}}),
+            200,
+            false,
+        )
+        .unwrap();
+        d.task_finished_words(&finished);
+        let got: Vec<_> = d
+            .words
+            .iter()
+            .map(|w| (w.text.as_str(), w.begin_ms))
+            .collect();
+        assert_eq!(got, [("a", 0), ("b", 300)]);
+        // Already in a sentence-end (and taken since): not again.
+        let mut d = Decoder::new(Family::CosyVoice, 16000);
+        d.event(
+            &json!({"output": {"type": "sentence-end",
+                               "sentence": {"index": 0, "words": [word("a", 0, 300)]}}}),
+            200,
+            false,
+        )
+        .unwrap();
+        d.words.clear();
+        d.task_finished_words(&finished);
+        assert!(d.words.is_empty());
     }
 }

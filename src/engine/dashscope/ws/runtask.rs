@@ -125,6 +125,9 @@ pub(super) async fn run_task(
                     }
                     Some("task-finished") => {
                         decoder.event(&payload, 200, false)?;
+                        if let Some(output) = payload.get("output") {
+                            decoder.task_finished_words(output);
+                        }
                         decoder.request_id = header
                             .get("attributes")
                             .and_then(|a| a.get("request_uuid"))

@@ -192,6 +192,9 @@ pub struct Options {
     /// Unknown voice in a streaming request: `false` → HTTP 400 JSON; `true` → HTTP 200 and one
     /// `event:error` frame with `:HTTP_STATUS/400`.
     pub unknown_voice_as_sse_error: bool,
+    /// WebSocket run-task with `word_timestamp_enabled`: `false` → each `sentence-end` carries
+    /// its sentence's words; `true` → they all come in `task-finished` instead.
+    pub ws_words_in_task_finished: bool,
 }
 
 impl Default for Options {
@@ -204,6 +207,7 @@ impl Default for Options {
             chunk_ms: 100,
             pace: 0.0,
             unknown_voice_as_sse_error: false,
+            ws_words_in_task_finished: false,
         }
     }
 }

@@ -11,14 +11,19 @@
 //!   once complete — on a `continue-task` that completes it, a `flush`, or `finish-task` —
 //!   as `sentence-begin`, `sentence-synthesis` + one binary frame per `chunk_ms` of audio,
 //!   `sentence-end` (cumulative `usage.characters`); `task-finished` after `finish-task`; the
-//!   connection then takes another `run-task`. `task-failed` closes the connection.
+//!   connection then takes another `run-task`. `task-failed` closes the connection. With
+//!   `word_timestamp_enabled`, each `sentence-end` carries its sentence's words (whitespace-
+//!   separated, timed from the task's start like the audio), or, with
+//!   [`Options::ws_words_in_task_finished`], `task-finished` carries all of the task's words
+//!   instead (the two places the DashScope documents give).
 //! - realtime: `session.created` on connect, `session.updated`, then per commit (explicit, or
 //!   in `server_commit` mode each complete sentence) the `response.*` events with base64
 //!   `response.audio.delta`s; `session.finish` voices what is left, sends `session.finished`
 //!   and closes.
 //!
 //! Audio is the HTTP double's tone: `units × ms_per_unit` of a sine at `tone_hz` (or the
-//! task's `@<N>Hz` token), PCM or WAV (header in the first frame only).
+//! task's first `@<N>Hz` token; a sentence with its own token switches to that tone from
+//! there), PCM or WAV (header in the first frame only).
 //!
 //! Faults (the HTTP double's [`FaultKind`]s, taken per task / session): `HttpError` →
 //! `task-failed` / `error` with its code and message instead of `task-started` /
@@ -274,6 +279,11 @@ struct Synth {
 impl Synth {
     /// The frames of one sentence's audio, `chunk_ms` each.
     fn sentence(&mut self, text: &str) -> Vec<Vec<u8>> {
+        // A sentence with its own `@<N>Hz` token is voiced in that tone (and the task's later
+        // sentences without one go on in it).
+        if let Some(hz) = tone_token(text) {
+            self.hz = hz;
+        }
         let units = text_units(text);
         self.units += units;
         let ms = units as f64 * f64::from(self.options.ms_per_unit);
@@ -520,6 +530,28 @@ struct RunTask {
     synth: Synth,
     finishing: bool,
     sentence: usize,
+    /// `word_timestamp_enabled` was asked.
+    words: bool,
+    /// The task's words so far (for `task-finished` when `Options::ws_words_in_task_finished`).
+    all_words: Vec<Value>,
+}
+
+/// The words of `sentence` (whitespace-separated) whose audio starts `units_before` units into
+/// the task, timed from the task's start like the audio (`ms_per_unit` per unit, as the HTTP
+/// double times them from the request's start); indexes are in units into the sentence.
+fn sentence_words(sentence: &str, units_before: usize, ms_per_unit: u32) -> Vec<Value> {
+    let t0 = units_before as f64 * f64::from(ms_per_unit);
+    sentence
+        .split_whitespace()
+        .map(|w| {
+            let at = w.as_ptr() as usize - sentence.as_ptr() as usize;
+            let before = text_units(&sentence[..at]);
+            let begin = t0 + before as f64 * f64::from(ms_per_unit);
+            let end = begin + text_units(w) as f64 * f64::from(ms_per_unit);
+            json!({"text": w, "begin_index": before, "end_index": before + text_units(w),
+                   "begin_time": begin.round() as u64, "end_time": end.round() as u64})
+        })
+        .collect()
 }
 
 fn event(task_id: &str, name: &str, payload: Value) -> String {
@@ -653,6 +685,8 @@ async fn run_tasks(inner: Arc<Inner>, side: Arc<WsSide>, mut ws: Ws, connection:
                     },
                     finishing: false,
                     sentence: 0,
+                    words: params["word_timestamp_enabled"].as_bool() == Some(true),
+                    all_words: Vec::new(),
                 });
             }
             Some("continue-task") => {
@@ -703,10 +737,15 @@ async fn run_tasks(inner: Arc<Inner>, side: Arc<WsSide>, mut ws: Ws, connection:
                 synthesize_ready(t, &mut out, true, &side);
                 out.fault_at_end();
                 let request_uuid = uuid::Uuid::new_v4().to_string();
+                let words = if t.synth.options.ws_words_in_task_finished {
+                    std::mem::take(&mut t.all_words)
+                } else {
+                    Vec::new()
+                };
                 out.queue.push_back(Out::Text(
                     json!({"header": {"task_id": t.id, "event": "task-finished",
                                       "attributes": {"request_uuid": request_uuid}},
-                           "payload": {"output": {"sentence": {"index": t.sentence, "words": []}},
+                           "payload": {"output": {"sentence": {"index": t.sentence, "words": words}},
                                        "usage": {"characters": t.synth.units}}})
                     .to_string(),
                 ));
@@ -762,7 +801,15 @@ fn synthesize_ready(t: &mut RunTask, out: &mut Outbox, all: bool, side: &WsSide)
             json!({"output": {"sentence": {"index": index, "words": []}, "type": "sentence-begin",
                               "original_text": s}}),
         )));
+        let units_before = t.synth.units;
         let frames = t.synth.sentence(&s);
+        let mut words = Vec::new();
+        if t.words {
+            words = sentence_words(&s, units_before, t.synth.options.ms_per_unit);
+            if t.synth.options.ws_words_in_task_finished {
+                t.all_words.append(&mut words);
+            }
+        }
         let synth_event = event(
             &id,
             "result-generated",
@@ -774,7 +821,7 @@ fn synthesize_ready(t: &mut RunTask, out: &mut Outbox, all: bool, side: &WsSide)
         out.queue.push_back(Out::Text(event(
             &id,
             "result-generated",
-            json!({"output": {"sentence": {"index": index, "words": []}, "type": "sentence-end",
+            json!({"output": {"sentence": {"index": index, "words": words}, "type": "sentence-end",
                               "original_text": s},
                    "usage": {"characters": t.synth.units}}),
         )));
