@@ -23,6 +23,7 @@
 mod pool;
 mod realtime;
 mod runtask;
+mod session;
 
 use std::{sync::Arc, time::Duration};
 

@@ -10,7 +10,6 @@
 //! does).
 
 use base64::Engine as _;
-use futures::SinkExt as _;
 use serde_json::{Map, Value, json};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -19,7 +18,7 @@ use super::{
     TextIn, in_band_error, io_error,
     pool::{Conn, Headers},
     realtime_url,
-    runtask::next_before,
+    session::{Frame, Session, drive, next_before},
     timed_out,
 };
 use crate::engine::{
@@ -27,7 +26,7 @@ use crate::engine::{
     dashscope::{
         Job,
         family::{Decoder, QWEN_RATE, Step},
-        piece::{PieceMsg, PieceTx, forward},
+        piece::{PieceMsg, PieceTx},
     },
 };
 
@@ -38,7 +37,7 @@ fn event_id() -> String {
 /// Run one session for `job` with the text of `text`, sending its audio and end to `tx`.
 pub(super) async fn run_session(
     job: &Job,
-    mut text: mpsc::Receiver<TextIn>,
+    text: mpsc::Receiver<TextIn>,
     tx: &PieceTx,
     sent: &mut bool,
 ) -> Result<(), EngineError> {
@@ -63,116 +62,112 @@ pub(super) async fn run_session(
     pool.preopen(url, headers, tuning.connect_timeout);
 
     let mut decoder = Decoder::new(job.family, QWEN_RATE);
-    let mut text_open = true;
-    let mut uncommitted = false;
-    let mut first_due: Option<Instant> = None;
-    let mut got_audio = false;
-    loop {
-        let wait = if got_audio {
-            Some(Instant::now() + tuning.idle_timeout)
-        } else {
-            first_due
-        };
-        let msg = tokio::select! {
-            item = text.recv(), if text_open => {
-                let mut out = Vec::new();
-                match item {
-                    Some(TextIn::Text(t)) => {
-                        uncommitted = true;
-                        out.push(json!({"event_id": event_id(), "type": "input_text_buffer.append", "text": t}));
-                    }
-                    Some(TextIn::Flush) => {
-                        if std::mem::take(&mut uncommitted) {
-                            first_due.get_or_insert(Instant::now() + tuning.first_event_timeout);
-                            out.push(json!({"event_id": event_id(), "type": "input_text_buffer.commit"}));
-                        }
-                    }
-                    None => {
-                        text_open = false;
-                        first_due.get_or_insert(Instant::now() + tuning.first_event_timeout);
-                        if std::mem::take(&mut uncommitted) {
-                            out.push(json!({"event_id": event_id(), "type": "input_text_buffer.commit"}));
-                        }
-                        out.push(json!({"event_id": event_id(), "type": "session.finish"}));
-                    }
-                }
-                for m in out {
-                    conn.ws.send(Message::text(m.to_string())).await.map_err(io_error)?;
-                }
-                continue;
+    let mut session = Realtime { uncommitted: false };
+    // The server closes a session's connection: nothing goes back to the pool.
+    drive(
+        &mut conn,
+        &mut session,
+        text,
+        &mut decoder,
+        tuning,
+        tx,
+        sent,
+    )
+    .await?;
+    Ok(())
+}
+
+/// The realtime side of [`drive`].
+struct Realtime {
+    /// Text appended since the last commit.
+    uncommitted: bool,
+}
+
+impl Realtime {
+    fn commit(&mut self, out: &mut Vec<Value>, audio_due: &mut bool) {
+        if std::mem::take(&mut self.uncommitted) {
+            *audio_due = true;
+            out.push(json!({"event_id": event_id(), "type": "input_text_buffer.commit"}));
+        }
+    }
+}
+
+impl Session for Realtime {
+    fn text(&mut self, item: Option<TextIn>, audio_due: &mut bool) -> Vec<Value> {
+        let mut out = Vec::new();
+        match item {
+            Some(TextIn::Text(t)) => {
+                self.uncommitted = true;
+                out.push(
+                    json!({"event_id": event_id(), "type": "input_text_buffer.append", "text": t}),
+                );
             }
-            m = next_before(&mut conn, wait) => m,
-        };
-        let msg = msg.map_err(|()| {
-            if got_audio {
-                timed_out("the stream went silent", tuning.idle_timeout)
-            } else {
-                timed_out("no audio", tuning.first_event_timeout)
+            Some(TextIn::Flush) => self.commit(&mut out, audio_due),
+            None => {
+                *audio_due = true;
+                self.commit(&mut out, audio_due);
+                out.push(json!({"event_id": event_id(), "type": "session.finish"}));
             }
-        })?;
-        let step = match msg {
-            None | Some(Ok(Message::Close(_))) => return Err(EngineError::Truncated),
-            Some(Err(e)) => return Err(io_error(e)),
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| {
-                    EngineError::Protocol(format!("a realtime event is not JSON: {e}"))
-                })?;
-                match v.get("type").and_then(Value::as_str) {
-                    Some("response.audio.delta") => {
-                        let delta = v.get("delta").and_then(Value::as_str).unwrap_or("");
-                        let data = base64::engine::general_purpose::STANDARD
-                            .decode(delta.trim())
-                            .map_err(|e| {
-                                EngineError::Protocol(format!(
-                                    "response.audio.delta is not base64: {e}"
-                                ))
-                            })?;
-                        got_audio |= !data.is_empty();
-                        decoder.raw_audio(data)?
-                    }
-                    Some("response.done") => {
-                        let response = v.get("response").cloned().unwrap_or(Value::Null);
-                        if let Some(n) = response
-                            .get("usage")
-                            .and_then(|u| u.get("characters"))
-                            .and_then(Value::as_u64)
-                        {
-                            let n = u32::try_from(n).unwrap_or(u32::MAX);
-                            decoder.characters =
-                                Some(decoder.characters.unwrap_or(0).saturating_add(n));
-                        }
-                        if let Some(id) = response.get("id").and_then(Value::as_str) {
-                            decoder.request_id = Some(id.to_owned());
-                        }
-                        tx.send(Ok(PieceMsg::SentenceEnd)).await.map_err(|_| {
-                            EngineError::Protocol("the synthesis was dropped".to_owned())
-                        })?;
-                        Step::Nothing
-                    }
-                    Some("session.finished") => {
-                        if decoder.audio_bytes == 0 {
-                            return Err(EngineError::Protocol(
-                                "the session finished without any audio".to_owned(),
-                            ));
-                        }
-                        decoder.finished = true;
-                        let step = decoder.end()?;
-                        forward(step, &mut decoder, tx, sent).await?;
-                        return Ok(());
-                    }
-                    Some("error") => return Err(realtime_error(&v)),
-                    Some(_) => Step::Nothing,
-                    None => {
-                        return Err(EngineError::Protocol(
-                            "a realtime event without type".to_owned(),
-                        ));
-                    }
+        }
+        out
+    }
+
+    /// Audio comes base64 in events; a binary frame means nothing here.
+    fn binary(&mut self, _: Vec<u8>, _: &mut Decoder) -> Result<Step, EngineError> {
+        Ok(Step::Nothing)
+    }
+
+    async fn event(
+        &mut self,
+        text: &str,
+        decoder: &mut Decoder,
+        tx: &PieceTx,
+        _: &mut bool,
+    ) -> Result<Frame, EngineError> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| EngineError::Protocol(format!("a realtime event is not JSON: {e}")))?;
+        match v.get("type").and_then(Value::as_str) {
+            Some("response.audio.delta") => {
+                let delta = v.get("delta").and_then(Value::as_str).unwrap_or("");
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(delta.trim())
+                    .map_err(|e| {
+                        EngineError::Protocol(format!("response.audio.delta is not base64: {e}"))
+                    })?;
+                Ok(Frame::Step(decoder.raw_audio(data)?))
+            }
+            Some("response.done") => {
+                let response = v.get("response").cloned().unwrap_or(Value::Null);
+                if let Some(n) = response
+                    .get("usage")
+                    .and_then(|u| u.get("characters"))
+                    .and_then(Value::as_u64)
+                {
+                    let n = u32::try_from(n).unwrap_or(u32::MAX);
+                    decoder.characters = Some(decoder.characters.unwrap_or(0).saturating_add(n));
                 }
+                if let Some(id) = response.get("id").and_then(Value::as_str) {
+                    decoder.request_id = Some(id.to_owned());
+                }
+                tx.send(Ok(PieceMsg::SentenceEnd))
+                    .await
+                    .map_err(|_| EngineError::Protocol("the synthesis was dropped".to_owned()))?;
+                Ok(Frame::Step(Step::Nothing))
             }
-            Some(Ok(_)) => Step::Nothing,
-        };
-        if forward(step, &mut decoder, tx, sent).await? {
-            return Ok(());
+            Some("session.finished") => {
+                if decoder.audio_bytes == 0 {
+                    return Err(EngineError::Protocol(
+                        "the session finished without any audio".to_owned(),
+                    ));
+                }
+                decoder.finished = true;
+                Ok(Frame::End(decoder.end()?))
+            }
+            Some("error") => Err(realtime_error(&v)),
+            Some(_) => Ok(Frame::Step(Step::Nothing)),
+            None => Err(EngineError::Protocol(
+                "a realtime event without type".to_owned(),
+            )),
         }
     }
 }

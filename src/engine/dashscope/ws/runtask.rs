@@ -7,7 +7,7 @@
 //! It must not retry (the piece task does) and must not keep a connection that saw anything
 //! but a clean `task-finished`.
 
-use futures::{SinkExt as _, StreamExt as _};
+use futures::SinkExt as _;
 use serde_json::{Map, Value, json};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_tungstenite::tungstenite::Message;
@@ -15,6 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{
     TextIn, in_band_error, io_error,
     pool::{Conn, Headers},
+    session::{Ended, Frame, Session, drive, next_before},
     timed_out,
 };
 use crate::engine::{
@@ -29,7 +30,7 @@ use crate::engine::{
 /// Run one task for `job` with the text of `text`, sending its audio, words and end to `tx`.
 pub(super) async fn run_task(
     job: &Job,
-    mut text: mpsc::Receiver<TextIn>,
+    text: mpsc::Receiver<TextIn>,
     tx: &PieceTx,
     sent: &mut bool,
 ) -> Result<(), EngineError> {
@@ -56,137 +57,96 @@ pub(super) async fn run_task(
     tracing::debug!(request_id = %job.req.request_id, task_id, reused = conn.reused, "run-task started");
 
     let mut decoder = Decoder::new(job.family, job.rate);
-    let mut text_open = true;
-    // The first audio is due within first_event_timeout of the text being complete (or
-    // flushed); after it, frames may not be further apart than idle_timeout.
-    let mut first_due: Option<Instant> = None;
-    let mut got_audio = false;
-    loop {
-        let wait = if got_audio {
-            Some(Instant::now() + tuning.idle_timeout)
-        } else {
-            first_due
-        };
-        let msg = tokio::select! {
-            item = text.recv(), if text_open => {
-                let message = match item {
-                    Some(TextIn::Text(t)) => continue_task(&task_id, json!({"text": t})),
-                    Some(TextIn::Flush) => {
-                        first_due.get_or_insert(Instant::now() + tuning.first_event_timeout);
-                        continue_task(&task_id, json!({"flush": true}))
-                    }
-                    None => {
-                        text_open = false;
-                        first_due.get_or_insert(Instant::now() + tuning.first_event_timeout);
-                        finish_task(&task_id)
-                    }
-                };
-                conn.ws.send(Message::text(message.to_string())).await.map_err(io_error)?;
-                continue;
-            }
-            m = next_before(&mut conn, wait) => m,
-        };
-        let msg = match msg {
-            Ok(m) => m,
-            Err(()) => {
-                return Err(if got_audio {
-                    timed_out("the stream went silent", tuning.idle_timeout)
-                } else {
-                    timed_out("no audio", tuning.first_event_timeout)
-                });
-            }
-        };
-        let step = match msg {
-            None | Some(Ok(Message::Close(_))) => return Err(EngineError::Truncated),
-            Some(Err(e)) => return Err(io_error(e)),
-            Some(Ok(Message::Binary(data))) => {
-                got_audio = true;
-                decoder.raw_audio(data.to_vec())?
-            }
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| {
-                    EngineError::Protocol(format!("a run-task event is not JSON: {e}"))
-                })?;
-                let header = v.get("header").cloned().unwrap_or(Value::Null);
-                let payload = v.get("payload").cloned().unwrap_or(Value::Null);
-                match header.get("event").and_then(Value::as_str) {
-                    Some("result-generated") => {
-                        let step = decoder.event(&payload, 200, false)?;
-                        if payload.pointer("/output/type").and_then(Value::as_str)
-                            == Some("sentence-end")
-                        {
-                            forward(step, &mut decoder, tx, sent).await?;
-                            tx.send(Ok(PieceMsg::SentenceEnd)).await.map_err(|_| {
-                                EngineError::Protocol("the synthesis was dropped".to_owned())
-                            })?;
-                            continue;
-                        }
-                        step
-                    }
-                    Some("task-finished") => {
-                        decoder.event(&payload, 200, false)?;
-                        if let Some(output) = payload.get("output") {
-                            decoder.task_finished_words(output);
-                        }
-                        decoder.request_id = header
-                            .get("attributes")
-                            .and_then(|a| a.get("request_uuid"))
-                            .and_then(Value::as_str)
-                            .map(str::to_owned)
-                            .or(Some(task_id.clone()));
-                        if decoder.audio_bytes == 0 {
-                            return Err(EngineError::Protocol(
-                                "the task finished without any audio (a custom voice that is \
-                                 not ready yet?)"
-                                    .to_owned(),
-                            ));
-                        }
-                        decoder.finished = true;
-                        let step = decoder.end()?;
-                        forward(step, &mut decoder, tx, sent).await?;
-                        if text_open {
-                            // The upstream ended the task before herald ended the text.
-                            return Ok(());
-                        }
-                        client.ws_pool().put(conn);
-                        return Ok(());
-                    }
-                    Some("task-failed") => {
-                        return Err(in_band_error(
-                            header.get("error_code").and_then(Value::as_str),
-                            header
-                                .get("error_message")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no message"),
-                            Some(task_id),
-                        ));
-                    }
-                    Some(_) => Step::Nothing,
-                    None => {
-                        return Err(EngineError::Protocol(
-                            "a run-task event without header.event".to_owned(),
-                        ));
-                    }
-                }
-            }
-            Some(Ok(_)) => Step::Nothing,
-        };
-        if forward(step, &mut decoder, tx, sent).await? {
-            return Ok(());
-        }
+    let mut task = RunTask { task_id };
+    let ended = drive(&mut conn, &mut task, text, &mut decoder, tuning, tx, sent).await?;
+    if ended == Ended::Clean {
+        pool.put(conn);
     }
+    Ok(())
 }
 
-/// The next message, or `Err(())` when `deadline` passed first.
-pub(super) async fn next_before(
-    conn: &mut Conn,
-    deadline: Option<Instant>,
-) -> Result<Option<Result<Message, tokio_tungstenite::tungstenite::Error>>, ()> {
-    match deadline {
-        Some(d) => tokio::time::timeout_at(d, conn.ws.next())
-            .await
-            .map_err(|_| ()),
-        None => Ok(conn.ws.next().await),
+/// The run-task side of [`drive`].
+struct RunTask {
+    task_id: String,
+}
+
+impl Session for RunTask {
+    fn text(&mut self, item: Option<TextIn>, audio_due: &mut bool) -> Vec<Value> {
+        let message = match item {
+            Some(TextIn::Text(t)) => continue_task(&self.task_id, json!({"text": t})),
+            Some(TextIn::Flush) => {
+                *audio_due = true;
+                continue_task(&self.task_id, json!({"flush": true}))
+            }
+            None => {
+                *audio_due = true;
+                finish_task(&self.task_id)
+            }
+        };
+        vec![message]
+    }
+
+    fn binary(&mut self, data: Vec<u8>, decoder: &mut Decoder) -> Result<Step, EngineError> {
+        decoder.raw_audio(data)
+    }
+
+    async fn event(
+        &mut self,
+        text: &str,
+        decoder: &mut Decoder,
+        tx: &PieceTx,
+        sent: &mut bool,
+    ) -> Result<Frame, EngineError> {
+        let v: Value = serde_json::from_str(text)
+            .map_err(|e| EngineError::Protocol(format!("a run-task event is not JSON: {e}")))?;
+        let header = v.get("header").cloned().unwrap_or(Value::Null);
+        let payload = v.get("payload").cloned().unwrap_or(Value::Null);
+        match header.get("event").and_then(Value::as_str) {
+            Some("result-generated") => {
+                let step = decoder.event(&payload, 200, false)?;
+                if payload.pointer("/output/type").and_then(Value::as_str) == Some("sentence-end") {
+                    forward(step, decoder, tx, sent).await?;
+                    tx.send(Ok(PieceMsg::SentenceEnd)).await.map_err(|_| {
+                        EngineError::Protocol("the synthesis was dropped".to_owned())
+                    })?;
+                    return Ok(Frame::Step(Step::Nothing));
+                }
+                Ok(Frame::Step(step))
+            }
+            Some("task-finished") => {
+                decoder.event(&payload, 200, false)?;
+                if let Some(output) = payload.get("output") {
+                    decoder.task_finished_words(output);
+                }
+                decoder.request_id = header
+                    .get("attributes")
+                    .and_then(|a| a.get("request_uuid"))
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .or(Some(self.task_id.clone()));
+                if decoder.audio_bytes == 0 {
+                    return Err(EngineError::Protocol(
+                        "the task finished without any audio (a custom voice that is not ready \
+                         yet?)"
+                            .to_owned(),
+                    ));
+                }
+                decoder.finished = true;
+                Ok(Frame::End(decoder.end()?))
+            }
+            Some("task-failed") => Err(in_band_error(
+                header.get("error_code").and_then(Value::as_str),
+                header
+                    .get("error_message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no message"),
+                Some(self.task_id.clone()),
+            )),
+            Some(_) => Ok(Frame::Step(Step::Nothing)),
+            None => Err(EngineError::Protocol(
+                "a run-task event without header.event".to_owned(),
+            )),
+        }
     }
 }
 
