@@ -58,6 +58,23 @@ fn ms(x: &[f32]) -> f64 {
     x.len() as f64 * 1000.0 / f64::from(RATE)
 }
 
+/// `x` lasts `want` ms, within 2 ms.
+fn assert_ms(x: &[f32], want: f64) {
+    assert!((ms(x) - want).abs() <= 2.0, "{} ms, want {want}", ms(x));
+}
+
+/// The middle half of the span of `x` that begins at `begin_ms` and lasts `dur_ms`.
+fn middle_half(x: &[f32], begin_ms: f64, dur_ms: f64) -> &[f32] {
+    let at = |ms: f64| (ms * f64::from(RATE) / 1000.0) as usize;
+    &x[at(begin_ms + dur_ms / 4.0)..at(begin_ms + dur_ms * 3.0 / 4.0)]
+}
+
+/// `x` is a tone of `hz`, within 2 Hz.
+fn assert_tone(x: &[f32], hz: f64) {
+    let f = peak_frequency(x, RATE);
+    assert!((f - hz).abs() < 2.0, "{f} Hz, want {hz}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pieces_cut_mid_word_go_to_one_upstream_task_a_sentence_at_a_time() {
     let (double, daemon) = setup(None).await;
@@ -94,9 +111,8 @@ async fn pieces_cut_mid_word_go_to_one_upstream_task_a_sentence_at_a_time() {
     // between sentences included), in the task's one tone.
     let x = c.mono();
     let want = expected_ms(&text);
-    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
-    let f = peak_frequency(&x, RATE);
-    assert!((f - 500.0).abs() < 2.0, "{f} Hz");
+    assert_ms(&x, want);
+    assert_tone(&x, 500.0);
     assert!(rms(&x) > 0.2);
     let s = c.summary();
     assert_eq!(s.sentences.len(), 1, "one upstream task, one entry");
@@ -130,10 +146,8 @@ async fn the_first_audio_comes_before_the_last_sentence_is_sent() {
         ]
     );
     let x = c.mono();
-    let want = expected_ms(&tasks[0].text);
-    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
-    let f = peak_frequency(&x, RATE);
-    assert!((f - 600.0).abs() < 2.0, "{f} Hz");
+    assert_ms(&x, expected_ms(&tasks[0].text));
+    assert_tone(&x, 600.0);
     daemon.stop().await.unwrap();
     double.stop().await;
 }
@@ -196,8 +210,10 @@ async fn a_task_failing_before_audio_leaves_the_text_to_the_per_sentence_path() 
     texts.sort();
     assert_eq!(texts, vec!["First @500Hz sentence.", "Second one."]);
     let x = c.mono();
-    let want = expected_ms("First @500Hz sentence.") + expected_ms("Second one.");
-    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    assert_ms(
+        &x,
+        expected_ms("First @500Hz sentence.") + expected_ms("Second one."),
+    );
     daemon.stop().await.unwrap();
     double.stop().await;
 }
@@ -295,10 +311,8 @@ async fn qwen_realtime_gets_each_sentence_committed_in_one_session() {
     );
     assert!(tasks[0].completed);
     let x = c.mono();
-    let want = expected_ms(&tasks[0].text);
-    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
-    let f = peak_frequency(&x, RATE);
-    assert!((f - 700.0).abs() < 2.0, "{f} Hz");
+    assert_ms(&x, expected_ms(&tasks[0].text));
+    assert_tone(&x, 700.0);
     daemon.stop().await.unwrap();
     double.stop().await;
 }
@@ -365,9 +379,10 @@ async fn a_pause_past_the_upstreams_idle_limit_ends_the_task_and_the_rest_goes_b
         .map(|r| r.body["input"]["text"].as_str().unwrap_or("").to_owned())
         .collect();
     assert_eq!(texts, vec!["Second one."]);
-    let want = expected_ms("First @500Hz sentence.") + expected_ms("Second one.");
-    let got_ms = ms(&c.mono());
-    assert!((got_ms - want).abs() <= 2.0, "{got_ms} ms, want {want}");
+    assert_ms(
+        &c.mono(),
+        expected_ms("First @500Hz sentence.") + expected_ms("Second one."),
+    );
     daemon.stop().await.unwrap();
     double.stop().await;
 }
@@ -393,8 +408,7 @@ async fn a_flush_goes_upstream_and_voices_an_unfinished_sentence() {
         ]
     );
     let x = c.mono();
-    let want = expected_ms(&tasks[0].text);
-    assert!((ms(&x) - want).abs() <= 2.0, "{} ms, want {want}", ms(&x));
+    assert_ms(&x, expected_ms(&tasks[0].text));
     daemon.stop().await.unwrap();
     double.stop().await;
 }
@@ -458,12 +472,10 @@ async fn each_sentence_over_websocket_is_voiced_in_its_own_tone_in_order() {
         );
         // Each sentence's audio is that sentence's: the middle half of its span has its tone.
         for ((text, hz), (b, e)) in sentences.iter().zip(&spans) {
-            let dur = e - b;
-            let a = ((b + dur / 4.0) * f64::from(RATE) / 1000.0) as usize;
-            let z = ((b + dur * 3.0 / 4.0) * f64::from(RATE) / 1000.0) as usize;
-            let f = peak_frequency(&x[a..z], RATE);
+            let middle = middle_half(&x, *b, e - b);
+            let f = peak_frequency(middle, RATE);
             assert!((f - hz).abs() < 8.0, "{model}: {text}: {f} Hz, want {hz}");
-            assert!(rms(&x[a..z]) > 0.2, "{model}: {text}: silent");
+            assert!(rms(middle) > 0.2, "{model}: {text}: silent");
         }
     }
     daemon.stop().await.unwrap();
@@ -607,13 +619,11 @@ async fn a_cached_sentence_is_served_from_the_cache_and_the_task_ends_before_it(
     let mut at = 0.0;
     for (text, hz) in [(first, 500.0), (cached, 600.0), (last, 900.0)] {
         let dur = expected_ms(text);
-        let a = ((at + dur / 4.0) * f64::from(RATE) / 1000.0) as usize;
-        let z = ((at + dur * 3.0 / 4.0) * f64::from(RATE) / 1000.0) as usize;
-        let f = peak_frequency(&x[a..z], RATE);
+        let f = peak_frequency(middle_half(&x, at, dur), RATE);
         assert!((f - hz).abs() < 8.0, "{text}: {f} Hz, want {hz}");
         at += dur;
     }
-    assert!((ms(&x) - at).abs() <= 2.0, "{} ms, want {at}", ms(&x));
+    assert_ms(&x, at);
 
     // First: the task opened at the first text is dropped without any text.
     let tasks_before = double.ws_tasks().len();
@@ -633,8 +643,7 @@ async fn a_cached_sentence_is_served_from_the_cache_and_the_task_ends_before_it(
         .await
         .expect("the opened task ended");
     assert!(task.text.is_empty() && !task.completed, "{task:?}");
-    let want = expected_ms(cached) + expected_ms(then);
-    assert!((ms(&c.mono()) - want).abs() <= 2.0);
+    assert_ms(&c.mono(), expected_ms(cached) + expected_ms(then));
     daemon.stop().await.unwrap();
     double.stop().await;
 }
