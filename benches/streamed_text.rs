@@ -41,9 +41,7 @@ mod dashscope;
 use std::time::Duration;
 
 use common::{bench_mode, percentile, results_dir, round};
-use daemon::{
-    ENGINES_ONLY, FAST_UPSTREAM, layered, spawn_daemon_against, spawn_daemon_with_double,
-};
+use daemon::spawn_daemon_on_transport;
 use dashscope::DashScopeDouble;
 use futures::StreamExt;
 use herald::pb::{
@@ -277,26 +275,12 @@ async fn run(bench: bool) -> Value {
     let every = Duration::from_secs_f64(1.0 / rate);
     // HTTP/SSE, a request per sentence (under `auto` the daemon would stream the text into a
     // WebSocket task: the first-sentence rows below compare the two).
-    let (double, daemon) = spawn_daemon_with_double(&layered(&[
-        FAST_UPSTREAM,
-        ENGINES_ONLY,
-        "[dashscope]\ntransport = \"http\"\n",
-    ]))
-    .await;
+    let double = DashScopeDouble::start(daemon::API_KEY).await;
+    let daemon = spawn_daemon_on_transport(&double, "http", &[]).await;
     let mut client = daemon.client().await;
     // The same answer at the same pace into one WebSocket run-task task (`auto`, the double's
     // WebSocket URL), against the same double, in the same iterations.
-    let ws_url = double.ws_base_url();
-    let ws_daemon = spawn_daemon_against(
-        &double,
-        &layered(&[
-            FAST_UPSTREAM,
-            ENGINES_ONLY,
-            "[dashscope]\ntransport = \"auto\"\n",
-        ]),
-        &[("DASHSCOPE_WEBSOCKET_BASE_URL", ws_url.as_str())],
-    )
-    .await;
+    let ws_daemon = spawn_daemon_on_transport(&double, "auto", &[]).await;
     let mut ws_client = ws_daemon.client().await;
     let (mut s_ttfa, mut s_after, mut w_ttfa) = (Vec::new(), Vec::new(), Vec::new());
     let (mut ws_ttfa, mut ws_after) = (Vec::new(), Vec::new());
@@ -353,21 +337,10 @@ async fn run(bench: bool) -> Value {
 async fn first_sentence_rows(bench: bool) -> Value {
     let (warmups, n) = if bench { (2, 20) } else { (1, 1) };
     let double = DashScopeDouble::start(daemon::API_KEY).await;
-    let ws = double.ws_base_url();
     let mut clients = Vec::new();
     let mut daemons = Vec::new();
     for transport in ["http", "auto"] {
-        let toml = layered(&[
-            FAST_UPSTREAM,
-            ENGINES_ONLY,
-            &format!("[dashscope]\ntransport = \"{transport}\"\n"),
-        ]);
-        let d = spawn_daemon_against(
-            &double,
-            &toml,
-            &[("DASHSCOPE_WEBSOCKET_BASE_URL", ws.as_str())],
-        )
-        .await;
+        let d = spawn_daemon_on_transport(&double, transport, &[]).await;
         clients.push(d.client().await);
         daemons.push(d);
     }

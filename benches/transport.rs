@@ -23,7 +23,7 @@ mod dashscope;
 use std::time::Duration;
 
 use common::{bench_mode, ms_stats, results_dir};
-use daemon::{ENGINES_ONLY, FAST_UPSTREAM, layered, spawn_daemon_against};
+use daemon::spawn_daemon_on_transport;
 use dashscope::{DashScopeDouble, Options};
 use futures::StreamExt;
 use herald::pb::{self, speech_client::SpeechClient, synthesize_response::Payload};
@@ -117,21 +117,10 @@ async fn run(bench: bool) -> Value {
         pace: 1.0,
         ..Options::default()
     });
-    let ws = double.ws_base_url();
     let mut clients = Vec::new();
     let mut daemons = Vec::new();
     for transport in ["http", "websocket"] {
-        let toml = layered(&[
-            FAST_UPSTREAM,
-            ENGINES_ONLY,
-            &format!("[dashscope]\ntransport = \"{transport}\"\n"),
-        ]);
-        let d = spawn_daemon_against(
-            &double,
-            &toml,
-            &[("DASHSCOPE_WEBSOCKET_BASE_URL", ws.as_str())],
-        )
-        .await;
+        let d = spawn_daemon_on_transport(&double, transport, &[]).await;
         clients.push(d.client().await);
         daemons.push(d);
     }

@@ -20,19 +20,10 @@ const REALTIME: (&str, &str) = ("qwen3-tts-flash-realtime", "Cherry");
 async fn setup(transport: &str) -> (DashScopeDouble, TestDaemon) {
     logs::capture();
     let double = DashScopeDouble::start(API_KEY).await;
-    let ws = double.ws_base_url();
-    let toml = layered(&[
-        FAST_UPSTREAM,
-        ENGINES_ONLY,
-        &format!("[dashscope]\ntransport = \"{transport}\"\n"),
-    ]);
-    let daemon = spawn_daemon_against(
+    let daemon = spawn_daemon_on_transport(
         &double,
-        &toml,
-        &[
-            ("DASHSCOPE_WEBSOCKET_BASE_URL", ws.as_str()),
-            ("DASHSCOPE_WORKSPACE_ID", "ws-test42"),
-        ],
+        transport,
+        &[("DASHSCOPE_WORKSPACE_ID", "ws-test42")],
     )
     .await;
     (double, daemon)

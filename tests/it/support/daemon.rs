@@ -99,6 +99,24 @@ pub async fn spawn_daemon_against(
     spawn_daemon_config(toml, &pairs).await
 }
 
+/// Start a daemon with the DashScope engines only and short upstream timers, under
+/// `dashscope.transport = transport`, whose HTTP and WebSocket URLs are `double`'s, plus `env`.
+pub async fn spawn_daemon_on_transport(
+    double: &DashScopeDouble,
+    transport: &str,
+    env: &[(&str, &str)],
+) -> TestDaemon {
+    let ws = double.ws_base_url();
+    let toml = layered(&[
+        FAST_UPSTREAM,
+        ENGINES_ONLY,
+        &format!("[dashscope]\ntransport = \"{transport}\"\n"),
+    ]);
+    let mut pairs = vec![("DASHSCOPE_WEBSOCKET_BASE_URL", ws.as_str())];
+    pairs.extend_from_slice(env);
+    spawn_daemon_against(double, &toml, &pairs).await
+}
+
 /// Start a daemon with the configuration file `toml` plus `env`.
 pub async fn spawn_daemon_config(toml: &str, env: &[(&str, &str)]) -> TestDaemon {
     let dir = tempfile::tempdir().expect("tempdir");
