@@ -70,13 +70,13 @@ fn gcd(mut a: usize, mut b: usize) -> usize {
 fn fft_cost(n: usize) -> f64 {
     let mut m = n;
     for f in [2, 3] {
-        while m % f == 0 {
+        while m.is_multiple_of(f) {
             m /= f;
         }
     }
     let rest = m;
     for f in [5, 7] {
-        while m % f == 0 {
+        while m.is_multiple_of(f) {
             m /= f;
         }
     }
