@@ -195,7 +195,7 @@ fn render(data: &Value, notes: &str) -> String {
     let _ = writeln!(
         md,
         "## Resampling speed (× real time per core, mono f32)\n\n\
-         | pair | herald (rubato Fft) | sox `rate -h` | sox `rate -v` | ffmpeg swr (default) | ffmpeg soxr `-h` | herald ÷ sox -h |\n|---|---|---|---|---|---|---|"
+         | pair | herald (FFT, Kaiser) | sox `rate -h` | sox `rate -v` | ffmpeg swr (default) | ffmpeg soxr `-h` | herald ÷ sox -h |\n|---|---|---|---|---|---|---|"
     );
     for r in &resample {
         let s = &r["speed"];

@@ -20,6 +20,8 @@ pub mod opus;
 
 /// The header the WAV encoder writes once, before the first samples (the same as
 /// [`super::wav::streaming_header`]).
+use std::sync::LazyLock;
+
 use super::{AudioError, AudioSpec, OutputEncoding, OutputFormat, PcmBuffer, wav};
 
 /// Turns PCM into the bytes of one output encoding.
@@ -74,9 +76,13 @@ fn check_spec(expected: AudioSpec, pcm: &PcmBuffer) -> Result<(), AudioError> {
 /// The scale is 32768, not 32767, because decoders map s16 `v` to `v / 32768`: s16 input that
 /// no stage touched comes out bit-exact. The price is that +1.0 clips by one LSB (−0.0003 dB).
 /// NaN becomes 0.
+#[inline]
 pub fn f32_to_i16(sample: f32) -> i16 {
-    // `as` saturates (32768.0 → 32767) and maps NaN to 0.
-    (sample.clamp(-1.0, 1.0) * 32_768.0).round() as i16
+    // In f64, `x × 32768 ± 0.5` is exact (x has a 24-bit mantissa), so truncating it rounds
+    // half away from zero exactly as `f32::round` would, without `round`'s libm call, and a
+    // loop of these vectorizes. `as` truncates, saturates (32768.5 → 32767) and maps NaN to 0.
+    let v = f64::from(sample.clamp(-1.0, 1.0)) * 32_768.0;
+    (v + 0.5f64.copysign(v)) as i16
 }
 
 // === G.711, after the CCITT reference code as distributed by Sun (public domain g711.c) ===
@@ -134,6 +140,41 @@ pub fn linear_to_alaw(pcm: i16) -> u8 {
     }
 }
 
+/// [`linear_to_ulaw`] of every 16-bit sample, indexed by the sample's bits as `u16`
+/// (64 KiB, built on first use): one load per sample instead of the segment search.
+fn ulaw_table() -> &'static [u8; 1 << 16] {
+    static TABLE: LazyLock<Box<[u8; 1 << 16]>> = LazyLock::new(|| {
+        let mut t = Box::new([0u8; 1 << 16]);
+        for v in i16::MIN..=i16::MAX {
+            t[usize::from(v as u16)] = linear_to_ulaw(v);
+        }
+        t
+    });
+    &TABLE
+}
+
+/// [`linear_to_alaw`] of every 13-bit value (A-law drops a sample's 3 low bits first),
+/// indexed by [`alaw_index`] (8 KiB, built on first use).
+fn alaw_table() -> &'static [u8; 1 << 13] {
+    static TABLE: LazyLock<Box<[u8; 1 << 13]>> = LazyLock::new(|| {
+        let mut t = Box::new([0u8; 1 << 13]);
+        for (i, code) in t.iter_mut().enumerate() {
+            // The smallest 16-bit sample with these 13 high bits (all 8 share the code).
+            let v = ((i as i32 - (1 << 12)) << 3) as i16;
+            *code = linear_to_alaw(v);
+        }
+        t
+    });
+    &TABLE
+}
+
+/// Where the A-law code of the 16-bit sample `pcm` is in [`alaw_table`].
+#[inline]
+fn alaw_index(pcm: i16) -> usize {
+    // −4096..=4095 → 0..=8191.
+    ((i32::from(pcm) >> 3) + (1 << 12)) as usize
+}
+
 /// Decodes a G.711 A-law byte to a 16-bit linear sample (range ±32256).
 pub fn alaw_to_linear(code: u8) -> i16 {
     let a = code ^ 0x55;
@@ -156,6 +197,17 @@ enum Sample {
     F32,
     Mulaw,
     Alaw,
+}
+
+impl Sample {
+    /// Bytes per sample.
+    fn bytes(self) -> usize {
+        match self {
+            Self::S16 => 2,
+            Self::F32 => 4,
+            Self::Mulaw | Self::Alaw => 1,
+        }
+    }
 }
 
 /// Headerless encodings: each sample becomes a fixed number of bytes.
@@ -181,20 +233,35 @@ impl Encoder for SampleEncoder {
             });
         }
         let s = &pcm.samples;
+        // The output grows once, then every sample writes its own bytes (loops that vectorize,
+        // or one table load per sample for G.711).
+        let start = out.len();
+        out.resize(start + s.len() * self.sample.bytes(), 0);
+        let dst = &mut out[start..];
         match self.sample {
             Sample::S16 => {
-                out.reserve(s.len() * 2);
-                s.iter()
-                    .for_each(|&x| out.extend_from_slice(&f32_to_i16(x).to_le_bytes()));
+                for (d, &x) in dst.chunks_exact_mut(2).zip(s) {
+                    d.copy_from_slice(&f32_to_i16(x).to_le_bytes());
+                }
             }
             Sample::F32 => {
-                out.reserve(s.len() * 4);
                 // Clipped to full scale like the integer encodings (gain may exceed it).
-                s.iter()
-                    .for_each(|&x| out.extend_from_slice(&x.clamp(-1.0, 1.0).to_le_bytes()));
+                for (d, &x) in dst.chunks_exact_mut(4).zip(s) {
+                    d.copy_from_slice(&x.clamp(-1.0, 1.0).to_le_bytes());
+                }
             }
-            Sample::Mulaw => out.extend(s.iter().map(|&x| linear_to_ulaw(f32_to_i16(x)))),
-            Sample::Alaw => out.extend(s.iter().map(|&x| linear_to_alaw(f32_to_i16(x)))),
+            Sample::Mulaw => {
+                let table = ulaw_table();
+                for (d, &x) in dst.iter_mut().zip(s) {
+                    *d = table[usize::from(f32_to_i16(x) as u16)];
+                }
+            }
+            Sample::Alaw => {
+                let table = alaw_table();
+                for (d, &x) in dst.iter_mut().zip(s) {
+                    *d = table[alaw_index(f32_to_i16(x))];
+                }
+            }
         }
         Ok(())
     }
@@ -503,6 +570,44 @@ mod tests {
                 code,
                 "code {code:#04x}"
             );
+        }
+    }
+
+    #[test]
+    fn g711_tables_match_the_formulas_for_every_sample() {
+        // Every 16-bit value, as the float a decoder makes of it, through the encoders (which
+        // read the tables) and through the formulas.
+        let spec = AudioSpec::new(8_000, 1).expect("spec");
+        let all: Vec<i16> = (i16::MIN..=i16::MAX).collect();
+        let floats: Vec<f32> = all.iter().map(|&v| f32::from(v) / 32_768.0).collect();
+        for (encoding, formula) in [
+            (OutputEncoding::Mulaw, linear_to_ulaw as fn(i16) -> u8),
+            (OutputEncoding::Alaw, linear_to_alaw),
+        ] {
+            let mut enc = encoder_for(OutputFormat { encoding, spec }).expect("encoder");
+            let mut out = Vec::new();
+            enc.encode(&PcmBuffer::new(spec, floats.clone()), &mut out)
+                .expect("encode");
+            assert_eq!(out.len(), 1 << 16);
+            for (&v, &code) in all.iter().zip(&out) {
+                assert_eq!(code, formula(v), "{encoding:?}: sample {v}");
+            }
+        }
+        // Beyond full scale, the encoders clip as f32_to_i16 does.
+        for (encoding, top, bottom) in [
+            (OutputEncoding::Mulaw, 0x80, 0x00),
+            (OutputEncoding::Alaw, 0xAA, 0x2A),
+        ] {
+            let mut enc = encoder_for(OutputFormat { encoding, spec }).expect("encoder");
+            let mut out = Vec::new();
+            enc.encode(&PcmBuffer::new(spec, vec![1.5, -7.0, f32::NAN]), &mut out)
+                .expect("encode");
+            let zero = if encoding == OutputEncoding::Mulaw {
+                0xFF
+            } else {
+                0xD5
+            };
+            assert_eq!(out, [top, bottom, zero], "{encoding:?}");
         }
     }
 

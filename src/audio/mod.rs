@@ -236,12 +236,12 @@ pub enum AudioError {
     /// symphonia failed.
     #[error("audio decoder failed")]
     Symphonia(#[source] symphonia::core::errors::Error),
-    /// rubato could not be built for the rate pair.
-    #[error("resampler construction failed")]
-    ResamplerConstruction(#[source] rubato::ResamplerConstructionError),
-    /// rubato failed while processing.
-    #[error("resampling failed")]
-    Resample(#[source] rubato::ResampleError),
+    /// The resampler's FFT refused a buffer (an internal bug, never caused by input).
+    #[error("resampling failed: {reason}")]
+    Resampler {
+        /// What went wrong.
+        reason: String,
+    },
     /// Reading input bytes failed.
     #[error("reading audio input failed")]
     Io(#[source] std::io::Error),
@@ -264,9 +264,6 @@ pub enum AudioError {
         /// What went wrong, for humans.
         reason: String,
     },
-    /// A buffer handed to rubato had the wrong size (an internal bug, never caused by input).
-    #[error("resampler buffer has the wrong size")]
-    ResampleBuffer(#[source] rubato::audioadapter_buffers::SizeError),
 }
 
 /// A synchronous PCM transform in the pipeline (resample, remix, gain).

@@ -18,6 +18,9 @@ use flacenc::{
 
 use super::{AudioError, AudioSpec, Encoder, PcmBuffer, check_spec};
 
+/// The LPC order flacenc searches up to.
+const LPC_ORDER: usize = 8;
+
 /// Bit depths herald writes.
 pub const BITS_PER_SAMPLE: [u8; 2] = [16, 24];
 
@@ -103,6 +106,11 @@ impl FlacEncoder {
         let block = block_size(spec.sample_rate);
         let mut cfg = config::Encoder::default();
         cfg.block_size = block;
+        // LPC order 8, as ffmpeg's default (compression level 5), not flacenc's 10: the
+        // autocorrelation per block costs in proportion to the order, and flacenc's
+        // f32 `mul_add` there is a libm call on baseline x86-64 (about half the encoder's time
+        // in a profile, docs/benchmarks.md).
+        cfg.subframe_coding.qlpc.lpc_order = LPC_ORDER;
         let config = cfg.into_verified().map_err(|(_, e)| error(e))?;
         let info = StreamInfo::new(rate, channels, usize::from(bits_per_sample)).map_err(error)?;
         let framebuf = FrameBuf::with_size(channels, block).map_err(error)?;
@@ -176,13 +184,14 @@ impl Encoder for FlacEncoder {
     fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError> {
         check_spec(self.spec, pcm)?;
         self.write_header(out);
-        let scale = f32::from(1u16 << (self.bits - 9)) * 256.0; // 2^(bits-1)
+        let scale = f64::from(1u32 << (self.bits - 1));
         let max = scale - 1.0;
-        self.pending.extend(
-            pcm.samples
-                .iter()
-                .map(|&x| (x.clamp(-1.0, 1.0) * scale).round().min(max) as i32),
-        );
+        // Rounded half away from zero, as `f32::round` would: in f64, `v ± 0.5` is exact, so
+        // truncation rounds (without a libm call per sample).
+        self.pending.extend(pcm.samples.iter().map(|&x| {
+            let v = f64::from(x.clamp(-1.0, 1.0)) * scale;
+            (v + 0.5f64.copysign(v)).min(max) as i32
+        }));
         let channels = usize::from(self.spec.channels);
         while self.pending.len() >= self.block * channels {
             self.encode_block(self.block, out)?;
@@ -229,6 +238,103 @@ mod tests {
             .default_track(TrackType::Audio)
             .expect("a track")
             .num_frames
+    }
+
+    /// Every sample symphonia decodes from `bytes`, as integers of `bits`.
+    fn decode_all(bytes: Vec<u8>, bits: u8) -> Vec<i32> {
+        use symphonia::core::{
+            codecs::audio::AudioDecoderOptions,
+            formats::{FormatOptions, TrackType, probe::Hint},
+            io::MediaSourceStream,
+            meta::MetadataOptions,
+        };
+        let mss = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
+        let mut hint = Hint::new();
+        hint.with_extension("flac");
+        let mut format = symphonia::default::get_probe()
+            .probe(
+                &hint,
+                mss,
+                FormatOptions::default(),
+                MetadataOptions::default(),
+            )
+            .expect("a FLAC stream symphonia reads");
+        let track = format.default_track(TrackType::Audio).expect("a track");
+        let id = track.id;
+        let params = track
+            .codec_params
+            .as_ref()
+            .and_then(|p| p.audio())
+            .expect("audio params")
+            .clone();
+        let mut dec = symphonia::default::get_codecs()
+            .make_audio_decoder(&params, &AudioDecoderOptions::default())
+            .expect("decoder");
+        let mut out = Vec::new();
+        let shift = 32 - u32::from(bits);
+        while let Ok(Some(packet)) = format.next_packet() {
+            if packet.track_id != id {
+                continue;
+            }
+            let buf = dec.decode(&packet).expect("decodes");
+            let mut v = vec![0i32; buf.samples_interleaved()];
+            buf.copy_to_slice_interleaved(&mut v);
+            // symphonia scales to 32 bits.
+            out.extend(v.iter().map(|s| s >> shift));
+        }
+        out
+    }
+
+    #[test]
+    fn decodes_bit_exact_at_16_and_24_bits() {
+        for (bits, channels, rate) in [(16u8, 1u16, 24_000u32), (24, 2, 48_000), (16, 2, 8_000)] {
+            let sp = spec(rate, channels);
+            let frames = rate as usize + 777; // 1 s and a partial last block
+            let mut noise = 0x2545_f491_u32;
+            let samples: Vec<f32> = (0..frames * usize::from(channels))
+                .map(|i| {
+                    noise ^= noise << 13;
+                    noise ^= noise >> 17;
+                    noise ^= noise << 5;
+                    let t = (i / usize::from(channels)) as f32 / rate as f32;
+                    let hiss = (noise as f32 / u32::MAX as f32 - 0.5) * 0.02;
+                    0.6 * (std::f32::consts::TAU * 220.0 * t).sin() + hiss
+                })
+                .chain(
+                    [1.5, -1.5]
+                        .into_iter()
+                        .cycle()
+                        .take(usize::from(channels) * 2),
+                )
+                .collect();
+            let mut enc = FlacEncoder::new(sp, bits).unwrap();
+            let mut out = Vec::new();
+            for piece in samples.chunks(2_400 * usize::from(channels)) {
+                enc.encode(&PcmBuffer::new(sp, piece.to_vec()), &mut out)
+                    .unwrap();
+            }
+            enc.finish(&mut out).unwrap();
+            let scale = f64::from(1u32 << (bits - 1));
+            let expected: Vec<i32> = samples
+                .iter()
+                .map(|&x| {
+                    (f64::from(x.clamp(-1.0, 1.0)) * scale)
+                        .round()
+                        .min(scale - 1.0) as i32
+                })
+                .collect();
+            let got = decode_all(out.clone(), bits);
+            assert_eq!(got.len(), expected.len(), "{bits} bits, {channels} ch");
+            assert!(
+                got == expected,
+                "{bits} bits, {channels} ch: samples differ"
+            );
+            eprintln!(
+                "{bits} bits, {channels} ch, {rate} Hz: {} bytes for {} bytes of PCM",
+                out.len(),
+                expected.len() * usize::from(bits) / 8
+            );
+        }
     }
 
     #[test]
