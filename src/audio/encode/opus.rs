@@ -287,3 +287,58 @@ impl Encoder for OpusEncoder {
         self.encode_pending(out, Some(last))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A 440 Hz tone at −6 dBFS.
+    fn tone(spec: AudioSpec, frames: usize) -> PcmBuffer {
+        let rate = f64::from(spec.sample_rate);
+        let samples = (0..frames)
+            .map(|i| (0.5 * (std::f64::consts::TAU * 440.0 * i as f64 / rate).sin()) as f32)
+            .collect();
+        PcmBuffer::new(spec, samples)
+    }
+
+    fn pages(bytes: &[u8]) -> usize {
+        bytes.windows(4).filter(|w| w == b"OggS").count()
+    }
+
+    #[test]
+    fn the_packets_of_one_call_share_one_page() {
+        let spec = AudioSpec::new(24_000, 1).expect("spec");
+        let mut enc = OpusEncoder::new(spec, 24_000).expect("encoder");
+        let mut out = Vec::new();
+        // 100 ms: five 20 ms packets, after the two header pages.
+        enc.encode(&tone(spec, 2_400), &mut out).expect("encode");
+        assert_eq!(pages(&out), 3);
+        out.clear();
+        // 40 ms more: two packets, one page.
+        enc.encode(&tone(spec, 960), &mut out).expect("encode");
+        assert_eq!(pages(&out), 1);
+        assert_eq!(enc.packets, 7);
+    }
+
+    #[test]
+    fn libopus_gets_the_request_less_the_framing_never_less_than_half() {
+        let spec = AudioSpec::new(24_000, 1).expect("spec");
+        // 100 ms pages: 27 + 5 bytes per 100 ms = 2.56 kb/s of framing.
+        let mut enc = OpusEncoder::new(spec, 24_000).expect("encoder");
+        let mut out = Vec::new();
+        for _ in 0..50 {
+            enc.encode(&tone(spec, 2_400), &mut out).expect("encode");
+        }
+        assert!(
+            (21_300..=21_600).contains(&enc.codec_bitrate),
+            "{}",
+            enc.codec_bitrate
+        );
+        // 20 ms pages at 6 kb/s: 28 bytes per 20 ms = 11.2 kb/s of framing, more than asked.
+        let mut enc = OpusEncoder::new(spec, 6_000).expect("encoder");
+        for _ in 0..50 {
+            enc.encode(&tone(spec, 480), &mut out).expect("encode");
+        }
+        assert_eq!(enc.codec_bitrate, 3_000);
+    }
+}
