@@ -10,6 +10,10 @@
 //!   the alias (downsampling) or image (upsampling) rejection of a sweep, for herald, for
 //!   libsoxr `-h` and `-v` (through sox) and for ffmpeg's default resampler.
 //!
+//! - **bitrate**: requested vs measured kb/s (every output byte, container included, × 8 ÷ the
+//!   input's duration) of herald's Ogg Opus and MP3 encoders and of ffmpeg's libopus and
+//!   libmp3lame on the same 30 s inputs (espeak-ng speech, and the noisy programme signal).
+//!
 //! `cargo bench --bench reference` writes `target/herald-bench/reference.json`; under
 //! `cargo test` it runs everything once on tiny inputs and checks only that every tool
 //! produced audio of the right length (a smoke run; no figure is judged).
@@ -388,6 +392,102 @@ fn convert_speed(s: &Setup) -> Vec<Value> {
     rows
 }
 
+/// About 42 s of espeak-ng speech (its native 22.05 kHz), cut to `secs`.
+fn espeak_speech(s: &Setup, secs: f64) -> (Vec<f32>, u32) {
+    let text = "The quick brown fox jumps over the lazy dog. Herald is a local speech daemon \
+        that turns text into speech for the programs of one machine. It speaks through a gRPC \
+        door, an OpenAI compatible HTTP door and a Wyoming door, all over one synthesis core. \
+        Engines include the DashScope cloud over HTTP and server sent events, and espeak-ng \
+        offline. The audio pipeline decodes, resamples, remixes, applies gain and encodes to \
+        PCM, WAV, G.711, MP3, Ogg Opus or FLAC, and streams chunks as soon as they are ready. A \
+        cache keeps synthesized phrases on disk, and a playback queue speaks announcements on a \
+        local device, in order, with priorities and expiry.";
+    let path = s.path("speech.wav");
+    run_tool(Command::new("espeak-ng").arg("-w").arg(&path).arg(text));
+    let mut reader = hound::WavReader::open(&path).expect("espeak-ng wav");
+    let rate = reader.spec().sample_rate;
+    let mut x: Vec<f32> = reader
+        .samples::<i16>()
+        .map(|v| f32::from(v.expect("sample")) / 32_768.0)
+        .collect();
+    x.truncate((f64::from(rate) * secs) as usize);
+    (x, rate)
+}
+
+/// herald's encoder on mono `x`, `push` frames per call (as the pipeline hands it decoded
+/// buffers).
+fn encode_pushes(x: &[f32], rate: u32, encoding: OutputEncoding, push: usize) -> usize {
+    let spec = AudioSpec::new(rate, 1).expect("spec");
+    let mut enc =
+        herald::audio::encode::encoder_for(OutputFormat { encoding, spec }).expect("encoder");
+    let mut out = Vec::new();
+    for piece in x.chunks(push) {
+        enc.encode(
+            &herald::audio::PcmBuffer::new(spec, piece.to_vec()),
+            &mut out,
+        )
+        .expect("encode");
+    }
+    enc.finish(&mut out).expect("finish");
+    out.len()
+}
+
+/// Bitrate: requested vs measured for herald (pushes of 100 ms, and of 20 ms: one Opus packet
+/// per page, the worst case for Ogg framing) and ffmpeg, on speech and on the programme.
+fn bitrate(s: &Setup) -> Vec<Value> {
+    let secs = if bench_mode() { 30.0 } else { 1.0 };
+    let speech = espeak_speech(s, secs);
+    let noisy = (programme(22_050, secs), 22_050);
+    let out = s.path("bitrate_out.bin");
+    let mut rows = Vec::new();
+    for (input, (x, rate)) in [("speech", &speech), ("programme", &noisy)] {
+        let in_path = s.path(&format!("bitrate_{input}.f32"));
+        std::fs::write(&in_path, to_f32le(x)).expect("write");
+        let dur = x.len() as f64 / f64::from(*rate);
+        let kbps = |bytes: usize| round(bytes as f64 * 8.0 / dur / 1e3, 2);
+        for encoding in [
+            OutputEncoding::OggOpus {
+                bitrate_bps: 24_000,
+            },
+            OutputEncoding::OggOpus {
+                bitrate_bps: 32_000,
+            },
+            OutputEncoding::Mp3 {
+                bitrate_bps: 64_000,
+            },
+            OutputEncoding::Mp3 {
+                bitrate_bps: 128_000,
+            },
+        ] {
+            let (codec, requested) = match encoding {
+                OutputEncoding::OggOpus { bitrate_bps } => ("ogg_opus", bitrate_bps),
+                OutputEncoding::Mp3 { bitrate_bps } => ("mp3", bitrate_bps),
+                _ => unreachable!(),
+            };
+            let push = |ms: usize| *rate as usize * ms / 1_000;
+            let herald = kbps(encode_pushes(x, *rate, encoding, push(100)));
+            let herald_20ms = kbps(encode_pushes(x, *rate, encoding, push(20)));
+            let args = ffmpeg_out(encoding);
+            run_tool(&mut ffmpeg(&in_path, &raw_in(*rate), None, &args, &out));
+            let ff = kbps(std::fs::metadata(&out).expect("ffmpeg output").len() as usize);
+            let req = f64::from(requested) / 1e3;
+            let off = |k: f64| round((k / req - 1.0) * 100.0, 1);
+            rows.push(json!({
+                "input": input,
+                "codec": codec,
+                "requested_kbps": req,
+                "herald_kbps": herald,
+                "herald_off_pct": off(herald),
+                "herald_20ms_pushes_kbps": herald_20ms,
+                "herald_20ms_pushes_off_pct": off(herald_20ms),
+                "ffmpeg_kbps": ff,
+                "ffmpeg_off_pct": off(ff),
+            }));
+        }
+    }
+    rows
+}
+
 fn main() {
     let bench = bench_mode();
     let s = Setup {
@@ -403,8 +503,18 @@ fn main() {
             ((*t).to_owned(), json!(v))
         })
         .collect();
+    // `HERALD_BENCH_ONLY=bitrate` runs the bitrate block alone; `=codec` the bitrate block,
+    // encoding and whole conversions (no resampling, no decoding).
+    let only = std::env::var("HERALD_BENCH_ONLY").unwrap_or_default();
+    let only_bitrate = only == "bitrate";
+    let only_codec = only == "codec";
+    let bitrate = bitrate(&s);
+    println!("bitrate: {}", json!(bitrate));
     let mut resample = Vec::new();
-    for (from, to) in RESAMPLE_PAIRS {
+    for (from, to) in RESAMPLE_PAIRS
+        .into_iter()
+        .filter(|_| !only_bitrate && !only_codec)
+    {
         let speed = resample_speed(&s, from, to);
         let quality = resample_quality(&s, from, to);
         println!("resample {from}->{to}: {speed}");
@@ -414,9 +524,11 @@ fn main() {
     // `HERALD_BENCH_ONLY=resample` stops here (a quicker loop while tuning the resampler).
     let only_resample = std::env::var("HERALD_BENCH_ONLY").is_ok_and(|v| v == "resample");
     let (mut decode, mut encode, mut convert) = (Vec::new(), Vec::new(), Vec::new());
-    if !only_resample {
-        decode = decode_speed(&s);
-        println!("decode: {}", json!(decode));
+    if !only_resample && !only_bitrate {
+        if !only_codec {
+            decode = decode_speed(&s);
+            println!("decode: {}", json!(decode));
+        }
         encode = encode_speed(&s);
         println!("encode: {}", json!(encode));
         convert = convert_speed(&s);
@@ -432,8 +544,9 @@ fn main() {
         "decode": decode,
         "encode": encode,
         "convert": convert,
+        "bitrate": bitrate,
     });
-    if bench {
+    if bench && !only_bitrate && !only_codec {
         let path = results_dir().join("reference.json");
         std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write");
         println!("results: {}", path.display());

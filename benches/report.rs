@@ -139,6 +139,7 @@ fn render(data: &Value, notes: &str) -> String {
             verdict(thd_ok && rej_ok)
         );
     }
+    bitrate_targets(&mut md, data);
     let load = &data["load"];
     for l in load["levels"].as_array().cloned().unwrap_or_default() {
         let n = &l["streams"];
@@ -303,6 +304,8 @@ fn render(data: &Value, notes: &str) -> String {
             f(&ff["herald_ratio"], 2),
         );
     }
+
+    bitrate_section(&mut md, data);
 
     // Criterion stages.
     let _ = writeln!(
@@ -628,6 +631,66 @@ fn render(data: &Value, notes: &str) -> String {
     );
     md.push_str(notes);
     md
+}
+
+/// The bitrate rows of `reference.json`, one per input and codec.
+fn bitrate_rows(data: &Value) -> Vec<Value> {
+    data["reference"]["bitrate"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Targets: Opus and MP3 within ±10% of `bitrate_bps`, one row per codec (the worst of its
+/// requests and inputs, herald's 100 ms pushes).
+fn bitrate_targets(md: &mut String, data: &Value) {
+    let rows = bitrate_rows(data);
+    for (codec, name) in [("ogg_opus", "Opus"), ("mp3", "MP3")] {
+        let mine: Vec<&Value> = rows.iter().filter(|r| r["codec"] == codec).collect();
+        let worst = mine
+            .iter()
+            .filter_map(|r| r["herald_off_pct"].as_f64())
+            .max_by(|a, b| a.abs().total_cmp(&b.abs()));
+        let ff = mine
+            .iter()
+            .filter_map(|r| r["ffmpeg_off_pct"].as_f64())
+            .max_by(|a, b| a.abs().total_cmp(&b.abs()));
+        let _ = writeln!(
+            md,
+            "| {name} bitrate vs requested: within ±10% (30 s of speech and of noise; worst case) | herald {}%, ffmpeg {}% | {} |",
+            f(&json!(worst), 1),
+            f(&json!(ff), 1),
+            verdict(!mine.is_empty() && worst.is_some_and(|x| x.abs() <= 10.0))
+        );
+    }
+}
+
+/// The bitrate table: requested vs measured for herald and ffmpeg.
+fn bitrate_section(md: &mut String, data: &Value) {
+    let _ = writeln!(
+        md,
+        "\n## Bitrate vs requested (kb/s)\n\nEvery byte of the output (Ogg pages and headers \
+         included) × 8 ÷ the input's duration, on 30 s of espeak-ng speech and 30 s of the noisy \
+         programme at 22.05 kHz mono. herald: its encoder fed 100 ms per call (a page per call), \
+         and 20 ms per call (one Opus packet per page, the worst case for Ogg framing); ffmpeg: \
+         libopus (`-application audio`, default VBR, 1 s pages) and libmp3lame (CBR).\n\n\
+         | input | codec | requested | herald | herald, 20 ms pushes | ffmpeg |\n|---|---|---|---|---|---|"
+    );
+    for r in bitrate_rows(data) {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {} ({}%) | {} ({}%) | {} ({}%) |",
+            r["input"].as_str().unwrap_or(""),
+            r["codec"].as_str().unwrap_or(""),
+            f(&r["requested_kbps"], 0),
+            f(&r["herald_kbps"], 2),
+            f(&r["herald_off_pct"], 1),
+            f(&r["herald_20ms_pushes_kbps"], 2),
+            f(&r["herald_20ms_pushes_off_pct"], 1),
+            f(&r["ffmpeg_kbps"], 2),
+            f(&r["ffmpeg_off_pct"], 1),
+        );
+    }
 }
 
 fn main() {

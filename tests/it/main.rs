@@ -11,6 +11,7 @@ mod cancellation;
 mod cli;
 mod cli_connect;
 mod cli_ux;
+mod codec_bitrate;
 mod config;
 mod contracts;
 mod dashscope_double;

@@ -393,7 +393,7 @@ async fn audio_streams_before_the_engine_has_finished() {
 
 /// Decodes Ogg Opus with libopus at 48 kHz, honouring pre-skip and the final granule position:
 /// (input rate from OpusHead, channels, interleaved samples at 48 kHz).
-fn opus_decode(bytes: Vec<u8>) -> (u32, usize, Vec<f32>) {
+pub(crate) fn opus_decode(bytes: Vec<u8>) -> (u32, usize, Vec<f32>) {
     let mut reader = ogg::PacketReader::new(std::io::Cursor::new(bytes));
     let head = reader.read_packet_expected().expect("OpusHead");
     assert_eq!(&head.data[..8], b"OpusHead");

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 
 use mp3lame_encoder::{Bitrate, Builder, FlushGap, InterleavedPcm, Mode, MonoPcm, Quality};
 
-use super::{AudioError, AudioSpec, Encoder, PcmBuffer, check_spec, f32_to_i16};
+use super::{AudioError, AudioSpec, Encoder, PcmBuffer, check_spec};
 
 /// The MPEG-1, 2 and 2.5 sample rates, in Hz: the only rates MP3 can carry.
 pub const SAMPLE_RATES: [u32; 9] = [
@@ -79,8 +79,6 @@ fn error(reason: impl std::fmt::Display) -> AudioError {
 pub struct Mp3Encoder {
     spec: AudioSpec,
     lame: mp3lame_encoder::Encoder,
-    /// Reused s16 conversion buffer.
-    samples: Vec<i16>,
 }
 
 impl Mp3Encoder {
@@ -117,28 +115,24 @@ impl Mp3Encoder {
         // The Xing/LAME tag would need a seek back to the first frame: not in a stream.
         b.set_to_write_vbr_tag(false).map_err(error)?;
         let lame = b.build().map_err(error)?;
-        Ok(Self {
-            spec,
-            lame,
-            samples: Vec::new(),
-        })
+        Ok(Self { spec, lame })
     }
 }
 
 impl Encoder for Mp3Encoder {
     fn encode(&mut self, pcm: &PcmBuffer, out: &mut Vec<u8>) -> Result<(), AudioError> {
         check_spec(self.spec, pcm)?;
-        self.samples.clear();
-        self.samples
-            .extend(pcm.samples.iter().map(|&x| f32_to_i16(x)));
         out.reserve(mp3lame_encoder::max_required_buffer_size(pcm.frames()));
+        // The f32 samples go in as they are (`lame_encode_buffer_ieee_float`, ±1.0 full
+        // scale): LAME converts every input to its own float buffer anyway, so an s16 copy
+        // here would only cost a pass and a rounding.
         if self.spec.channels == 1 {
             self.lame
-                .encode_to_vec(MonoPcm(&self.samples[..]), out)
+                .encode_to_vec(MonoPcm(&pcm.samples[..]), out)
                 .map_err(error)?;
         } else {
             self.lame
-                .encode_to_vec(InterleavedPcm(&self.samples[..]), out)
+                .encode_to_vec(InterleavedPcm(&pcm.samples[..]), out)
                 .map_err(error)?;
         }
         Ok(())
