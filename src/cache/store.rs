@@ -169,7 +169,7 @@ struct InMemory {
     entry: Entry,
     stamp: FileStamp,
     /// When its file's recency was last refreshed.
-    touched: std::time::Instant,
+    touched: tokio::time::Instant,
 }
 
 #[derive(Default)]
@@ -214,7 +214,7 @@ impl Index {
             InMemory {
                 entry,
                 stamp,
-                touched: std::time::Instant::now(),
+                touched: tokio::time::Instant::now(),
             },
         );
     }
