@@ -19,7 +19,7 @@ use crate::cli::{Cli, Command, ConfigArgs};
 
 /// jemalloc, with background threads purging freed pages after 1 s and no per-thread caches
 /// (.cargo/config.toml): chosen by measurement at 1000 streams (benches/notes.md, "Memory"),
-/// where glibc's malloc kept 180 MB after the load and jemalloc 32 MB (idle: 19 MB).
+/// where 10 s after the load glibc's malloc still held 124 MB and jemalloc 25 MB (idle: 16 MB).
 #[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
