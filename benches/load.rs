@@ -1,16 +1,25 @@
 //! The load generator: the real `herald serve` binary (a separate process, so its memory and
 //! CPU are its own) in front of the DashScope test double pacing audio at real time.
 //!
-//! For N = 10, 100 and 1000 streams in flight (a closed loop: N workers, arrivals spread over
-//! one stream's length, each worker running streams back to back; the first stream of each
-//! worker warms connections and is not counted) it reports herald's time to first
+//! For N = 10, 100, 1000 and 4000 streams in flight (a closed loop: N workers, arrivals spread
+//! over one stream's length, each worker running streams back to back; the first stream of
+//! each worker warms connections and is not counted) it reports herald's time to first
 //! audio (TTFA) against the same requests sent straight to the double (the reference, in the
-//! same run), the difference ("added"), errors, throughput, and herald's peak RSS and CPU.
-//! Then the time to first audio of cache hits (1000 in a row), the idle RSS, and start-to-ready
-//! (spawn → `READY=1` on a `NOTIFY_SOCKET`, as systemd sees it).
+//! same run), the difference ("added"), errors, throughput, and herald's memory and CPU. Each
+//! level gets a fresh herald (limits raised for 4000 streams: `synthesis.max_concurrent`,
+//! `dashscope.max_concurrent_requests`, the open-file limit), so its memory figures are its
+//! own: idle RSS before the load, peak RSS (sampled every 20 ms), RSS 10 s after the load
+//! (1000 streams and up), threads at the peak and the resident part of their stacks, and CPU
+//! (utime + stime from `/proc`) per stream. Then the time to first audio of cache hits (1000 in
+//! a row), the idle RSS, and start-to-ready (spawn → `READY=1` on a `NOTIFY_SOCKET`, as systemd
+//! sees it).
 //!
 //! `cargo bench --bench load` writes `target/herald-bench/load.json`; under `cargo test` it
 //! runs N = 3 and a few hits as a smoke test that checks only that streams carried audio.
+//! For comparisons (allocators, one level), `HERALD_BENCH_LEVELS=1000` runs only the listed
+//! levels and no start-up or cache figures, `HERALD_BENCH_BIN` names another herald binary and
+//! `HERALD_BENCH_HERALD_ENV="K=V K2=V2"` sets variables in herald's environment only; such a
+//! run prints its rows and writes `load-compare.json` instead.
 
 mod common;
 // The DashScope double of the integration tests (tests/it/support/dashscope); a bench uses
@@ -40,6 +49,15 @@ const VOICE: &str = "longanyang";
 /// 50 units × 40 ms: 2 s of audio per stream, 20 events of 100 ms, paced at real time.
 const TEXT: &str = "Platform two, the train to the airport is now boarding.";
 const RATE: u32 = 16_000;
+/// The global allocator of the herald binary under test (src/main.rs; the features of this
+/// build are the binary's).
+const ALLOCATOR: &str = if cfg!(feature = "mimalloc") {
+    "mimalloc"
+} else if cfg!(feature = "jemalloc") {
+    "jemalloc, background threads, 1 s decay, no tcache"
+} else {
+    "glibc malloc"
+};
 
 /// The herald process under test.
 struct Herald {
@@ -64,7 +82,7 @@ impl Herald {
             &config,
             format!(
                 "[synthesis]\nmax_concurrent = 4096\nmax_concurrent_per_peer = 4096\n\
-                 [dashscope]\nmax_concurrent_requests = 1024\n\
+                 [dashscope]\nmax_concurrent_requests = 4096\n\
                  [cache]\nenabled = {cache}\n[fallback]\nchain = []\n[log]\nlevel = \"warn\"\n"
             ),
         )
@@ -74,7 +92,18 @@ impl Herald {
         sock.set_read_timeout(Some(Duration::from_secs(20)))
             .expect("timeout");
         let started = Instant::now();
-        let child = Command::new(env!("CARGO_BIN_EXE_herald"))
+        let bin = std::env::var_os("HERALD_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_herald").into());
+        let mut command = Command::new(bin);
+        for pair in std::env::var("HERALD_BENCH_HERALD_ENV")
+            .unwrap_or_default()
+            .split_whitespace()
+        {
+            if let Some((k, v)) = pair.split_once('=') {
+                command.env(k, v);
+            }
+        }
+        let child = command
             .args(["serve", "--insecure-no-auth", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .env("HERALD_CONFIG", &config)
@@ -133,6 +162,41 @@ fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Threads of `pid`.
+fn threads(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count() as u64)
+}
+
+/// Resident KiB of `pid`'s thread stacks: the read-write anonymous mappings that sit right
+/// above a small inaccessible one (a thread stack and its guard page; malloc's arenas have
+/// their inaccessible reserve above, not below, and the main stack is named `[stack]`).
+fn stack_rss_kib(pid: u32) -> u64 {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps")).unwrap_or_default();
+    let mut total = 0;
+    // The end of the previous mapping when it was a small inaccessible one (a guard page).
+    let mut guard_end = None;
+    let mut counting = false;
+    for line in smaps.lines() {
+        let mut parts = line.split_whitespace();
+        let first = parts.next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            let perms = parts.next().unwrap_or("");
+            // offset, device, inode, then a path for a named mapping.
+            let anonymous = parts.nth(3).is_none();
+            counting = anonymous && perms.starts_with("rw") && guard_end == Some(a);
+            guard_end = (perms.starts_with("---") && b - a <= 64 * 1024).then_some(b);
+        } else if counting && first == "Rss:" {
+            total += parts
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    total
 }
 
 /// CPU seconds (user + system) `pid` has used.
@@ -258,11 +322,14 @@ fn summarize(o: &Outcome) -> Value {
     })
 }
 
-/// Streams of each worker after its first (which opens connections and warms pools).
-const ROUNDS: usize = 3;
+/// Streams each worker runs: its first opens connections and warms pools, the others are
+/// measured (at 4000 streams one measured round, 4000 samples, keeps the run short).
+fn rounds(n: usize) -> usize {
+    if n >= 4000 { 2 } else { 3 }
+}
 
 /// A closed loop holding `n` streams in flight: worker `i` starts after `i/n` of a stream's
-/// length (so arrivals are spread, not one burst), then runs [`ROUNDS`] streams back to back.
+/// length (so arrivals are spread, not one burst), then runs [`rounds`] streams back to back.
 /// Only the streams after each worker's first are measured: the steady state.
 async fn closed_loop<F, Fut>(n: usize, make: F) -> (Outcome, f64)
 where
@@ -277,7 +344,7 @@ where
             tokio::spawn(async move {
                 tokio::time::sleep(spread * i as u32 / n as u32).await;
                 let mut results = Vec::new();
-                for round in 0..ROUNDS {
+                for round in 0..rounds(n) {
                     results.push((round, make(i).await));
                 }
                 results
@@ -301,7 +368,8 @@ where
     (o, start.elapsed().as_secs_f64())
 }
 
-/// `n` streams in flight through herald, sampling its RSS every 20 ms.
+/// `n` streams in flight through herald, sampling its RSS and threads every 20 ms, and its
+/// thread stacks once in the steady state.
 async fn herald_level(herald: &Herald, n: usize) -> Value {
     let channels: Vec<Channel> = {
         let mut v = Vec::new();
@@ -316,14 +384,26 @@ async fn herald_level(herald: &Herald, n: usize) -> Value {
     let sampler = {
         let done = done.clone();
         tokio::spawn(async move {
-            let mut peak = 0;
+            let (mut peak, mut peak_threads) = (0, 0);
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 peak = peak.max(rss_kib(pid).0);
+                peak_threads = peak_threads.max(threads(pid));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            peak
+            (peak, peak_threads)
         })
     };
+    // Every worker has started and is in its second stream: the steady state.
+    let snapshot = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(3_300)).await;
+        let threads = threads(pid);
+        let rss = rss_kib(pid).0;
+        let stacks = tokio::task::spawn_blocking(move || stack_rss_kib(pid))
+            .await
+            .unwrap_or(0);
+        json!({ "threads": threads, "rss_mb": round(rss as f64 / 1024.0, 1),
+                "thread_stacks_rss_mb": round(stacks as f64 / 1024.0, 1) })
+    });
     SERVER_TTFA_US.lock().expect("lock").clear();
     let channels = Arc::new(channels);
     let (o, wall) = closed_loop(n, move |i| {
@@ -332,18 +412,20 @@ async fn herald_level(herald: &Herald, n: usize) -> Value {
     })
     .await;
     done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let peak_kib = sampler.await.expect("sampler");
+    let (peak_kib, peak_threads) = sampler.await.expect("sampler");
     let cpu = cpu_secs(pid) - cpu0;
     let mut server: Vec<f64> = std::mem::take(&mut *SERVER_TTFA_US.lock().expect("lock"));
     server.sort_by(f64::total_cmp);
     let audio_secs = o.audio_bytes as f64 / (2.0 * RATE as f64);
-    let streams = n * ROUNDS;
+    let streams = n * rounds(n);
     let mut v = summarize(&o);
     v["streams_total"] = json!(streams);
     v["wall_s"] = json!(round(wall, 2));
     v["server_ttfa_ms"] = json!({ "p50": round(percentile(&server, 0.5) / 1e3, 2), "p99": round(percentile(&server, 0.99) / 1e3, 2) });
     v["audio_s_per_s"] = json!(round(audio_secs / wall, 1));
     v["peak_rss_mb"] = json!(round(peak_kib as f64 / 1024.0, 1));
+    v["peak_threads"] = json!(peak_threads);
+    v["steady_state"] = snapshot.await.unwrap_or(Value::Null);
     v["cpu_cores"] = json!(round(cpu / wall, 2));
     v["cpu_ms_per_stream"] = json!(round(cpu * 1e3 / streams as f64, 2));
     v
@@ -365,6 +447,76 @@ fn added(h: &Value, d: &Value, p: &str) -> f64 {
     )
 }
 
+/// What `HERALD_BENCH_LEVELS` asks for: stream counts, and `hits` for the cache hits. `None`
+/// when unset (the whole run).
+fn chosen_levels() -> Option<(Vec<usize>, bool)> {
+    let v = std::env::var("HERALD_BENCH_LEVELS").ok()?;
+    let items: Vec<&str> = v.split([',', ' ']).filter(|s| !s.is_empty()).collect();
+    let levels = items.iter().filter_map(|s| s.parse().ok()).collect();
+    Some((levels, items.contains(&"hits")))
+}
+
+/// One level on a fresh herald: idle RSS before, the direct reference, the load, RSS 10 s
+/// after it.
+async fn level(bench: bool, base: &str, http: &reqwest::Client, addr: &str, n: usize) -> Value {
+    let herald = Herald::start(base, true);
+    tokio::time::sleep(Duration::from_millis(if bench { 1000 } else { 100 })).await;
+    let idle_before = rss_kib(herald.pid()).0;
+    let d = direct_level(http, addr, n).await;
+    let mut h = herald_level(&herald, n).await;
+    h["idle_rss_before_mb"] = json!(round(idle_before as f64 / 1024.0, 1));
+    if bench && n >= 1000 {
+        // `HERALD_BENCH_AFTER_S`: another wait, for comparisons (the report's figure is 10 s).
+        let after: u64 = std::env::var("HERALD_BENCH_AFTER_S")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        tokio::time::sleep(Duration::from_secs(after)).await;
+        let (after, hwm) = rss_kib(herald.pid());
+        h["rss_10s_after_mb"] = json!(round(after as f64 / 1024.0, 1));
+        h["threads_10s_after"] = json!(threads(herald.pid()));
+        h["vm_hwm_mb"] = json!(round(hwm as f64 / 1024.0, 1));
+    }
+    herald.stop();
+    json!({
+        "streams": n,
+        "added_ttfa_ms": { "p50": added(&h, &d, "p50"), "p99": added(&h, &d, "p99") },
+        "herald": h,
+        "direct_to_double": d,
+    })
+}
+
+/// Cache hits on a fresh herald: one miss stores the phrase, then `count` hits in a row.
+async fn cache_hits(base: &str, count: usize) -> (Value, u64) {
+    let herald = Herald::start(base, true);
+    let client = SpeechClient::new(herald.channel().await);
+    through_herald(client.clone(), pb::CachePolicy::Use)
+        .await
+        .expect("warm");
+    let mut hits = Outcome::default();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    SERVER_TTFA_US.lock().expect("lock").clear();
+    while hits.ttfa_ms.len() < count {
+        // The first requests may still miss while the entry is being written.
+        let (ttfa, _) = through_herald(client.clone(), pb::CachePolicy::Use)
+            .await
+            .expect("hit");
+        if ttfa < 100.0 || Instant::now() > deadline {
+            hits.ttfa_ms.push(ttfa);
+        }
+    }
+    let rss = rss_kib(herald.pid()).0;
+    herald.stop();
+    let mut server: Vec<f64> = std::mem::take(&mut *SERVER_TTFA_US.lock().expect("lock"));
+    // The hits only (the warming miss and any early misses first).
+    server.drain(..server.len().saturating_sub(count));
+    server.sort_by(f64::total_cmp);
+    let mut v = summarize(&hits);
+    v["server_ttfa_ms"] = json!({ "p50": round(percentile(&server, 0.5) / 1e3, 3), "p99": round(percentile(&server, 0.99) / 1e3, 3) });
+    println!("cache hits: {v}");
+    (v, rss)
+}
+
 async fn run(bench: bool) -> Value {
     let double = DashScopeDouble::start(KEY).await;
     double.set_options(Options {
@@ -379,6 +531,28 @@ async fn run(bench: bool) -> Value {
         .build()
         .expect("http client");
 
+    if let Some((levels, hits)) = chosen_levels() {
+        let mut rows = Vec::new();
+        for n in levels {
+            let row = level(bench, &base, &http, &addr, n).await;
+            println!("{row}");
+            rows.push(row);
+        }
+        let hits = if hits {
+            cache_hits(&base, if bench { 1000 } else { 5 }).await.0
+        } else {
+            Value::Null
+        };
+        double.stop().await;
+        return json!({
+            "bench": "load-compare",
+            "binary": std::env::var("HERALD_BENCH_BIN").ok(),
+            "herald_env": std::env::var("HERALD_BENCH_HERALD_ENV").ok(),
+            "levels": rows,
+            "cache_hit": hits,
+        });
+    }
+
     // Start-to-ready and idle RSS: fresh processes, cache on (its directory is created).
     let mut ready_ms = Vec::new();
     let mut idle_rss = Vec::new();
@@ -392,61 +566,38 @@ async fn run(bench: bool) -> Value {
     ready_ms.sort_by(f64::total_cmp);
     idle_rss.sort_by(f64::total_cmp);
 
-    let levels: &[usize] = if bench { &[10, 100, 1000] } else { &[3] };
-    let herald = Herald::start(&base, true);
+    let levels: &[usize] = if bench { &[10, 100, 1000, 4000] } else { &[3] };
     let mut rows = Vec::new();
     for &n in levels {
-        let d = direct_level(&http, &addr, n).await;
-        let h = herald_level(&herald, n).await;
-        let row = json!({
-            "streams": n,
-            "added_ttfa_ms": { "p50": added(&h, &d, "p50"), "p99": added(&h, &d, "p99") },
-            "herald": h,
-            "direct_to_double": d,
-        });
+        let row = level(bench, &base, &http, &addr, n).await;
         println!("{row}");
         assert!(
-            bench || row["herald"]["ok"] == json!(n * (ROUNDS - 1)),
+            bench || row["herald"]["ok"] == json!(n * (rounds(n) - 1)),
             "smoke: every stream carried audio: {row}"
         );
         rows.push(row);
     }
 
-    // Cache hits: one miss stores the phrase, then hits in a row.
-    let client = SpeechClient::new(herald.channel().await);
-    through_herald(client.clone(), pb::CachePolicy::Use)
-        .await
-        .expect("warm");
-    let mut hits = Outcome::default();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while hits.ttfa_ms.len() < if bench { 1000 } else { 5 } {
-        // The first requests may still miss while the entry is being written.
-        let (ttfa, _) = through_herald(client.clone(), pb::CachePolicy::Use)
-            .await
-            .expect("hit");
-        if ttfa < 100.0 || Instant::now() > deadline {
-            hits.ttfa_ms.push(ttfa);
-        }
-    }
-    let (rss_after, hwm) = rss_kib(herald.pid());
-    herald.stop();
+    let (hits, rss_after_hits) = cache_hits(&base, if bench { 1000 } else { 5 }).await;
     double.stop().await;
 
     json!({
         "bench": "load",
         "upstream": "DashScope test double (tests/it/support/dashscope/), CosyVoice SSE, 100 ms events paced at real time",
         "stream": { "text": TEXT, "audio_s": 2.2, "format": "PCM_S16LE 16000 Hz mono", "model": MODEL },
+        "allocator": ALLOCATOR,
         "levels": rows,
-        "cache_hit": summarize(&hits),
+        "cache_hit": hits,
+        "rss_after_cache_hits_mb": round(rss_after_hits as f64 / 1024.0, 1),
         "start_to_ready_ms": { "best": round(ready_ms[0], 1), "p50": round(percentile(&ready_ms, 0.5), 1), "runs": ready_ms.len() },
         "idle_rss_mb": { "p50": round(percentile(&idle_rss, 0.5), 1), "max": round(*idle_rss.last().unwrap_or(&0.0), 1) },
-        "rss_after_load_mb": round(rss_after as f64 / 1024.0, 1),
-        "peak_rss_whole_run_mb": round(hwm as f64 / 1024.0, 1),
     })
 }
 
 fn main() {
     let bench = bench_mode();
+    // 4000 streams through herald and 4000 straight to the double: about 16000 sockets here.
+    herald::service::conn::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -454,7 +605,12 @@ fn main() {
         .expect("runtime");
     let out = rt.block_on(run(bench));
     if bench {
-        let path = results_dir().join("load.json");
+        let name = if chosen_levels().is_some() {
+            "load-compare.json"
+        } else {
+            "load.json"
+        };
+        let path = results_dir().join(name);
         std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write");
         println!("results: {}", path.display());
     } else {

@@ -17,6 +17,18 @@ use herald::{daemon::Daemon, service, shutdown, systemd, telemetry};
 
 use crate::cli::{Cli, Command, ConfigArgs};
 
+/// jemalloc, with background threads purging freed pages after 1 s and no per-thread caches
+/// (.cargo/config.toml): chosen by measurement at 1000 streams (benches/notes.md, "Memory"),
+/// where 10 s after the load glibc's malloc still held 124 MB and jemalloc 25 MB (idle: 16 MB).
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// mimalloc, for comparisons (`--features mimalloc`).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// sysexits.h EX_USAGE: bad configuration or arguments.
 const EX_USAGE: u8 = 64;
 /// sysexits.h EX_UNAVAILABLE: the daemon cannot be reached.

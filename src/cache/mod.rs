@@ -148,6 +148,10 @@ impl Cache {
     }
 
     async fn get(&self, key: &str) -> Option<(Entry, EntryStatus)> {
+        // A hot entry still current in memory: no thread hop, no read.
+        if let Some(found) = self.store.get_in_memory(key) {
+            return Some(found);
+        }
         let store = Arc::clone(&self.store);
         let k = key.to_owned();
         match tokio::task::spawn_blocking(move || store.get(&k)).await {

@@ -10,7 +10,15 @@
 //! truncated, fails its CRC or whose header disagrees with its length is removed and reported
 //! as [`StoreError::Corrupt`].
 //! Pins are kept in `pins.json` (written the same way). Recency for LRU eviction is the file's
-//! modification time, refreshed on every hit, so it survives restarts.
+//! modification time, refreshed on a hit read from disk, so it survives restarts.
+//!
+//! Entries that were hit are also kept in memory, up to [`MEMORY_BUDGET_BYTES`] (the most
+//! recently used first, none larger than [`MEMORY_ENTRY_MAX_BYTES`]), so that a hit on a hot
+//! phrase needs no thread hop and no read ([`Store::get_in_memory`]). A copy is served only while
+//! the file is the one it was read from: same device, inode, length, modification and change
+//! time (one `stat`); a file replaced, rewritten, damaged or removed since sends the request
+//! to [`Store::get`], which reads the disk as before. At most every [`TOUCH_EVERY`] a hit goes
+//! to the disk anyway, to refresh the file's recency.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -26,6 +34,13 @@ use super::entry::{read_entry, read_header};
 
 /// File name extension of entries.
 const EXT: &str = "hac";
+
+/// Bytes of entry files kept in memory for hits without a read (see the module docs).
+pub const MEMORY_BUDGET_BYTES: u64 = 8 << 20;
+/// Largest entry file kept in memory (about 21 s of 24 kHz mono).
+pub const MEMORY_ENTRY_MAX_BYTES: u64 = 1 << 20;
+/// Longest time a hot entry is served from memory before a hit refreshes its file's recency.
+pub const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// What a store reports.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +102,12 @@ pub trait Store: Send + Sync + 'static {
     /// The entry under `key`; `Ok(None)` when absent or expired, `Err(Corrupt)` when it was
     /// damaged (and has been removed). A hit refreshes the entry's recency.
     fn get(&self, key: &str) -> Result<Option<(Entry, EntryStatus)>, StoreError>;
+    /// The entry under `key` when the store can answer without blocking (a copy in memory
+    /// that is still current), counting as a hit for recency; `None` means "ask
+    /// [`Store::get`]", never "absent". Called on an async thread.
+    fn get_in_memory(&self, _key: &str) -> Option<(Entry, EntryStatus)> {
+        None
+    }
     /// Store `entry` under `key` (replacing any), then evict down to the size cap.
     fn put(&self, key: &str, entry: &Entry) -> Result<EntryStatus, StoreError>;
     /// Keys of entries whose phrase has this text hash, most recently used first.
@@ -118,12 +139,85 @@ struct Indexed {
     text_hash: String,
 }
 
+/// What identifies one version of an entry file: a copy read from it is current while these
+/// are unchanged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<Self> {
+        use std::os::unix::fs::MetadataExt as _;
+        let m = fs::metadata(path).ok().filter(fs::Metadata::is_file)?;
+        Some(Self {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+/// An entry kept in memory (see the module docs).
+struct InMemory {
+    entry: Entry,
+    stamp: FileStamp,
+    /// When its file's recency was last refreshed.
+    touched: tokio::time::Instant,
+}
+
 #[derive(Default)]
 struct Index {
     entries: HashMap<String, Indexed>,
     pins: HashSet<String>,
     bytes: u64,
     stats: StoreStats,
+    memory: HashMap<String, InMemory>,
+    /// File bytes of `memory`.
+    memory_bytes: u64,
+}
+
+impl Index {
+    fn forget(&mut self, key: &str) {
+        if let Some(m) = self.memory.remove(key) {
+            self.memory_bytes = self.memory_bytes.saturating_sub(m.stamp.len);
+        }
+    }
+
+    /// Keep `entry` (read from a file with `stamp`) in memory, dropping the least recently
+    /// used copies to stay within the budget.
+    fn remember(&mut self, key: &str, entry: Entry, stamp: FileStamp) {
+        self.forget(key);
+        if stamp.len > MEMORY_ENTRY_MAX_BYTES {
+            return;
+        }
+        while self.memory_bytes + stamp.len > MEMORY_BUDGET_BYTES {
+            let oldest = self
+                .memory
+                .keys()
+                .min_by_key(|k| self.entries.get(*k).map(|e| e.last_used))
+                .cloned();
+            match oldest {
+                Some(k) => self.forget(&k),
+                None => break,
+            }
+        }
+        self.memory_bytes += stamp.len;
+        self.memory.insert(
+            key.to_owned(),
+            InMemory {
+                entry,
+                stamp,
+                touched: tokio::time::Instant::now(),
+            },
+        );
+    }
 }
 
 /// Entries as files in a directory.
@@ -241,6 +335,7 @@ impl DiskStore {
     }
 
     fn remove_locked(&self, index: &mut Index, key: &str) {
+        index.forget(key);
         if let Some(e) = index.entries.remove(key) {
             index.bytes = index.bytes.saturating_sub(e.bytes);
         }
@@ -353,10 +448,14 @@ impl Store for DiskStore {
                 } {
                     let _ = f.set_modified(now);
                 }
+                // Stamped after the refresh, which changed the times.
+                let stamp = FileStamp::of(&path).filter(|s| s.len == bytes);
                 let mut index = self.lock();
                 let pinned = index.pins.contains(key);
-                if let Some(e) = index.entries.get_mut(key) {
-                    e.last_used = now;
+                let indexed = index.entries.get_mut(key).map(|e| e.last_used = now);
+                // Not when the entry was removed meanwhile (a clear, an eviction).
+                if let (Some(()), Some(stamp)) = (indexed, stamp) {
+                    index.remember(key, entry.clone(), stamp);
                 }
                 Ok(Some((entry, EntryStatus { bytes, pinned })))
             }
@@ -374,6 +473,37 @@ impl Store for DiskStore {
                 Err(corrupt(key, reason))
             }
         }
+    }
+
+    fn get_in_memory(&self, key: &str) -> Option<(Entry, EntryStatus)> {
+        let now = SystemTime::now();
+        let mut index = self.lock();
+        let m = index.memory.get(key)?;
+        if m.touched.elapsed() >= TOUCH_EVERY {
+            return None;
+        }
+        let e = index.entries.get(key)?;
+        let pinned = index.pins.contains(key);
+        if !pinned && self.expired(e, now) {
+            return None;
+        }
+        // One `stat` of a local file, under the lock so that no writer of the index runs
+        // between the check and the answer.
+        if FileStamp::of(&self.path(key)) != Some(m.stamp) {
+            index.forget(key);
+            return None;
+        }
+        let found = (
+            m.entry.clone(),
+            EntryStatus {
+                bytes: m.stamp.len,
+                pinned,
+            },
+        );
+        if let Some(e) = index.entries.get_mut(key) {
+            e.last_used = now;
+        }
+        Some(found)
     }
 
     fn put(&self, key: &str, entry: &Entry) -> Result<EntryStatus, StoreError> {
@@ -398,6 +528,7 @@ impl Store for DiskStore {
         self.write_atomic(&self.path(key), &[&file])?;
         let now = SystemTime::now();
         let mut index = self.lock();
+        index.forget(key);
         if let Some(old) = index.entries.insert(
             key.to_owned(),
             Indexed {
@@ -625,6 +756,82 @@ mod tests {
         assert!(!path.exists());
         assert_eq!(s.stats().corrupt, 1);
         assert!(s.get(&k(9)).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_hit_is_served_from_memory_only_while_its_file_is_unchanged() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            max_age: None,
+        };
+        let s = DiskStore::open(dir.path(), limits).unwrap();
+        s.put(&k(1), &entry(100, "a")).unwrap();
+        assert!(
+            s.get_in_memory(&k(1)).is_none(),
+            "kept once hit, not once stored"
+        );
+        let (read, _) = s.get(&k(1)).unwrap().unwrap();
+        let path = s.path(&k(1));
+        let (kept, status) = s.get_in_memory(&k(1)).expect("kept after a hit");
+        assert_eq!(kept, read);
+        assert_eq!(status.bytes, fs::metadata(&path).unwrap().len());
+
+        // Rewritten in place with the same length (one byte flipped), past a clock tick.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[40] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert!(s.get_in_memory(&k(1)).is_none(), "a rewritten file");
+        assert!(matches!(s.get(&k(1)), Err(StoreError::Corrupt { .. })));
+
+        // Replaced by an identical copy (another inode): read again, then kept again.
+        s.put(&k(2), &entry(200, "b")).unwrap();
+        s.get(&k(2)).unwrap().unwrap();
+        let path = s.path(&k(2));
+        let copy = dir.path().join("copy");
+        fs::copy(&path, &copy).unwrap();
+        fs::rename(&copy, &path).unwrap();
+        assert!(s.get_in_memory(&k(2)).is_none(), "a replaced file");
+        assert!(s.get(&k(2)).unwrap().is_some());
+        assert!(s.get_in_memory(&k(2)).is_some());
+
+        // Removed: not served, and the disk read reports it.
+        fs::remove_file(&path).unwrap();
+        assert!(s.get_in_memory(&k(2)).is_none(), "a removed file");
+        assert!(matches!(s.get(&k(2)), Err(StoreError::Corrupt { .. })));
+
+        // Cleared, or larger than one entry may be: never kept.
+        s.put(&k(3), &entry(100, "c")).unwrap();
+        s.get(&k(3)).unwrap().unwrap();
+        s.clear(true).unwrap();
+        assert!(s.get_in_memory(&k(3)).is_none(), "a cleared entry");
+        let frames = MEMORY_ENTRY_MAX_BYTES / 2 + 1;
+        s.put(&k(4), &entry(frames, "d")).unwrap();
+        assert!(s.get(&k(4)).unwrap().is_some());
+        assert!(s.get_in_memory(&k(4)).is_none(), "too large to keep");
+    }
+
+    #[test]
+    fn memory_copies_stay_within_the_budget_most_recent_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_bytes: 1 << 30,
+            max_age: None,
+        };
+        let s = DiskStore::open(dir.path(), limits).unwrap();
+        // Entries of just under 1 MiB: the 8 MiB budget keeps 8 of 10.
+        let frames = (MEMORY_ENTRY_MAX_BYTES - 4096) / 2;
+        for n in 1..=10 {
+            s.put(&k(n), &entry(frames, "t")).unwrap();
+            s.get(&k(n)).unwrap().unwrap();
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let kept: Vec<u8> = (1..=10)
+            .filter(|n| s.get_in_memory(&k(*n)).is_some())
+            .collect();
+        assert_eq!(kept, (3..=10).collect::<Vec<u8>>());
+        assert!(s.lock().memory_bytes <= MEMORY_BUDGET_BYTES);
     }
 
     #[test]

@@ -900,7 +900,8 @@ fn validate_dashscope(
         max_concurrent_requests: count_in(
             "dashscope.max_concurrent_requests",
             d.max_concurrent_requests.into(),
-            1..=1024,
+            // As many as syntheses may run at once (benches/load runs 4000 streams).
+            1..=MAX_CONCURRENT_LIMIT as u64,
             "",
         )?,
         queue_timeout: millis_in(

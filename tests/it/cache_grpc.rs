@@ -556,3 +556,67 @@ async fn cache_methods_answer_failed_precondition_when_the_cache_is_off() {
     assert_eq!(e.code(), Code::InvalidArgument);
     assert!(e.message().contains("phrases") && e.message().contains("1000"));
 }
+
+/// A hot entry is served from memory after its first hit (no read, no thread hop), only while
+/// its file is unchanged: the audio is byte-identical to the miss's and the disk hit's, and a
+/// file replaced by another phrase's entry or removed is a miss again, as before the copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_entry_from_memory_is_byte_identical_and_follows_its_file() {
+    let s = setup().await;
+    let mut client = s.daemon.client().await;
+    let (text, other) = ("Platform closed @800Hz", "Platform open @600Hz");
+    let miss = synthesize(&mut client, phrase(text)).await.unwrap();
+    assert!(!miss.summary().cache_hit);
+    assert_tone(&miss, 800.0, expected_ms(text), "miss");
+    s.wait_stored(1).await;
+    let mine = entry_files(s.cache_dir.path())
+        .pop()
+        .expect("the entry's file");
+    let calls = s.upstream_calls();
+    // The first hit reads the file, the next ones are served from memory.
+    for round in 0..4 {
+        let hit = synthesize(&mut client, phrase(text)).await.unwrap();
+        assert!(hit.summary().cache_hit, "hit {round}");
+        assert_eq!(hit.bytes(), miss.bytes(), "hit {round}: the miss's audio");
+    }
+    assert_eq!(s.upstream_calls(), calls, "no upstream call for hits");
+
+    // The file replaced (a new inode) by the entry of another phrase: a miss, not the copy in
+    // memory, and not the other phrase's audio.
+    let c = synthesize(&mut client, phrase(other)).await.unwrap();
+    assert_tone(&c, 600.0, expected_ms(other), "other phrase");
+    s.wait_stored(2).await;
+    let files = entry_files(s.cache_dir.path());
+    assert_eq!(files.len(), 2);
+    let theirs = files
+        .into_iter()
+        .find(|f| *f != mine)
+        .expect("the other file");
+    let tmp = s.cache_dir.path().join("replacement");
+    std::fs::copy(&theirs, &tmp).unwrap();
+    std::fs::rename(&tmp, &mine).unwrap();
+    let calls = s.upstream_calls();
+    let c = synthesize(&mut client, phrase(text)).await.unwrap();
+    assert!(!c.summary().cache_hit, "a replaced file is a miss");
+    assert_eq!(s.upstream_calls(), calls + 1, "synthesized again");
+    assert_eq!(c.bytes(), miss.bytes(), "its own audio");
+
+    // Hot again, then removed: a miss.
+    s.wait_stored(3).await;
+    for round in 0..3 {
+        let hit = synthesize(&mut client, phrase(text)).await.unwrap();
+        assert!(hit.summary().cache_hit, "hot again, hit {round}");
+        assert_eq!(hit.bytes(), miss.bytes());
+    }
+    std::fs::remove_file(&mine).unwrap();
+    let calls = s.upstream_calls();
+    let c = synthesize(&mut client, phrase(text)).await.unwrap();
+    assert!(!c.summary().cache_hit, "a removed file is a miss");
+    assert_eq!(s.upstream_calls(), calls + 1);
+    assert_eq!(c.bytes(), miss.bytes());
+    assert_eq!(
+        s.stats().await.corrupt,
+        2,
+        "both counted as damaged entries"
+    );
+}

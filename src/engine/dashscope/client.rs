@@ -11,6 +11,9 @@ use std::{sync::Arc, time::Duration};
 use secrecy::SecretString;
 
 use super::{DashScopeEngine, Family};
+
+/// Idle upstream connections kept per host (beyond those in use).
+const IDLE_CONNECTIONS: usize = 64;
 use crate::engine::{EngineError, Synthesizer};
 /// Timeouts, retries, splitting and look-ahead of the DashScope engines.
 #[derive(Clone, Debug)]
@@ -117,6 +120,10 @@ impl Client {
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(settings.tuning.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60))
+            // After a burst the pool would keep every connection of its peak (each with its
+            // read buffer, grown under load) for the idle timeout; steady traffic reuses
+            // connections at once and never has many idle (benches/notes.md, "Memory").
+            .pool_max_idle_per_host(IDLE_CONNECTIONS)
             .tcp_nodelay(true)
             .build()
             .map_err(|e| EngineError::Unavailable {
