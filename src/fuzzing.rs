@@ -7,7 +7,7 @@
 //! themselves are herald's public modules; request validation, which lives behind the gRPC
 //! handler, is reached through [`Validator`]. This module must not grow into a second API.
 
-use std::{io::Read, sync::LazyLock, time::Duration};
+use std::{sync::LazyLock, time::Duration};
 
 use prost::Message as _;
 use secrecy::SecretString;
@@ -15,7 +15,8 @@ use tonic::Status;
 
 use crate::{
     audio::{
-        decode::{Decoder as _, SymphoniaDecoder, WavDecoder},
+        InputEncoding,
+        decode::{decoder_for, open_decoder},
         wav::s16_header as wav_s16_header,
     },
     daemon::Daemon,
@@ -128,67 +129,82 @@ pub fn family(data: &[u8]) {
 
 // === wav ===
 
-/// A reader that returns at most `step` bytes per read (a network stream).
-struct Trickle<'a> {
-    data: &'a [u8],
+/// Pushes `stream` into a push decoder of `encoding` in pieces of `step` bytes, decoding after
+/// each piece (buffers of at most `max_frames`), then finishes it and drains it; checks that no
+/// buffer is empty and that the frames stay below `frames_bound`. Returns the frames decoded.
+fn push_through(
+    encoding: InputEncoding,
+    stream: &[u8],
     step: usize,
-}
-
-impl Read for Trickle<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = buf.len().min(self.step).min(self.data.len());
-        buf[..n].copy_from_slice(&self.data[..n]);
-        self.data = &self.data[n..];
-        Ok(n)
+    max_frames: usize,
+    frames_bound: usize,
+) -> usize {
+    let mut decoder = decoder_for(encoding);
+    let mut frames = 0usize;
+    let mut drain = |decoder: &mut dyn crate::audio::decode::PushDecoder| -> bool {
+        // Every buffer holds at least one frame of at least one byte: the loop ends first.
+        for _ in 0..=stream.len() + 2 {
+            match decoder.decode(max_frames) {
+                Ok(Some(buf)) => {
+                    assert!(!buf.is_empty(), "an empty buffer");
+                    frames += buf.frames();
+                    assert!(
+                        frames <= frames_bound,
+                        "{frames} frames from {} bytes",
+                        stream.len()
+                    );
+                }
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+        panic!("the {encoding:?} decoder did not end on {} bytes", stream.len());
+    };
+    for piece in stream.chunks(step.max(1)) {
+        decoder.push(piece);
+        if !drain(&mut *decoder) {
+            return frames;
+        }
     }
+    decoder.finish();
+    drain(&mut *decoder);
+    frames
 }
 
 /// The WAV decoder (RIFF/WAVE header parser, then PCM) and the s16 header sniffer over
-/// arbitrary bytes read in chunks of an arbitrary size. Input: byte 0 = the read size − 1,
-/// the rest is the stream. Properties: the decoder ends, never yields an empty buffer, and
-/// never more frames than the bytes could hold.
+/// arbitrary bytes pushed in pieces of an arbitrary size. Input: byte 0 = the piece size − 1,
+/// the rest is the stream. Properties: the decoder ends, never yields an empty buffer, never
+/// more frames than the bytes could hold, and the pull adapter over a reader decodes the same
+/// frames.
 pub fn wav(data: &[u8]) {
     let Some((&step, stream)) = data.split_first() else {
         return;
     };
     let _ = wav_s16_header(stream);
-    let mut decoder = WavDecoder::new(Trickle {
-        data: stream,
-        step: usize::from(step) + 1,
-    });
-    let mut frames = 0usize;
-    // Every buffer holds at least one frame of at least one byte: the loop ends first.
-    for _ in 0..=stream.len() + 1 {
-        match decoder.next_buffer() {
-            Ok(Some(buf)) => {
-                assert!(!buf.is_empty(), "an empty buffer");
-                frames += buf.frames();
-                assert!(
-                    frames <= stream.len(),
-                    "{frames} frames from {} bytes",
-                    stream.len()
-                );
-            }
-            Ok(None) | Err(_) => return,
+    let step = usize::from(step) + 1;
+    let pushed = push_through(InputEncoding::Wav, stream, step, 7, stream.len());
+    let mut pulled = 0;
+    if let Ok(mut decoder) = open_decoder(InputEncoding::Wav, std::io::Cursor::new(stream.to_vec()))
+    {
+        while let Ok(Some(buf)) = decoder.next_buffer() {
+            pulled += buf.frames();
         }
     }
-    panic!("the WAV decoder did not end on {} bytes", stream.len());
+    assert_eq!(pushed, pulled, "pushed in pieces vs. read whole");
 }
 
 // === mp3 ===
 
-/// The symphonia-backed MP3 path (probe over a non-seekable source, then decode) over
-/// arbitrary bytes, as the pipeline opens an MP3 stream from an engine. Property: the decoder
-/// ends (clean end or error) within a bounded number of pulls.
+/// The MP3 path (frame splitter, then symphonia's decoder packet by packet) over arbitrary
+/// bytes, pushed in pieces as an engine's chunks arrive. Input: byte 0 = the piece size − 1,
+/// the rest is the stream. Properties: the decoder ends (clean end or error), never yields an
+/// empty or huge buffer, and never more than 1152 frames per 24 bytes (the smallest frame).
 pub fn mp3(data: &[u8]) {
-    let mut decoder = SymphoniaDecoder::new(std::io::Cursor::new(data.to_vec()), "mp3");
-    for _ in 0..=data.len() + 2 {
-        match decoder.next_buffer() {
-            Ok(Some(buf)) => assert!(buf.frames() <= 1 << 20, "a huge buffer"),
-            Ok(None) | Err(_) => return,
-        }
-    }
-    panic!("the MP3 decoder did not end on {} bytes", data.len());
+    let Some((&step, stream)) = data.split_first() else {
+        return;
+    };
+    let bound = (stream.len() / 24 + 1) * 1152;
+    push_through(InputEncoding::Mp3, stream, usize::from(step) + 1, 512, bound);
 }
 
 // === validate ===

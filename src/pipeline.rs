@@ -1,16 +1,26 @@
-//! The audio half of a job: an opened engine stream → audio thread → encoded chunks.
+//! The audio half of a job: an opened engine stream → the audio chain → encoded chunks.
 //!
 //! [`run_stream`] runs it (the job itself, with its source and events, is owned by
-//! [`crate::synthesis`]). Its async half reads the engine's [`SynthStream`] and forwards the
-//! bytes through a bounded channel to a blocking thread, which decodes, resamples, remixes,
-//! applies gain, encodes and chunks, and hands each chunk to the caller's [`ChunkSink`]. Both
-//! channels are bounded, so a slow client slows the engine (back-pressure) instead of growing
-//! memory. Cancellation: the token (daemon shutdown, deadline) stops the async half at once and
-//! drops the engine stream (which kills a subprocess or drops an HTTP request); a sink that
-//! returns `false` (client gone) stops the audio thread, which closes the channel, which stops
-//! the async half. Nothing here knows about gRPC.
+//! [`crate::synthesis`]), inside the job's own async task: no thread per stream. Each engine
+//! chunk is pushed into a push decoder ([`crate::audio::decode`]), and the chain (decode →
+//! join fade → resample → remix → gain → encode → chunk) runs over what it completes in work
+//! items of about [`ITEM_MS`] of audio each. A cheap chain (no resampler, no MP3 decoding, no
+//! MP3/Opus/FLAC encoding) runs its items inline on the tokio worker; a chain with a heavy
+//! stage hands each item to the daemon's one bounded CPU pool ([`pool`]), one item in flight
+//! per job, so the pool's FIFO is round-robin across jobs. The chunks an item makes go to the
+//! caller's [`Sink`], awaited one by one: a bounded channel to a slow client stops the job,
+//! which stops reading the engine (back-pressure) instead of growing memory. Cancellation: the
+//! token (daemon shutdown, deadline) stops the job at its next await and drops the engine
+//! stream (which kills a subprocess or drops an HTTP request); a sink that answers `false`
+//! (client gone) ends the job the same way. A panic inside an item becomes
+//! [`JobError::Panicked`] for that job only. Nothing here knows about gRPC.
 
-use std::sync::{Arc, Mutex};
+pub mod pool;
+
+use std::{
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{Arc, Mutex},
+};
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -19,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     audio::{
-        AudioError, InputEncoding, OutputFormat, PcmBuffer, Stage,
+        AudioError, InputEncoding, OutputEncoding, OutputFormat, PcmBuffer, Stage,
         chunk::{Chunk, Chunker},
-        decode::{ChannelReader, Decoder, open_decoder},
+        decode::{PushDecoder, decoder_for},
         encode::{Encoder, encoder_for},
         gain::Gain,
         join::{JoinFade, Joins},
@@ -31,8 +41,11 @@ use crate::{
     engine::{EngineError, SynthEvent, SynthStream, WordTiming},
 };
 
-/// Engine byte chunks in flight between the async reader and the audio thread.
-const BYTES_IN_FLIGHT: usize = 16;
+/// Audio per work item, ms of input: the most one job holds a pool thread (or a tokio worker)
+/// at a time, whatever the size of the engine's (or the cache's) chunks.
+pub const ITEM_MS: u32 = 40;
+/// Bytes pushed into a decoder at once (a cache chunk can hold seconds of audio).
+const PUSH_BYTES: usize = 16 * 1024;
 
 /// What a job hands its caller.
 #[derive(Debug)]
@@ -44,14 +57,47 @@ pub enum Output {
     Words(Vec<WordTiming>),
 }
 
-/// Receives each output, in order, on the audio thread. Returns `false` when nobody listens
-/// any more (the client left), which stops the job.
+/// Where a job's outputs go, in order.
+pub trait Sink: Send + 'static {
+    /// Hands `out` on, waiting while the reader is behind (back-pressure); `false` when
+    /// nobody listens any more (the client left), which stops the job.
+    fn send(&mut self, out: Output) -> impl Future<Output = bool> + Send;
+}
+
+/// A sink that never waits: a function called with each output (benches, tests).
 pub type ChunkSink = Box<dyn FnMut(Output) -> bool + Send>;
 
-/// Word timings on their way from the async half to the audio thread, which delivers them
-/// with the next chunks (or at the end).
-type PendingWords = Arc<Mutex<Vec<WordTiming>>>;
+impl Sink for ChunkSink {
+    fn send(&mut self, out: Output) -> impl Future<Output = bool> + Send {
+        std::future::ready(self(out))
+    }
+}
 
+/// A bounded channel as a sink: each output, wrapped, waits for room in the channel.
+#[derive(Debug)]
+pub struct ChannelSink<T> {
+    tx: mpsc::Sender<T>,
+    wrap: fn(Output) -> T,
+}
+
+impl<T> ChannelSink<T> {
+    /// A sink sending `wrap(output)` on `tx`.
+    pub fn new(tx: mpsc::Sender<T>, wrap: fn(Output) -> T) -> Self {
+        Self { tx, wrap }
+    }
+}
+
+impl<T: Send + 'static> Sink for ChannelSink<T> {
+    fn send(&mut self, out: Output) -> impl Future<Output = bool> + Send {
+        let item = (self.wrap)(out);
+        let tx = &self.tx;
+        async move { tx.send(item).await.is_ok() }
+    }
+}
+
+/// Word timings on their way from the engine to the chain, which delivers them with the next
+/// chunks (or at the end).
+type PendingWords = Arc<Mutex<Vec<WordTiming>>>;
 /// How a successful job went.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct JobReport {
@@ -83,7 +129,7 @@ pub enum JobError {
     /// The job's token was cancelled (daemon shutdown).
     #[error("the job was cancelled")]
     Cancelled,
-    /// The audio thread panicked (a bug); the daemon keeps serving.
+    /// Audio processing panicked (a bug): this job fails, the daemon keeps serving.
     #[error("audio processing failed unexpectedly")]
     Panicked,
 }
@@ -102,7 +148,7 @@ impl JobError {
     }
 }
 
-/// What the audio thread reports.
+/// What the sink was handed.
 #[derive(Debug, Default)]
 struct AudioReport {
     frames: u64,
@@ -110,7 +156,7 @@ struct AudioReport {
     first_chunk_at: Option<Instant>,
 }
 
-/// What the audio thread makes of a stream.
+/// What the audio chain makes of a stream.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Render {
     /// The format the client gets.
@@ -126,17 +172,16 @@ pub async fn run_stream(
     mut stream: SynthStream,
     render: Render,
     cancel: CancellationToken,
-    sink: ChunkSink,
+    sink: impl Sink,
 ) -> Result<JobReport, JobError> {
-    let Render {
-        output, chunk_ms, ..
-    } = render;
-    let mut sink = Some(sink);
     let words = PendingWords::default();
-    // Joins between an engine's pieces, as frame positions for the audio thread's fade stage.
+    // Joins between an engine's pieces, as frame positions for the chain's fade stage.
     let joins = Joins::default();
     let mut bytes_in: u64 = 0;
-    let mut audio: Option<(mpsc::Sender<Bytes>, InputEncoding, AudioThread)> = None;
+    // The chain, from the first audio on.
+    let mut runner: Option<Runner<_>> = None;
+    let mut sink = Some(sink);
+    let mut first_encoding: Option<InputEncoding> = None;
     let mut outcome: Result<(Option<u32>, Vec<String>), EngineError> = Err(EngineError::Truncated);
     loop {
         let event = tokio::select! {
@@ -153,8 +198,8 @@ pub async fn run_stream(
             Some(Ok(SynthEvent::Words(w))) => {
                 crate::error::lock(&words).extend(w);
             }
-            // Pushed before any later audio is sent, so the stage knows it in time.
-            Some(Ok(SynthEvent::Boundary)) => match audio.as_ref().map(|(_, e, _)| *e) {
+            // Pushed before any later audio is processed, so the stage knows it in time.
+            Some(Ok(SynthEvent::Boundary)) => match first_encoding {
                 Some(InputEncoding::Pcm16Le(spec)) => {
                     joins.push(bytes_in / (2 * u64::from(spec.channels)));
                 }
@@ -169,63 +214,51 @@ pub async fn run_stream(
                 break;
             }
             Some(Ok(SynthEvent::Audio { encoding, data })) => {
-                let (tx, first_encoding, _) = match &mut audio {
-                    Some(a) => a,
+                let runner = match &mut runner {
+                    Some(r) => r,
                     None => {
-                        let (tx, rx) = mpsc::channel(BYTES_IN_FLIGHT);
                         let Some(sink) = sink.take() else {
                             return Err(JobError::Panicked);
                         };
-                        let thread = AudioThread::spawn(
-                            encoding,
-                            rx,
-                            render,
-                            sink,
-                            Arc::clone(&words),
-                            joins.clone(),
-                        );
-                        audio.insert((tx, encoding, thread))
+                        let mut work = Work::new(render, Arc::clone(&words))?;
+                        // Only raw PCM can carry joins: a byte position there is a frame
+                        // position.
+                        let joins = matches!(encoding, InputEncoding::Pcm16Le(_))
+                            .then(|| joins.clone());
+                        work.open(encoding, joins);
+                        first_encoding = Some(encoding);
+                        runner.insert(Runner::new(work, sink, cancel.clone()))
                     }
                 };
-                if *first_encoding != encoding {
+                if first_encoding != Some(encoding) {
                     outcome = Err(EngineError::Protocol(format!(
                         "audio encoding changed mid-stream from {first_encoding:?} to {encoding:?}"
                     )));
                     break;
                 }
                 bytes_in += data.len() as u64;
-                let sent = tokio::select! {
-                    biased;
-                    () = cancel.cancelled() => return Err(JobError::Cancelled),
-                    r = tx.send(data) => r.is_ok(),
-                };
-                if !sent {
-                    // The audio thread stopped: the client left, or the audio was malformed.
-                    break;
-                }
+                runner.feed(&data).await?;
             }
         }
     }
     // Stop the engine now (kills a subprocess, drops an HTTP request) whatever happened.
     drop(stream);
 
-    let report = match audio {
-        Some((tx, _, thread)) => {
-            drop(tx);
-            thread.join().await?
-        }
-        None => match sink.take() {
-            // No audio at all: still send a valid (empty) stream, e.g. a lone WAV header. The
-            // sink blocks, so this runs on a blocking thread too.
-            Some(sink) if outcome.is_ok() => {
-                AudioThread(tokio::task::spawn_blocking(move || {
-                    finish_empty(output, chunk_ms, sink, words)
-                }))
-                .join()
-                .await?
+    let report = match (runner, sink) {
+        (Some(mut runner), _) => {
+            if outcome.is_ok() {
+                runner.end_input().await?;
+                runner.finish().await?;
             }
-            _ => AudioReport::default(),
-        },
+            runner.report
+        }
+        // No audio at all: still send a valid (empty) stream, e.g. a lone WAV header.
+        (None, Some(sink)) if outcome.is_ok() => {
+            let mut runner = Runner::new(Work::new(render, words)?, sink, cancel);
+            runner.finish().await?;
+            runner.report
+        }
+        _ => AudioReport::default(),
     };
     let (characters, upstream_request_ids) = outcome?;
     Ok(JobReport {
@@ -237,53 +270,217 @@ pub async fn run_stream(
     })
 }
 
-/// The blocking thread that turns engine bytes into chunks.
-struct AudioThread(tokio::task::JoinHandle<Result<AudioReport, JobError>>);
+// === the chain's driver ===
 
-impl AudioThread {
-    fn spawn(
-        encoding: InputEncoding,
-        rx: mpsc::Receiver<Bytes>,
-        render: Render,
-        sink: ChunkSink,
-        words: PendingWords,
-        joins: Joins,
-    ) -> Self {
-        Self(tokio::task::spawn_blocking(move || {
-            let decoder = open_decoder(encoding, ChannelReader::new(rx))?;
-            let mut chain =
-                AudioChain::new(render.output, render.gain, render.chunk_ms, sink, words)?;
-            // Only raw PCM can carry joins: a byte position there is a frame position.
-            if matches!(encoding, InputEncoding::Pcm16Le(_)) {
-                chain.joins = Some(joins);
-            }
-            chain.run(decoder)
-        }))
-    }
+/// Runs a job's [`Work`] in bounded items (inline, or on the CPU pool when a stage is heavy)
+/// and hands what each item makes to the sink.
+struct Runner<S> {
+    /// `None` only while an item runs (or after one panicked).
+    work: Option<Box<Work>>,
+    sink: S,
+    cancel: CancellationToken,
+    report: AudioReport,
+}
 
-    async fn join(self) -> Result<AudioReport, JobError> {
-        match self.0.await {
-            Ok(result) => result,
-            Err(error) => {
-                tracing::error!(%error, "audio thread panicked");
-                Err(JobError::Panicked)
-            }
+impl<S: Sink> Runner<S> {
+    fn new(work: Work, sink: S, cancel: CancellationToken) -> Self {
+        Self {
+            work: Some(Box::new(work)),
+            sink,
+            cancel,
+            report: AudioReport::default(),
         }
     }
+
+    fn work(&mut self) -> Result<&mut Work, JobError> {
+        self.work.as_deref_mut().ok_or(JobError::Panicked)
+    }
+
+    /// Pushes `data` into the decoder and runs the chain over everything it completes.
+    async fn feed(&mut self, data: &[u8]) -> Result<(), JobError> {
+        for piece in data.chunks(PUSH_BYTES) {
+            self.work()?.push(piece);
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    /// The input ended: drains the decoder.
+    async fn end_input(&mut self) -> Result<(), JobError> {
+        self.work()?.end_input();
+        self.drain().await
+    }
+
+    /// Runs items until the decoder needs more input.
+    async fn drain(&mut self) -> Result<(), JobError> {
+        while self.item(|w| w.pump()).await? {}
+        Ok(())
+    }
+
+    /// Flushes the chain (stages, encoder, chunker) and sends the tail.
+    async fn finish(&mut self) -> Result<(), JobError> {
+        self.item(|w| w.chain.finish().map(|()| false)).await?;
+        Ok(())
+    }
+
+    /// Runs one item over the work (on the pool when a stage is heavy), then sends what it
+    /// made.
+    async fn item(
+        &mut self,
+        f: impl FnOnce(&mut Work) -> Result<bool, JobError> + Send + 'static,
+    ) -> Result<bool, JobError> {
+        let mut work = self.work.take().ok_or(JobError::Panicked)?;
+        let (work, result) = if work.heavy() {
+            let ran = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Err(JobError::Cancelled),
+                r = pool::global().run(move || {
+                    let result = f(&mut work);
+                    (work, result)
+                }) => r,
+            };
+            match ran {
+                Ok(done) => done,
+                Err(pool::Panicked) => {
+                    tracing::error!("audio processing panicked on the CPU pool");
+                    return Err(JobError::Panicked);
+                }
+            }
+        } else {
+            match catch_unwind(AssertUnwindSafe(|| f(&mut work))) {
+                Ok(result) => (work, result),
+                Err(_) => {
+                    tracing::error!("audio processing panicked");
+                    return Err(JobError::Panicked);
+                }
+            }
+        };
+        self.work = Some(work);
+        let more = result?;
+        self.send().await?;
+        Ok(more)
+    }
+
+    /// Hands the chain's outputs to the sink, in order.
+    async fn send(&mut self) -> Result<(), JobError> {
+        let work = self.work.as_deref_mut().ok_or(JobError::Panicked)?;
+        let mut out = std::mem::take(&mut work.chain.out);
+        for o in out.drain(..) {
+            if let Output::Audio(chunk) = &o {
+                if self.report.first_chunk_at.is_none() {
+                    self.report.first_chunk_at = Some(Instant::now());
+                }
+                self.report.frames += u64::from(chunk.frames);
+                self.report.bytes += chunk.data.len() as u64;
+            }
+            let sent = tokio::select! {
+                biased;
+                () = self.cancel.cancelled() => return Err(JobError::Cancelled),
+                sent = self.sink.send(o) => sent,
+            };
+            if !sent {
+                return Err(JobError::ClientGone);
+            }
+        }
+        // The emptied vector goes back, for its capacity.
+        if let Some(work) = self.work.as_deref_mut() {
+            work.chain.out = out;
+        }
+        Ok(())
+    }
 }
 
-fn finish_empty(
-    output: OutputFormat,
-    chunk_ms: u32,
-    sink: ChunkSink,
-    words: PendingWords,
-) -> Result<AudioReport, JobError> {
-    let mut chain = AudioChain::new(output, 1.0, chunk_ms, sink, words)?;
-    chain.finish()?;
-    Ok(chain.report)
+/// Everything one item needs, moved to a pool thread and back: the decoder, the chain, and a
+/// segmented stream's bookkeeping.
+struct Work {
+    /// The decoder of the current input (a segment's, in a segmented stream).
+    decoder: Option<(Box<dyn PushDecoder>, InputEncoding)>,
+    chain: AudioChain,
+    segments: Option<Segments>,
 }
 
-/// decode → resample → remix → gain → encode → chunk, on the audio thread.
+impl Work {
+    fn new(render: Render, words: PendingWords) -> Result<Self, AudioError> {
+        Ok(Self {
+            decoder: None,
+            chain: AudioChain::new(render.output, render.gain, render.chunk_ms, words)?,
+            segments: None,
+        })
+    }
+
+    /// Starts decoding a stream of `encoding`; `joins` are where its pieces meet.
+    fn open(&mut self, encoding: InputEncoding, joins: Option<Joins>) {
+        self.decoder = Some((decoder_for(encoding), encoding));
+        self.chain.joins = joins;
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if let Some((decoder, _)) = &mut self.decoder {
+            decoder.push(bytes);
+        }
+    }
+
+    fn end_input(&mut self) {
+        if let Some((decoder, _)) = &mut self.decoder {
+            decoder.finish();
+        }
+    }
+
+    /// Whether the chain has a heavy stage: MP3 decoding, resampling, MP3/Opus/FLAC encoding.
+    fn heavy(&self) -> bool {
+        let output = self.chain.output;
+        let encoder = matches!(
+            output.encoding,
+            OutputEncoding::Mp3 { .. } | OutputEncoding::OggOpus { .. } | OutputEncoding::Flac { .. }
+        );
+        let input = match (&self.decoder, self.chain.input_spec) {
+            (Some((_, InputEncoding::Mp3)), _) => true,
+            (_, Some(spec)) => spec.sample_rate != output.spec.sample_rate,
+            (Some((_, InputEncoding::Pcm16Le(spec))), None) => {
+                spec.sample_rate != output.spec.sample_rate
+            }
+            // A WAV header not read yet: the first item is bounded like any other.
+            _ => false,
+        };
+        encoder || input
+    }
+
+    /// Frames per item at the current input rate.
+    fn budget(&self) -> usize {
+        let rate = match (self.chain.input_spec, &self.decoder) {
+            (Some(spec), _) => spec.sample_rate,
+            (None, Some((_, InputEncoding::Pcm16Le(spec)))) => spec.sample_rate,
+            _ => 24_000,
+        };
+        (rate * ITEM_MS / 1000).max(1) as usize
+    }
+
+    /// One item: decodes and processes up to [`Self::budget`] frames; `true` when the budget
+    /// ran out before the decoder did (run another item).
+    fn pump(&mut self) -> Result<bool, JobError> {
+        let budget = self.budget();
+        let mut done = 0;
+        while done < budget {
+            let Some((decoder, _)) = &mut self.decoder else {
+                return Ok(false);
+            };
+            let Some(buffer) = decoder.decode(budget - done)? else {
+                return Ok(false);
+            };
+            if buffer.is_empty() {
+                continue;
+            }
+            done += buffer.frames();
+            match &mut self.segments {
+                Some(segments) => segments.process(&mut self.chain, buffer)?,
+                None => self.chain.process(buffer)?,
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// decode → resample → remix → gain → encode → chunk, one item at a time.
 ///
 /// The PCM stages are built from the first decoded buffer's actual spec (an engine's WAV header
 /// may announce a rate other than the one expected).
@@ -294,11 +491,11 @@ struct AudioChain {
     input_spec: Option<crate::audio::AudioSpec>,
     encoder: Box<dyn Encoder>,
     chunker: Chunker,
-    sink: ChunkSink,
     words: PendingWords,
     /// The stream's joins, when it can have any (the first stage then fades at them).
     joins: Option<Joins>,
-    report: AudioReport,
+    /// What the chain made, for the sink.
+    out: Vec<Output>,
     // Reused buffers.
     encoded: Vec<u8>,
     chunks: Vec<Chunk>,
@@ -309,7 +506,6 @@ impl AudioChain {
         output: OutputFormat,
         gain: f32,
         chunk_ms: u32,
-        sink: ChunkSink,
         words: PendingWords,
     ) -> Result<Self, AudioError> {
         Ok(Self {
@@ -319,24 +515,12 @@ impl AudioChain {
             input_spec: None,
             encoder: encoder_for(output)?,
             chunker: Chunker::new(output, chunk_ms),
-            sink,
             words,
             joins: None,
-            report: AudioReport::default(),
+            out: Vec::new(),
             encoded: Vec::new(),
             chunks: Vec::new(),
         })
-    }
-
-    fn run(mut self, mut decoder: Box<dyn Decoder>) -> Result<AudioReport, JobError> {
-        while let Some(buffer) = decoder.next_buffer()? {
-            if buffer.is_empty() {
-                continue;
-            }
-            self.process(buffer)?;
-        }
-        self.finish()?;
-        Ok(self.report)
     }
 
     fn build_stages(&mut self, input: crate::audio::AudioSpec) -> Result<(), AudioError> {
@@ -401,7 +585,8 @@ impl AudioChain {
         self.encoder.encode(pcm, &mut self.encoded)?;
         self.chunker
             .push(&self.encoded, pcm.frames(), &mut self.chunks);
-        self.deliver()
+        self.deliver();
+        Ok(())
     }
 
     /// Flush every stage in order (each stage's tail goes through the stages after it), then
@@ -414,7 +599,8 @@ impl AudioChain {
             self.chunker.push(&self.encoded, 0, &mut self.chunks);
         }
         self.chunker.finish(&mut self.chunks);
-        self.deliver()
+        self.deliver();
+        Ok(())
     }
 
     /// Flush every stage in order and encode their tails; the stages are gone after it (the
@@ -438,28 +624,19 @@ impl AudioChain {
         Ok(())
     }
 
-    fn deliver(&mut self) -> Result<(), JobError> {
+    /// Queues the pending words, then the chunks made, for the sink.
+    fn deliver(&mut self) {
         let words = std::mem::take(&mut *crate::error::lock(&self.words));
-        if !words.is_empty() && !(self.sink)(Output::Words(words)) {
-            return Err(JobError::ClientGone);
+        if !words.is_empty() {
+            self.out.push(Output::Words(words));
         }
-        for chunk in self.chunks.drain(..) {
-            if self.report.first_chunk_at.is_none() {
-                self.report.first_chunk_at = Some(Instant::now());
-            }
-            self.report.frames += u64::from(chunk.frames);
-            self.report.bytes += chunk.data.len() as u64;
-            if !(self.sink)(Output::Audio(chunk)) {
-                return Err(JobError::ClientGone);
-            }
-        }
-        Ok(())
+        self.out.extend(self.chunks.drain(..).map(Output::Audio));
     }
 }
 
 // === segmented streams (SynthesizeStream) ===
 
-/// One sentence of a segmented stream, as its audio thread takes it: the sentence's engine
+/// One sentence of a segmented stream, as its audio task takes it: the sentence's engine
 /// bytes (a stream of their own: a WAV header each, a rate each), and what the async half
 /// learns while forwarding them.
 #[derive(Debug)]
@@ -484,7 +661,7 @@ pub struct SegmentSpan {
     pub duration_ms: u64,
 }
 
-/// How a segmented stream went on its audio thread.
+/// How a segmented stream went on its audio task.
 #[derive(Debug, Default)]
 pub struct SegmentsReport {
     /// Frames sent, at the output rate.
@@ -497,116 +674,177 @@ pub struct SegmentsReport {
     pub spans: Vec<SegmentSpan>,
 }
 
-/// The audio thread of a segmented stream: every segment it receives goes through one chain
-/// (one encoder, one chunker: one valid stream of the output format). Resampler and remix
-/// carry their state from one segment to the next while the segments' spec stays the same;
-/// when it changes (a fallback engine at another rate) the stages are flushed and rebuilt.
-/// Segments meet at a join, faded out and in ([`JoinFade`]), as an engine's pieces do.
-pub struct SegmentsThread(tokio::task::JoinHandle<Result<SegmentsReport, JobError>>);
+/// The audio task of a segmented stream (a tokio task, not a thread): every segment it
+/// receives goes through one chain (one encoder, one chunker: one valid stream of the output
+/// format), in items like [`run_stream`]'s. Resampler and remix carry their state from one
+/// segment to the next while the segments' spec stays the same; when it changes (a fallback
+/// engine at another rate) the stages are flushed and rebuilt. Segments meet at a join, faded
+/// out and in ([`JoinFade`]), as an engine's pieces do. Dropping it stops the task.
+#[derive(Debug)]
+pub struct SegmentsTask(tokio::task::JoinHandle<Result<SegmentsReport, JobError>>);
 
-impl SegmentsThread {
-    /// Start the thread; it ends when `segments` closes (or the sink stops listening).
-    pub fn spawn(render: Render, segments: mpsc::Receiver<Segment>, sink: ChunkSink) -> Self {
-        Self(tokio::task::spawn_blocking(move || {
-            run_segments(render, segments, sink)
-        }))
+impl SegmentsTask {
+    /// Start the task; it ends when `segments` closes (or the sink stops listening).
+    pub fn spawn(render: Render, segments: mpsc::Receiver<Segment>, sink: impl Sink) -> Self {
+        Self(tokio::spawn(run_segments(render, segments, sink)))
     }
 
-    /// Wait for the thread's end.
-    pub async fn join(self) -> Result<SegmentsReport, JobError> {
-        match self.0.await {
+    /// Wait for the task's end.
+    pub async fn join(mut self) -> Result<SegmentsReport, JobError> {
+        match (&mut self.0).await {
             Ok(result) => result,
             Err(error) => {
-                tracing::error!(%error, "audio thread panicked");
+                tracing::error!(%error, "audio task panicked");
                 Err(JobError::Panicked)
             }
         }
     }
 }
 
-fn run_segments(
-    render: Render,
-    mut segments: mpsc::Receiver<Segment>,
-    sink: ChunkSink,
-) -> Result<SegmentsReport, JobError> {
-    let mut chain = AudioChain::new(
-        render.output,
-        render.gain,
-        render.chunk_ms,
-        sink,
-        PendingWords::default(),
-    )?;
-    // Joins of the current stage set, in frames since it was built.
-    let mut joins = Joins::default();
-    let mut position: u64 = 0;
-    let mut elapsed_ms = 0.0f64;
-    let mut spans = Vec::new();
-    while let Some(segment) = segments.blocking_recv() {
-        let Segment {
-            encoding,
-            bytes,
+impl Drop for SegmentsTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A segmented stream's bookkeeping, carried from item to item.
+#[derive(Default)]
+struct Segments {
+    /// Joins of the current stage set, in frames since it was built.
+    joins: Joins,
+    position: u64,
+    elapsed_ms: f64,
+    spans: Vec<SegmentSpan>,
+    /// The current segment.
+    current: Option<Current>,
+}
+
+/// The segment being decoded.
+struct Current {
+    begin_ms: f64,
+    start: u64,
+    first: bool,
+    frames_in: u64,
+    rate: u32,
+    /// Its own joins, from its start.
+    inner: Joins,
+    words: Arc<Mutex<Vec<WordTiming>>>,
+}
+
+impl Segments {
+    fn begin(&mut self, inner: Joins, words: Arc<Mutex<Vec<WordTiming>>>) {
+        self.current = Some(Current {
+            begin_ms: self.elapsed_ms,
+            start: self.position,
+            first: true,
+            frames_in: 0,
+            rate: 0,
+            inner,
             words,
-            joins: inner,
-        } = segment;
-        let begin_ms = elapsed_ms;
-        let mut start = position;
-        let mut first = true;
-        let mut frames_in: u64 = 0;
-        let mut rate = 0u32;
-        let mut decoder = open_decoder(encoding, ChannelReader::new(bytes))?;
-        while let Some(buffer) = decoder.next_buffer()? {
-            if buffer.is_empty() {
-                continue;
-            }
-            if first {
-                first = false;
-                match chain.input_spec {
-                    Some(spec) if spec == buffer.spec => joins.push(position),
-                    had => {
-                        if had.is_some() {
-                            // The previous segments fade out and their stages' tails go out.
-                            joins.push(position);
-                            chain.flush_stages()?;
-                        }
-                        joins = Joins::default();
-                        chain.joins = Some(joins.clone());
-                        chain.build_stages(buffer.spec)?;
-                        if had.is_some() {
-                            joins.push(0);
-                        }
-                        position = 0;
+        });
+    }
+
+    /// One decoded buffer of the current segment through the chain.
+    fn process(&mut self, chain: &mut AudioChain, buffer: PcmBuffer) -> Result<(), JobError> {
+        let Some(c) = self.current.as_mut() else {
+            return chain.process(buffer);
+        };
+        if c.first {
+            c.first = false;
+            match chain.input_spec {
+                Some(spec) if spec == buffer.spec => self.joins.push(self.position),
+                had => {
+                    if had.is_some() {
+                        // The previous segments fade out and their stages' tails go out.
+                        self.joins.push(self.position);
+                        chain.flush_stages()?;
                     }
+                    self.joins = Joins::default();
+                    chain.joins = Some(self.joins.clone());
+                    chain.build_stages(buffer.spec)?;
+                    if had.is_some() {
+                        self.joins.push(0);
+                    }
+                    self.position = 0;
                 }
-                start = position;
-                rate = buffer.spec.sample_rate;
             }
-            for j in inner.drain() {
-                joins.push(start + j);
-            }
-            let taken = std::mem::take(&mut *crate::error::lock(&words));
-            if !taken.is_empty() {
-                crate::error::lock(&chain.words).extend(shifted(taken, begin_ms));
-            }
-            let n = buffer.frames() as u64;
-            chain.process(buffer)?;
-            position += n;
-            frames_in += n;
+            c.start = self.position;
+            c.rate = buffer.spec.sample_rate;
         }
-        let taken = std::mem::take(&mut *crate::error::lock(&words));
-        crate::error::lock(&chain.words).extend(shifted(taken, begin_ms));
-        let duration_ms = if rate == 0 {
+        for j in c.inner.drain() {
+            self.joins.push(c.start + j);
+        }
+        let taken = std::mem::take(&mut *crate::error::lock(&c.words));
+        if !taken.is_empty() {
+            crate::error::lock(&chain.words).extend(shifted(taken, c.begin_ms));
+        }
+        let n = buffer.frames() as u64;
+        chain.process(buffer)?;
+        self.position += n;
+        c.frames_in += n;
+        Ok(())
+    }
+
+    /// The current segment ended: its last words, its span.
+    fn end(&mut self, chain: &AudioChain) {
+        let Some(c) = self.current.take() else {
+            return;
+        };
+        let taken = std::mem::take(&mut *crate::error::lock(&c.words));
+        crate::error::lock(&chain.words).extend(shifted(taken, c.begin_ms));
+        let duration_ms = if c.rate == 0 {
             0.0
         } else {
-            frames_in as f64 * 1000.0 / f64::from(rate)
+            c.frames_in as f64 * 1000.0 / f64::from(c.rate)
         };
-        elapsed_ms += duration_ms;
-        spans.push(SegmentSpan {
-            begin_ms: begin_ms.round() as u64,
+        self.elapsed_ms += duration_ms;
+        self.spans.push(SegmentSpan {
+            begin_ms: c.begin_ms.round() as u64,
             duration_ms: duration_ms.round() as u64,
         });
     }
-    chain.finish()?;
-    let report = chain.report;
+}
+
+async fn run_segments(
+    render: Render,
+    mut segments: mpsc::Receiver<Segment>,
+    sink: impl Sink,
+) -> Result<SegmentsReport, JobError> {
+    let mut work = Work::new(render, PendingWords::default())?;
+    work.segments = Some(Segments::default());
+    // Nothing cancels it but its owner dropping it (or the segments channel closing).
+    let mut runner = Runner::new(work, sink, CancellationToken::new());
+    while let Some(segment) = segments.recv().await {
+        let Segment {
+            encoding,
+            mut bytes,
+            words,
+            joins,
+        } = segment;
+        {
+            let work = runner.work()?;
+            work.decoder = Some((decoder_for(encoding), encoding));
+            if let Some(s) = &mut work.segments {
+                s.begin(joins, words);
+            }
+        }
+        while let Some(data) = bytes.recv().await {
+            runner.feed(&data).await?;
+        }
+        runner.end_input().await?;
+        let work = runner.work()?;
+        if let Some(s) = &mut work.segments {
+            s.end(&work.chain);
+        }
+    }
+    runner.finish().await?;
+    let spans = runner
+        .work()?
+        .segments
+        .take()
+        .map(|s| s.spans)
+        .unwrap_or_default();
+    let report = runner.report;
     Ok(SegmentsReport {
         frames: report.frames,
         bytes: report.bytes,
@@ -683,7 +921,7 @@ mod tests {
             }
             true
         });
-        let thread = SegmentsThread::spawn(render, rx, sink);
+        let thread = SegmentsTask::spawn(render, rx, sink);
         // 16 kHz, 16 kHz again (the resampler carries on), then 24 kHz (stages rebuilt).
         tx.send(segment(16_000, 300, vec![word("a", 0)]))
             .await

@@ -1,13 +1,9 @@
 //! Helpers the unit tests of `audio` share: specs and formats, decoders fed from channels, and
 //! deterministic signals. Test builds only; nothing here is used by production code.
 
-use bytes::Bytes;
-use tokio::sync::mpsc;
+use std::{collections::VecDeque, io};
 
-use super::{
-    AudioSpec, OutputEncoding, OutputFormat, PcmBuffer,
-    decode::{ChannelReader, Decoder},
-};
+use super::{AudioSpec, OutputEncoding, OutputFormat, PcmBuffer, decode::Decoder};
 
 /// A spec that must be valid.
 pub(crate) fn spec(rate: u32, channels: u16) -> AudioSpec {
@@ -22,14 +18,28 @@ pub(crate) fn format(encoding: OutputEncoding, rate: u32, channels: u16) -> Outp
     }
 }
 
-/// A ChannelReader already holding `chunks`, sender dropped.
-pub(crate) fn channel_of(chunks: Vec<Vec<u8>>) -> ChannelReader {
-    let (tx, rx) = mpsc::channel(chunks.len().max(1));
-    for c in chunks {
-        tx.try_send(Bytes::from(c)).expect("capacity");
+/// A reader returning `chunks` one read at a time (a read never crosses a chunk: short reads,
+/// as from a network), then the end.
+pub(crate) fn channel_of(chunks: Vec<Vec<u8>>) -> Chunks {
+    Chunks(chunks.into_iter().collect())
+}
+
+/// See [`channel_of`].
+pub(crate) struct Chunks(VecDeque<Vec<u8>>);
+
+impl io::Read for Chunks {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.0.front().is_some_and(Vec::is_empty) {
+            self.0.pop_front();
+        }
+        let Some(front) = self.0.front_mut() else {
+            return Ok(0);
+        };
+        let n = buf.len().min(front.len());
+        buf[..n].copy_from_slice(&front[..n]);
+        front.drain(..n);
+        Ok(n)
     }
-    drop(tx);
-    ChannelReader::new(rx)
 }
 
 /// `data` cut in pieces of the given sizes (cycled), like a network delivers it.

@@ -6,8 +6,7 @@
 use std::{f32::consts::PI, path::Path};
 
 use crate::audio::{
-    AudioError, AudioSpec, PcmBuffer, Stage,
-    decode::{Decoder, WavDecoder},
+    AudioError, AudioSpec, InputEncoding, PcmBuffer, Stage, decode::open_decoder,
     remix::Remix,
     resample::Resampler,
 };
@@ -57,7 +56,7 @@ fn from_wav(path: &Path, spec: AudioSpec) -> Result<Vec<f32>, AudioError> {
         format: "wav",
         reason: format!("cannot open {}: {e}", path.display()),
     })?;
-    let mut decoder = WavDecoder::new(std::io::BufReader::new(file));
+    let mut decoder = open_decoder(InputEncoding::Wav, std::io::BufReader::new(file))?;
     let mut buffers = Vec::new();
     while let Some(b) = decoder.next_buffer()? {
         buffers.push(b);

@@ -18,7 +18,7 @@ use crate::{
     engine::{SynthesisRequest, Synthesizer, WordTiming},
     error::{Error, ErrorKind, chain},
     metrics::{self, metrics},
-    pipeline::{self, ChunkSink, JobError, Output, Render},
+    pipeline::{self, ChannelSink, JobError, Output, Render},
     provider::{self, Provider, Served},
 };
 
@@ -31,7 +31,7 @@ pub struct Job {
     pub request: SynthesisRequest,
     /// The engine serving `request.model`.
     pub engine: Arc<dyn Synthesizer>,
-    /// What the audio thread makes of the audio.
+    /// What the audio chain makes of the audio.
     pub render: Render,
     /// Cache policy and fallback permission.
     pub options: provider::Options,
@@ -138,7 +138,7 @@ impl Start {
     }
 }
 
-/// The events of a running job, ending after its summary or its error (the audio thread may
+/// The events of a running job, ending after its summary or its error (the audio chain may
 /// still be flushing when a deadline ends the job; nothing of that reaches the reader).
 /// Dropping it stops the job.
 #[derive(Debug)]
@@ -206,6 +206,14 @@ pub(super) fn failed(error: &JobError) -> Error {
         kind => tracing::warn!(error = %chain(error), ?kind, "job failed"),
     }
     classified
+}
+
+/// A pipeline output as the event a reader gets.
+pub(super) fn event_of(out: Output) -> Result<Event, Error> {
+    Ok(match out {
+        Output::Audio(chunk) => Event::Audio(chunk),
+        Output::Words(words) => Event::Words(words),
+    })
 }
 
 /// Resolves at `deadline`, or never.
@@ -297,14 +305,8 @@ async fn run(provider: Arc<Provider>, job: Job, start: Start, tx: Sender) {
     if tx.send(Ok(Event::Info(info))).await.is_err() {
         return;
     }
-    let sink_tx = tx.clone();
-    let sink: ChunkSink = Box::new(move |out| {
-        let event = match out {
-            Output::Audio(chunk) => Event::Audio(chunk),
-            Output::Words(words) => Event::Words(words),
-        };
-        sink_tx.blocking_send(Ok(event)).is_ok()
-    });
+    // Each output waits for room in the bounded event channel: a slow client slows the job.
+    let sink = ChannelSink::new(tx.clone(), event_of);
     let result = tokio::select! {
         r = pipeline::run_stream(opened.stream, render, cancel.clone(), sink) => r,
         () = tx.closed() => {

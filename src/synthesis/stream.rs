@@ -6,7 +6,7 @@
 //! answers with the same [`Event`]s as a `Synthesize` job: one `Info` (when the first sentence
 //! has a source), `Audio`/`Words` (word offsets over the whole stream), one `Summary` whose
 //! [`SentenceReport`]s say, per sentence, where its audio came from. Every sentence's audio
-//! goes through one audio thread ([`SegmentsThread`]: one encoder, resampler state carried
+//! goes through one audio task ([`SegmentsTask`]: one encoder, resampler state carried
 //! over, joins faded).
 //!
 //! Per sentence: the provider serves a cached sentence from the cache; a sentence whose engine
@@ -18,7 +18,7 @@
 //! Engines that take streamed text upstream (DashScope's WebSocket APIs,
 //! [`Synthesizer::streams_text`](crate::engine::Synthesizer::streams_text)) get it streamed
 //! first ([`upstream`]): one upstream task, opened at the first text, fed the cleaned
-//! sentences as they complete, its audio one segment on the same audio thread; what it
+//! sentences as they complete, its audio one segment on the same audio task; what it
 //! leaves (a failure, an idle pause) goes on sentence by sentence as above.
 //! Must not know any door: no wire types, no status codes.
 
@@ -33,7 +33,7 @@ mod upstream;
 
 use super::{
     Event, Info, Job, Start, Summary,
-    job::{Events, failed},
+    job::{Events, event_of, failed},
     segment::Segmenter,
 };
 use crate::{
@@ -41,7 +41,7 @@ use crate::{
     engine::{EngineError, SynthEvent, SynthesisRequest, WordTiming},
     error::{Error, ErrorKind},
     metrics::{self, metrics},
-    pipeline::{ChunkSink, JobError, Output, Segment, SegmentsThread},
+    pipeline::{ChannelSink, JobError, Segment, SegmentsTask},
     provider::{Opened, Provider, Served},
 };
 
@@ -49,7 +49,7 @@ use crate::{
 pub const SENTENCES_IN_FLIGHT: usize = 2;
 /// Text events buffered between the door and the job.
 pub const TEXT_EVENTS: usize = 16;
-/// Engine byte chunks of one sentence in flight to the audio thread.
+/// Engine byte chunks of one sentence in flight to the audio task.
 const BYTES_IN_FLIGHT: usize = 16;
 
 /// What a door hands a streamed-text job after its configuration.
@@ -111,7 +111,7 @@ struct Current {
     text: String,
     served: Served,
     stream: crate::engine::SynthStream,
-    /// Its segment on the audio thread, once its first audio came.
+    /// Its segment on the audio task, once its first audio came.
     bytes: Option<(mpsc::Sender<Bytes>, InputEncoding)>,
     words: Arc<std::sync::Mutex<Vec<WordTiming>>>,
     joins: Joins,
@@ -249,7 +249,7 @@ struct State {
     /// Why the requested engine is skipped for the rest of the stream (it failed mid-stream).
     failed_engine: Option<String>,
     info_sent: bool,
-    /// Whether each sentence of `sentences` had audio (a segment on the audio thread).
+    /// Whether each sentence of `sentences` had audio (a segment on the audio task).
     audible: Vec<bool>,
 }
 
@@ -289,15 +289,10 @@ impl State {
         };
 
         let (segments_tx, segments_rx) = mpsc::channel::<Segment>(1);
-        let sink_tx = self.tx.clone();
-        let sink: ChunkSink = Box::new(move |out| {
-            let event = match out {
-                Output::Audio(chunk) => Event::Audio(chunk),
-                Output::Words(words) => Event::Words(words),
-            };
-            sink_tx.blocking_send(Ok(event)).is_ok()
-        });
-        let audio = SegmentsThread::spawn(self.job.render, segments_rx, sink);
+        // Each output waits for room in the bounded event channel: a slow client slows the
+        // audio task, which slows the forwarding of each sentence's bytes.
+        let sink = ChannelSink::new(self.tx.clone(), event_of);
+        let audio = SegmentsTask::spawn(self.job.render, segments_rx, sink);
 
         let mut read = Read::new();
         let mut text = text;
@@ -352,7 +347,7 @@ impl State {
                 return;
             }
         }
-        // Every sentence is on the audio thread: wait for its end (within the deadline).
+        // Every sentence is on the audio task: wait for its end (within the deadline).
         let report = tokio::select! {
             r = audio.join() => r,
             () = self.tx.closed() => {
@@ -427,7 +422,7 @@ impl State {
     }
 
     /// Read text, cut sentences, open them ahead, forward them in order; `Ok` once every
-    /// sentence is on the audio thread.
+    /// sentence is on the audio task.
     #[allow(clippy::too_many_arguments)]
     async fn sentences_loop(
         &mut self,
@@ -639,7 +634,7 @@ impl State {
         }
     }
 
-    /// The audio thread stopped early: the client left, or the audio was malformed (its error
+    /// The audio task stopped early: the client left, or the audio was malformed (its error
     /// comes when the thread is joined, which the caller's drop of everything leads to).
     fn audio_thread_gone(&self) -> Stop {
         if self.tx.is_closed() {
@@ -654,7 +649,7 @@ impl State {
     fn end_sentence(&mut self, current: Option<Current>, truncated: bool) {
         if let Some(c) = current {
             self.audible.push(c.bytes.is_some());
-            // Dropping its bytes sender ends its segment on the audio thread.
+            // Dropping its bytes sender ends its segment on the audio task.
             self.sentences.push(SentenceReport {
                 text: c.text,
                 begin_ms: 0,

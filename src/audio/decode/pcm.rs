@@ -3,12 +3,10 @@
 //! stream).
 //!
 //! It must not parse headers (a WAV header is [`crate::audio::wav`]'s job) or hold whole frames
-//! back: every read that completes a frame becomes a buffer.
+//! back: every push that completes a frame can become a buffer.
 
-use std::io::Read;
-
-use super::{Decoder, READ_LEN};
-use crate::audio::{AudioError, AudioSpec, PcmBuffer, SampleFormat, read_some};
+use super::{Pending, PushDecoder};
+use crate::audio::{AudioError, AudioSpec, PcmBuffer, SampleFormat};
 
 /// Appends the samples of `bytes` (a whole number of `format` samples) to `out` as `f32`.
 ///
@@ -49,75 +47,57 @@ fn convert(format: SampleFormat, bytes: &[u8], out: &mut Vec<f32>) {
 /// Headerless interleaved PCM: the body of both [`PcmDecoder`] and [`super::WavDecoder`].
 ///
 /// Keeps the bytes of an incomplete frame (an odd byte, a partial stereo frame) for the next
-/// read, and turns every read that completes at least one frame into one buffer.
+/// push, and turns what completes whole frames into buffers.
 #[derive(Debug)]
-pub(super) struct PcmStream<R> {
-    reader: R,
+pub(super) struct PcmStream {
     format: SampleFormat,
     spec: AudioSpec,
     /// `format.bytes() * channels`.
     frame_bytes: usize,
-    /// Fixed-size read buffer; `buf[..len]` holds bytes not yet decoded.
-    buf: Vec<u8>,
-    len: usize,
-    eof: bool,
+    pending: Pending,
+    finished: bool,
     /// "pcm" or "wav", for logs.
     label: &'static str,
 }
 
-impl<R: Read> PcmStream<R> {
-    /// A stream whose first bytes are `initial` (what a header parser read past the header).
-    pub(super) fn new(
-        reader: R,
-        format: SampleFormat,
-        spec: AudioSpec,
-        label: &'static str,
-        mut initial: Vec<u8>,
-    ) -> Self {
-        let frame_bytes = format.bytes() * usize::from(spec.channels);
-        let len = initial.len();
-        // Room for a partial frame plus a useful read, and for everything already read.
-        let capacity = READ_LEN.max(2 * frame_bytes).max(len);
-        initial.resize(capacity, 0);
+impl PcmStream {
+    pub(super) fn new(format: SampleFormat, spec: AudioSpec, label: &'static str) -> Self {
         Self {
-            reader,
             format,
             spec,
-            frame_bytes,
-            buf: initial,
-            len,
-            eof: false,
+            frame_bytes: format.bytes() * usize::from(spec.channels),
+            pending: Pending::default(),
+            finished: false,
             label,
         }
     }
 
-    pub(super) fn next_buffer(&mut self) -> Result<Option<PcmBuffer>, AudioError> {
-        loop {
-            if self.len >= self.frame_bytes {
-                let whole = self.len - self.len % self.frame_bytes;
-                let mut samples = Vec::with_capacity(whole / self.format.bytes());
-                convert(self.format, &self.buf[..whole], &mut samples);
-                self.buf.copy_within(whole..self.len, 0);
-                self.len -= whole;
-                return Ok(Some(PcmBuffer::new(self.spec, samples)));
-            }
-            if self.eof {
-                if self.len > 0 {
-                    tracing::warn!(
-                        format = self.label,
-                        bytes = self.len,
-                        "audio input ended inside a frame; dropping the partial frame"
-                    );
-                    self.len = 0;
-                }
-                return Ok(None);
-            }
-            // `len < frame_bytes <= capacity / 2`, so there is always room to read into.
-            match read_some(&mut self.reader, &mut self.buf[self.len..])? {
-                0 => self.eof = true,
-                n => self.len += n,
-            }
+    pub(super) fn push(&mut self, bytes: &[u8]) {
+        self.pending.push(bytes);
+    }
+
+    pub(super) fn finish(&mut self) {
+        self.finished = true;
+    }
+
+    pub(super) fn decode(&mut self, max_frames: usize) -> Result<Option<PcmBuffer>, AudioError> {
+        let frames = (self.pending.len() / self.frame_bytes).min(max_frames.max(1));
+        if frames > 0 {
+            let whole = frames * self.frame_bytes;
+            let mut samples = Vec::with_capacity(whole / self.format.bytes());
+            convert(self.format, &self.pending.bytes()[..whole], &mut samples);
+            self.pending.consume(whole);
+            return Ok(Some(PcmBuffer::new(self.spec, samples)));
         }
+        if self.finished && self.pending.len() > 0 {
+            tracing::warn!(
+                format = self.label,
+                bytes = self.pending.len(),
+                "audio input ended inside a frame; dropping the partial frame"
+            );
+            self.pending.clear();
+        }
+        Ok(None)
     }
 }
 
@@ -125,22 +105,30 @@ impl<R: Read> PcmStream<R> {
 
 /// Raw signed 16-bit little-endian PCM with a spec known in advance (no header).
 #[derive(Debug)]
-pub struct PcmDecoder<R> {
-    stream: PcmStream<R>,
+pub struct PcmDecoder {
+    stream: PcmStream,
 }
 
-impl<R: Read + Send> PcmDecoder<R> {
-    /// A decoder of s16le `spec` audio read from `reader`.
-    pub fn new(reader: R, spec: AudioSpec) -> Self {
+impl PcmDecoder {
+    /// A decoder of s16le `spec` audio.
+    pub fn new(spec: AudioSpec) -> Self {
         Self {
-            stream: PcmStream::new(reader, SampleFormat::S16, spec, "pcm", Vec::new()),
+            stream: PcmStream::new(SampleFormat::S16, spec, "pcm"),
         }
     }
 }
 
-impl<R: Read + Send> Decoder for PcmDecoder<R> {
-    fn next_buffer(&mut self) -> Result<Option<PcmBuffer>, AudioError> {
-        self.stream.next_buffer()
+impl PushDecoder for PcmDecoder {
+    fn push(&mut self, bytes: &[u8]) {
+        self.stream.push(bytes);
+    }
+
+    fn finish(&mut self) {
+        self.stream.finish();
+    }
+
+    fn decode(&mut self, max_frames: usize) -> Result<Option<PcmBuffer>, AudioError> {
+        self.stream.decode(max_frames)
     }
 }
 

@@ -4,50 +4,94 @@
 //! It must not trust the RIFF or `data` size fields (streaming writers leave placeholders there)
 //! or parse the header itself.
 
-use std::io::Read;
-
-use super::{Decoder, pcm::PcmStream};
+use super::{Pending, PushDecoder, pcm::PcmStream};
 use crate::audio::{AudioError, PcmBuffer, wav};
 
-/// RIFF/WAVE read as a stream: the header is parsed first ([`wav::read_header`]), and everything
-/// after the `data` chunk header, up to the end of the input, is PCM.
+/// Most bytes buffered while looking for the end of the header (real headers are 44 to a few
+/// hundred bytes; anything longer is not a speech stream).
+const MAX_HEADER_LEN: usize = 1 << 20;
+
+/// RIFF/WAVE read as a stream: the header is parsed first ([`wav::parse`], again as each push
+/// extends it), and everything after the `data` chunk header, up to the end of the input, is
+/// PCM.
 ///
 /// The RIFF and `data` size fields are never used: streaming writers put 0, 0x7FFFFFFF or
 /// 0xFFFFFFFF there (espeak-ng writing to a pipe, ffmpeg, DashScope). A consequence: a chunk
 /// placed *after* `data` (allowed in files, never seen in streams) would be decoded as audio.
 /// The formats accepted are those of [`crate::audio::wav`].
-#[derive(Debug)]
-pub struct WavDecoder<R> {
-    /// The reader until the header has been parsed.
-    unparsed: Option<R>,
-    /// The PCM body once it has.
-    body: Option<PcmStream<R>>,
+#[derive(Debug, Default)]
+pub struct WavDecoder {
+    /// The bytes of the header until it is complete.
+    header: Pending,
+    /// The PCM body once it is.
+    body: Option<PcmStream>,
+    finished: bool,
+    failed: bool,
 }
 
-impl<R: Read + Send> WavDecoder<R> {
-    /// A decoder of the RIFF/WAVE stream read from `reader`.
-    pub fn new(reader: R) -> Self {
-        Self {
-            unparsed: Some(reader),
-            body: None,
+impl WavDecoder {
+    /// A decoder of a RIFF/WAVE stream.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn malformed(reason: &str) -> AudioError {
+        AudioError::Malformed {
+            format: "wav",
+            reason: reason.to_owned(),
         }
     }
 }
 
-impl<R: Read + Send> Decoder for WavDecoder<R> {
-    fn next_buffer(&mut self) -> Result<Option<PcmBuffer>, AudioError> {
-        if let Some(mut reader) = self.unparsed.take() {
-            let (header, leftover) = wav::read_header(&mut reader)?;
-            self.body = Some(PcmStream::new(
-                reader,
-                header.format,
-                header.spec,
-                "wav",
-                leftover,
-            ));
+impl PushDecoder for WavDecoder {
+    fn push(&mut self, bytes: &[u8]) {
+        match &mut self.body {
+            Some(body) => body.push(bytes),
+            None => self.header.push(bytes),
+        }
+    }
+
+    fn finish(&mut self) {
+        self.finished = true;
+        if let Some(body) = &mut self.body {
+            body.finish();
+        }
+    }
+
+    fn decode(&mut self, max_frames: usize) -> Result<Option<PcmBuffer>, AudioError> {
+        if self.failed {
+            return Ok(None);
+        }
+        if self.body.is_none() {
+            let parsed = wav::parse(self.header.bytes()).inspect_err(|_| self.failed = true)?;
+            match parsed {
+                Some((header, offset)) => {
+                    let mut body = PcmStream::new(header.format, header.spec, "wav");
+                    body.push(&self.header.bytes()[offset..]);
+                    self.header = Pending::default();
+                    if self.finished {
+                        body.finish();
+                    }
+                    self.body = Some(body);
+                }
+                None if self.finished => {
+                    self.failed = true;
+                    // Parsing what there is to the end says why.
+                    let reason = match wav::read_header(&mut self.header.bytes()) {
+                        Err(e) => return Err(e),
+                        Ok(_) => "stream ended inside the header",
+                    };
+                    return Err(Self::malformed(reason));
+                }
+                None if self.header.len() > MAX_HEADER_LEN => {
+                    self.failed = true;
+                    return Err(Self::malformed("no data chunk in the first MiB"));
+                }
+                None => return Ok(None),
+            }
         }
         match &mut self.body {
-            Some(body) => body.next_buffer(),
+            Some(body) => body.decode(max_frames),
             None => Ok(None),
         }
     }

@@ -4,7 +4,7 @@
 //! nothing to speak ends it empty, a failure before audio like any other) and is fed each
 //! cleaned sentence as it completes (`TextIn::Text`, a run-task
 //! `continue-task`), the client's flush as `TextIn::Flush`, and the client's half-close as the
-//! end of its text (run-task `finish-task`). Its audio is one segment on the job's audio thread;
+//! end of its text (run-task `finish-task`). Its audio is one segment on the job's audio task;
 //! `Info` goes out with its first audio.
 //!
 //! What it leaves to the per-sentence phase (`State::sentences_loop`), in order, in
