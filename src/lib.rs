@@ -36,7 +36,8 @@
 //! - [`error`]: the domain error (a kind mirroring the gRPC codes, and a client message).
 //! - [`provider`]: where a job's audio comes from: the cache, the engine (shared flights), or
 //!   the fallback chain.
-//! - [`pipeline`]: the audio half of a job: engine stream → blocking audio thread → chunks.
+//! - [`pipeline`]: the audio half of a job: engine stream → push decoder → audio chain in bounded
+//!   work items (heavy ones on the shared CPU pool, [`pipeline::pool`]) → chunks.
 //! - [`audio`]: synchronous stages: decode, resample, remix, gain, join fades, encode, chunk;
 //!   WAV headers; output-format negotiation.
 //! - [`engine`]: the [`engine::Synthesizer`] trait, the model registry, and the engines

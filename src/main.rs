@@ -33,6 +33,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const EX_USAGE: u8 = 64;
 /// sysexits.h EX_UNAVAILABLE: the daemon cannot be reached.
 const EX_UNAVAILABLE: u8 = 69;
+/// tokio's blocking threads (cache file I/O, piper inference, voice preparation): a modest cap,
+/// since no stream holds one.
+const BLOCKING_THREADS: usize = 32;
 
 /// An error with the exit code it maps to.
 struct Failure {
@@ -86,11 +89,11 @@ fn main() -> ExitCode {
     // (taking them clears LISTEN_FDS / LISTEN_PID from the environment).
     let activation = matches!(cli.command, Command::Serve(_)).then(service::Activation::from_env);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        // Every stream in flight holds one blocking thread (its audio thread) until it ends,
-        // and cache reads and writes take one briefly: tokio's default of 512 would queue
-        // streams past 512 (measured: 1000 paced streams waited up to 2.7 s for first audio).
-        // Threads are made on demand and exit after 10 s idle, so the cap costs nothing idle.
-        .max_blocking_threads(herald::config::MAX_CONCURRENT_LIMIT + 256)
+        // No stream holds a thread: the audio chain runs in its job task, heavy stages on the
+        // CPU pool (`synthesis.cpu_threads`). Blocking threads serve only short or rare work:
+        // cache file reads and writes, piper inference (≤ `piper.max_concurrent`), custom
+        // voice sample preparation, startup scans. Made on demand, gone after 10 s idle.
+        .max_blocking_threads(BLOCKING_THREADS)
         .enable_all()
         .build()
     {
@@ -143,6 +146,8 @@ async fn serve(args: ConfigArgs, activation: Option<service::Activation>) -> Res
     shutdown::ignore_hangup();
     let config = args.load()?;
     telemetry::init(&config.log_level, config.log_format);
+    // Before the first job: the pool starts at the first heavy work item.
+    herald::pipeline::pool::configure(config.synthesis.cpu_threads);
     let fd_limit = service::conn::raise_fd_limit();
     let daemon = Daemon::from_config(&config)
         .await

@@ -245,11 +245,11 @@ pub async fn run_stream(
     drop(stream);
 
     let report = match (runner, sink) {
+        // Whatever ended the input (its end, or an engine error after audio), what came goes
+        // out whole: the decoder's, the stages' and the chunker's tails, a valid ending.
         (Some(mut runner), _) => {
-            if outcome.is_ok() {
-                runner.end_input().await?;
-                runner.finish().await?;
-            }
+            runner.end_input().await?;
+            runner.finish().await?;
             runner.report
         }
         // No audio at all: still send a valid (empty) stream, e.g. a lone WAV header.

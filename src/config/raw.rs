@@ -319,6 +319,10 @@ pub struct SynthesisSection {
     /// Longest wait for a `SynthesizeStream`'s next text piece, flush or end, ms; longer ends
     /// the stream with DEADLINE_EXCEEDED naming this key. Default 30000, range 100..=3600000.
     pub stream_idle_timeout_ms: u64,
+    /// Threads of the CPU pool shared by every stream for its heavy audio stages (resampling,
+    /// MP3 decoding, MP3/Opus/FLAC encoding). 0 (the default) = one per available core,
+    /// range 0..=1024.
+    pub cpu_threads: u64,
 }
 
 impl Default for SynthesisSection {
@@ -334,6 +338,7 @@ impl Default for SynthesisSection {
             max_deadline_ms: millis(d.max_deadline),
             max_stream_text_chars: wide(d.max_stream_text_chars),
             stream_idle_timeout_ms: millis(d.stream_idle_timeout),
+            cpu_threads: wide(d.cpu_threads),
         }
     }
 }

@@ -250,6 +250,7 @@ impl RawConfig {
                     syn.stream_idle_timeout_ms,
                     100..=3_600_000,
                 )?,
+                cpu_threads: count_in("synthesis.cpu_threads", syn.cpu_threads, 0..=1024, "")?,
             },
             max_message_bytes,
             connections,

@@ -63,6 +63,9 @@ pub struct Settings {
     pub max_stream_text_chars: usize,
     /// Longest wait for a `SynthesizeStream`'s next text piece (or flush, or end).
     pub stream_idle_timeout: Duration,
+    /// Threads of the CPU pool for heavy audio stages (0 = one per core); see
+    /// [`crate::pipeline::pool`].
+    pub cpu_threads: usize,
 }
 
 /// Default of `synthesis.max_stream_text_chars`.
@@ -82,6 +85,7 @@ impl Default for Settings {
             first_audio_budget: crate::provider::DEFAULT_FIRST_AUDIO_BUDGET,
             max_stream_text_chars: DEFAULT_MAX_STREAM_TEXT_CHARS,
             stream_idle_timeout: DEFAULT_STREAM_IDLE_TIMEOUT,
+            cpu_threads: 0,
         }
     }
 }

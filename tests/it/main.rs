@@ -37,6 +37,7 @@ mod playback_alsa_queue;
 mod playback_grpc;
 mod python_client;
 mod security;
+mod stream_threads;
 mod synthesize_grpc;
 mod synthesize_stream;
 mod synthesize_stream_ws;

@@ -410,7 +410,7 @@ mod tests {
 
     use crate::audio::{
         AudioError, InputEncoding,
-        decode::open_decoder,
+        decode::{decoder_for, open_decoder},
         test_util::{channel_of, drain, spec, split_at_sizes},
     };
 
@@ -483,5 +483,48 @@ mod tests {
                 .expect_err("must fail");
             assert!(matches!(err, AudioError::Malformed { .. }), "{err:?}");
         }
+    }
+
+    #[test]
+    fn mp3_pushed_byte_by_byte_after_an_id3_tag_and_with_garbage_mid_stream() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mp3 = ffmpeg_mp3(dir.path(), 24_000);
+        let (_, whole) =
+            drain(open_decoder(InputEncoding::Mp3, Cursor::new(mp3.clone())).expect("opens"));
+
+        // An ID3v2 tag of 300 bytes (syncsafe size 2·128 + 44) full of sync-like 0xFF bytes,
+        // then the stream, pushed one byte at a time: the same samples.
+        let mut tagged = b"ID3\x04\x00\x00\x00\x00\x02\x2c".to_vec();
+        tagged.extend(std::iter::repeat_n(0xFF, 300));
+        tagged.extend_from_slice(&mp3);
+        let mut dec = decoder_for(InputEncoding::Mp3);
+        let mut pushed = Vec::new();
+        for byte in tagged.chunks(1) {
+            dec.push(byte);
+            while let Some(b) = dec.decode(usize::MAX).expect("decodes") {
+                pushed.extend_from_slice(&b.samples);
+            }
+        }
+        dec.finish();
+        while let Some(b) = dec.decode(usize::MAX).expect("decodes") {
+            pushed.extend_from_slice(&b.samples);
+        }
+        assert_eq!(pushed.len(), whole.len());
+        assert!(pushed == whole, "the pushed samples differ");
+
+        // Garbage in the middle of a frame: that frame (and what its bit reservoir feeds) is
+        // lost or damaged, the splitter finds the next frame, the rest decodes.
+        let mid = mp3.len() / 2;
+        let mut broken = mp3[..mid].to_vec();
+        broken.extend_from_slice(&[0x00, 0xFF, 0xFB, 0x12, 0x55, 0x00, 0xFF]);
+        broken.extend_from_slice(&mp3[mid..]);
+        let (_, got) =
+            drain(open_decoder(InputEncoding::Mp3, Cursor::new(broken)).expect("opens"));
+        assert!(
+            got.len() <= whole.len() && got.len() + 3 * 576 >= whole.len(),
+            "{} samples of {}",
+            got.len(),
+            whole.len()
+        );
     }
 }
