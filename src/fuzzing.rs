@@ -158,7 +158,10 @@ fn push_through(
                 Err(_) => return false,
             }
         }
-        panic!("the {encoding:?} decoder did not end on {} bytes", stream.len());
+        panic!(
+            "the {encoding:?} decoder did not end on {} bytes",
+            stream.len()
+        );
     };
     for piece in stream.chunks(step.max(1)) {
         decoder.push(piece);
@@ -204,7 +207,13 @@ pub fn mp3(data: &[u8]) {
         return;
     };
     let bound = (stream.len() / 24 + 1) * 1152;
-    push_through(InputEncoding::Mp3, stream, usize::from(step) + 1, 512, bound);
+    push_through(
+        InputEncoding::Mp3,
+        stream,
+        usize::from(step) + 1,
+        512,
+        bound,
+    );
 }
 
 // === validate ===

@@ -223,8 +223,8 @@ pub async fn run_stream(
                         let mut work = Work::new(render, Arc::clone(&words))?;
                         // Only raw PCM can carry joins: a byte position there is a frame
                         // position.
-                        let joins = matches!(encoding, InputEncoding::Pcm16Le(_))
-                            .then(|| joins.clone());
+                        let joins =
+                            matches!(encoding, InputEncoding::Pcm16Le(_)).then(|| joins.clone());
                         work.open(encoding, joins);
                         first_encoding = Some(encoding);
                         runner.insert(Runner::new(work, sink, cancel.clone()))
@@ -431,7 +431,9 @@ impl Work {
         let output = self.chain.output;
         let encoder = matches!(
             output.encoding,
-            OutputEncoding::Mp3 { .. } | OutputEncoding::OggOpus { .. } | OutputEncoding::Flac { .. }
+            OutputEncoding::Mp3 { .. }
+                | OutputEncoding::OggOpus { .. }
+                | OutputEncoding::Flac { .. }
         );
         let input = match (&self.decoder, self.chain.input_spec) {
             (Some((_, InputEncoding::Mp3)), _) => true,

@@ -232,7 +232,11 @@ mod tests {
             .count();
         assert!(long_between <= 5, "{log:?}");
         assert!(
-            log[last_short + 1..].iter().filter(|n| **n == "long").count() >= 20,
+            log[last_short + 1..]
+                .iter()
+                .filter(|n| **n == "long")
+                .count()
+                >= 20,
             "the short job finished long before the long one: {log:?}"
         );
     }

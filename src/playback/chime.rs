@@ -6,8 +6,7 @@
 use std::{f32::consts::PI, path::Path};
 
 use crate::audio::{
-    AudioError, AudioSpec, InputEncoding, PcmBuffer, Stage, decode::open_decoder,
-    remix::Remix,
+    AudioError, AudioSpec, InputEncoding, PcmBuffer, Stage, decode::open_decoder, remix::Remix,
     resample::Resampler,
 };
 

@@ -47,7 +47,8 @@ impl FrameHeader {
         const BITRATES_V1: [u32; 15] = [
             0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320,
         ];
-        const BITRATES_V2: [u32; 15] = [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
+        const BITRATES_V2: [u32; 15] =
+            [0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160];
         if h.len() < 4 || h[0] != 0xFF || h[1] & 0xE0 != 0xE0 {
             return None;
         }
@@ -236,8 +237,8 @@ impl Mp3Decoder {
                 self.locked = None;
                 continue;
             }
-            let header = FrameHeader::parse(buf)
-                .filter(|h| self.first.is_none_or(|first| first.matches(h)));
+            let header =
+                FrameHeader::parse(buf).filter(|h| self.first.is_none_or(|first| first.matches(h)));
             match (header, self.locked) {
                 (Some(h), Some(prev)) if prev.matches(&h) => {
                     return Ok(if buf.len() >= h.len {
@@ -281,13 +282,18 @@ impl Mp3Decoder {
     fn decode_frame(&mut self, header: FrameHeader) -> Result<Option<Vec<f32>>, AudioError> {
         let frame_len = header.len;
         if self.garbage > 0 && self.first.is_some() {
-            tracing::warn!(format = "mp3", bytes = self.garbage, "skipped bytes between frames");
+            tracing::warn!(
+                format = "mp3",
+                bytes = self.garbage,
+                "skipped bytes between frames"
+            );
         }
         self.garbage = 0;
         self.locked = Some(header);
         let first = self.first.is_none();
         self.first.get_or_insert(header);
-        if first && let Some((delay, padding)) = info_frame(&self.pending.bytes()[..frame_len], &header)
+        if first
+            && let Some((delay, padding)) = info_frame(&self.pending.bytes()[..frame_len], &header)
         {
             self.delay = delay;
             self.padding = padding;
@@ -518,8 +524,7 @@ mod tests {
         let mut broken = mp3[..mid].to_vec();
         broken.extend_from_slice(&[0x00, 0xFF, 0xFB, 0x12, 0x55, 0x00, 0xFF]);
         broken.extend_from_slice(&mp3[mid..]);
-        let (_, got) =
-            drain(open_decoder(InputEncoding::Mp3, Cursor::new(broken)).expect("opens"));
+        let (_, got) = drain(open_decoder(InputEncoding::Mp3, Cursor::new(broken)).expect("opens"));
         assert!(
             got.len() <= whole.len() && got.len() + 3 * 576 >= whole.len(),
             "{} samples of {}",
