@@ -503,34 +503,34 @@ fn main() {
             ((*t).to_owned(), json!(v))
         })
         .collect();
-    // `HERALD_BENCH_ONLY=bitrate` runs the bitrate block alone; `=codec` the bitrate block,
-    // encoding and whole conversions (no resampling, no decoding).
+    // `HERALD_BENCH_ONLY` runs one block for a quicker loop: `bitrate`, `resample`, `convert`
+    // (whole conversions), or `codec` (bitrate, encoding and whole conversions).
     let only = std::env::var("HERALD_BENCH_ONLY").unwrap_or_default();
-    let only_bitrate = only == "bitrate";
-    let only_codec = only == "codec";
-    let bitrate = bitrate(&s);
+    let runs = |block: &str| match only.as_str() {
+        "" => true,
+        "codec" => matches!(block, "bitrate" | "encode" | "convert"),
+        o => o == block,
+    };
+    let bitrate = if runs("bitrate") { bitrate(&s) } else { Vec::new() };
     println!("bitrate: {}", json!(bitrate));
     let mut resample = Vec::new();
-    for (from, to) in RESAMPLE_PAIRS
-        .into_iter()
-        .filter(|_| !only_bitrate && !only_codec)
-    {
+    for (from, to) in RESAMPLE_PAIRS.into_iter().filter(|_| runs("resample")) {
         let speed = resample_speed(&s, from, to);
         let quality = resample_quality(&s, from, to);
         println!("resample {from}->{to}: {speed}");
         println!("  quality: {quality}");
         resample.push(json!({ "speed": speed, "quality": quality }));
     }
-    // `HERALD_BENCH_ONLY=resample` stops here (a quicker loop while tuning the resampler).
-    let only_resample = std::env::var("HERALD_BENCH_ONLY").is_ok_and(|v| v == "resample");
     let (mut decode, mut encode, mut convert) = (Vec::new(), Vec::new(), Vec::new());
-    if !only_resample && !only_bitrate {
-        if !only_codec {
-            decode = decode_speed(&s);
-            println!("decode: {}", json!(decode));
-        }
+    if runs("decode") {
+        decode = decode_speed(&s);
+        println!("decode: {}", json!(decode));
+    }
+    if runs("encode") {
         encode = encode_speed(&s);
         println!("encode: {}", json!(encode));
+    }
+    if runs("convert") {
         convert = convert_speed(&s);
         println!("convert: {}", json!(convert));
     }
@@ -546,7 +546,7 @@ fn main() {
         "convert": convert,
         "bitrate": bitrate,
     });
-    if bench && !only_bitrate && !only_codec {
+    if bench && only.is_empty() {
         let path = results_dir().join("reference.json");
         std::fs::write(&path, serde_json::to_string_pretty(&out).expect("json")).expect("write");
         println!("results: {}", path.display());

@@ -44,6 +44,9 @@ use crate::{
 /// Audio per work item, ms of input: the most one job holds a pool thread (or a tokio worker)
 /// at a time, whatever the size of the engine's (or the cache's) chunks.
 pub const ITEM_MS: u32 = 40;
+/// The most items one pool turn runs back to back while no other job waits for a thread
+/// (a whole file converted at once then pays one hand-off per ~0.6 s of audio, not per item).
+const BATCH_ITEMS: usize = 16;
 /// Bytes pushed into a decoder at once (a cache chunk can hold seconds of audio).
 const PUSH_BYTES: usize = 16 * 1024;
 
@@ -165,6 +168,9 @@ pub struct Render {
     pub gain: f32,
     /// Target chunk duration in ms.
     pub chunk_ms: u32,
+    /// The audio plays on a local device as it is made: its items go to the CPU pool's first
+    /// lane ([`pool::Lane::First`]), ahead of conversions that can wait.
+    pub realtime: bool,
 }
 
 /// Run an opened engine stream (from the engine, the cache or a fallback) to the end.
@@ -312,9 +318,15 @@ impl<S: Sink> Runner<S> {
     }
 
     /// Runs items until the decoder needs more input.
+    /// Once the first chunk is out, a heavy chain runs several items per pool turn while no
+    /// other job waits ([`Work::pump_batch`]); the first chunk never waits for a batch.
     async fn drain(&mut self) -> Result<(), JobError> {
-        while self.item(|w| w.pump()).await? {}
-        Ok(())
+        loop {
+            let batch = self.report.first_chunk_at.is_some() && self.work()?.heavy();
+            if !self.item(move |w| w.pump_batch(batch)).await? {
+                return Ok(());
+            }
+        }
     }
 
     /// Flushes the chain (stages, encoder, chunker) and sends the tail.
@@ -330,11 +342,16 @@ impl<S: Sink> Runner<S> {
         f: impl FnOnce(&mut Work) -> Result<bool, JobError> + Send + 'static,
     ) -> Result<bool, JobError> {
         let mut work = self.work.take().ok_or(JobError::Panicked)?;
+        let lane = if work.realtime {
+            pool::Lane::First
+        } else {
+            pool::Lane::Fair
+        };
         let (work, result) = if work.heavy() {
             let ran = tokio::select! {
                 biased;
                 () = self.cancel.cancelled() => return Err(JobError::Cancelled),
-                r = pool::global().run(move || {
+                r = pool::global().run_in(lane, move || {
                     let result = f(&mut work);
                     (work, result)
                 }) => r,
@@ -397,6 +414,8 @@ struct Work {
     decoder: Option<(Box<dyn PushDecoder>, InputEncoding)>,
     chain: AudioChain,
     segments: Option<Segments>,
+    /// [`Render::realtime`].
+    realtime: bool,
 }
 
 impl Work {
@@ -405,6 +424,7 @@ impl Work {
             decoder: None,
             chain: AudioChain::new(render.output, render.gain, render.chunk_ms, words)?,
             segments: None,
+            realtime: render.realtime,
         })
     }
 
@@ -455,6 +475,20 @@ impl Work {
             _ => 24_000,
         };
         (rate * ITEM_MS / 1000).max(1) as usize
+    }
+
+    /// Items back to back (at most [`BATCH_ITEMS`]) while `batch` and no other job waits for
+    /// the pool; `true` when the decoder has more (run another turn).
+    fn pump_batch(&mut self, batch: bool) -> Result<bool, JobError> {
+        for _ in 1..BATCH_ITEMS {
+            if !self.pump()? {
+                return Ok(false);
+            }
+            if !batch || pool::global().others_waiting() {
+                return Ok(true);
+            }
+        }
+        self.pump()
     }
 
     /// One item: decodes and processes up to [`Self::budget`] frames; `true` when the budget
@@ -911,6 +945,7 @@ mod tests {
             },
             gain: 1.0,
             chunk_ms: 20,
+            realtime: false,
         };
         let (tx, rx) = mpsc::channel(4);
         let out: Arc<Mutex<(u64, Vec<WordTiming>)>> = Arc::default();

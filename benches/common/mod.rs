@@ -346,6 +346,7 @@ pub async fn herald_convert(
             output,
             gain: 1.0,
             chunk_ms: 100,
+            realtime: false,
         },
         CancellationToken::new(),
         sink,

@@ -20,7 +20,10 @@
 use std::{
     collections::VecDeque,
     panic::{AssertUnwindSafe, catch_unwind},
-    sync::{Arc, Condvar, Mutex, OnceLock},
+    sync::{
+        Arc, Condvar, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
 };
 
 use tokio::sync::oneshot;
@@ -32,11 +35,15 @@ type Item = Box<dyn FnOnce() + Send>;
 struct Queue {
     items: Mutex<QueueState>,
     ready: Condvar,
+    /// Items submitted and not yet started (read without the lock).
+    waiting: AtomicUsize,
 }
 
 #[derive(Default)]
 struct QueueState {
     items: VecDeque<Item>,
+    /// How many items at the front are in the first lane.
+    first: usize,
     closed: bool,
 }
 
@@ -82,6 +89,12 @@ impl CpuPool {
         self.threads
     }
 
+    /// Whether an item is queued and not started: another job is waiting for a thread, so a
+    /// running item should end at its next boundary instead of going on.
+    pub fn others_waiting(&self) -> bool {
+        self.queue.waiting.load(Ordering::Relaxed) > 0
+    }
+
     /// Runs `f` on a pool thread, after every item submitted before it has started, and
     /// returns its result; `Err(Panicked)` when `f` panicked. Dropping the future does not
     /// stop an item already queued (it is short); its result is dropped.
@@ -89,21 +102,56 @@ impl CpuPool {
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Result<T, Panicked> {
+        self.run_in(Lane::Fair, f).await
+    }
+
+    /// Runs `f` like [`Self::run`], in `lane`: [`Lane::First`] goes ahead of every item
+    /// queued in the fair lane.
+    pub async fn run_in<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, Panicked> {
         let (tx, rx) = oneshot::channel();
-        self.submit(Box::new(move || {
-            let result = catch_unwind(AssertUnwindSafe(f));
-            let _ = tx.send(result);
-        }));
+        self.submit(
+            lane,
+            Box::new(move || {
+                let result = catch_unwind(AssertUnwindSafe(f));
+                let _ = tx.send(result);
+            }),
+        );
         match rx.await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(_)) | Err(_) => Err(Panicked),
         }
     }
 
-    fn submit(&self, item: Item) {
-        crate::error::lock(&self.queue.items).items.push_back(item);
+    fn submit(&self, lane: Lane, item: Item) {
+        self.queue.waiting.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut state = crate::error::lock(&self.queue.items);
+            match lane {
+                Lane::Fair => state.items.push_back(item),
+                Lane::First => {
+                    // After the other first-lane items, ahead of the fair ones.
+                    let at = state.first;
+                    state.items.insert(at, item);
+                    state.first += 1;
+                }
+            }
+        }
         self.queue.ready.notify_one();
     }
+}
+
+/// Where an item queues.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lane {
+    /// Behind every item queued before it: round-robin across jobs.
+    Fair,
+    /// Ahead of the fair lane, in order among its own: audio a local device plays, which
+    /// cannot wait behind a backlog of conversions without an underrun.
+    First,
 }
 
 impl Drop for CpuPool {
@@ -121,6 +169,8 @@ fn work(queue: &Queue) {
             let mut state = crate::error::lock(&queue.items);
             loop {
                 if let Some(item) = state.items.pop_front() {
+                    state.first = state.first.saturating_sub(1);
+                    queue.waiting.fetch_sub(1, Ordering::Relaxed);
                     break item;
                 }
                 if state.closed {
@@ -257,5 +307,51 @@ mod tests {
         assert_eq!(value, 7);
         // The same thread: it survived the panic (the pool has one).
         assert_eq!(before, after);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_first_lane_item_goes_ahead_of_a_queued_backlog_and_waiting_is_seen() {
+        let pool = Arc::new(CpuPool::new(1).expect("pool"));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        assert!(!pool.others_waiting());
+        // Hold the only thread until the backlog is queued.
+        let (release, hold) = std::sync::mpsc::channel::<()>();
+        let blocker = {
+            let pool = Arc::clone(&pool);
+            tokio::spawn(async move { pool.run(move || hold.recv().ok()).await })
+        };
+        let mut fair = Vec::new();
+        for _ in 0..5 {
+            let (pool, log) = (Arc::clone(&pool), Arc::clone(&log));
+            fair.push(tokio::spawn(async move {
+                pool.run(move || log.lock().unwrap().push("fair")).await
+            }));
+        }
+        while pool.queue.waiting.load(Ordering::SeqCst) < 5 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert!(pool.others_waiting());
+        let mut first = Vec::new();
+        for name in ["first-1", "first-2"] {
+            let (p, log) = (Arc::clone(&pool), Arc::clone(&log));
+            first.push(tokio::spawn(async move {
+                p.run_in(Lane::First, move || log.lock().unwrap().push(name))
+                    .await
+            }));
+            while pool.queue.waiting.load(Ordering::SeqCst) < 5 + first.len() {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        release.send(()).expect("blocker waits");
+        blocker.await.expect("joined").expect("no panic");
+        for t in first.into_iter().chain(fair) {
+            t.await.expect("joined").expect("no panic");
+        }
+        let log = log.lock().unwrap().clone();
+        assert_eq!(
+            log,
+            ["first-1", "first-2", "fair", "fair", "fair", "fair", "fair"]
+        );
+        assert!(!pool.others_waiting());
     }
 }

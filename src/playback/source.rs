@@ -54,6 +54,7 @@ impl AudioSource for PipelineSource {
             },
             gain: ann.volume,
             chunk_ms: BLOCK_MS,
+            realtime: true,
         };
         let cancel = CancellationToken::new();
         let mut events = synthesis::start(

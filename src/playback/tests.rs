@@ -179,6 +179,7 @@ impl Harness {
                     },
                     gain: 1.0,
                     chunk_ms: 20,
+                    realtime: true,
                 },
                 options: crate::provider::Options::default(),
                 characters: 0,

@@ -275,6 +275,7 @@ impl Core {
                 output,
                 gain,
                 chunk_ms,
+                realtime: false,
             },
             options,
             characters: u32::try_from(chars).unwrap_or(u32::MAX),
