@@ -23,7 +23,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::{sync::mpsc, time::Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -47,8 +47,10 @@ pub const ITEM_MS: u32 = 40;
 /// The most items one pool turn runs back to back while no other job waits for a thread
 /// (a whole file converted at once then pays one hand-off per ~0.6 s of audio, not per item).
 const BATCH_ITEMS: usize = 16;
-/// Bytes pushed into a decoder at once (a cache chunk can hold seconds of audio).
-const PUSH_BYTES: usize = 16 * 1024;
+/// Input pushed into the decoder before the chain runs over it, while the next input is
+/// already there (a cache hit, a burst from an engine): fewer, fuller pool turns. Input that
+/// is followed by a wait runs at once, so this never delays audio.
+const BATCH_BYTES: usize = 64 * 1024;
 
 /// What a job hands its caller.
 #[derive(Debug)]
@@ -190,10 +192,23 @@ pub async fn run_stream(
     let mut first_encoding: Option<InputEncoding> = None;
     let mut outcome: Result<(Option<u32>, Vec<String>), EngineError> = Err(EngineError::Truncated);
     loop {
-        let event = tokio::select! {
-            biased;
-            () = cancel.cancelled() => return Err(JobError::Cancelled),
-            e = stream.next() => e,
+        // Input pushed and not processed waits only while more is already there.
+        let ready = match &runner {
+            Some(r) if r.pending > 0 => stream.next().now_or_never(),
+            _ => None,
+        };
+        let event = match ready {
+            Some(event) => event,
+            None => {
+                if let Some(r) = &mut runner {
+                    r.settle().await?;
+                }
+                tokio::select! {
+                    biased;
+                    () = cancel.cancelled() => return Err(JobError::Cancelled),
+                    e = stream.next() => e,
+                }
+            }
         };
         match event {
             None => break,
@@ -286,6 +301,8 @@ struct Runner<S> {
     sink: S,
     cancel: CancellationToken,
     report: AudioReport,
+    /// Input bytes pushed into the decoder since the chain last ran.
+    pending: usize,
 }
 
 impl<S: Sink> Runner<S> {
@@ -295,6 +312,7 @@ impl<S: Sink> Runner<S> {
             sink,
             cancel,
             report: AudioReport::default(),
+            pending: 0,
         }
     }
 
@@ -302,10 +320,20 @@ impl<S: Sink> Runner<S> {
         self.work.as_deref_mut().ok_or(JobError::Panicked)
     }
 
-    /// Pushes `data` into the decoder and runs the chain over everything it completes.
+    /// Pushes `data` into the decoder; runs the chain over what is pending once that is
+    /// [`BATCH_BYTES`] or more (else [`Self::settle`] does, when the input has to wait).
     async fn feed(&mut self, data: &[u8]) -> Result<(), JobError> {
-        for piece in data.chunks(PUSH_BYTES) {
-            self.work()?.push(piece);
+        self.work()?.push(data);
+        self.pending += data.len();
+        if self.pending >= BATCH_BYTES {
+            self.drain().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs the chain over the input pushed and not processed yet.
+    async fn settle(&mut self) -> Result<(), JobError> {
+        if self.pending > 0 {
             self.drain().await?;
         }
         Ok(())
@@ -321,6 +349,7 @@ impl<S: Sink> Runner<S> {
     /// Once the first chunk is out, a heavy chain runs several items per pool turn while no
     /// other job waits ([`Work::pump_batch`]); the first chunk never waits for a batch.
     async fn drain(&mut self) -> Result<(), JobError> {
+        self.pending = 0;
         loop {
             let batch = self.report.first_chunk_at.is_some() && self.work()?.heavy();
             if !self.item(move |w| w.pump_batch(batch)).await? {
@@ -864,7 +893,18 @@ async fn run_segments(
                 s.begin(joins, words);
             }
         }
-        while let Some(data) = bytes.recv().await {
+        loop {
+            let data = match bytes.try_recv() {
+                Ok(data) => data,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    runner.settle().await?;
+                    match bytes.recv().await {
+                        Some(data) => data,
+                        None => break,
+                    }
+                }
+            };
             runner.feed(&data).await?;
         }
         runner.end_input().await?;
