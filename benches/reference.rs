@@ -511,7 +511,11 @@ fn main() {
         "codec" => matches!(block, "bitrate" | "encode" | "convert"),
         o => o == block,
     };
-    let bitrate = if runs("bitrate") { bitrate(&s) } else { Vec::new() };
+    let bitrate = if runs("bitrate") {
+        bitrate(&s)
+    } else {
+        Vec::new()
+    };
     println!("bitrate: {}", json!(bitrate));
     let mut resample = Vec::new();
     for (from, to) in RESAMPLE_PAIRS.into_iter().filter(|_| runs("resample")) {

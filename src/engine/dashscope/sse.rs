@@ -135,7 +135,7 @@ impl Parser {
                 bytes = rest;
             }
         }
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', bytes) {
             self.extend_line(&bytes[..pos])?;
             let cr = bytes[pos] == b'\r';
             bytes = &bytes[pos + 1..];
@@ -186,7 +186,11 @@ impl Parser {
             }
             return Ok(());
         }
-        let line = String::from_utf8_lossy(line);
+        // Valid UTF-8 (always, from DashScope) is checked by the fast path and borrowed.
+        let line = match std::str::from_utf8(line) {
+            Ok(line) => std::borrow::Cow::Borrowed(line),
+            Err(_) => String::from_utf8_lossy(line),
+        };
         if let Some(comment) = line.strip_prefix(':') {
             if let Some(code) = comment.trim().strip_prefix("HTTP_STATUS/") {
                 self.current.http_status = code.trim().parse().ok();
