@@ -18,8 +18,7 @@ use super::{
     TextIn, in_band_error, io_error,
     pool::{Conn, Headers},
     realtime_url,
-    session::{Frame, Session, drive, next_before},
-    timed_out,
+    session::{Frame, Handshake, Session, drive, handshake_event},
 };
 use crate::engine::{
     EngineError,
@@ -174,39 +173,31 @@ impl Session for Realtime {
 
 /// Wait for `session.created`, send `session.update`, wait for `session.updated`.
 async fn open(conn: &mut Conn, job: &Job, timeout: std::time::Duration) -> Result<(), EngineError> {
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     let mut updated = false;
     loop {
-        let msg = next_before(conn, Some(deadline))
-            .await
-            .map_err(|()| timed_out("no session events", timeout))?;
-        match msg {
-            None | Some(Ok(Message::Close(_))) => return Err(EngineError::Truncated),
-            Some(Err(e)) => return Err(io_error(e)),
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| {
-                    EngineError::Protocol(format!("a realtime event is not JSON: {e}"))
-                })?;
-                match v.get("type").and_then(Value::as_str) {
-                    Some("session.created") if !updated => {
-                        updated = true;
-                        let update = json!({
-                            "event_id": event_id(),
-                            "type": "session.update",
-                            "session": session(job),
-                        });
-                        use futures::SinkExt as _;
-                        conn.ws
-                            .send(Message::text(update.to_string()))
-                            .await
-                            .map_err(io_error)?;
-                    }
-                    Some("session.updated") => return Ok(()),
-                    Some("error") => return Err(realtime_error(&v)),
-                    _ => {}
-                }
+        let event =
+            handshake_event(conn, started, timeout, "no session events", "realtime").await?;
+        let Handshake::Event(v) = event else {
+            continue;
+        };
+        match v.get("type").and_then(Value::as_str) {
+            Some("session.created") if !updated => {
+                updated = true;
+                let update = json!({
+                    "event_id": event_id(),
+                    "type": "session.update",
+                    "session": session(job),
+                });
+                use futures::SinkExt as _;
+                conn.ws
+                    .send(Message::text(update.to_string()))
+                    .await
+                    .map_err(io_error)?;
             }
-            Some(Ok(_)) => {}
+            Some("session.updated") => return Ok(()),
+            Some("error") => return Err(realtime_error(&v)),
+            _ => {}
         }
     }
 }

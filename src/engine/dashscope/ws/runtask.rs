@@ -15,8 +15,7 @@ use tokio_tungstenite::tungstenite::Message;
 use super::{
     TextIn, in_band_error, io_error,
     pool::{Conn, Headers},
-    session::{Ended, Frame, Session, drive, next_before},
-    timed_out,
+    session::{Ended, Frame, Handshake, Session, drive, handshake_event},
 };
 use crate::engine::{
     EngineError,
@@ -157,43 +156,31 @@ async fn start(
     timeout: std::time::Duration,
 ) -> Result<(), EngineError> {
     conn.ws.send(run).await.map_err(io_error)?;
-    let deadline = Instant::now() + timeout;
+    let started = Instant::now();
     loop {
-        let msg = next_before(conn, Some(deadline))
-            .await
-            .map_err(|()| timed_out("no task-started", timeout))?;
-        match msg {
-            None | Some(Ok(Message::Close(_))) => return Err(EngineError::Truncated),
-            Some(Err(e)) => return Err(io_error(e)),
-            Some(Ok(Message::Text(t))) => {
-                let v: Value = serde_json::from_str(t.as_str()).map_err(|e| {
-                    EngineError::Protocol(format!("a run-task event is not JSON: {e}"))
-                })?;
-                let header = v.get("header").cloned().unwrap_or(Value::Null);
-                match header.get("event").and_then(Value::as_str) {
-                    Some("task-started") => return Ok(()),
-                    Some("task-failed") => {
-                        return Err(in_band_error(
-                            header.get("error_code").and_then(Value::as_str),
-                            header
-                                .get("error_message")
-                                .and_then(Value::as_str)
-                                .unwrap_or("no message"),
-                            header
-                                .get("task_id")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned),
-                        ));
-                    }
-                    _ => {}
-                }
-            }
-            Some(Ok(Message::Binary(_))) => {
-                return Err(EngineError::Protocol(
-                    "audio before task-started".to_owned(),
+        let event = handshake_event(conn, started, timeout, "no task-started", "run-task").await?;
+        let Handshake::Event(v) = event else {
+            return Err(EngineError::Protocol(
+                "audio before task-started".to_owned(),
+            ));
+        };
+        let header = v.get("header").cloned().unwrap_or(Value::Null);
+        match header.get("event").and_then(Value::as_str) {
+            Some("task-started") => return Ok(()),
+            Some("task-failed") => {
+                return Err(in_band_error(
+                    header.get("error_code").and_then(Value::as_str),
+                    header
+                        .get("error_message")
+                        .and_then(Value::as_str)
+                        .unwrap_or("no message"),
+                    header
+                        .get("task_id")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned),
                 ));
             }
-            Some(Ok(_)) => {}
+            _ => {}
         }
     }
 }

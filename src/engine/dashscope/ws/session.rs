@@ -139,3 +139,39 @@ pub(super) async fn next_before(
         None => Ok(conn.ws.next().await),
     }
 }
+
+/// What a handshake read: a JSON event, or an audio frame (which no handshake expects).
+pub(super) enum Handshake {
+    Event(Value),
+    Audio,
+}
+
+/// The next JSON event or audio frame of a handshake (run-task's `task-started`, realtime's
+/// session events), skipping control frames, before `started + timeout`: a closed socket is
+/// [`EngineError::Truncated`], text that is not JSON a protocol error naming `protocol`.
+pub(super) async fn handshake_event(
+    conn: &mut Conn,
+    started: Instant,
+    timeout: std::time::Duration,
+    waiting_for: &str,
+    protocol: &str,
+) -> Result<Handshake, EngineError> {
+    loop {
+        let msg = next_before(conn, Some(started + timeout))
+            .await
+            .map_err(|()| timed_out(waiting_for, timeout))?;
+        match msg {
+            None | Some(Ok(Message::Close(_))) => return Err(EngineError::Truncated),
+            Some(Err(e)) => return Err(io_error(e)),
+            Some(Ok(Message::Text(t))) => {
+                return serde_json::from_str(t.as_str())
+                    .map(Handshake::Event)
+                    .map_err(|e| {
+                        EngineError::Protocol(format!("a {protocol} event is not JSON: {e}"))
+                    });
+            }
+            Some(Ok(Message::Binary(_))) => return Ok(Handshake::Audio),
+            Some(Ok(_)) => {}
+        }
+    }
+}
