@@ -31,9 +31,7 @@ use super::{
 
 /// Bind 127.0.0.1:0 and serve on the current tokio runtime until the token is cancelled.
 pub(super) async fn spawn(api_key: &str) -> (Arc<Inner>, CancellationToken, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the DashScope double");
+    let listener = super::loopback_listener();
     let addr = listener.local_addr().expect("local addr");
     let (ended, _) = watch::channel(0u64);
     let inner = Arc::new(Inner {

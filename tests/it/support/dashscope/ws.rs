@@ -137,9 +137,7 @@ impl WsSide {
 
 /// Bind another loopback port and serve both WebSocket protocols there.
 pub(super) async fn spawn(inner: Arc<Inner>) -> (Arc<WsSide>, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the DashScope double's WebSocket port");
+    let listener = super::loopback_listener();
     let side = Arc::new(WsSide {
         addr: listener.local_addr().expect("local addr"),
         log: Mutex::new(WsLog::default()),
