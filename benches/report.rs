@@ -140,6 +140,7 @@ fn render(data: &Value, notes: &str) -> String {
         );
     }
     bitrate_targets(&mut md, data);
+    speed_targets(&mut md, data);
     let load = &data["load"];
     let le = |v: &Value, max: f64| v.as_f64().is_some_and(|x| x <= max);
     for l in load["levels"].as_array().cloned().unwrap_or_default() {
@@ -693,6 +694,64 @@ fn bitrate_targets(md: &mut String, data: &Value) {
             f(&json!(worst), 1),
             f(&json!(ff), 1),
             verdict(!mine.is_empty() && worst.is_some_and(|x| x.abs() <= 10.0))
+        );
+    }
+}
+
+/// Targets: every decoder, encoder and whole conversion at least as fast as the fastest
+/// reference tool measured on the same input in the same run; one row per group, naming the
+/// slowest and every one below 1.0.
+fn speed_targets(md: &mut String, data: &Value) {
+    for (key, what, name_key) in [
+        ("decode", "decoder", "input"),
+        ("encode", "encoder", "encoding"),
+        ("convert", "whole conversion", "conversion"),
+    ] {
+        let rows = data["reference"][key]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ratios: Vec<(String, Option<f64>)> = rows
+            .iter()
+            .map(|r| {
+                let fastest = r["references"]
+                    .as_object()
+                    .into_iter()
+                    .flat_map(|m| m.values())
+                    .filter_map(|v| v["xrt"].as_f64())
+                    .max_by(f64::total_cmp);
+                let ratio = r["herald_xrt"]
+                    .as_f64()
+                    .zip(fastest)
+                    .map(|(h, best)| h / best);
+                (r[name_key].as_str().unwrap_or("?").to_owned(), ratio)
+            })
+            .collect();
+        let slowest = ratios
+            .iter()
+            .filter_map(|(n, r)| r.map(|r| (n, r)))
+            .min_by(|a, b| a.1.total_cmp(&b.1));
+        let below: Vec<String> = ratios
+            .iter()
+            .filter(|(_, r)| r.is_none_or(|r| r < 1.0))
+            .map(|(n, r)| format!("{n} ×{}", f(&json!(r), 2)))
+            .collect();
+        let measured = match slowest {
+            Some((n, r)) => format!(
+                "slowest {n} ×{}; below 1.0: {}",
+                f(&json!(r), 2),
+                if below.is_empty() {
+                    "none".to_owned()
+                } else {
+                    below.join(", ")
+                }
+            ),
+            None => "not measured".to_owned(),
+        };
+        let _ = writeln!(
+            md,
+            "| every {what}: at least as fast as the fastest reference (herald ÷ it, same input, same run) | {measured} | {} |",
+            verdict(!ratios.is_empty() && below.is_empty())
         );
     }
 }
