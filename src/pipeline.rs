@@ -888,7 +888,8 @@ async fn run_segments(
         } = segment;
         {
             let work = runner.work()?;
-            work.decoder = Some((decoder_for(encoding), encoding));
+            // A segment's joins go to `Segments`, which hands the chain its stage set's own.
+            work.open(encoding, None);
             if let Some(s) = &mut work.segments {
                 s.begin(joins, words);
             }
